@@ -1,0 +1,231 @@
+"""Per-sample losses and their Hessians in the network's outputs.
+
+The GGN needs three things of the loss l(o, y) for one sample with outputs
+o ∈ R^K: its value, its gradient ∇_o l and its Hessian H = ∇²_o l (K×K). The
+GGN matrix (1/N) Σ_i J_iᵀ H_i J_i is positive semi-definite exactly when each
+H_i is, i.e. when l is convex in the outputs; all named losses here are.
+
+Named losses carry analytic Hessians:
+
+    squared_error                 l = ½‖o − y‖²                     H = I
+    softmax_cross_entropy         l = −Σ_k y_k log softmax(o)_k      H = s (diag(p) − ppᵀ)
+                                  (y one-hot/probabilities with s = Σ y, or an
+                                   integer label, s = 1; p = softmax(o))
+    sigmoid_binary_cross_entropy  l = Σ_k softplus(o_k) − y_k o_k    H = diag(p(1−p))
+
+Any other callable ``loss(outputs, targets) -> scalar`` (per sample) is
+differentiated with ``jax.grad`` and ``jax.hessian``.
+
+Internally every per-sample output is a flat vector of length K; `bind_loss`
+adapts a loss to the model's per-sample output shape, so a user's callable
+sees outputs in the shape the model produced them (a scalar for outputs of
+shape (N,)).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+LossSpec = Union[str, LossFn]
+
+NAMED_LOSSES = ("squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy")
+
+
+class BoundLoss(NamedTuple):
+    """A loss adapted to flat per-sample outputs of length K.
+
+    Attributes:
+      name: the loss name, or ``"callable"``.
+      value: ``(o (K,), y) -> scalar``.
+      grad: ``(o (K,), y) -> (K,)``, the gradient in the outputs.
+      hessian: ``(o (K,), y) -> (K, K)``, the output-space Hessian.
+      hvp: ``(o (K,), y, v (K,)) -> (K,)``, the Hessian times v.
+      identity_hessian: True when H = I for every sample, which lets the
+        solvers skip every product with H.
+    """
+
+    name: str
+    value: Callable
+    grad: Callable
+    hessian: Callable
+    hvp: Callable
+    identity_hessian: bool
+
+
+def check_loss(loss: LossSpec) -> LossSpec:
+    """Validates a loss given by name or callable; returns it unchanged."""
+    if isinstance(loss, str):
+        if loss not in NAMED_LOSSES:
+            raise ValueError(
+                f"unknown loss {loss!r}; allowed names are {', '.join(NAMED_LOSSES)},"
+                " or a callable loss(outputs, targets) -> scalar per sample"
+            )
+        return loss
+    if not callable(loss):
+        raise TypeError(
+            f"loss must be one of {', '.join(NAMED_LOSSES)} or a callable "
+            f"loss(outputs, targets) -> scalar, got {type(loss).__name__}"
+        )
+    return loss
+
+
+# --- squared error -----------------------------------------------------------
+
+
+def _squared_error(o, y):
+    r = o - y
+    return 0.5 * jnp.sum(r * r)
+
+
+def _squared_error_grad(o, y):
+    return o - y
+
+
+# --- softmax cross-entropy ---------------------------------------------------
+
+
+def _as_distribution(o, y):
+    """Targets as a vector over the K classes (integer labels become one-hot)."""
+    if jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
+        return jax.nn.one_hot(y, o.shape[0], dtype=o.dtype)
+    return y.astype(o.dtype)
+
+
+def _softmax_cross_entropy(o, y):
+    return -jnp.sum(_as_distribution(o, y) * jax.nn.log_softmax(o))
+
+
+def _softmax_cross_entropy_grad(o, y):
+    q = _as_distribution(o, y)
+    return jnp.sum(q) * jax.nn.softmax(o) - q
+
+
+def _softmax_cross_entropy_hessian(o, y):
+    p = jax.nn.softmax(o)
+    s = jnp.sum(_as_distribution(o, y))
+    return s * (jnp.diag(p) - jnp.outer(p, p))
+
+
+def _softmax_cross_entropy_hvp(o, y, v):
+    p = jax.nn.softmax(o)
+    s = jnp.sum(_as_distribution(o, y))
+    return s * (p * v - p * jnp.dot(p, v))
+
+
+# --- sigmoid binary cross-entropy --------------------------------------------
+
+
+def _sigmoid_binary_cross_entropy(o, y):
+    return jnp.sum(jax.nn.softplus(o) - y.astype(o.dtype) * o)
+
+
+def _sigmoid_binary_cross_entropy_grad(o, y):
+    return jax.nn.sigmoid(o) - y.astype(o.dtype)
+
+
+def _sigmoid_curvature(o):
+    p = jax.nn.sigmoid(o)
+    return p * (1 - p)
+
+
+def _hvp_from_hessian_diagonal(diagonal_fn):
+    return lambda o, y, v: diagonal_fn(o) * v
+
+
+def _check_target_shape(name, sample_shape, target_sample_shape, integer_targets):
+    """Raises a ValueError naming the mismatch between outputs and targets."""
+    if name == "softmax_cross_entropy" and integer_targets:
+        if target_sample_shape != ():
+            raise ValueError(
+                "softmax_cross_entropy with integer labels needs one label per "
+                f"sample (targets of shape (N,)), got per-sample target shape "
+                f"{target_sample_shape}"
+            )
+        return
+    if target_sample_shape != sample_shape:
+        raise ValueError(
+            f"{name}: targets must have the per-sample shape of the outputs "
+            f"{sample_shape}, got per-sample target shape {target_sample_shape}"
+        )
+
+
+def bind_loss(
+    loss: LossSpec,
+    sample_shape: tuple[int, ...],
+    target_sample_shape: tuple[int, ...] | None = None,
+    integer_targets: bool = False,
+) -> BoundLoss:
+    """Adapts a loss to flat per-sample outputs of the given per-sample shape.
+
+    Args:
+      loss: a name from ``NAMED_LOSSES`` or a callable ``l(outputs, targets)``
+        returning a scalar for one sample.
+      sample_shape: the shape of one sample's outputs, e.g. ``()`` for outputs
+        of shape (N,) or ``(K,)`` for (N, K).
+      target_sample_shape: the shape of one sample's targets; when given, it
+        is checked against ``sample_shape`` for the named losses.
+      integer_targets: whether targets are integer class labels.
+
+    Returns:
+      A `BoundLoss` acting on flat outputs of length K = prod(sample_shape).
+    """
+    loss = check_loss(loss)
+    if isinstance(loss, str):
+        if target_sample_shape is not None:
+            _check_target_shape(loss, sample_shape, target_sample_shape, integer_targets)
+        if loss == "squared_error" and integer_targets:
+            raise ValueError("squared_error needs floating-point targets, got integers")
+        # Named losses see flat outputs; reshape targets to match them.
+        k = int(np.prod(sample_shape, dtype=int))
+
+        def flat_targets(y):
+            return y if (integer_targets and loss == "softmax_cross_entropy") else y.reshape(k)
+
+        if loss == "squared_error":
+            fns = (
+                _squared_error,
+                _squared_error_grad,
+                lambda o, y: jnp.eye(o.shape[0], dtype=o.dtype),
+                lambda o, y, v: v,
+            )
+        elif loss == "softmax_cross_entropy":
+            fns = (
+                _softmax_cross_entropy,
+                _softmax_cross_entropy_grad,
+                _softmax_cross_entropy_hessian,
+                _softmax_cross_entropy_hvp,
+            )
+        else:
+            fns = (
+                _sigmoid_binary_cross_entropy,
+                _sigmoid_binary_cross_entropy_grad,
+                lambda o, y: jnp.diag(_sigmoid_curvature(o)),
+                _hvp_from_hessian_diagonal(_sigmoid_curvature),
+            )
+        value, grad, hessian, hvp = (
+            (lambda f: (lambda o, y, *rest: f(o, flat_targets(y), *rest)))(f) for f in fns
+        )
+        return BoundLoss(loss, value, grad, hessian, hvp, loss == "squared_error")
+
+    user_loss = loss
+
+    def value(o, y):
+        out = user_loss(o.reshape(sample_shape), y)
+        if jnp.shape(out) != ():
+            raise ValueError(
+                "a callable loss must return a scalar per sample; got shape "
+                f"{jnp.shape(out)} for one sample's outputs of shape {sample_shape}"
+            )
+        return out
+
+    grad = jax.grad(value)
+
+    def hvp(o, y, v):
+        return jax.jvp(lambda o_: grad(o_, y), (o,), (v,))[1]
+
+    return BoundLoss("callable", value, grad, jax.hessian(value), hvp, False)

@@ -1,0 +1,154 @@
+"""A model, its parameters, a batch and a loss, checked and flattened.
+
+`bind_problem` is where shapes are checked (once, at trace time): the batch
+must be a pair ``(inputs, targets)`` with one leading sample axis N, the
+parameters floating point, and the model's outputs of shape (N, ...) matching
+the targets for the chosen loss. The result works on flat parameters
+θ = ravel_pytree(params) and per-sample flat outputs of length K, which is
+the form `ggn_jax.curvature` and `ggn_jax.solvers` expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ggn_jax.losses import BoundLoss, LossSpec, bind_loss
+
+FlatModel = Callable[[jax.Array, Any], jax.Array]
+
+
+def flat_model(apply_fn: Callable, unravel: Callable) -> FlatModel:
+    """``(θ, inputs) -> outputs (N, K)`` from a pytree model ``apply_fn``."""
+
+    def model(theta, inputs):
+        outputs = apply_fn(unravel(theta), inputs)
+        return outputs.reshape(outputs.shape[0], -1)
+
+    return model
+
+
+class Problem(NamedTuple):
+    """A checked least-squares-like problem over flat parameters.
+
+    Attributes:
+      model: ``(θ, inputs) -> outputs (N, K)``.
+      theta: flat parameters (P,).
+      unravel: flat vector (P,) -> parameter pytree.
+      inputs, targets: the batch.
+      loss: the loss bound to the per-sample output shape.
+      num_samples: N.
+      num_outputs: K, outputs per sample.
+    """
+
+    model: FlatModel
+    theta: jax.Array
+    unravel: Callable
+    inputs: Any
+    targets: Any
+    loss: BoundLoss
+    num_samples: int
+    num_outputs: int
+
+
+def check_params(params: Any) -> None:
+    """Raises TypeError unless every parameter leaf is a real floating array."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError("params has no array leaves: there is nothing to train")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"params{jax.tree_util.keystr(path)} has dtype {dtype}; the GGN "
+                "needs real floating-point parameters (float32 or float64)"
+            )
+    dtypes = {jnp.result_type(leaf) for leaf in leaves}
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"params mix floating dtypes {sorted(str(d) for d in dtypes)}; cast them "
+            "to one dtype (the step is solved in a single precision)"
+        )
+
+
+def _leading_dims(tree: Any, what: str) -> set[int]:
+    dims = set()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        shape = jnp.shape(leaf)
+        if len(shape) == 0:
+            raise ValueError(
+                f"{what}{jax.tree_util.keystr(path)} is a scalar; batch arrays need a "
+                "leading sample axis"
+            )
+        dims.add(shape[0])
+    return dims
+
+
+def check_batch(batch: Any) -> tuple[Any, Any, int]:
+    """Checks ``batch = (inputs, targets)``; returns them and N."""
+    if batch is None:
+        raise ValueError("batch is missing: pass batch=(inputs, targets)")
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(
+            "batch must be a pair (inputs, targets), got "
+            f"{type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
+    inputs, targets = batch
+    in_dims = _leading_dims(inputs, "inputs")
+    out_dims = _leading_dims(targets, "targets")
+    if not in_dims or not out_dims:
+        raise ValueError("batch inputs and targets must each hold at least one array")
+    if len(in_dims | out_dims) != 1:
+        raise ValueError(
+            "inputs and targets must share one leading sample dimension; got "
+            f"inputs {sorted(in_dims)} and targets {sorted(out_dims)}"
+        )
+    (n,) = in_dims
+    if n == 0:
+        raise ValueError("the batch is empty (0 samples)")
+    return inputs, targets, n
+
+
+def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> Problem:
+    """Checks the pieces of a problem and flattens the parameters.
+
+    Raises:
+      TypeError / ValueError naming the argument at fault: a batch that is not
+      a pair, inputs and targets with different sample counts, non-float
+      params, model outputs whose leading axis is not N, or targets whose
+      shape does not fit the outputs for the loss.
+    """
+    check_params(params)
+    inputs, targets, n = check_batch(batch)
+    theta, unravel = ravel_pytree(params)
+    out = jax.eval_shape(apply_fn, params, inputs)
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            "apply_fn must return one array of outputs; a model with richer "
+            "outputs should flatten them per sample"
+        )
+    if out.ndim == 0 or out.shape[0] != n:
+        raise ValueError(
+            f"apply_fn returned outputs of shape {out.shape}, but the batch has "
+            f"{n} samples: outputs need shape (N, ...) with N = {n}"
+        )
+    target_leaves = jax.tree_util.tree_leaves(targets)
+    if len(target_leaves) != 1:
+        raise TypeError("targets must be a single array with a leading sample axis")
+    target = target_leaves[0]
+    integer_targets = bool(jnp.issubdtype(jnp.result_type(target), jnp.integer))
+    sample_shape = tuple(out.shape[1:])
+    bound = bind_loss(
+        loss,
+        sample_shape,
+        target_sample_shape=tuple(jnp.shape(target)[1:]),
+        integer_targets=integer_targets,
+    )
+    k = int(np.prod(sample_shape, dtype=int))
+    return Problem(
+        flat_model(apply_fn, unravel), theta, unravel, inputs, targets, bound, n, k
+    )

@@ -1,0 +1,199 @@
+"""Damped Gauss-Newton solves: primal, dual (sample space) and CG.
+
+Each solver returns δ with
+
+    (G + λ D) δ = −g,        G = J̄ᵀ H̄ J̄,   D = I (Levenberg) or diag(G) (Marquardt),
+
+where J̄ = N^{-1/2}[J_1; …; J_N] is NK×P and H̄ = blockdiag(H_i).
+
+* ``primal`` forms G (P×P) and factors G + λD by Cholesky: cost O(NK·P² + P³).
+* ``dual`` works in sample space. With the push-through identity
+  (J̄ᵀH̄J̄ + λI)⁻¹J̄ᵀ = J̄ᵀ(H̄J̄J̄ᵀ + λI)⁻¹ and g = J̄ᵀē,
+
+      δ = −D⁻¹ J̄ᵀ u,    (H̄ K + λI) u = ē,    K = J̄ D⁻¹ J̄ᵀ   (NK×NK),
+
+  cost O((NK)²·P + (NK)³): the cheap one when NK < P, the exact-learning
+  regime of Shen (2018), where K is positive definite and λ can go to zero.
+  For squared error (H̄ = I) the matrix is symmetric and Cholesky is used; for
+  other losses H̄K + λI is not symmetric but its eigenvalues are those of
+  H̄^{1/2}KH̄^{1/2} + λI > 0, and an LU solve is used.
+* ``cg`` never forms a matrix: preconditioned conjugate gradients on
+  v ↦ Gv + λDv with G products from one linearisation, warm-started.
+
+A failed factorisation shows up as NaN in δ; the caller rejects such a step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import cho_factor, cho_solve, lu_factor, lu_solve
+
+SOLVERS = ("auto", "primal", "dual", "cg")
+SOLVER_CODES = {"primal": 0, "dual": 1, "cg": 2}
+SOLVER_NAMES = {code: name for name, code in SOLVER_CODES.items()}
+
+
+def choose_solver(
+    solver: str, num_rows: int, num_params: int, max_dense: int, max_jacobian: int
+) -> str:
+    """Resolves ``"auto"`` from the problem's shape.
+
+    Args:
+      solver: one of ``SOLVERS``.
+      num_rows: NK, rows of the stacked Jacobian.
+      num_params: P.
+      max_dense: the largest matrix side the dense solvers may factor.
+      max_jacobian: the most entries (NK·P) a dense Jacobian may have.
+
+    Returns:
+      ``"dual"`` when NK < P and NK fits, ``"primal"`` when P ≤ NK and P
+      fits, otherwise ``"cg"``. The dense solvers both build the NK×P
+      Jacobian, so both also need NK·P within ``max_jacobian``.
+    """
+    if solver != "auto":
+        return solver
+    if num_rows * num_params > max_jacobian:
+        return "cg"
+    if num_rows < num_params:
+        return "dual" if num_rows <= max_dense else "cg"
+    return "primal" if num_params <= max_dense else "cg"
+
+
+def _damped_diagonal(n: int, damping, scale):
+    return damping * (jnp.ones((n,), dtype=damping.dtype) if scale is None else scale)
+
+
+def solve_primal(
+    ggn: jax.Array, grad: jax.Array, damping: jax.Array, scale: jax.Array | None
+) -> jax.Array:
+    """δ = −(G + λD)⁻¹ g by Cholesky of the P×P matrix.
+
+    Args:
+      ggn: G, (P, P).
+      grad: g, (P,).
+      damping: λ > 0.
+      scale: the diagonal of D (P,), or None for D = I.
+    """
+    p = grad.shape[0]
+    matrix = ggn + jnp.diag(_damped_diagonal(p, damping, scale))
+    return -cho_solve(cho_factor(matrix, lower=True), grad)
+
+
+def solve_dual(
+    jac: jax.Array,
+    hessians: jax.Array | None,
+    output_grads: jax.Array,
+    grad: jax.Array,
+    damping: jax.Array,
+    scale: jax.Array | None,
+) -> jax.Array:
+    """δ = −D⁻¹J̄ᵀ(H̄K + λI)⁻¹ē in sample space (NK×NK).
+
+    Args:
+      jac: per-sample Jacobians J_i, (N, K, P).
+      hessians: H_i, (N, K, K), or None for H_i = I.
+      output_grads: ∇_o l_i, (N, K).
+      grad: the gradient g to precondition, (P,). The dual step can only
+        be applied to gradients of the form J̄ᵀē; when ``grad`` is a multiple
+        c·J̄ᵀē (a rescaled or norm-clipped gradient from an earlier
+        transformation) the step is scaled by c, so such chains are honoured.
+      damping: λ > 0.
+      scale: the diagonal of D (P,), or None for D = I.
+    """
+    n, k, p = jac.shape
+    rows = jac.reshape(n * k, p) / jnp.sqrt(jnp.asarray(n, jac.dtype))
+    e_bar = output_grads.reshape(n * k) / jnp.sqrt(jnp.asarray(n, jac.dtype))
+    scaled_rows = rows if scale is None else rows / scale
+    gram = scaled_rows @ rows.T
+    eye = jnp.eye(n * k, dtype=jac.dtype)
+    if hessians is None:
+        u = cho_solve(cho_factor(gram + damping * eye, lower=True), e_bar)
+    else:
+        h_gram = jnp.einsum("nkl,nlm->nkm", hessians, gram.reshape(n, k, n * k))
+        u = lu_solve(lu_factor(h_gram.reshape(n * k, n * k) + damping * eye), e_bar)
+    batch_grad = rows.T @ e_bar
+    norm2 = jnp.dot(batch_grad, batch_grad)
+    positive = norm2 > 0
+    c = jnp.where(positive, jnp.dot(grad, batch_grad) / jnp.where(positive, norm2, 1), 1)
+    return -c * (scaled_rows.T @ u)
+
+
+class CGResult(NamedTuple):
+    """The outcome of `solve_cg`: the step and the iterations it took."""
+
+    step: jax.Array
+    iterations: jax.Array
+
+
+def solve_cg(
+    matvec: Callable[[jax.Array], jax.Array],
+    grad: jax.Array,
+    damping: jax.Array,
+    scale: jax.Array | None,
+    preconditioner: jax.Array | None,
+    initial_step: jax.Array,
+    tol: float,
+    max_iters: int,
+) -> CGResult:
+    """Preconditioned CG on (G + λD) δ = −g, matrix-free.
+
+    A hand-written loop rather than ``jax.scipy.sparse.linalg.cg`` because
+    the caller needs the iteration count and a stop on non-positive
+    curvature pᵀ(G+λD)p ≤ 0 (possible in floating point or with a loss that
+    is not convex in the outputs), which that routine does not expose.
+
+    Args:
+      matvec: v ↦ Gv.
+      grad: g, (P,).
+      damping: λ > 0.
+      scale: the diagonal of D, or None for D = I.
+      preconditioner: the diagonal M of a preconditioner (M ≈ diag(G) + λD),
+        or None for none.
+      initial_step: the warm start; ignored when it is worse than zero in
+        residual norm.
+      tol: stop when ‖r‖ ≤ tol·‖g‖.
+      max_iters: the cap on iterations (matrix-vector products).
+
+    Returns:
+      `CGResult` with the step and the iteration count.
+    """
+    damped = _damped_diagonal(grad.shape[0], damping, scale)
+
+    def operator(v):
+        return matvec(v) + damped * v
+
+    def precondition(r):
+        return r if preconditioner is None else r / preconditioner
+
+    b = -grad
+    b_norm = jnp.linalg.norm(b)
+    r_warm = b - operator(initial_step)
+    use_warm = jnp.linalg.norm(r_warm) < b_norm
+    x0 = jnp.where(use_warm, initial_step, jnp.zeros_like(b))
+    r0 = jnp.where(use_warm, r_warm, b)
+    z0 = precondition(r0)
+    threshold = tol * b_norm
+
+    def cond(carry):
+        _, r, _, _, _, it, broken = carry
+        return (it < max_iters) & (jnp.linalg.norm(r) > threshold) & ~broken
+
+    def body(carry):
+        x, r, z, p, rz, it, _ = carry
+        ap = operator(p)
+        curvature = jnp.dot(p, ap)
+        broken = ~(curvature > 0)
+        alpha = jnp.where(broken, 0, rz / jnp.where(broken, 1, curvature))
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precondition(r)
+        rz_new = jnp.dot(r, z)
+        beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1), 0)
+        return x, r, z, z + beta * p, rz_new, it + 1, broken
+
+    init = (x0, r0, z0, z0, jnp.dot(r0, z0), jnp.zeros((), jnp.int32), jnp.array(False))
+    x, *_, iterations, _ = jax.lax.while_loop(cond, body, init)
+    return CGResult(x, iterations)

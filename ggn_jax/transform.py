@@ -1,0 +1,449 @@
+"""``ggn()``: the damped generalised Gauss-Newton step as an optax transformation.
+
+One call of ``update`` on a batch (X, Y) at parameters θ with gradient g:
+
+1. linearise the network at θ (matrix-free path) or take per-sample
+   Jacobians (dense paths), which also gives the outputs and L(θ);
+2. choose λ by the damping rule and solve (G + λD) δ = −g with the solver;
+3. evaluate the trial loss L(θ + δ) (one forward pass) and the model's
+   predicted decrease −gᵀδ − ½‖H̄^{1/2}J̄δ‖² (one jvp or one matrix product);
+4. accept δ if the gain ratio passes, else return a zero update; adapt λ.
+
+Everything runs inside ``jit`` with no host synchronisation; a step whose
+solve or trial loss is not finite is rejected and never reaches the
+parameters or the state.
+
+Reference: H. Shen, Towards a mathematical understanding of the difficulty
+in learning with feedforward neural networks, CVPR 2018 (arXiv 1611.05827).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from ggn_jax.curvature import (
+    dense_ggn,
+    ggn_diagonal,
+    ggn_diagonal_from_jacobians,
+    ggn_matvec,
+    hessian_product,
+    linearize,
+    loss_hessians,
+    per_sample_jacobians,
+)
+from ggn_jax.damping import (
+    DAMPING_RULES,
+    accept_step,
+    gain_ratio,
+    step_damping,
+    update_damping,
+)
+from ggn_jax.losses import LossSpec, check_loss
+from ggn_jax.problem import Problem, bind_problem, check_params
+from ggn_jax.solvers import (
+    SOLVER_CODES,
+    SOLVERS,
+    choose_solver,
+    solve_cg,
+    solve_dual,
+    solve_primal,
+)
+
+DAMPING_TYPES = ("levenberg", "marquardt")
+CG_PRECONDITIONERS = ("diagonal", "none")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _positive(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GGNConfig:
+    """The static options of `ggn`, validated on construction (see `ggn`)."""
+
+    damping: float = 1e-3
+    damping_rule: str = "nielsen"
+    damping_type: str = "levenberg"
+    solver: str = "auto"
+    min_damping: float | None = None
+    max_damping: float = 1e12
+    min_gain_ratio: float = 1e-4
+    residual_exponent: float = 1.0
+    marquardt_floor: float = 1e-6
+    cg_tol: float = 1e-6
+    cg_max_iters: int = 100
+    cg_preconditioner: str = "diagonal"
+    cg_warm_start: float = 0.9
+    max_dense: int = 4096
+    max_jacobian: int = 2**26
+
+    def __post_init__(self):
+        _choice("damping_rule", self.damping_rule, DAMPING_RULES)
+        _choice("damping_type", self.damping_type, DAMPING_TYPES)
+        _choice("solver", self.solver, SOLVERS)
+        _choice("cg_preconditioner", self.cg_preconditioner, CG_PRECONDITIONERS)
+        for name in ("damping", "max_damping", "marquardt_floor", "cg_tol"):
+            _positive(name, getattr(self, name))
+        _positive("min_damping", self.min_damping, allow_none=True)
+        if self.min_damping is not None and self.min_damping > self.max_damping:
+            raise ValueError(
+                f"min_damping ({self.min_damping}) exceeds max_damping ({self.max_damping})"
+            )
+        for name in ("cg_max_iters", "max_dense", "max_jacobian"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.min_gain_ratio, (int, float)) and 0 <= self.min_gain_ratio < 1):
+            raise ValueError(f"min_gain_ratio must lie in [0, 1), got {self.min_gain_ratio!r}")
+        if not (
+            isinstance(self.residual_exponent, (int, float))
+            and 1 <= self.residual_exponent <= 2
+        ):
+            raise ValueError(
+                f"residual_exponent must lie in [1, 2], got {self.residual_exponent!r}"
+            )
+        if not (isinstance(self.cg_warm_start, (int, float)) and 0 <= self.cg_warm_start <= 1):
+            raise ValueError(f"cg_warm_start must lie in [0, 1], got {self.cg_warm_start!r}")
+
+    def damping_bounds(self, dtype) -> tuple[float, float]:
+        """[min, max] for λ; the default floor is 100 machine epsilons of dtype."""
+        low = self.min_damping
+        if low is None:
+            low = 100 * float(jnp.finfo(dtype).eps)
+        return low, self.max_damping
+
+
+def make_config(**options: Any) -> GGNConfig:
+    """A `GGNConfig` from keyword options; unknown names fail, listing the allowed."""
+    allowed = [f.name for f in dataclasses.fields(GGNConfig)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+        )
+    return GGNConfig(**options)
+
+
+class GGNState(NamedTuple):
+    """State of `ggn`; every field is an array, so the state is a pytree.
+
+    Attributes:
+      count: int32 (), steps taken, accepted or not.
+      damping: float (), the λ of the most recent step (the initial
+        ``damping`` before the first).
+      damping_scale: float (), μ: the next step's λ is μ (``nielsen``,
+        ``martens``, ``fixed``) or μ·‖r‖^δ (``residual``).
+      nu: float (), Nielsen's growth factor for consecutive rejections.
+      loss: float (), the batch loss at the parameters after this update
+        (the trial loss if the step was accepted); +inf before any step.
+      rho: float (), the gain ratio of the last step (−1 where undefined).
+      accepted: bool (), whether the last step was taken.
+      num_rejected: int32 (), rejected steps so far.
+      solver: int32 (), the solver that ran: 0 primal, 1 dual, 2 cg
+        (``ggn_jax.solvers.SOLVER_NAMES``); −1 before any step.
+      cg_iterations: int32 (), CG iterations of the last step (0 for dense).
+      last_step: float (P,), the last accepted step over flat parameters,
+        CG's warm start.
+    """
+
+    count: jax.Array
+    damping: jax.Array
+    damping_scale: jax.Array
+    nu: jax.Array
+    loss: jax.Array
+    rho: jax.Array
+    accepted: jax.Array
+    num_rejected: jax.Array
+    solver: jax.Array
+    cg_iterations: jax.Array
+    last_step: jax.Array
+
+
+def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
+    """The state before the first step, for flat parameters ``theta``."""
+    dtype = theta.dtype
+    damping = jnp.asarray(config.damping, dtype)
+    return GGNState(
+        count=jnp.zeros((), jnp.int32),
+        damping=damping,
+        damping_scale=damping,
+        nu=jnp.asarray(2.0, dtype),
+        loss=jnp.asarray(jnp.inf, dtype),
+        rho=jnp.zeros((), dtype),
+        accepted=jnp.array(False),
+        num_rejected=jnp.zeros((), jnp.int32),
+        solver=jnp.asarray(-1, jnp.int32),
+        cg_iterations=jnp.zeros((), jnp.int32),
+        last_step=jnp.zeros_like(theta),
+    )
+
+
+def _mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
+    return jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
+
+
+def _marquardt_scale(diagonal: jax.Array, floor: float) -> jax.Array:
+    scale = jnp.maximum(diagonal, floor * jnp.max(diagonal))
+    return jnp.where(scale > 0, scale, 1).astype(diagonal.dtype)
+
+
+def ggn_step(
+    config: GGNConfig, problem: Problem, state: GGNState, grad: jax.Array | None
+) -> tuple[jax.Array, GGNState]:
+    """One damped GGN step over flat parameters.
+
+    Args:
+      config: the options.
+      problem: the bound problem at the current parameters ``problem.theta``.
+      state: the state from the previous step.
+      grad: the gradient g (P,) to precondition, or None to use the batch
+        gradient, which then comes from the Jacobians or the linearisation at
+        no extra forward pass.
+
+    Returns:
+      The flat update (δ if accepted, else zeros) and the new state.
+    """
+    theta, loss, targets = problem.theta, problem.loss, problem.targets
+    dtype = theta.dtype
+    n, k, p = problem.num_samples, problem.num_outputs, theta.shape[0]
+    solver = choose_solver(config.solver, n * k, p, config.max_dense, config.max_jacobian)
+    marquardt = config.damping_type == "marquardt"
+    min_damping, max_damping = config.damping_bounds(dtype)
+
+    if solver == "cg":
+        lin = linearize(problem.model, theta, problem.inputs)
+        outputs, jvp = lin.outputs, lin.jvp
+    else:
+        outputs, jac = per_sample_jacobians(problem.model, theta, problem.inputs)
+        hessians = None if loss.identity_hessian else loss_hessians(loss, outputs, targets)
+
+        def jvp(v):
+            return jnp.einsum("nkp,p->nk", jac, v)
+
+    output_grads = jax.vmap(loss.grad)(outputs, targets)
+    if grad is None:
+        if solver == "cg":
+            grad = lin.vjp(output_grads) / n
+        else:
+            grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
+    loss0 = _mean_loss(problem, outputs)
+
+    if loss.name == "squared_error":
+        residual_norm = jnp.sqrt(2 * loss0)
+    else:
+        residual_norm = jnp.linalg.norm(grad)
+    damping = step_damping(
+        config.damping_rule,
+        state.damping_scale,
+        residual_norm,
+        config.residual_exponent,
+        min_damping,
+        max_damping,
+    )
+
+    cg_iterations = jnp.zeros((), jnp.int32)
+    if solver == "primal":
+        ggn = dense_ggn(jac, hessians)
+        scale = _marquardt_scale(jnp.diag(ggn), config.marquardt_floor) if marquardt else None
+        step = solve_primal(ggn, grad, damping, scale)
+    elif solver == "dual":
+        scale = (
+            _marquardt_scale(ggn_diagonal_from_jacobians(jac, hessians), config.marquardt_floor)
+            if marquardt
+            else None
+        )
+        step = solve_dual(jac, hessians, output_grads, grad, damping, scale)
+    else:
+        need_diagonal = marquardt or config.cg_preconditioner == "diagonal"
+        diagonal = (
+            ggn_diagonal(problem.model, loss, theta, problem.inputs, outputs, targets)
+            if need_diagonal
+            else None
+        )
+        scale = _marquardt_scale(diagonal, config.marquardt_floor) if marquardt else None
+        preconditioner = None
+        if config.cg_preconditioner == "diagonal":
+            preconditioner = diagonal + damping * (1 if scale is None else scale)
+        result = solve_cg(
+            ggn_matvec(lin, loss, targets),
+            grad,
+            damping,
+            scale,
+            preconditioner,
+            config.cg_warm_start * state.last_step,
+            config.cg_tol,
+            config.cg_max_iters,
+        )
+        step, cg_iterations = result.step, result.iterations
+
+    # The model's predicted decrease, with δᵀGδ = mean_i (J_iδ)ᵀH_i(J_iδ).
+    j_step = jvp(step)
+    curvature = jnp.sum(j_step * hessian_product(loss, outputs, targets, j_step)) / n
+    predicted = -jnp.dot(grad, step) - 0.5 * curvature
+    trial_loss = _mean_loss(problem, problem.model(theta + step, problem.inputs))
+    actual = loss0 - trial_loss
+
+    # Round-off in the loss: a few eps per term of the mean.
+    noise = 64 * jnp.finfo(dtype).eps * jnp.abs(loss0)
+    accepted, in_roundoff = accept_step(
+        config.damping_rule, actual, predicted, config.min_gain_ratio, noise
+    )
+    accepted = accepted & jnp.isfinite(loss0) & jnp.all(jnp.isfinite(step))
+    # Where the loss cannot measure the step, ρ is noise: report ½, which
+    # leaves the damping of every rule unchanged.
+    rho = jnp.where(accepted & in_roundoff, 0.5, gain_ratio(actual, predicted))
+    damping_scale, nu = update_damping(
+        config.damping_rule,
+        state.damping_scale,
+        state.nu,
+        rho,
+        accepted,
+        min_damping,
+        max_damping,
+    )
+    update = jnp.where(accepted, step, jnp.zeros_like(step))
+    new_loss = jnp.where(
+        accepted, trial_loss, jnp.where(jnp.isfinite(loss0), loss0, state.loss)
+    )
+    new_state = GGNState(
+        count=state.count + 1,
+        damping=damping.astype(dtype),
+        damping_scale=damping_scale.astype(dtype),
+        nu=nu.astype(dtype),
+        loss=new_loss.astype(dtype),
+        rho=rho.astype(dtype),
+        accepted=accepted,
+        num_rejected=state.num_rejected + (~accepted).astype(jnp.int32),
+        solver=jnp.asarray(SOLVER_CODES[solver], jnp.int32),
+        cg_iterations=cg_iterations,
+        last_step=jnp.where(accepted, step, state.last_step),
+    )
+    return update, new_state
+
+
+def _check_grads(grads: Any, params: Any) -> None:
+    grads_def = jax.tree_util.tree_structure(grads)
+    params_def = jax.tree_util.tree_structure(params)
+    if grads_def != params_def:
+        raise ValueError(
+            "updates (the gradients) and params have different pytree structures:\n"
+            f"  updates: {grads_def}\n  params:  {params_def}"
+        )
+    for path, (g, w) in zip(
+        (path for path, _ in jax.tree_util.tree_leaves_with_path(params)),
+        zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params)),
+    ):
+        if jnp.shape(g) != jnp.shape(w):
+            raise ValueError(
+                f"updates{jax.tree_util.keystr(path)} has shape {jnp.shape(g)} but "
+                f"params{jax.tree_util.keystr(path)} has shape {jnp.shape(w)}"
+            )
+
+
+def ggn(
+    apply_fn: Callable,
+    loss: LossSpec = "squared_error",
+    **options: Any,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The damped generalised Gauss-Newton step, as an optax transformation.
+
+    Given the gradient g of the mean loss L(θ) = (1/N) Σ_i l(f(θ, x_i), y_i)
+    on a batch, returns the update
+
+    .. math::
+
+        δ = −(G + λD)^{-1} g,\qquad G = \frac1N \sum_i J_i^\top H_i J_i,
+
+    if the loss falls enough on the same batch (gain ratio test), else a
+    zero update; λ then adapts. ``D = I`` (``damping_type="levenberg"``) or
+    ``D = diag(G)`` floored (``"marquardt"``). The update is the full step:
+    chain ``optax.scale(α)`` after it for a step size α.
+
+    Args:
+      apply_fn: ``apply_fn(params, inputs) -> outputs`` of shape (N,) or
+        (N, ...); pure; ``params`` any pytree of float arrays.
+      loss: ``"squared_error"`` (½‖o − y‖²), ``"softmax_cross_entropy"``,
+        ``"sigmoid_binary_cross_entropy"``, or a callable
+        ``l(outputs, targets) -> scalar`` for one sample, convex in the
+        outputs (else G need not be positive semi-definite).
+      damping: initial λ (or μ for the residual rule), > 0. In units of the
+        mean loss's curvature; 1e-3 suits most problems, since the rule
+        adapts it within a few steps.
+      damping_rule: ``"nielsen"`` (default), ``"martens"``, ``"residual"``
+        or ``"fixed"``; see `ggn_jax.damping`.
+      damping_type: ``"levenberg"`` (D = I) or ``"marquardt"``.
+      solver: ``"auto"``, ``"primal"`` (P×P Cholesky), ``"dual"`` (NK×NK,
+        sample space) or ``"cg"`` (matrix-free). ``auto`` takes ``dual`` when
+        NK < P, ``primal`` otherwise, and ``cg`` once the dense matrices pass
+        ``max_dense`` (side) or ``max_jacobian`` (NK·P entries).
+      min_damping, max_damping: bounds on λ; the default floor is 100·eps of
+        the parameters' dtype.
+      min_gain_ratio: η; steps with ρ ≤ η are rejected (not for ``fixed``).
+      residual_exponent: δ ∈ [1, 2] of the residual rule.
+      marquardt_floor: D ≥ floor·max(diag G).
+      cg_tol, cg_max_iters: CG stops at ‖r‖ ≤ tol·‖g‖ or after that many
+        iterations.
+      cg_preconditioner: ``"diagonal"`` (diag(G) + λD) or ``"none"``.
+      cg_warm_start: CG starts from this multiple of the last accepted step.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
+      ``(grads, state, params, *, batch=(inputs, targets))``; its state is a
+      `GGNState`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, ggn_jax
+      >>> apply_fn = lambda w, x: jnp.tanh(x @ w)
+      >>> x = jnp.linspace(-1, 1, 8).reshape(4, 2); y = jnp.array([0.1, -0.2, 0.3, 0.0])
+      >>> params = jnp.zeros(2)
+      >>> tx = ggn_jax.ggn(apply_fn, "squared_error")
+      >>> state = tx.init(params)
+      >>> loss_fn = lambda w: 0.5 * jnp.mean((apply_fn(w, x) - y) ** 2)
+      >>> updates, state = tx.update(jax.grad(loss_fn)(params), state, params, batch=(x, y))
+      >>> params = optax.apply_updates(params, updates)
+      >>> bool(state.accepted), bool(loss_fn(params) < loss_fn(jnp.zeros(2)))
+      (True, True)
+
+    References:
+      Shen (2018), arXiv 1611.05827; Levenberg (1944); Marquardt (1963);
+      Nielsen (1999); Martens (2010); Yamashita & Fukushima (2001); Fan &
+      Yuan (2005).
+    """
+    loss = check_loss(loss)
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+    config = make_config(**options)
+
+    def init_fn(params):
+        check_params(params)
+        theta, _ = ravel_pytree(params)
+        return init_state(config, theta)
+
+    def update_fn(updates, state, params=None, *, batch=None, **extra_args):
+        del extra_args  # other members' arguments in an optax.chain
+        if params is None:
+            raise ValueError("ggn's update needs params: update(grads, state, params, batch=...)")
+        _check_grads(updates, params)
+        problem = bind_problem(apply_fn, loss, params, batch)
+        grad, _ = ravel_pytree(updates)
+        step, state = ggn_step(config, problem, state, grad.astype(problem.theta.dtype))
+        return problem.unravel(step), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,93 @@
+"""Shared test helpers: small random MLPs, problems and dtype tolerances."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ggn_jax.losses import bind_loss
+
+
+def mlp_init(key, sizes, dtype=jnp.float64):
+    """A list of (W, b) with N(0, 1/fan_in) weights and small random biases."""
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        key, k_w, k_b = jax.random.split(key, 3)
+        w = jax.random.normal(k_w, (fan_in, fan_out), dtype) / float(np.sqrt(fan_in))
+        b = 0.1 * jax.random.normal(k_b, (fan_out,), dtype)
+        params.append((w, b))
+    return params
+
+
+def mlp_apply(params, x, activation=jnp.tanh):
+    for w, b in params[:-1]:
+        x = activation(x @ w + b)
+    w, b = params[-1]
+    return x @ w + b
+
+
+def random_batch(key, n, d_in, k_out, dtype=jnp.float64):
+    k_x, k_y = jax.random.split(key)
+    x = jax.random.normal(k_x, (n, d_in), dtype)
+    y = jax.random.normal(k_y, (n, k_out), dtype)
+    return x, y
+
+
+def targets_for(loss, key, n, k, dtype=jnp.float64):
+    """Targets of the right kind for each named loss (or a callable)."""
+    if loss == "softmax_cross_entropy":
+        return jax.random.randint(key, (n,), 0, k)
+    if loss == "sigmoid_binary_cross_entropy":
+        return jax.random.bernoulli(key, 0.5, (n, k)).astype(dtype)
+    return jax.random.normal(key, (n, k), dtype)
+
+
+def log_cosh(o, y):
+    """A callable per-sample loss, convex in the outputs, with a non-constant Hessian."""
+    r = o - y
+    return jnp.sum(jnp.logaddexp(r, -r) - jnp.log(2.0))
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+def dtype_tol(dtype, factor=1.0):
+    """A tolerance derived from the dtype: factor·√eps."""
+    return factor * float(np.sqrt(np.finfo(dtype).eps))
+
+
+def small_problem(loss, seed, n=6, sizes=(3, 5, 4)):
+    """A random tanh MLP and a batch with targets of the loss's kind."""
+    key = jax.random.PRNGKey(seed)
+    k_p, k_x, k_y = jax.random.split(key, 3)
+    params = mlp_init(k_p, list(sizes))
+    x = jax.random.normal(k_x, (n, sizes[0]))
+    y = targets_for(loss, k_y, n, sizes[-1])
+    return params, (x, y)
+
+
+def reference_ggn(loss, params, batch):
+    """J_fullᵀ H_full J_full / N from jacfwd of the whole batch and jax.hessian.
+
+    Independent of the library's per-sample code: the Jacobian is of all NK
+    outputs at once and the Hessian is of the summed loss in all NK outputs.
+    Returns (G, J_full).
+    """
+    x, y = batch
+    theta, unravel = ravel_pytree(params)
+    outputs = mlp_apply(params, x)
+    n, k = outputs.shape
+    j_full = jax.jacfwd(lambda th: mlp_apply(unravel(th), x).reshape(-1))(theta)
+    integer = jnp.issubdtype(y.dtype, jnp.integer)
+    bound = bind_loss(loss, (k,), target_sample_shape=y.shape[1:], integer_targets=integer)
+
+    def summed(o_flat):
+        o = o_flat.reshape(n, k)
+        return sum(bound.value(o[i], y[i]) for i in range(n))
+
+    h_full = jax.hessian(summed)(outputs.reshape(-1))
+    return j_full.T @ h_full @ j_full / n, j_full

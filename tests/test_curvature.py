@@ -1,0 +1,92 @@
+"""Curvature: dense GGN, Gram and products against matrices built another way.
+
+The reference GGN is J_fullᵀ H_full J_full / N with J_full = jax.jacfwd of the
+whole batch output (NK×P) and H_full = jax.hessian of the summed loss in all
+NK outputs: no per-sample code and no loss-specific formula in it.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import log_cosh, mlp_apply, reference_ggn, rel_err, small_problem
+from jax.flatten_util import ravel_pytree
+
+from ggn_jax import ggn_matrix, gram_matrix
+from ggn_jax.curvature import (
+    ggn_diagonal,
+    ggn_matvec,
+    linearize,
+    per_sample_jacobians,
+)
+from ggn_jax.problem import bind_problem
+
+LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
+IDS = ["squared_error", "softmax", "sigmoid", "callable"]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=IDS)
+def test_dense_ggn_equals_full_jacobian_reference(loss):
+    for seed in range(2):
+        params, batch = small_problem(loss, seed)
+        reference, _ = reference_ggn(loss, params, batch)
+        assert rel_err(ggn_matrix(mlp_apply, loss, params, batch), reference) < 1e-10
+
+
+def test_gram_equals_full_jacobian_reference():
+    params, batch = small_problem("squared_error", 3)
+    _, j_full = reference_ggn("squared_error", params, batch)
+    n = batch[0].shape[0]
+    assert rel_err(gram_matrix(mlp_apply, params, batch[0]), j_full @ j_full.T / n) < 1e-12
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=IDS)
+def test_matrix_free_product_and_diagonal_match_dense(loss):
+    params, batch = small_problem(loss, 7, n=9)
+    problem = bind_problem(mlp_apply, loss, params, batch)
+    reference, _ = reference_ggn(loss, params, batch)
+    lin = linearize(problem.model, problem.theta, problem.inputs)
+    matvec = ggn_matvec(lin, problem.loss, problem.targets)
+    for seed in range(3):
+        v = jax.random.normal(jax.random.PRNGKey(seed), problem.theta.shape)
+        assert rel_err(matvec(v), reference @ v) < 1e-12
+    diag = ggn_diagonal(
+        problem.model, problem.loss, problem.theta, problem.inputs, lin.outputs,
+        problem.targets, chunk_size=4,
+    )
+    assert rel_err(diag, jnp.diag(reference)) < 1e-12
+
+
+def test_per_sample_jacobians_stack_to_the_full_jacobian():
+    params, batch = small_problem("squared_error", 4)
+    problem = bind_problem(mlp_apply, "squared_error", params, batch)
+    outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+    _, j_full = reference_ggn("squared_error", params, batch)
+    np.testing.assert_allclose(jac.reshape(j_full.shape), j_full, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(outputs, mlp_apply(params, batch[0]), rtol=1e-14)
+
+
+def test_ggn_equals_hessian_at_an_exact_fit():
+    """Shen (2018): with zero residuals the Hessian's second-order term vanishes."""
+    params, (x, _) = small_problem("squared_error", 11, n=4)
+    y = mlp_apply(params, x)  # targets the network fits exactly
+    theta, unravel = ravel_pytree(params)
+
+    def mean_loss(th):
+        return 0.5 * jnp.mean(jnp.sum((mlp_apply(unravel(th), x) - y) ** 2, axis=1))
+
+    hessian = jax.hessian(mean_loss)(theta)
+    assert rel_err(ggn_matrix(mlp_apply, "squared_error", params, (x, y)), hessian) < 1e-10
+    # Away from the fit the two differ: the identity is not an accident of the net.
+    y_off = y + 0.5
+    off = jax.hessian(
+        lambda th: 0.5 * jnp.mean(jnp.sum((mlp_apply(unravel(th), x) - y_off) ** 2, axis=1))
+    )(theta)
+    assert rel_err(ggn_matrix(mlp_apply, "squared_error", params, (x, y_off)), off) > 1e-3
+
+
+def test_scalar_outputs_are_one_output_per_sample():
+    w = jnp.array([1.0, -2.0])
+    x = jnp.array([[1.0, 2.0], [3.0, 4.0], [0.5, 0.0]])
+    g = ggn_matrix(lambda w, x: x @ w, "squared_error", w, (x, jnp.zeros(3)))
+    np.testing.assert_allclose(g, x.T @ x / 3, rtol=1e-14)

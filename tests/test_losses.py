@@ -1,0 +1,109 @@
+"""Losses: values against optax's own implementations, Hessians against jax.hessian."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import log_cosh
+
+from ggn_jax.losses import bind_loss, check_loss
+
+K = 5
+
+
+def _sample(loss, key):
+    k_o, k_y = jax.random.split(key)
+    o = jax.random.normal(k_o, (K,))
+    if loss == "softmax_cross_entropy":
+        return o, jax.random.randint(k_y, (), 0, K)
+    if loss == "sigmoid_binary_cross_entropy":
+        return o, jax.random.uniform(k_y, (K,))
+    return o, jax.random.normal(k_y, (K,))
+
+
+def _reference_value(loss, o, y):
+    """Independent formulas: optax for the classification losses."""
+    if loss == "squared_error":
+        return 0.5 * jnp.sum((o - y) ** 2)
+    if loss == "softmax_cross_entropy":
+        return optax.softmax_cross_entropy_with_integer_labels(o, y)
+    if loss == "sigmoid_binary_cross_entropy":
+        return jnp.sum(optax.sigmoid_binary_cross_entropy(o, y))
+    return log_cosh(o, y)
+
+
+LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: l if isinstance(l, str) else "callable")
+def test_value_gradient_hessian_and_hvp_match_references(loss):
+    for seed in range(3):
+        o, y = _sample(loss, jax.random.PRNGKey(seed))
+        integer = jnp.issubdtype(y.dtype, jnp.integer)
+        bound = bind_loss(loss, (K,), target_sample_shape=y.shape, integer_targets=integer)
+        reference = lambda o_: _reference_value(loss, o_, y)  # noqa: E731
+        np.testing.assert_allclose(bound.value(o, y), reference(o), rtol=1e-12)
+        np.testing.assert_allclose(bound.grad(o, y), jax.grad(reference)(o), rtol=1e-12, atol=1e-14)
+        h_ref = jax.hessian(reference)(o)
+        np.testing.assert_allclose(bound.hessian(o, y), h_ref, rtol=1e-12, atol=1e-14)
+        v = jax.random.normal(jax.random.PRNGKey(100 + seed), (K,))
+        np.testing.assert_allclose(bound.hvp(o, y, v), h_ref @ v, rtol=1e-12, atol=1e-14)
+        # Convex in the outputs: the Hessian is positive semi-definite.
+        assert np.linalg.eigvalsh(np.asarray(bound.hessian(o, y))).min() > -1e-12
+
+
+def test_softmax_with_probability_targets_matches_optax():
+    o = jnp.array([0.3, -1.0, 2.0])
+    q = jnp.array([0.2, 0.5, 0.3])
+    bound = bind_loss("softmax_cross_entropy", (3,), target_sample_shape=(3,))
+    np.testing.assert_allclose(bound.value(o, q), optax.softmax_cross_entropy(o, q), rtol=1e-12)
+    ref_h = jax.hessian(lambda o_: optax.softmax_cross_entropy(o_, q))(o)
+    np.testing.assert_allclose(bound.hessian(o, q), ref_h, rtol=1e-12, atol=1e-15)
+
+
+def test_finite_difference_gradient_of_squared_error():
+    o = jnp.array([0.5, -2.0]); y = jnp.array([1.0, 0.25])
+    bound = bind_loss("squared_error", (2,))
+    h = 1e-6
+    fd = [(bound.value(o.at[i].add(h), y) - bound.value(o.at[i].add(-h), y)) / (2 * h) for i in range(2)]
+    np.testing.assert_allclose(bound.grad(o, y), fd, rtol=1e-8)
+
+
+def test_callable_loss_sees_the_models_per_sample_shape():
+    seen = []
+
+    def loss(o, y):
+        seen.append(o.shape)
+        return (o - y) ** 2
+
+    bound = bind_loss(loss, ())
+    assert float(bound.value(jnp.array([3.0]), jnp.array(1.0))) == 4.0
+    assert seen[0] == ()
+
+
+def test_callable_loss_must_return_a_scalar():
+    bound = bind_loss(lambda o, y: o - y, (2,))
+    with pytest.raises(ValueError, match="scalar per sample"):
+        bound.value(jnp.zeros(2), jnp.zeros(2))
+
+
+def test_unknown_loss_name_lists_the_allowed_names():
+    with pytest.raises(ValueError, match="unknown loss 'mse'.*squared_error"):
+        check_loss("mse")
+    with pytest.raises(TypeError, match="loss must be"):
+        check_loss(3)
+
+
+@pytest.mark.parametrize(
+    "loss, sample, target, integer, message",
+    [
+        ("squared_error", (3,), (2,), False, "per-sample shape of the outputs"),
+        ("sigmoid_binary_cross_entropy", (3,), (), False, "per-sample shape"),
+        ("softmax_cross_entropy", (3,), (3, 1), True, "one label per sample"),
+        ("softmax_cross_entropy", (4,), (3,), False, "per-sample shape"),
+    ],
+)
+def test_target_shape_mismatch_is_named(loss, sample, target, integer, message):
+    with pytest.raises(ValueError, match=message):
+        bind_loss(loss, sample, target_sample_shape=target, integer_targets=integer)

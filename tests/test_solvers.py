@@ -1,0 +1,111 @@
+"""Damped solves: primal, dual and CG against numpy's dense solve of (G + λD)δ = −g."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import log_cosh, mlp_apply, reference_ggn, rel_err, small_problem
+
+from ggn_jax.curvature import (
+    dense_ggn,
+    ggn_matvec,
+    linearize,
+    loss_hessians,
+    per_sample_jacobians,
+)
+from ggn_jax.problem import bind_problem
+from ggn_jax.solvers import choose_solver, solve_cg, solve_dual, solve_primal
+
+LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
+IDS = ["squared_error", "softmax", "sigmoid", "callable"]
+
+
+def _all_steps(loss, n, damping, marquardt):
+    params, batch = small_problem(loss, n, n=n)
+    problem = bind_problem(mlp_apply, loss, params, batch)
+    reference, _ = reference_ggn(loss, params, batch)
+    outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+    hessians = None if problem.loss.identity_hessian else loss_hessians(
+        problem.loss, outputs, problem.targets
+    )
+    output_grads = jax.vmap(problem.loss.grad)(outputs, problem.targets)
+    grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
+    p = grad.shape[0]
+    scale = jnp.diag(reference) + 0.1 if marquardt else None
+    d = np.ones(p) if scale is None else np.asarray(scale)
+    lam = jnp.asarray(damping)
+    expected = np.linalg.solve(np.asarray(reference) + damping * np.diag(d), -np.asarray(grad))
+    lin = linearize(problem.model, problem.theta, problem.inputs)
+    steps = {
+        "primal": solve_primal(dense_ggn(jac, hessians), grad, lam, scale),
+        "dual": solve_dual(jac, hessians, output_grads, grad, lam, scale),
+        "cg": solve_cg(
+            ggn_matvec(lin, problem.loss, problem.targets), grad, lam, scale,
+            jnp.diag(reference) + lam * jnp.asarray(d), jnp.zeros(p), 1e-14, 10 * p,
+        ).step,
+    }
+    return steps, expected, (jac.shape[0] * jac.shape[1], p)
+
+
+@pytest.mark.parametrize("marquardt", [False, True], ids=["levenberg", "marquardt"])
+@pytest.mark.parametrize("n", [6, 20], ids=["NK<P", "NK>P"])
+@pytest.mark.parametrize("loss", LOSSES, ids=IDS)
+def test_three_solvers_give_the_dense_step(loss, n, marquardt):
+    steps, expected, (rows, p) = _all_steps(loss, n, 1e-2, marquardt)
+    assert (rows < p) == (n == 6)
+    for name, step in steps.items():
+        assert rel_err(step, expected) < 1e-8, name
+
+
+def test_dual_scales_with_a_rescaled_gradient():
+    params, batch = small_problem("squared_error", 1, n=5)
+    problem = bind_problem(mlp_apply, "squared_error", params, batch)
+    outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+    e = outputs - batch[1]
+    grad = jnp.einsum("nkp,nk->p", jac, e) / 5
+    full = solve_dual(jac, None, e, grad, jnp.asarray(0.1), None)
+    half = solve_dual(jac, None, e, 0.5 * grad, jnp.asarray(0.1), None)
+    np.testing.assert_allclose(half, 0.5 * full, rtol=1e-12)
+
+
+def test_failed_factorisation_gives_nan_not_a_wrong_step():
+    indefinite = jnp.array([[1.0, 2.0], [2.0, 1.0]])
+    step = solve_primal(indefinite, jnp.ones(2), jnp.asarray(1e-12), None)
+    assert not np.all(np.isfinite(step))
+
+
+def test_cg_counts_iterations_and_uses_the_warm_start():
+    a = jnp.diag(jnp.arange(1.0, 11.0))
+    g = jnp.ones(10)
+    cold = solve_cg(lambda v: a @ v, g, jnp.asarray(1e-3), None, None, jnp.zeros(10), 1e-12, 50)
+    exact = -g / (jnp.arange(1.0, 11.0) + 1e-3)
+    np.testing.assert_allclose(cold.step, exact, rtol=1e-10)
+    assert int(cold.iterations) == 10  # ten distinct eigenvalues
+    warm = solve_cg(lambda v: a @ v, g, jnp.asarray(1e-3), None, None, exact, 1e-12, 50)
+    assert int(warm.iterations) == 0
+    # A diagonal preconditioner makes this diagonal system a one-step solve.
+    pre = solve_cg(
+        lambda v: a @ v, g, jnp.asarray(1e-3), None, jnp.arange(1.0, 11.0) + 1e-3,
+        jnp.zeros(10), 1e-12, 50,
+    )
+    assert int(pre.iterations) == 1
+
+
+def test_cg_stops_on_non_positive_curvature():
+    a = jnp.diag(jnp.array([1.0, -5.0]))
+    result = solve_cg(lambda v: a @ v, jnp.ones(2), jnp.asarray(1e-3), None, None, jnp.zeros(2), 1e-12, 50)
+    assert np.all(np.isfinite(result.step))
+    assert int(result.iterations) <= 2
+
+
+@pytest.mark.parametrize(
+    "rows, params, expected",
+    [(10, 100, "dual"), (100, 10, "primal"), (10, 10, "primal"), (5000, 10**5, "cg"), (9000, 8000, "cg")],
+)
+def test_auto_picks_by_shape(rows, params, expected):
+    assert choose_solver("auto", rows, params, max_dense=4096, max_jacobian=2**30) == expected
+
+
+def test_auto_respects_the_jacobian_limit():
+    assert choose_solver("auto", 100, 1000, max_dense=4096, max_jacobian=10**4) == "cg"
+    assert choose_solver("primal", 100, 1000, max_dense=1, max_jacobian=1) == "primal"

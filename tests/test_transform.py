@@ -1,0 +1,211 @@
+"""The optax transformation: the step, chains, jit, dtypes, faults and bad input."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import dtype_tol, mlp_apply, mlp_init, reference_ggn, rel_err, small_problem
+
+import ggn_jax
+from ggn_jax.solvers import SOLVER_CODES
+
+
+def _mean_loss(params, batch):
+    x, y = batch
+    return 0.5 * jnp.mean(jnp.sum((mlp_apply(params, x) - y) ** 2, axis=1))
+
+
+def _flat(tree):
+    return jax.flatten_util.ravel_pytree(tree)[0]
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_update_is_the_damped_gauss_newton_step(solver):
+    params, batch = small_problem("squared_error", 0, n=6)
+    reference, _ = reference_ggn("squared_error", params, batch)
+    grads = jax.grad(_mean_loss)(params, batch)
+    damping = 0.5  # large enough that the step is accepted
+    tx = ggn_jax.ggn(mlp_apply, damping=damping, solver=solver, cg_tol=1e-13, cg_max_iters=500)
+    updates, state = tx.update(grads, tx.init(params), params, batch=batch)
+    expected = np.linalg.solve(reference + damping * np.eye(len(reference)), -_flat(grads))
+    assert bool(state.accepted)
+    assert rel_err(_flat(updates), expected) < 1e-8
+    assert int(state.solver) == SOLVER_CODES[solver]
+    assert float(state.loss) == pytest.approx(
+        float(_mean_loss(optax.apply_updates(params, updates), batch)), rel=1e-12
+    )
+    assert int(state.count) == 1 and (int(state.cg_iterations) > 0) == (solver == "cg")
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_chain_with_clipping_before_and_a_scale_after(solver):
+    params, batch = small_problem("squared_error", 2, n=6)
+    reference, _ = reference_ggn("squared_error", params, batch)
+    grads = jax.grad(_mean_loss)(params, batch)
+    max_norm = 0.5 * float(jnp.linalg.norm(_flat(grads)))
+    tx = optax.chain(
+        optax.clip_by_global_norm(max_norm),
+        ggn_jax.ggn(mlp_apply, damping=1.0, solver=solver, cg_tol=1e-13, cg_max_iters=500),
+        optax.scale(0.5),
+    )
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params, batch=batch)
+    clipped = _flat(grads) * max_norm / jnp.linalg.norm(_flat(grads))
+    expected = 0.5 * np.linalg.solve(reference + np.eye(len(reference)), -clipped)
+    assert rel_err(_flat(updates), expected) < 1e-8
+    new_params = optax.apply_updates(params, updates)
+    assert _mean_loss(new_params, batch) < _mean_loss(params, batch)
+
+
+def test_jitted_update_does_not_recompile_across_steps():
+    params, batch = small_problem("squared_error", 3, n=8)
+    tx = ggn_jax.ggn(mlp_apply)
+    loss_and_grad = jax.value_and_grad(_mean_loss)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def train_step(params, state, batch):
+        _, grads = loss_and_grad(params, batch)
+        updates, state = tx.update(grads, state, params, batch=batch)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    first = float(_mean_loss(params, batch))
+    for _ in range(5):
+        params, state = train_step(params, state, batch)
+    assert float(state.loss) < first
+    assert int(state.count) == 5
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_float32_matches_float64_to_a_dtype_tolerance(solver):
+    params64, batch64 = small_problem("squared_error", 4, n=6)
+    to32 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), t)  # noqa: E731
+    params32, batch32 = to32(params64), to32(batch64)
+    results = {}
+    for name, params, batch in [("64", params64, batch64), ("32", params32, batch32)]:
+        tx = ggn_jax.ggn(mlp_apply, damping=0.5, solver=solver, cg_tol=1e-6, cg_max_iters=500)
+        grads = jax.grad(_mean_loss)(params, batch)
+        updates, state = tx.update(grads, tx.init(params), params, batch=batch)
+        results[name] = _flat(updates)
+        leaves = jax.tree_util.tree_leaves((updates, state))
+        floats = [leaf for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)]
+        assert all(leaf.dtype == (jnp.float64 if name == "64" else jnp.float32) for leaf in floats)
+    assert rel_err(results["32"], results["64"]) < dtype_tol(np.float32, 10)
+
+
+def _cube_model(w, x):
+    """x·w³, undefined (NaN) for w > 1.2: the undamped first step lands there."""
+    return jnp.where(w[0] > 1.2, jnp.nan, x[:, 0] * w[0] ** 3)
+
+
+def test_nan_trial_step_is_rejected_and_training_continues():
+    x = jnp.linspace(0.5, 2.0, 5)[:, None]
+    y = x[:, 0]  # w* = 1
+    batch = (x, y)
+    params = jnp.array([0.3])
+    tx = ggn_jax.ggn(_cube_model, damping=1e-6)
+    loss = lambda w: 0.5 * jnp.mean((_cube_model(w, x) - y) ** 2)  # noqa: E731
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))
+    state = tx.init(params)
+    updates, state = update(jax.grad(loss)(params), state, params)
+    assert not bool(state.accepted)
+    np.testing.assert_array_equal(updates, 0.0)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(state)[1:])
+    for _ in range(60):
+        params = optax.apply_updates(params, updates)
+        updates, state = update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+    assert float(loss(params)) < 1e-20
+    assert int(state.num_rejected) >= 1
+    assert bool(jnp.all(jnp.isfinite(params)))
+
+
+def test_state_is_a_pytree_of_arrays_with_the_contract_fields():
+    params, _ = small_problem("squared_error", 5)
+    state = ggn_jax.ggn(mlp_apply).init(params)
+    for field in ("count", "damping", "loss", "rho", "accepted", "solver", "cg_iterations"):
+        assert hasattr(state, field)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(state))
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"loss": "mse"}, ValueError, "unknown loss 'mse'"),
+        ({"solver": "lu"}, ValueError, "unknown solver 'lu'; allowed: auto, primal, dual, cg"),
+        ({"damping_rule": "adam"}, ValueError, "unknown damping_rule 'adam'"),
+        ({"damping_type": "tikhonov"}, ValueError, "unknown damping_type"),
+        ({"damping": -1.0}, ValueError, "damping must be finite and > 0"),
+        ({"damping": float("nan")}, ValueError, "damping must be finite"),
+        ({"damping": "big"}, TypeError, "damping must be a number"),
+        ({"residual_exponent": 3.0}, ValueError, r"residual_exponent must lie in \[1, 2\]"),
+        ({"cg_max_iters": 0}, ValueError, "cg_max_iters must be a positive integer"),
+        ({"min_damping": 1.0, "max_damping": 0.1}, ValueError, "min_damping .* exceeds"),
+        ({"dampnig": 1.0}, TypeError, "unknown option.*dampnig.*allowed: damping"),
+    ],
+)
+def test_bad_options_fail_at_construction(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        ggn_jax.ggn(mlp_apply, **kwargs)
+
+
+def _update(batch=None, grads=None, params=None, apply_fn=mlp_apply, loss="squared_error"):
+    p, b = small_problem("squared_error", 6, n=4)
+    params = p if params is None else params
+    tx = ggn_jax.ggn(apply_fn, loss)
+    grads = jax.tree_util.tree_map(jnp.zeros_like, params) if grads is None else grads
+    return tx.update(grads, tx.init(params), params, batch=b if batch is None else batch)
+
+
+def test_bad_input_at_update_names_the_problem():
+    params, (x, y) = small_problem("squared_error", 6, n=4)
+    with pytest.raises(ValueError, match="batch is missing"):
+        ggn_jax.ggn(mlp_apply).update(params, ggn_jax.ggn(mlp_apply).init(params), params)
+    with pytest.raises(TypeError, match=r"batch must be a pair \(inputs, targets\)"):
+        _update(batch=(x, y, y))
+    with pytest.raises(ValueError, match="share one leading sample dimension"):
+        _update(batch=(x, y[:3]))
+    with pytest.raises(ValueError, match="per-sample shape of the outputs"):
+        _update(batch=(x, y[:, :2]))
+    with pytest.raises(ValueError, match="different pytree structures"):
+        _update(grads=params[:-1])
+    with pytest.raises(ValueError, match="empty"):
+        _update(batch=(x[:0], y[:0]))
+    bad_grads = [(w, b[:1]) for w, b in params]
+    with pytest.raises(ValueError, match=r"updates\[0\]\[1\] has shape \(1,\)"):
+        _update(grads=bad_grads)
+    with pytest.raises(TypeError, match="dtype int"):
+        _update(params=[(jnp.ones((3, 4), jnp.int32), jnp.zeros(4))])
+    with pytest.raises(ValueError, match="outputs need shape"):
+        _update(apply_fn=lambda p, x: mlp_apply(p, x)[:2])
+
+
+def test_params_are_required_at_update():
+    params, batch = small_problem("squared_error", 6, n=4)
+    tx = ggn_jax.ggn(mlp_apply)
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(params, tx.init(params), batch=batch)
+
+
+def test_a_pytree_of_dicts_trains():
+    key, k_w, k_v = jax.random.split(jax.random.PRNGKey(0), 3)
+    params = {
+        "layer": {"w": jax.random.normal(k_w, (2, 8)), "b": jnp.zeros(8)},
+        "out": jax.random.normal(k_v, (8,)),
+    }
+    apply_fn = lambda p, x: jnp.tanh(x @ p["layer"]["w"] + p["layer"]["b"]) @ p["out"]  # noqa: E731
+    x = jax.random.normal(key, (5, 2))
+    result = ggn_jax.fit(apply_fn, params, (x, jnp.sin(x[:, 0])), max_steps=100, tol=1e-24)
+    assert result.converged
+    assert jax.tree_util.tree_structure(result.params) == jax.tree_util.tree_structure(params)
+
+
+def test_mlp_init_dtype_is_respected():
+    params = mlp_init(jax.random.PRNGKey(0), [2, 3, 1], dtype=jnp.float32)
+    assert ggn_jax.ggn(mlp_apply).init(params).damping.dtype == jnp.float32
