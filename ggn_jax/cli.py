@@ -38,9 +38,10 @@ def _demo(args: argparse.Namespace) -> int:
     result = fit(apply_fn, params, (x, y), max_steps=50, tol=1e-20)
     elapsed = time.perf_counter() - start
     print("over-parameterised regression: N=128, MLP 4-64-64-2 (tanh), float64")
-    for step, loss in enumerate(result.loss_history):
+    print(f"  step   0  loss {result.initial_loss:.3e}")
+    for step, loss in enumerate(result.loss_history, start=1):
         print(f"  step {step:3d}  loss {loss:.3e}")
-    print(f"reached loss {result.loss_history[-1]:.2e} in {result.steps} steps, "
+    print(f"reached loss {float(result.state.loss):.2e} in {result.steps} steps, "
           f"{elapsed:.2f} s including compilation")
     return 0 if result.converged else 1
 

@@ -23,13 +23,14 @@ Rules (μ is the state's ``damping_scale``):
 * ``martens`` (Martens 2010): λ = μ; μ ← 3/2·μ if ρ < ¼ (or rejected),
   μ ← 2/3·μ if ρ > ¾.
 * ``residual`` (Yamashita & Fukushima 2001; Fan & Yuan 2005): λ = μ·‖r‖^δ,
-  δ ∈ [1, 2], with μ ← 4μ if ρ < ¼ (or rejected), μ ← μ/4 if ρ > ¾. As the
-  residual vanishes so does λ, which gives local quadratic convergence under
-  a local error bound, even where the minimisers are not isolated — the
+  δ ∈ [1, 2], with μ adapted by Nielsen's rule above. As the residual
+  vanishes so does λ, which gives local quadratic convergence under a local
+  error bound, even where the minimisers are not isolated — the
   exact-learning case, where zero-loss points form a manifold of dimension
   P − T·K. For squared error ‖r‖ = √(2L), the root-mean-square residual; for
   other losses, whose minimum need not be zero, the gradient norm ‖g‖ takes
-  its place.
+  its place. (Fan & Yuan adapt μ by fixed factors 4 and ¼; measured on our
+  benchmark problems, Nielsen's smooth update rejects far fewer steps.)
 * ``fixed``: λ = μ never changes and every finite step is accepted: the
   pure GGN iteration of Shen (2018) with a tiny λ and step size 1.
 
@@ -107,14 +108,17 @@ def update_damping(
     min_damping: float,
     max_damping: float,
 ) -> tuple[jax.Array, jax.Array]:
-    """The next (μ, ν) from this step's gain ratio and acceptance."""
+    """The next (μ, ν) from this step's gain ratio and acceptance.
+
+    ρ = ½ leaves μ unchanged under every rule.
+    """
     one = jnp.ones_like(damping_scale)
-    if rule == "nielsen":
+    if rule in ("nielsen", "residual"):
         shrink = jnp.maximum(1 / 3, 1 - (2 * rho - 1) ** 3)
         scale = jnp.where(accepted, damping_scale * shrink, damping_scale * nu)
         nu = jnp.where(accepted, 2 * one, jnp.minimum(2 * nu, _MAX_NU))
-    elif rule in ("martens", "residual"):
-        up, down = (1.5, 2 / 3) if rule == "martens" else (4.0, 0.25)
+    elif rule == "martens":
+        up, down = 1.5, 2 / 3
         bad = ~accepted | (rho < 0.25)
         good = accepted & (rho > 0.75)
         factor = jnp.where(bad, up, jnp.where(good, down, 1.0))

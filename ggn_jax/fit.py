@@ -29,8 +29,9 @@ class FitResult(NamedTuple):
 
     Attributes:
       params: the final parameters, in the pytree structure given.
-      loss_history: (steps + 1,) array; entry k is the loss at iterate k
-        (entry 0 the initial loss, then one entry per step).
+      loss_history: (steps,) array, one entry per step: the loss after it
+        (unchanged by a rejected step).
+      initial_loss: the loss at the initial parameters.
       steps: the number of steps taken (accepted or rejected).
       converged: whether the loss reached ``tol``.
       state: the final `GGNState` (damping, rejected-step count, …).
@@ -38,6 +39,7 @@ class FitResult(NamedTuple):
 
     params: Any
     loss_history: np.ndarray
+    initial_loss: float
     steps: int
     converged: bool
     state: GGNState
@@ -49,7 +51,7 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
         dtype = problem.theta.dtype
         outputs = problem.model(problem.theta, problem.inputs)
         initial_loss = jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
-        history = jnp.full((max_steps + 1,), jnp.nan, dtype).at[0].set(initial_loss)
+        history = jnp.full((max(max_steps, 1),), jnp.nan, dtype)
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 
         def cond(carry):
@@ -59,12 +61,12 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
         def body(carry):
             theta, state, history, step = carry
             update, state = ggn_step(config, problem._replace(theta=theta), state, None)
-            return theta + update, state, history.at[step + 1].set(state.loss), step + 1
+            return theta + update, state, history.at[step].set(state.loss), step + 1
 
         theta, state, history, steps = jax.lax.while_loop(
             cond, body, (problem.theta, state, history, jnp.zeros((), jnp.int32))
         )
-        return problem.unravel(theta), state, history, steps
+        return problem.unravel(theta), state, initial_loss, history, steps
 
     return jax.jit(run)
 
@@ -106,7 +108,7 @@ def fit(
       >>> params = {"w": jnp.linspace(-2, 2, 16)[None], "b": jnp.linspace(-1, 1, 16),
       ...           "v": jnp.zeros(16)}
       >>> result = ggn_jax.fit(apply_fn, params, (x, y), max_steps=50, tol=1e-10)
-      >>> bool(result.converged), result.loss_history.shape == (result.steps + 1,)
+      >>> bool(result.converged), result.loss_history.shape == (result.steps,)
       (True, True)
     """
     loss = check_loss(loss)
@@ -119,7 +121,13 @@ def fit(
         run = _cached_build(apply_fn, loss, config, max_steps)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache
         run = _build(apply_fn, loss, config, max_steps)
-    params, state, history, steps = run(params, batch, tol)
+    params, state, initial_loss, history, steps = run(params, batch, tol)
     steps = int(steps)
-    history = np.asarray(history[: steps + 1])
-    return FitResult(params, history, steps, bool(history[-1] <= tol), state)
+    return FitResult(
+        params,
+        np.asarray(history[:steps]),
+        float(initial_loss),
+        steps,
+        bool(state.loss <= tol),
+        state,
+    )

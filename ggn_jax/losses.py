@@ -78,12 +78,12 @@ def check_loss(loss: LossSpec) -> LossSpec:
 
 
 def _squared_error(o, y):
-    r = o - y
+    r = o - y.astype(o.dtype)
     return 0.5 * jnp.sum(r * r)
 
 
 def _squared_error_grad(o, y):
-    return o - y
+    return o - y.astype(o.dtype)
 
 
 # --- softmax cross-entropy ---------------------------------------------------

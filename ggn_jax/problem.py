@@ -27,7 +27,8 @@ def flat_model(apply_fn: Callable, unravel: Callable) -> FlatModel:
 
     def model(theta, inputs):
         outputs = apply_fn(unravel(theta), inputs)
-        return outputs.reshape(outputs.shape[0], -1)
+        # In the parameters' dtype, whatever the inputs' dtype promoted it to.
+        return outputs.reshape(outputs.shape[0], -1).astype(theta.dtype)
 
     return model
 
@@ -56,16 +57,17 @@ class Problem(NamedTuple):
 
 
 def check_params(params: Any) -> None:
-    """Raises TypeError unless every parameter leaf is a real floating array."""
+    """Raises TypeError unless the parameters are float32 or float64 arrays of one dtype."""
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves:
         raise ValueError("params has no array leaves: there is nothing to train")
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
+        if dtype not in (jnp.float32, jnp.float64):
             raise TypeError(
                 f"params{jax.tree_util.keystr(path)} has dtype {dtype}; the GGN "
-                "needs real floating-point parameters (float32 or float64)"
+                "needs real floating-point parameters of float32 or float64 (the "
+                "damped solves need more precision than 16-bit floats give)"
             )
     dtypes = {jnp.result_type(leaf) for leaf in leaves}
     if len(dtypes) > 1:

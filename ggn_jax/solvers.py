@@ -90,35 +90,58 @@ def solve_dual(
     damping: jax.Array,
     scale: jax.Array | None,
 ) -> jax.Array:
-    """δ = −D⁻¹J̄ᵀ(H̄K + λI)⁻¹ē in sample space (NK×NK).
+    """δ = −(G + λD)⁻¹g in sample space, factoring one NK×NK matrix.
+
+    In the variables δ̃ = D^{1/2}δ, with Ã = J̄D^{-1/2}, g̃ = D^{-1/2}g and
+    M = H̄ÃÃᵀ + λI, the batch gradient b̃ = Ãᵀē has the exact dual step
+    −ÃᵀM⁻¹ē. A gradient from a chain (clipped, rescaled, with weight decay
+    added) is split as g̃ = c·b̃ + r with r ⊥ b̃; by Woodbury,
+
+        (ÃᵀH̄Ã + λI)⁻¹ r = (r − ÃᵀM⁻¹H̄Ã r) / λ,
+
+    with the same factorisation. The correction divides by λ, so it is used
+    only when r is more than round-off (‖r‖ > √eps·‖g̃‖); a plain gradient
+    takes the exact first form.
 
     Args:
       jac: per-sample Jacobians J_i, (N, K, P).
       hessians: H_i, (N, K, K), or None for H_i = I.
       output_grads: ∇_o l_i, (N, K).
-      grad: the gradient g to precondition, (P,). The dual step can only
-        be applied to gradients of the form J̄ᵀē; when ``grad`` is a multiple
-        c·J̄ᵀē (a rescaled or norm-clipped gradient from an earlier
-        transformation) the step is scaled by c, so such chains are honoured.
+      grad: the gradient g to precondition, (P,).
       damping: λ > 0.
       scale: the diagonal of D (P,), or None for D = I.
     """
     n, k, p = jac.shape
-    rows = jac.reshape(n * k, p) / jnp.sqrt(jnp.asarray(n, jac.dtype))
-    e_bar = output_grads.reshape(n * k) / jnp.sqrt(jnp.asarray(n, jac.dtype))
-    scaled_rows = rows if scale is None else rows / scale
-    gram = scaled_rows @ rows.T
-    eye = jnp.eye(n * k, dtype=jac.dtype)
+    dtype = jac.dtype
+    root_n = jnp.sqrt(jnp.asarray(n, dtype))
+    rows = jac.reshape(n * k, p) / root_n
+    e_bar = output_grads.reshape(n * k) / root_n
+    if scale is not None:
+        root_scale = jnp.sqrt(scale)
+        rows = rows / root_scale
+        grad = grad / root_scale
+    gram = rows @ rows.T
+    eye = jnp.eye(n * k, dtype=dtype)
     if hessians is None:
-        u = cho_solve(cho_factor(gram + damping * eye, lower=True), e_bar)
+        factor = cho_factor(gram + damping * eye, lower=True)
+        solve = lambda v: cho_solve(factor, v)  # noqa: E731
+        curvature = lambda u: u  # noqa: E731
     else:
         h_gram = jnp.einsum("nkl,nlm->nkm", hessians, gram.reshape(n, k, n * k))
-        u = lu_solve(lu_factor(h_gram.reshape(n * k, n * k) + damping * eye), e_bar)
+        factor = lu_factor(h_gram.reshape(n * k, n * k) + damping * eye)
+        solve = lambda v: lu_solve(factor, v)  # noqa: E731
+        curvature = lambda u: jnp.einsum("nkl,nl->nk", hessians, u.reshape(n, k)).ravel()  # noqa: E731
+
     batch_grad = rows.T @ e_bar
     norm2 = jnp.dot(batch_grad, batch_grad)
     positive = norm2 > 0
-    c = jnp.where(positive, jnp.dot(grad, batch_grad) / jnp.where(positive, norm2, 1), 1)
-    return -c * (scaled_rows.T @ u)
+    c = jnp.where(positive, jnp.dot(grad, batch_grad) / jnp.where(positive, norm2, 1), 0)
+    step = -c * (rows.T @ solve(e_bar))
+    rest = grad - c * batch_grad
+    significant = jnp.linalg.norm(rest) > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.linalg.norm(grad)
+    correction = (rest - rows.T @ solve(curvature(rows @ rest))) / damping
+    step = step - jnp.where(significant, correction, jnp.zeros_like(correction))
+    return step if scale is None else step / root_scale
 
 
 class CGResult(NamedTuple):
@@ -152,13 +175,15 @@ def solve_cg(
       scale: the diagonal of D, or None for D = I.
       preconditioner: the diagonal M of a preconditioner (M ≈ diag(G) + λD),
         or None for none.
-      initial_step: the warm start; ignored when it is worse than zero in
-        residual norm.
+      initial_step: the warm start; ignored unless its model value
+        φ(x) = ½xᵀAx − bᵀx is below φ(0) = 0.
       tol: stop when ‖r‖ ≤ tol·‖g‖.
       max_iters: the cap on iterations (matrix-vector products).
 
     Returns:
-      `CGResult` with the step and the iteration count.
+      `CGResult` with the step and the iteration count. If the very first
+      direction has non-positive curvature there is no step to return, and
+      the step is NaN, which the caller treats like a failed factorisation.
     """
     damped = _damped_diagonal(grad.shape[0], damping, scale)
 
@@ -171,7 +196,8 @@ def solve_cg(
     b = -grad
     b_norm = jnp.linalg.norm(b)
     r_warm = b - operator(initial_step)
-    use_warm = jnp.linalg.norm(r_warm) < b_norm
+    # φ(x0) = ½x0ᵀAx0 − bᵀx0 = −½x0ᵀ(b + r0), with Ax0 = b − r0.
+    use_warm = -0.5 * jnp.dot(initial_step, b + r_warm) < 0
     x0 = jnp.where(use_warm, initial_step, jnp.zeros_like(b))
     r0 = jnp.where(use_warm, r_warm, b)
     z0 = precondition(r0)
@@ -195,5 +221,6 @@ def solve_cg(
         return x, r, z, z + beta * p, rz_new, it + 1, broken
 
     init = (x0, r0, z0, z0, jnp.dot(r0, z0), jnp.zeros((), jnp.int32), jnp.array(False))
-    x, *_, iterations, _ = jax.lax.while_loop(cond, body, init)
-    return CGResult(x, iterations)
+    x, *_, iterations, broken = jax.lax.while_loop(cond, body, init)
+    no_step = broken & (iterations == 1) & ~use_warm
+    return CGResult(jnp.where(no_step, jnp.nan, x), iterations)

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -95,6 +96,11 @@ class GGNConfig:
     max_jacobian: int = 2**26
 
     def __post_init__(self):
+        # Plain Python floats, so that no numpy scalar promotes a float32 step.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (np.floating, np.integer)):
+                object.__setattr__(self, field.name, value.item())
         _choice("damping_rule", self.damping_rule, DAMPING_RULES)
         _choice("damping_type", self.damping_type, DAMPING_TYPES)
         _choice("solver", self.solver, SOLVERS)
@@ -105,6 +111,10 @@ class GGNConfig:
         if self.min_damping is not None and self.min_damping > self.max_damping:
             raise ValueError(
                 f"min_damping ({self.min_damping}) exceeds max_damping ({self.max_damping})"
+            )
+        if self.damping > self.max_damping:
+            raise ValueError(
+                f"damping ({self.damping}) exceeds max_damping ({self.max_damping})"
             )
         for name in ("cg_max_iters", "max_dense", "max_jacobian"):
             value = getattr(self, name)
@@ -124,10 +134,10 @@ class GGNConfig:
 
     def damping_bounds(self, dtype) -> tuple[float, float]:
         """[min, max] for λ; the default floor is 100 machine epsilons of dtype."""
-        low = self.min_damping
-        if low is None:
-            low = 100 * float(jnp.finfo(dtype).eps)
-        return low, self.max_damping
+        info = jnp.finfo(dtype)
+        low = 100 * float(info.eps) if self.min_damping is None else self.min_damping
+        # Keep λ·(anything of order one) finite in the dtype.
+        return low, min(self.max_damping, float(info.max) ** 0.5)
 
 
 def make_config(**options: Any) -> GGNConfig:
@@ -238,11 +248,14 @@ def ggn_step(
             return jnp.einsum("nkp,p->nk", jac, v)
 
     output_grads = jax.vmap(loss.grad)(outputs, targets)
-    if grad is None:
-        if solver == "cg":
-            grad = lin.vjp(output_grads) / n
-        else:
-            grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
+    # The batch gradient b = J̄ᵀē enters the model's predicted decrease even
+    # when a chain hands in a different g (clipped, with weight decay): the
+    # gain ratio measures the loss, whose local model is built on b.
+    if solver == "cg":
+        batch_grad = lin.vjp(output_grads) / n
+    else:
+        batch_grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
+    grad = batch_grad if grad is None else grad
     loss0 = _mean_loss(problem, outputs)
 
     if loss.name == "squared_error":
@@ -293,10 +306,11 @@ def ggn_step(
         )
         step, cg_iterations = result.step, result.iterations
 
+    step = step.astype(dtype)
     # The model's predicted decrease, with δᵀGδ = mean_i (J_iδ)ᵀH_i(J_iδ).
     j_step = jvp(step)
     curvature = jnp.sum(j_step * hessian_product(loss, outputs, targets, j_step)) / n
-    predicted = -jnp.dot(grad, step) - 0.5 * curvature
+    predicted = -jnp.dot(batch_grad, step) - 0.5 * curvature
     trial_loss = _mean_loss(problem, problem.model(theta + step, problem.inputs))
     actual = loss0 - trial_loss
 
@@ -306,9 +320,14 @@ def ggn_step(
         config.damping_rule, actual, predicted, config.min_gain_ratio, noise
     )
     accepted = accepted & jnp.isfinite(loss0) & jnp.all(jnp.isfinite(step))
-    # Where the loss cannot measure the step, ρ is noise: report ½, which
-    # leaves the damping of every rule unchanged.
-    rho = jnp.where(accepted & in_roundoff, 0.5, gain_ratio(actual, predicted))
+    # Where the loss cannot measure the step, ρ is noise. If the damping term
+    # dominates the curvature along the step (λ·δᵀDδ > δᵀGδ), λ is what made
+    # the step too small to measure: report ρ = 1 so it shrinks. Otherwise
+    # report ρ = ½, which leaves λ as it is: near a minimum of non-zero loss
+    # the damped iteration that got there keeps converging.
+    step_norm2 = jnp.sum(step * step * (1 if scale is None else scale))
+    roundoff_rho = jnp.where(damping * step_norm2 > curvature, 1.0, 0.5)
+    rho = jnp.where(accepted & in_roundoff, roundoff_rho, gain_ratio(actual, predicted))
     damping_scale, nu = update_damping(
         config.damping_rule,
         state.damping_scale,

@@ -33,12 +33,13 @@ def test_changes_below_round_off_are_accepted():
     assert not bool(accepted) and not bool(in_roundoff)
 
 
+@pytest.mark.parametrize("rule", ["nielsen", "residual"])
 @pytest.mark.parametrize("rho", [0.0, 0.3, 0.5, 0.9, 1.0])
-def test_nielsen_success_and_failure(rho):
-    mu, nu = update_damping("nielsen", A(1.0), A(8.0), A(rho), A(True), 1e-20, 1e20)
+def test_nielsen_success_and_failure(rule, rho):
+    mu, nu = update_damping(rule, A(1.0), A(8.0), A(rho), A(True), 1e-20, 1e20)
     assert float(mu) == pytest.approx(max(1 / 3, 1 - (2 * rho - 1) ** 3))
     assert float(nu) == 2.0
-    mu, nu = update_damping("nielsen", A(1.0), A(8.0), A(rho), A(False), 1e-20, 1e20)
+    mu, nu = update_damping(rule, A(1.0), A(8.0), A(rho), A(False), 1e-20, 1e20)
     assert float(mu) == 8.0 and float(nu) == 16.0
 
 
@@ -46,8 +47,7 @@ def test_nielsen_success_and_failure(rho):
     "rule, rho, accepted, factor",
     [
         ("martens", 0.1, True, 1.5), ("martens", 0.5, True, 1.0), ("martens", 0.9, True, 2 / 3),
-        ("martens", 0.9, False, 1.5),
-        ("residual", 0.1, True, 4.0), ("residual", 0.5, True, 1.0), ("residual", 0.9, True, 0.25),
+        ("martens", 0.9, False, 1.5), ("martens", 0.5, False, 1.5),
         ("fixed", 0.0, False, 1.0),
     ],
 )

@@ -209,3 +209,52 @@ def test_a_pytree_of_dicts_trains():
 def test_mlp_init_dtype_is_respected():
     params = mlp_init(jax.random.PRNGKey(0), [2, 3, 1], dtype=jnp.float32)
     assert ggn_jax.ggn(mlp_apply).init(params).damping.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_weight_decay_before_the_step_is_honoured_by_every_solver(solver):
+    """g = ∇L + 0.1 θ is not in the range of J̄ᵀ; the dual must still solve for it."""
+    params, batch = small_problem("squared_error", 8, n=3)  # NK = 12 < P = 44
+    reference, _ = reference_ggn("squared_error", params, batch)
+    grads = jax.grad(_mean_loss)(params, batch)
+    damping = 1.0
+    tx = optax.chain(
+        optax.add_decayed_weights(0.1),
+        ggn_jax.ggn(mlp_apply, damping=damping, solver=solver, cg_tol=1e-13, cg_max_iters=500),
+    )
+    updates, _ = tx.update(grads, tx.init(params), params, batch=batch)
+    g = _flat(grads) + 0.1 * _flat(params)
+    expected = np.linalg.solve(reference + damping * np.eye(len(reference)), -g)
+    if np.allclose(_flat(updates), 0):
+        pytest.skip("step rejected on this draw")
+    assert rel_err(_flat(updates), expected) < 1e-8
+
+
+def _welsch(o, y):
+    """A loss that is not convex in the outputs: G can be indefinite."""
+    return jnp.sum(1 - jnp.exp(-((o - y) ** 2)))
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_indefinite_curvature_is_rejected_then_damped_into_progress(solver):
+    params, (x, y) = small_problem("squared_error", 9, n=6)
+    y = y + 1.5  # residuals where the Welsch loss is concave
+    result = ggn_jax.fit(
+        mlp_apply, params, (x, y), _welsch, max_steps=60, tol=0.0, solver=solver,
+        cg_preconditioner="none", cg_max_iters=200,
+    )
+    assert float(result.state.loss) < 0.5 * result.initial_loss
+    assert bool(jnp.all(jnp.isfinite(_flat(result.params))))
+
+
+def test_a_huge_initial_damping_shrinks_instead_of_stalling():
+    params, batch = small_problem("squared_error", 10, n=6)
+    result = ggn_jax.fit(mlp_apply, params, batch, max_steps=200, tol=1e-24, damping=1e6)
+    assert result.converged
+    assert float(result.state.damping) < 1.0
+
+
+def test_half_precision_params_are_refused_with_a_reason():
+    params = [(jnp.ones((2, 1), jnp.bfloat16), jnp.zeros(1, jnp.bfloat16))]
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ggn_jax.ggn(mlp_apply).init(params)

@@ -1,0 +1,96 @@
+"""Timing and problem helpers shared by the benchmark scripts.
+
+Timings are medians over repeats after a warm-up call, with
+``block_until_ready``; compile time is the first call's time less the median.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def machine() -> str:
+    """A one-line description of where the numbers came from."""
+    device = jax.devices()[0]
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores, {device.platform} "
+        f"({device.device_kind}), jax {jax.__version__}, python {platform.python_version()}"
+    )
+
+
+def block(tree: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda a: a.block_until_ready() if isinstance(a, jax.Array) else a, tree
+    )
+
+
+def timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[Any, float, float]:
+    """(result, median run seconds, compile seconds) of ``fn()``."""
+    start = time.perf_counter()
+    result = block(fn())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = block(fn())
+        times.append(time.perf_counter() - start)
+    run = statistics.median(times)
+    return result, run, max(first - run, 0.0)
+
+
+def steps_to_target(final_loss: Callable[[int], float], target: float, k_max: int) -> int | None:
+    """The least k with final_loss(k) ≤ target (doubling, then bisection).
+
+    For optimisers whose loop length is fixed at compile time and which
+    report no loss history; assumes the loss does not rise with k.
+    """
+    k = 1
+    while final_loss(k) > target:
+        if k >= k_max:
+            return None
+        k = min(2 * k, k_max)
+    low, high = k // 2, k  # final_loss(low) > target unless low == 0
+    while high - low > 1:
+        mid = (low + high) // 2
+        if final_loss(mid) <= target:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def mlp_init(key, sizes, dtype=jnp.float64):
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        key, k_w, k_b = jax.random.split(key, 3)
+        w = jax.random.normal(k_w, (fan_in, fan_out), dtype) / float(np.sqrt(fan_in))
+        b = 0.1 * jax.random.normal(k_b, (fan_out,), dtype)
+        params.append((w, b))
+    return params
+
+
+def mlp_apply(params, x):
+    for w, b in params[:-1]:
+        x = jnp.tanh(x @ w + b)
+    w, b = params[-1]
+    return x @ w + b
+
+
+def write_results(name: str, payload: dict, markdown: str) -> None:
+    """Writes benchmarks/results/NAME.json and NAME.md and prints the table."""
+    folder = os.path.join(os.path.dirname(__file__), "results")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.json"), "w") as f:
+        json.dump(payload, f, indent=2, default=float)
+    with open(os.path.join(folder, f"{name}.md"), "w") as f:
+        f.write(markdown)
+    print(markdown)
