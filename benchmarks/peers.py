@@ -47,13 +47,13 @@ def over_parameterised(seed: int = 0):
 
 
 def under_parameterised(seed: int = 0):
-    """Teacher-student, N = 512, MLP 2-[10]-[10]-1 tanh: NK = 512 > P = 151.
+    """Teacher-student, N = 256, MLP 2-[3]-1 tanh: NK = 256 > P = 13.
 
     The targets come from a teacher of the same shape, so zero loss exists.
     """
-    x = jax.random.normal(jax.random.PRNGKey(3000 + seed), (512, 2))
-    teacher = mlp_init(jax.random.PRNGKey(4000 + seed), [2, 10, 10, 1])
-    return mlp_init(jax.random.PRNGKey(seed), [2, 10, 10, 1]), (x, mlp_apply(teacher, x))
+    x = jax.random.normal(jax.random.PRNGKey(3001), (256, 2))
+    teacher = mlp_init(jax.random.PRNGKey(4001), [2, 3, 1])
+    return mlp_init(jax.random.PRNGKey(1 + seed), [2, 3, 1]), (x, mlp_apply(teacher, x))
 
 
 PROBLEMS = {"over_parameterised": over_parameterised, "under_parameterised": under_parameterised}

@@ -3,7 +3,8 @@
 The whole loop is a ``lax.while_loop`` on the device: no host round trip per
 step. It stops at loss ≤ ``tol`` or after ``max_steps`` steps (rejected steps
 count). The gradient comes from the same Jacobians or linearisation the solve
-uses, so a step costs no separate ``jax.grad``.
+uses, so a step costs no separate ``jax.grad``; with a dense solver, a
+rejected step re-solves with the Jacobians it has instead of recomputing them.
 
 The compiled loop is cached per (apply_fn, loss, options, max_steps); a second
 call with arrays of the same shapes and dtypes reuses the compiled program.
@@ -21,7 +22,15 @@ import numpy as np
 
 from ggn_jax.losses import LossSpec, check_loss
 from ggn_jax.problem import bind_problem
-from ggn_jax.transform import GGNConfig, GGNState, ggn_step, init_state, make_config
+from ggn_jax.transform import (
+    GGNConfig,
+    GGNState,
+    ggn_step,
+    init_state,
+    local_model,
+    make_config,
+    resolve_solver,
+)
 
 
 class FitResult(NamedTuple):
@@ -49,22 +58,38 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
     def run(params, batch, tol):
         problem = bind_problem(apply_fn, loss, params, batch)
         dtype = problem.theta.dtype
-        outputs = problem.model(problem.theta, problem.inputs)
-        initial_loss = jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
+        dense = resolve_solver(config, problem) != "cg"
+        if dense:
+            # Carried through the loop: a rejected step re-solves with the
+            # Jacobians it already has.
+            local, _ = local_model(problem, dense=True)
+            initial_loss = local.loss
+        else:
+            local = None
+            outputs = problem.model(problem.theta, problem.inputs)
+            initial_loss = jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
         history = jnp.full((max(max_steps, 1),), jnp.nan, dtype)
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 
         def cond(carry):
-            _, state, _, step = carry
+            _, _, state, _, step = carry
             return (step < max_steps) & ~(state.loss <= tol)
 
         def body(carry):
-            theta, state, history, step = carry
-            update, state = ggn_step(config, problem._replace(theta=theta), state, None)
-            return theta + update, state, history.at[step].set(state.loss), step + 1
+            theta, local, state, history, step = carry
+            at_theta = problem._replace(theta=theta)
+            update, state = ggn_step(config, at_theta, state, None, local)
+            theta = theta + update
+            if dense:
+                local = jax.lax.cond(
+                    state.accepted,
+                    lambda: local_model(problem._replace(theta=theta), dense=True)[0],
+                    lambda: local,
+                )
+            return theta, local, state, history.at[step].set(state.loss), step + 1
 
-        theta, state, history, steps = jax.lax.while_loop(
-            cond, body, (problem.theta, state, history, jnp.zeros((), jnp.int32))
+        theta, _, state, history, steps = jax.lax.while_loop(
+            cond, body, (problem.theta, local, state, history, jnp.zeros((), jnp.int32))
         )
         return problem.unravel(theta), state, initial_loss, history, steps
 

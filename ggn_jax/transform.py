@@ -30,6 +30,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ggn_jax.curvature import (
+    Linearization,
     dense_ggn,
     ggn_diagonal,
     ggn_diagonal_from_jacobians,
@@ -214,8 +215,73 @@ def _marquardt_scale(diagonal: jax.Array, floor: float) -> jax.Array:
     return jnp.where(scale > 0, scale, 1).astype(diagonal.dtype)
 
 
+class LocalModel(NamedTuple):
+    """What a step at θ needs that does not depend on λ.
+
+    A rejected step leaves θ unchanged, so `fit` keeps this for the dense
+    solvers and re-solves with a larger λ without differentiating again.
+
+    Attributes:
+      outputs: f(θ, X), (N, K).
+      output_grads: ∇_o l_i, (N, K).
+      batch_grad: b = (1/N) Σ J_iᵀ∇_o l_i, (P,).
+      loss: L(θ), ().
+      jacobians: J_i, (N, K, P), for the dense solvers; None for CG.
+      hessians: H_i, (N, K, K); None where H_i = I or for CG.
+    """
+
+    outputs: jax.Array
+    output_grads: jax.Array
+    batch_grad: jax.Array
+    loss: jax.Array
+    jacobians: jax.Array | None
+    hessians: jax.Array | None
+
+
+def resolve_solver(config: GGNConfig, problem: Problem) -> str:
+    """The solver that runs for this problem's shape (``auto`` resolved)."""
+    return choose_solver(
+        config.solver,
+        problem.num_samples * problem.num_outputs,
+        problem.theta.shape[0],
+        config.max_dense,
+        config.max_jacobian,
+    )
+
+
+def local_model(
+    problem: Problem, dense: bool
+) -> tuple[LocalModel, Linearization | None]:
+    """Per-sample Jacobians (dense) or one linearisation (matrix-free) at θ.
+
+    Either way the outputs, the loss and the batch gradient come from the
+    same forward pass; the linearisation is returned for CG's products.
+    """
+    loss, targets, n = problem.loss, problem.targets, problem.num_samples
+    if dense:
+        outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+        hessians = None if loss.identity_hessian else loss_hessians(loss, outputs, targets)
+        lin = None
+    else:
+        lin = linearize(problem.model, problem.theta, problem.inputs)
+        outputs, jac, hessians = lin.outputs, None, None
+    output_grads = jax.vmap(loss.grad)(outputs, targets)
+    if dense:
+        batch_grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
+    else:
+        batch_grad = lin.vjp(output_grads) / n
+    local = LocalModel(
+        outputs, output_grads, batch_grad, _mean_loss(problem, outputs), jac, hessians
+    )
+    return local, lin
+
+
 def ggn_step(
-    config: GGNConfig, problem: Problem, state: GGNState, grad: jax.Array | None
+    config: GGNConfig,
+    problem: Problem,
+    state: GGNState,
+    grad: jax.Array | None,
+    local: LocalModel | None = None,
 ) -> tuple[jax.Array, GGNState]:
     """One damped GGN step over flat parameters.
 
@@ -224,39 +290,35 @@ def ggn_step(
       problem: the bound problem at the current parameters ``problem.theta``.
       state: the state from the previous step.
       grad: the gradient g (P,) to precondition, or None to use the batch
-        gradient, which then comes from the Jacobians or the linearisation at
-        no extra forward pass.
+        gradient, which comes from the Jacobians or the linearisation at no
+        extra forward pass.
+      local: the `LocalModel` at ``problem.theta`` if already known (dense
+        solvers only); computed here otherwise.
 
     Returns:
       The flat update (δ if accepted, else zeros) and the new state.
     """
     theta, loss, targets = problem.theta, problem.loss, problem.targets
     dtype = theta.dtype
-    n, k, p = problem.num_samples, problem.num_outputs, theta.shape[0]
-    solver = choose_solver(config.solver, n * k, p, config.max_dense, config.max_jacobian)
+    n = problem.num_samples
+    solver = resolve_solver(config, problem)
     marquardt = config.damping_type == "marquardt"
     min_damping, max_damping = config.damping_bounds(dtype)
 
+    if local is None or solver == "cg":
+        local, lin = local_model(problem, dense=solver != "cg")
+    outputs, output_grads, batch_grad, loss0, jac, hessians = local
     if solver == "cg":
-        lin = linearize(problem.model, theta, problem.inputs)
-        outputs, jvp = lin.outputs, lin.jvp
+        jvp = lin.jvp
     else:
-        outputs, jac = per_sample_jacobians(problem.model, theta, problem.inputs)
-        hessians = None if loss.identity_hessian else loss_hessians(loss, outputs, targets)
 
         def jvp(v):
             return jnp.einsum("nkp,p->nk", jac, v)
 
-    output_grads = jax.vmap(loss.grad)(outputs, targets)
-    # The batch gradient b = J̄ᵀē enters the model's predicted decrease even
-    # when a chain hands in a different g (clipped, with weight decay): the
-    # gain ratio measures the loss, whose local model is built on b.
-    if solver == "cg":
-        batch_grad = lin.vjp(output_grads) / n
-    else:
-        batch_grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
+    # The batch gradient b enters the model's predicted decrease even when a
+    # chain hands in a different g (clipped, with weight decay): the gain
+    # ratio measures the loss, whose local model is built on b.
     grad = batch_grad if grad is None else grad
-    loss0 = _mean_loss(problem, outputs)
 
     if loss.name == "squared_error":
         residual_norm = jnp.sqrt(2 * loss0)
