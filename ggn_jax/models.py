@@ -1,0 +1,146 @@
+"""Small multilayer perceptrons and their activations, as pure functions.
+
+Parameters are a list of (W, b) pairs, one per layer, W of shape
+(fan_in, fan_out); hidden layers apply the activation, the output layer is
+linear. This is the network family of Shen (2018), whose demo writes each
+bias as an extra input row of W; (W, b) is the same thing.
+
+The activations carry what the exact-learning analysis needs to know of
+them: the infimum and supremum of the derivative over the real line. The
+paper's *bent identity*
+
+    σ(t) = ½(√(t² + 1) − 1) + t,        σ′(t) = t / (2√(t² + 1)) + 1 ∈ (½, 3/2),
+
+is smooth with a derivative bounded away from zero, unlike tanh or the
+sigmoid, whose derivatives vanish as |t| → ∞.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+class Activation(NamedTuple):
+    """An activation with the bounds of its derivative over ℝ.
+
+    Attributes:
+      name: the name.
+      fn: elementwise t ↦ σ(t).
+      derivative: elementwise t ↦ σ′(t).
+      derivative_inf: inf σ′ over ℝ (0 when it vanishes at infinity).
+      derivative_sup: sup σ′ over ℝ.
+    """
+
+    name: str
+    fn: Callable[[jax.Array], jax.Array]
+    derivative: Callable[[jax.Array], jax.Array]
+    derivative_inf: float
+    derivative_sup: float
+
+
+def bent_identity(t: jax.Array) -> jax.Array:
+    """σ(t) = ½(√(t² + 1) − 1) + t."""
+    return 0.5 * (jnp.sqrt(t * t + 1) - 1) + t
+
+
+def bent_identity_derivative(t: jax.Array) -> jax.Array:
+    """σ′(t) = t / (2√(t² + 1)) + 1, in (½, 3/2)."""
+    return t / (2 * jnp.sqrt(t * t + 1)) + 1
+
+
+ACTIVATIONS = {
+    "bent_identity": Activation(
+        "bent_identity", bent_identity, bent_identity_derivative, 0.5, 1.5
+    ),
+    "tanh": Activation("tanh", jnp.tanh, lambda t: 1 - jnp.tanh(t) ** 2, 0.0, 1.0),
+    "sigmoid": Activation(
+        "sigmoid",
+        jax.nn.sigmoid,
+        lambda t: jax.nn.sigmoid(t) * (1 - jax.nn.sigmoid(t)),
+        0.0,
+        0.25,
+    ),
+    "softplus": Activation("softplus", jax.nn.softplus, jax.nn.sigmoid, 0.0, 1.0),
+}
+
+
+def get_activation(activation: str | Activation) -> Activation:
+    """An `Activation` by name (see ``ACTIVATIONS``), or the one given."""
+    if isinstance(activation, Activation):
+        return activation
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}, "
+            "or an Activation"
+        )
+    return ACTIVATIONS[activation]
+
+
+Params = list[tuple[jax.Array, jax.Array]]
+
+
+class MLP(NamedTuple):
+    """A multilayer perceptron [d_in, h_1, …, h_L, d_out] as pure functions.
+
+    Attributes:
+      sizes: the layer widths, input first, output last.
+      activation: the hidden layers' `Activation`; the output is linear.
+    """
+
+    sizes: tuple[int, ...]
+    activation: Activation
+
+    def init(self, key: jax.Array, dtype=jnp.float32, scale: str = "lecun") -> Params:
+        """Random parameters.
+
+        Args:
+          key: a PRNG key.
+          dtype: the parameters' dtype.
+          scale: ``"lecun"`` (W ~ N(0, 1/fan_in), b = 0) or ``"standard"``
+            (W and b ~ N(0, 1), the paper's demo).
+        """
+        if scale not in ("lecun", "standard"):
+            raise ValueError(f"unknown scale {scale!r}; allowed: lecun, standard")
+        params = []
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+            key, k_w, k_b = jax.random.split(key, 3)
+            w = jax.random.normal(k_w, (fan_in, fan_out), dtype)
+            if scale == "lecun":
+                params.append((w / jnp.sqrt(jnp.asarray(fan_in, dtype)), jnp.zeros(fan_out, dtype)))
+            else:
+                params.append((w, jax.random.normal(k_b, (fan_out,), dtype)))
+        return params
+
+    def hidden(self, params: Params, x: jax.Array) -> jax.Array:
+        """The last hidden layer's outputs, (N, h_L)."""
+        for w, b in params[:-1]:
+            x = self.activation.fn(x @ w + b)
+        return x
+
+    def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        """The network's outputs, (N, d_out)."""
+        w, b = params[-1]
+        return self.hidden(params, x) @ w + b
+
+    @property
+    def num_params(self) -> int:
+        return sum((a + 1) * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+
+
+def mlp(sizes: Sequence[int], activation: str | Activation = "bent_identity") -> MLP:
+    """An `MLP` with the given widths and hidden activation.
+
+    Example:
+      >>> import jax, ggn_jax
+      >>> net = ggn_jax.mlp([2, 10, 10, 4], "bent_identity")
+      >>> params = net.init(jax.random.PRNGKey(0), scale="standard")
+      >>> net.apply(params, jax.numpy.zeros((3, 2))).shape, net.num_params
+      ((3, 4), 184)
+    """
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
+    return MLP(sizes, get_activation(activation))

@@ -1,0 +1,112 @@
+"""The paper's theory as tools: conditions, critical points, convergence order."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ggn_jax
+
+# --- convergence_order -------------------------------------------------------
+
+
+@pytest.mark.parametrize("q, c", [(1.0, 0.5), (2.0, 3.0), (3.0, 0.7)])
+def test_convergence_order_recovers_synthetic_orders(q, c):
+    errors = [0.1]
+    while errors[-1] > 1e-200 and len(errors) < 60:
+        errors.append(c * errors[-1] ** q)
+    estimate = ggn_jax.convergence_order(np.array(errors), floor=1e-250)
+    assert estimate.order == pytest.approx(q, rel=1e-9)
+    assert estimate.constant == pytest.approx(c, rel=1e-6)
+
+
+def test_convergence_order_drops_round_off_and_takes_iterates():
+    errors = [1e-1, 1e-2, 1e-4, 1e-8, 1e-16, 3e-17, 2e-17]  # the tail is round-off
+    estimate = ggn_jax.convergence_order(errors, floor=1e-15)
+    assert estimate.order == pytest.approx(2.0) and estimate.steps == (0, 1, 2)
+    limit = np.array([1.0, -2.0])
+    direction = np.array([0.6, 0.8])
+    iterates = np.stack([limit + e * direction for e in [1e-1, 1e-2, 1e-4, 1e-8, 0.0]])
+    assert ggn_jax.convergence_order(iterates).order == pytest.approx(2.0, rel=1e-6)
+    assert np.isnan(ggn_jax.convergence_order([1e-1, 1e-2]).order)
+
+
+# --- critical_point on constructed examples ---------------------------------
+
+
+def test_saddle_of_a_two_layer_linear_network():
+    """f(x) = a·b·x with target y = x: θ = (0, 0) is a critical point with
+    Hessian [[0, −1], [−1, 0]]·mean(x²): a saddle."""
+    apply_fn = lambda p, x: p[0] * p[1] * x[:, 0]  # noqa: E731
+    x = jnp.array([[1.0], [2.0]])
+    report = ggn_jax.critical_point(apply_fn, jnp.zeros(2), (x, x[:, 0]))
+    assert report.kind == "saddle"
+    assert report.num_negative == 1 and report.num_positive == 1
+    np.testing.assert_allclose(report.eigenvalues, [-2.5, 2.5], rtol=1e-12)
+
+
+def test_non_global_minimum_of_a_tilted_double_well():
+    """f(w) = w² against targets y = (1, 1, −½):
+    L(w) = ⅙[2(w² − 1)² + (w² + ½)²], L′(w) = ⅔w(3w² − 3/2), L″(w) = ⅔(9w² − 3/2).
+    Critical at w = 0 (L″ = −1: a maximum) and at w² = ½ (L″ = 2, L = ¼ > 0):
+    minima that fit nothing exactly."""
+    apply_fn = lambda w, x: w[0] ** 2 * x[:, 0]  # noqa: E731
+    x = jnp.ones((3, 1))
+    y = jnp.array([1.0, 1.0, -0.5])
+    report = ggn_jax.critical_point(apply_fn, jnp.array([np.sqrt(0.5)]), (x, y))
+    assert report.kind == "minimum (not exact learning)"
+    assert report.loss == pytest.approx(0.5 * (0.25 + 0.25 + 1.0) / 3)
+    # L″(w) = (18w² − 3)/3 = 2 at w² = ½.
+    np.testing.assert_allclose(report.eigenvalues, [2.0], rtol=1e-10)
+    assert ggn_jax.critical_point(apply_fn, jnp.array([0.0]), (x, y)).kind == "saddle"
+    assert ggn_jax.critical_point(apply_fn, jnp.array([0.3]), (x, y)).kind == "not critical"
+
+
+@pytest.fixture(scope="module")
+def paper_fit():
+    """The paper's network [2, 10, 10, 4] fitted to T = 10 four-region samples."""
+    net = ggn_jax.mlp([2, 10, 10, 4], "bent_identity")
+    data = ggn_jax.four_region(jax.random.PRNGKey(100), 10, jnp.float64)
+    params = net.init(jax.random.PRNGKey(1), jnp.float64, scale="standard")
+    result = ggn_jax.fit(
+        net.apply, params, (data.inputs, data.targets), max_steps=60, tol=1e-30
+    )
+    return net, data, params, result
+
+
+def test_exact_learning_minimum_of_the_paper_network(paper_fit):
+    net, data, _, result = paper_fit
+    assert float(result.state.loss) < 1e-28
+    report = ggn_jax.critical_point(net.apply, result.params, (data.inputs, data.targets))
+    assert report.kind == "global minimum (exact learning)"
+    assert report.ggn_gap < 1e-8
+    # P − T·K = 184 − 40 zero eigenvalues: the solution manifold's tangent space.
+    assert report.num_zero == 184 - 10 * 4
+    assert report.num_negative == 0
+
+
+def test_condition_report_on_the_paper_network(paper_fit):
+    net, data, params, _ = paper_fit
+    report = ggn_jax.exact_learning_conditions(net, params, data.inputs)
+    assert report.holds and report.width_holds and report.derivative_holds
+    assert report.derivative_inf == 0.5 and not report.derivative_sampled
+    assert report.hidden_rank == 10 and np.isfinite(report.hidden_condition)
+    assert report.jacobian_rank == 40 and report.manifold_dimension == 144
+    assert "FAILS" not in report.summary()
+
+
+def test_condition_report_flags_what_fails():
+    # Too narrow: 3 hidden units (+ bias) cannot give rank 10.
+    net = ggn_jax.mlp([2, 3, 4], "tanh")
+    data = ggn_jax.four_region(jax.random.PRNGKey(0), 10, jnp.float64)
+    params = net.init(jax.random.PRNGKey(0), jnp.float64)
+    report = ggn_jax.exact_learning_conditions(net, params, data.inputs)
+    assert not report.width_holds and not report.hidden_rank_holds
+    assert report.hidden_rank == 4 and report.jacobian_rank < 40
+    assert not report.derivative_holds  # tanh′ → 0 at infinity
+    assert not report.holds and "FAILS" in report.summary()
+    # A custom activation is sampled: ReLU's derivative is zero on half the line.
+    relu = ggn_jax.Activation("relu", jax.nn.relu, lambda t: (t > 0).astype(t.dtype), 0.0, 1.0)
+    net = ggn_jax.MLP((2, 12, 4), relu)
+    report = ggn_jax.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
+    assert report.derivative_sampled and report.derivative_inf == 0.0
