@@ -307,19 +307,22 @@ class ConvergenceOrder:
 
 
 def convergence_order(
-    errors_or_iterates: Any, *, floor: float | None = None, window: int = 3
+    errors_or_iterates: Any, *, floor: float | None = None, window: int = 2
 ) -> ConvergenceOrder:
     """Estimates the order q and constant C of a convergent sequence.
 
     Args:
       errors_or_iterates: positive errors e_k (1-D), or iterates θ_k (2-D,
-        one per row; a pytree-free array), in which case e_k = ‖θ_k − θ_last‖
-        and the last iterate serves as the limit.
+        one per row), in which case e_k = ‖θ_k − θ*‖ with the last iterate
+        as the limit θ*.
       floor: errors at or below it are round-off and are dropped with all
-        that follow; by default 10·eps(float64)·max e.
+        that follow. By default 10·eps·max e for errors; for iterates
+        1000·eps·‖θ*‖, since θ* itself is known only to round-off and the
+        errors of the last iterates measure that, not convergence.
       window: the number of pairs (e_k, e_{k+1}) to fit, the last ones above
         the floor; q and log C come from a least-squares line through
-        (log e_k, log e_{k+1}).
+        (log e_k, log e_{k+1}). The default 2 is the classic three-point
+        estimate q = log(e_{k+1}/e_k) / log(e_k/e_{k−1}).
 
     Returns:
       A `ConvergenceOrder`.
@@ -330,14 +333,18 @@ def convergence_order(
       2.0
     """
     values = np.asarray(errors_or_iterates, dtype=np.float64)
+    eps = np.finfo(np.float64).eps
     if values.ndim == 2:
-        values = np.linalg.norm(values[:-1] - values[-1], axis=1)
+        limit = values[-1]
+        values = np.linalg.norm(values[:-1] - limit, axis=1)
+        if floor is None:
+            floor = 1000 * eps * float(np.linalg.norm(limit))
     if values.ndim != 1:
         raise ValueError("pass a 1-D sequence of errors or a 2-D array of iterates")
     if window < 2:
         raise ValueError(f"window must be at least 2, got {window}")
     if floor is None:
-        floor = 10 * np.finfo(np.float64).eps * float(np.max(values, initial=0.0))
+        floor = 10 * eps * float(np.max(values, initial=0.0))
     above = values > floor
     last = len(values) if np.all(above) else int(np.argmin(above))
     usable = values[:last]

@@ -81,7 +81,7 @@ class GGNConfig:
     """The static options of `ggn`, validated on construction (see `ggn`)."""
 
     damping: float = 1e-3
-    damping_rule: str = "nielsen"
+    damping_rule: str = "residual"
     damping_type: str = "levenberg"
     solver: str = "auto"
     min_damping: float | None = None

@@ -1,0 +1,106 @@
+"""Experiment configs in TOML, validated on load.
+
+A schema maps each section to its fields, each field to a type (or a tuple
+of allowed values) and a default (``REQUIRED`` for none). `load_config`
+reads a file with the standard library's ``tomllib`` and fails with a
+`ConfigError` naming the file, the field and what is allowed when a section
+or field is unknown, missing or of the wrong type.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+REQUIRED = object()
+
+
+class ConfigError(ValueError):
+    """A config file that does not match its schema."""
+
+
+def _type_name(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return "one of " + ", ".join(repr(v) for v in kind)
+    if isinstance(kind, list):
+        return f"a list of {kind[0].__name__}"
+    return kind.__name__
+
+
+def _check_value(where: str, value: Any, kind: Any) -> Any:
+    if isinstance(kind, tuple):  # allowed values
+        if value not in kind:
+            raise ConfigError(f"{where} = {value!r}; allowed: {', '.join(map(repr, kind))}")
+        return value
+    if isinstance(kind, list):  # a list of one type
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be {_type_name(kind)}, got {type(value).__name__}")
+        return [_check_value(f"{where}[{i}]", v, kind[0]) for i, v in enumerate(value)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{where} must be {_type_name(kind)}, got {value!r}")
+    return value
+
+
+def validate(raw: dict, schema: dict, source: str) -> dict:
+    """Checks ``raw`` against ``schema``; returns it with defaults filled in."""
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(schema)}"
+        )
+    out = {}
+    for section, fields in schema.items():
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown field(s) {', '.join(f'{section}.{u}' for u in unknown)}; "
+                f"allowed in [{section}]: {', '.join(fields)}"
+            )
+        out[section] = {}
+        for name, (kind, default) in fields.items():
+            where = f"{source}: {section}.{name}"
+            if name not in given:
+                if default is REQUIRED:
+                    raise ConfigError(f"{where} is required ({_type_name(kind)})")
+                out[section][name] = default
+            else:
+                out[section][name] = _check_value(where, given[name], kind)
+    return out
+
+
+def load_config(path: str, schema: dict) -> dict:
+    """Reads and validates a TOML config file."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return validate(raw, schema, path)
+
+
+ANALYZE_SCHEMA = {
+    "network": {
+        "sizes": ([int], REQUIRED),
+        "activation": (("bent_identity", "tanh", "sigmoid", "softplus"), "bent_identity"),
+        "init_seed": (int, 0),
+        "init_scale": (("standard", "lecun"), "standard"),
+    },
+    "data": {
+        "kind": (("four_region", "teacher_student"), "four_region"),
+        "num_samples": (int, 10),
+        "seed": (int, 0),
+        "teacher_sizes": ([int], [2, 3, 4]),
+    },
+    "analysis": {
+        "fit_first": (bool, True),
+        "max_steps": (int, 100),
+        "tol": (float, 1e-30),
+    },
+}
