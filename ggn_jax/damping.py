@@ -27,9 +27,10 @@ Rules (μ is the state's ``damping_scale``):
   vanishes so does λ, which gives local quadratic convergence under a local
   error bound, even where the minimisers are not isolated — the
   exact-learning case, where zero-loss points form a manifold of dimension
-  P − T·K. For squared error ‖r‖ = √(2L), the root-mean-square residual; for
-  other losses, whose minimum need not be zero, the gradient norm ‖g‖ takes
-  its place. (Fan & Yuan adapt μ by fixed factors 4 and ¼; measured on our
+  P − T·K. Here ‖r‖ = √(2L): the root-mean-square residual for squared
+  error, and for other losses the same expression, which vanishes where the
+  loss does; with a loss whose minimum is not zero, μ alone drives λ down.
+  (Fan & Yuan adapt μ by fixed factors 4 and ¼; measured on our
   benchmark problems, Nielsen's smooth update rejects far fewer steps.)
 * ``fixed``: λ = μ never changes and every finite step is accepted: the
   pure GGN iteration of Shen (2018) with a tiny λ and step size 1.

@@ -320,10 +320,8 @@ def ggn_step(
     # ratio measures the loss, whose local model is built on b.
     grad = batch_grad if grad is None else grad
 
-    if loss.name == "squared_error":
-        residual_norm = jnp.sqrt(2 * loss0)
-    else:
-        residual_norm = jnp.linalg.norm(grad)
+    # ‖r‖ of the residual rule: √(2L), the RMS residual for squared error.
+    residual_norm = jnp.sqrt(2 * jnp.abs(loss0))
     damping = step_damping(
         config.damping_rule,
         state.damping_scale,
@@ -464,11 +462,13 @@ def ggn(
         ``"sigmoid_binary_cross_entropy"``, or a callable
         ``l(outputs, targets) -> scalar`` for one sample, convex in the
         outputs (else G need not be positive semi-definite).
-      damping: initial λ (or μ for the residual rule), > 0. In units of the
-        mean loss's curvature; 1e-3 suits most problems, since the rule
-        adapts it within a few steps.
-      damping_rule: ``"nielsen"`` (default), ``"martens"``, ``"residual"``
-        or ``"fixed"``; see `ggn_jax.damping`.
+      damping: initial μ, > 0: the first λ is μ·√(2L) under the default
+        ``residual`` rule and μ under the others. λ is in units of the mean
+        loss's curvature (eigenvalues of G); 1e-3 suits most problems, since
+        the rule adapts it within a few steps.
+      damping_rule: ``"residual"`` (default: λ = μ‖r‖^δ, locally quadratic
+        under exact learning), ``"nielsen"``, ``"martens"`` or ``"fixed"``;
+        see `ggn_jax.damping`.
       damping_type: ``"levenberg"`` (D = I) or ``"marquardt"``.
       solver: ``"auto"``, ``"primal"`` (P×P Cholesky), ``"dual"`` (NK×NK,
         sample space) or ``"cg"`` (matrix-free). ``auto`` takes ``dual`` when

@@ -27,7 +27,10 @@ def test_update_is_the_damped_gauss_newton_step(solver):
     reference, _ = reference_ggn("squared_error", params, batch)
     grads = jax.grad(_mean_loss)(params, batch)
     damping = 0.5  # large enough that the step is accepted
-    tx = ggn_jax.ggn(mlp_apply, damping=damping, solver=solver, cg_tol=1e-13, cg_max_iters=500)
+    tx = ggn_jax.ggn(
+        mlp_apply, damping=damping, damping_rule="nielsen", solver=solver, cg_tol=1e-13,
+        cg_max_iters=500,
+    )
     updates, state = tx.update(grads, tx.init(params), params, batch=batch)
     expected = np.linalg.solve(reference + damping * np.eye(len(reference)), -_flat(grads))
     assert bool(state.accepted)
@@ -47,7 +50,10 @@ def test_chain_with_clipping_before_and_a_scale_after(solver):
     max_norm = 0.5 * float(jnp.linalg.norm(_flat(grads)))
     tx = optax.chain(
         optax.clip_by_global_norm(max_norm),
-        ggn_jax.ggn(mlp_apply, damping=1.0, solver=solver, cg_tol=1e-13, cg_max_iters=500),
+        ggn_jax.ggn(
+            mlp_apply, damping=1.0, damping_rule="nielsen", solver=solver, cg_tol=1e-13,
+            cg_max_iters=500,
+        ),
         optax.scale(0.5),
     )
     state = tx.init(params)
@@ -86,7 +92,10 @@ def test_float32_matches_float64_to_a_dtype_tolerance(solver):
     params32, batch32 = to32(params64), to32(batch64)
     results = {}
     for name, params, batch in [("64", params64, batch64), ("32", params32, batch32)]:
-        tx = ggn_jax.ggn(mlp_apply, damping=0.5, solver=solver, cg_tol=1e-6, cg_max_iters=500)
+        tx = ggn_jax.ggn(
+            mlp_apply, damping=0.5, damping_rule="nielsen", solver=solver, cg_tol=1e-6,
+            cg_max_iters=500,
+        )
         grads = jax.grad(_mean_loss)(params, batch)
         updates, state = tx.update(grads, tx.init(params), params, batch=batch)
         results[name] = _flat(updates)
@@ -220,7 +229,10 @@ def test_weight_decay_before_the_step_is_honoured_by_every_solver(solver):
     damping = 1.0
     tx = optax.chain(
         optax.add_decayed_weights(0.1),
-        ggn_jax.ggn(mlp_apply, damping=damping, solver=solver, cg_tol=1e-13, cg_max_iters=500),
+        ggn_jax.ggn(
+            mlp_apply, damping=damping, damping_rule="nielsen", solver=solver, cg_tol=1e-13,
+            cg_max_iters=500,
+        ),
     )
     updates, _ = tx.update(grads, tx.init(params), params, batch=batch)
     g = _flat(grads) + 0.1 * _flat(params)
