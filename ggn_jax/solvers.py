@@ -86,6 +86,7 @@ def solve_dual(
     jac: jax.Array,
     hessians: jax.Array | None,
     output_grads: jax.Array,
+    batch_grad: jax.Array,
     grad: jax.Array,
     damping: jax.Array,
     scale: jax.Array | None,
@@ -100,27 +101,30 @@ def solve_dual(
         (ÃᵀH̄Ã + λI)⁻¹ r = (r − ÃᵀM⁻¹H̄Ã r) / λ,
 
     with the same factorisation. The correction divides by λ, so it is used
-    only when r is more than round-off (‖r‖ > √eps·‖g̃‖); a plain gradient
-    takes the exact first form.
+    only when r is more than round-off (‖r‖ > √eps·‖g̃‖), and only then
+    computed (``lax.cond``); a plain gradient takes the exact first form.
 
     Args:
       jac: per-sample Jacobians J_i, (N, K, P).
       hessians: H_i, (N, K, K), or None for H_i = I.
       output_grads: ∇_o l_i, (N, K).
+      batch_grad: b = (1/N) Σ J_iᵀ∇_o l_i, (P,).
       grad: the gradient g to precondition, (P,).
       damping: λ > 0.
       scale: the diagonal of D (P,), or None for D = I.
     """
     n, k, p = jac.shape
     dtype = jac.dtype
-    root_n = jnp.sqrt(jnp.asarray(n, dtype))
-    rows = jac.reshape(n * k, p) / root_n
-    e_bar = output_grads.reshape(n * k) / root_n
+    # Unscaled rows J (NK×P): J̄ = J/√N, so J̄J̄ᵀ = JJᵀ/N and J̄ᵀē = Jᵀe/N
+    # with e the unscaled output gradients; no scaled copy of J is made.
+    rows = jac.reshape(n * k, p)
+    e = output_grads.reshape(n * k)
     if scale is not None:
         root_scale = jnp.sqrt(scale)
         rows = rows / root_scale
         grad = grad / root_scale
-    gram = rows @ rows.T
+        batch_grad = batch_grad / root_scale
+    gram = (rows @ rows.T) / n
     eye = jnp.eye(n * k, dtype=dtype)
     if hessians is None:
         factor = cho_factor(gram + damping * eye, lower=True)
@@ -132,15 +136,18 @@ def solve_dual(
         solve = lambda v: lu_solve(factor, v)  # noqa: E731
         curvature = lambda u: jnp.einsum("nkl,nl->nk", hessians, u.reshape(n, k)).ravel()  # noqa: E731
 
-    batch_grad = rows.T @ e_bar
     norm2 = jnp.dot(batch_grad, batch_grad)
     positive = norm2 > 0
     c = jnp.where(positive, jnp.dot(grad, batch_grad) / jnp.where(positive, norm2, 1), 0)
-    step = -c * (rows.T @ solve(e_bar))
+    # −c·ÃᵀM⁻¹ē with ē = e/√N and Ã = rows/√N.
+    step = -c * (rows.T @ solve(e / n))
     rest = grad - c * batch_grad
     significant = jnp.linalg.norm(rest) > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.linalg.norm(grad)
-    correction = (rest - rows.T @ solve(curvature(rows @ rest))) / damping
-    step = step - jnp.where(significant, correction, jnp.zeros_like(correction))
+
+    def correction():
+        return (rest - rows.T @ solve(curvature(rows @ rest) / n)) / damping
+
+    step = step - jax.lax.cond(significant, correction, lambda: jnp.zeros_like(rest))
     return step if scale is None else step / root_scale
 
 

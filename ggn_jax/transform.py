@@ -342,7 +342,7 @@ def ggn_step(
             if marquardt
             else None
         )
-        step = solve_dual(jac, hessians, output_grads, grad, damping, scale)
+        step = solve_dual(jac, hessians, output_grads, batch_grad, grad, damping, scale)
     else:
         need_diagonal = marquardt or config.cg_preconditioner == "diagonal"
         diagonal = (

@@ -38,7 +38,7 @@ def _all_steps(loss, n, damping, marquardt):
     lin = linearize(problem.model, problem.theta, problem.inputs)
     steps = {
         "primal": solve_primal(dense_ggn(jac, hessians), grad, lam, scale),
-        "dual": solve_dual(jac, hessians, output_grads, grad, lam, scale),
+        "dual": solve_dual(jac, hessians, output_grads, grad, grad, lam, scale),
         "cg": solve_cg(
             ggn_matvec(lin, problem.loss, problem.targets), grad, lam, scale,
             jnp.diag(reference) + lam * jnp.asarray(d), jnp.zeros(p), 1e-14, 10 * p,
@@ -63,8 +63,8 @@ def test_dual_scales_with_a_rescaled_gradient():
     outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
     e = outputs - batch[1]
     grad = jnp.einsum("nkp,nk->p", jac, e) / 5
-    full = solve_dual(jac, None, e, grad, jnp.asarray(0.1), None)
-    half = solve_dual(jac, None, e, 0.5 * grad, jnp.asarray(0.1), None)
+    full = solve_dual(jac, None, e, grad, grad, jnp.asarray(0.1), None)
+    half = solve_dual(jac, None, e, grad, 0.5 * grad, jnp.asarray(0.1), None)
     np.testing.assert_allclose(half, 0.5 * full, rtol=1e-12)
 
 

@@ -1,0 +1,63 @@
+"""The command line: the demo and the analyzer, small, end to end."""
+
+import json
+import os
+
+from ggn_jax.cli import main
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def test_demo_writes_its_table_json_and_plot(tmp_path, capsys):
+    code = main(["demo", "--seeds", "2", "--baseline-steps", "20", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "| seed | pure GGN" in out and "global minimum (exact learning)" in out
+    with open(tmp_path / "demo.json") as f:
+        payload = json.load(f)
+    for seed in payload["seeds"]:
+        # The paper's claims on its own network: below 1e-15 within 20
+        # iterations, near-quadratic order, Hessian = GGN at the end.
+        assert seed["adaptive_iterations"] <= 20 and seed["pure_ggn_iterations"] <= 20
+        assert seed["adaptive_order"] >= 1.8
+        assert seed["hessian_ggn_gap_at_end"] < 1e-8
+        assert seed["conditions"]["holds"]
+    assert (tmp_path / "demo_convergence.png").stat().st_size > 10_000
+
+
+def test_landscape_runs_small(tmp_path, capsys, monkeypatch):
+    import ggn_jax.experiments as experiments
+
+    original = experiments.width_landscape
+    monkeypatch.setattr(
+        experiments, "width_landscape",
+        lambda runs: original(widths=(2, 24), runs=runs, adam_steps=50, ggn_steps=100),
+    )
+    assert main(["demo", "--landscape", "--runs", "2", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "landscape.json") as f:
+        payload = json.load(f)
+    # Width 2 cannot fit 20 samples (P = 18 < T·K = 80); width 24 satisfies the conditions.
+    assert payload["ggn_fraction"][0] == 0.0 and payload["conditions_fraction"][0] == 0.0
+    assert payload["conditions_fraction"][1] == 1.0 and payload["ggn_fraction"][1] == 1.0
+    assert (tmp_path / "landscape.png").exists()
+
+
+def test_analyze_reports_conditions_and_the_end_point(capsys):
+    assert main(["analyze", "--config", os.path.join(CONFIGS, "paper_demo.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "rank J = T·K         : 40 of 40: holds" in out
+    assert "critical point: global minimum (exact learning)" in out
+    assert main(["analyze", "--config", os.path.join(CONFIGS, "narrow_tanh.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "FAILS" in out and "global minimum" not in out
+
+
+def test_analyze_with_a_bad_config_fails_with_the_field(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[network]\nsizes = [2, 10, 4]\nactivaton = "tanh"\n')
+    assert main(["analyze", "--config", str(bad)]) == 2
+    assert "unknown field(s) network.activaton" in capsys.readouterr().err
+    mismatch = tmp_path / "mismatch.toml"
+    mismatch.write_text("[network]\nsizes = [3, 10, 4]\n")
+    assert main(["analyze", "--config", str(mismatch)]) == 2
+    assert "does not fit the data" in capsys.readouterr().err
