@@ -143,12 +143,13 @@ def _landscape(args: argparse.Namespace) -> int:
         f"Width landscape: four-region, T = {t}, MLP [2, w, 4] bent identity, "
         f"{result.runs} inits per width; fraction reaching mean loss < {result.threshold:g}"
     )
-    print("| w | w/T | P − 4T | conditions hold | GGN | Adam |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for w, g, a, c in zip(
-        result.widths, result.ggn_fraction, result.adam_fraction, result.conditions_fraction
+    print("| w | w/T | P − T·K | conditions hold | GGN | Adam | Adam median final loss |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for w, g, a, c, m in zip(
+        result.widths, result.ggn_fraction, result.adam_fraction, result.conditions_fraction,
+        result.adam_median_loss,
     ):
-        print(f"| {w} | {w / t:.2f} | {7 * w + 4 - 4 * t} | {c:.2f} | {g:.2f} | {a:.2f} |")
+        print(f"| {w} | {w / t:.2f} | {7 * w + 4 - 4 * t} | {c:.2f} | {g:.2f} | {a:.2f} | {m:.1e} |")
     print(f"{time.perf_counter() - start:.1f} s")
     os.makedirs(args.out, exist_ok=True)
     _write_json(os.path.join(args.out, "landscape.json"), result.as_dict())

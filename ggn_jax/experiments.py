@@ -219,6 +219,7 @@ class LandscapeResult:
     ggn_fraction: list[float]
     adam_fraction: list[float]
     conditions_fraction: list[float]
+    adam_median_loss: list[float]
     runs: int
     threshold: float
 
@@ -249,7 +250,7 @@ def width_landscape(
         raise RuntimeError("width_landscape needs float64: jax.config.update('jax_enable_x64', True)")
     data = four_region(jax.random.PRNGKey(data_seed), num_samples, jnp.float64)
     batch = (data.inputs, data.targets)
-    ggn_fraction, adam_fraction, conditions_fraction = [], [], []
+    ggn_fraction, adam_fraction, conditions_fraction, adam_median = [], [], [], []
     for width in widths:
         net = mlp([2, width, 4], "bent_identity")
         inits = [
@@ -266,6 +267,8 @@ def width_landscape(
         ggn_fraction.append(float(np.mean(reached)))
         adam_fraction.append(float(np.mean(np.min(adam, axis=1) < threshold)))
         conditions_fraction.append(float(np.mean(holds)))
+        adam_median.append(float(np.median(adam[:, -1])))
     return LandscapeResult(
-        num_samples, list(widths), ggn_fraction, adam_fraction, conditions_fraction, runs, threshold
+        num_samples, list(widths), ggn_fraction, adam_fraction, conditions_fraction,
+        adam_median, runs, threshold,
     )
