@@ -11,11 +11,13 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from ggn_jax.models import mlp
 
 
 def machine() -> str:
@@ -82,16 +84,12 @@ def steps_to_target(
 
 
 def mlp_init(key, sizes, dtype=jnp.float64):
-    params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        key, k_w, k_b = jax.random.split(key, 3)
-        w = jax.random.normal(k_w, (fan_in, fan_out), dtype) / float(np.sqrt(fan_in))
-        b = 0.1 * jax.random.normal(k_b, (fan_out,), dtype)
-        params.append((w, b))
-    return params
+    """A tanh MLP's parameters: N(0, 1/fan_in) weights, zero biases."""
+    return mlp(sizes, "tanh").init(key, dtype)
 
 
 def mlp_apply(params, x):
+    """The tanh MLP of `mlp_init`, for any depth (the sizes live in params)."""
     for w, b in params[:-1]:
         x = jnp.tanh(x @ w + b)
     w, b = params[-1]

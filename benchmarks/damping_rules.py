@@ -13,10 +13,10 @@ import statistics
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
+import jax.numpy as jnp
 
-import ggn_jax  # noqa: E402
-from benchmarks.common import machine, mlp_apply, mlp_init, write_results  # noqa: E402
+import ggn_jax
+from benchmarks.common import machine, mlp_apply, mlp_init, write_results
 
 RULES = {
     "nielsen": {"damping_rule": "nielsen"},

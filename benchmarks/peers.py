@@ -18,17 +18,18 @@ import argparse
 import importlib.util
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
 
-import ggn_jax  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+import ggn_jax
+from benchmarks.common import (
     machine,
     mlp_apply,
     mlp_init,
@@ -155,8 +156,8 @@ def run_scipy(params, batch, k_max):
 
     per_sample = jax.vmap(jax.jacrev(one), in_axes=(None, 0, 0))
     jac = jax.jit(lambda th: per_sample(th, x, y).reshape(-1, th.shape[0]))
-    fun = lambda th: np.asarray(residual(jnp.asarray(th)))  # noqa: E731
-    jac_np = lambda th: np.asarray(jac(jnp.asarray(th)))  # noqa: E731
+    fun = lambda th: np.asarray(residual(jnp.asarray(th)))
+    jac_np = lambda th: np.asarray(jac(jnp.asarray(th)))
 
     def solve(k):
         return scipy.optimize.least_squares(

@@ -39,7 +39,8 @@ normal directions (claim c).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -170,7 +171,7 @@ def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> Condi
     condition = float(singular[0] / singular[t - 1]) if hidden_rank >= t else float("inf")
 
     theta, unravel = ravel_pytree(params)
-    model = lambda th, xs: net.apply(unravel(th), xs)  # noqa: E731
+    model = lambda th, xs: net.apply(unravel(th), xs)
     _, jac = per_sample_jacobians(model, theta, inputs)
     jacobian_rank, _ = numerical_rank(np.asarray(jac.reshape(t * k, -1)))
     derivative_inf, sampled = _derivative_inf(net.activation, pre_activations)

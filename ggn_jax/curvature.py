@@ -29,7 +29,8 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ from jax.flatten_util import ravel_pytree
 
 from ggn_jax.losses import BoundLoss
 from ggn_jax.problem import FlatModel, bind_problem, flat_model
+
 
 def _one_sample(x):
     return jax.tree_util.tree_map(lambda a: a[None], x)

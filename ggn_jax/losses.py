@@ -24,14 +24,15 @@ shape (N,)).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
-LossSpec = Union[str, LossFn]
+LossSpec = str | LossFn
 
 NAMED_LOSSES = ("squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy")
 
@@ -183,8 +184,10 @@ def bind_loss(
         # Named losses see flat outputs; reshape targets to match them.
         k = int(np.prod(sample_shape, dtype=int))
 
-        def flat_targets(y):
-            return y if (integer_targets and loss == "softmax_cross_entropy") else y.reshape(k)
+        keep_labels = integer_targets and loss == "softmax_cross_entropy"
+
+        def with_flat_targets(fn):
+            return lambda o, y, *rest: fn(o, y if keep_labels else y.reshape(k), *rest)
 
         if loss == "squared_error":
             fns = (
@@ -207,9 +210,7 @@ def bind_loss(
                 lambda o, y: jnp.diag(_sigmoid_curvature(o)),
                 _hvp_from_hessian_diagonal(_sigmoid_curvature),
             )
-        value, grad, hessian, hvp = (
-            (lambda f: (lambda o, y, *rest: f(o, flat_targets(y), *rest)))(f) for f in fns
-        )
+        value, grad, hessian, hvp = (with_flat_targets(fn) for fn in fns)
         return BoundLoss(loss, value, grad, hessian, hvp, loss == "squared_error")
 
     user_loss = loss

@@ -17,7 +17,8 @@ sigmoid, whose derivatives vanish as |t| → ∞.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,8 @@ the form `ggn_jax.curvature` and `ggn_jax.solvers` expect.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -25,7 +25,8 @@ A failed factorisation shows up as NaN in δ; the caller rejects such a step.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,13 +129,13 @@ def solve_dual(
     eye = jnp.eye(n * k, dtype=dtype)
     if hessians is None:
         factor = cho_factor(gram + damping * eye, lower=True)
-        solve = lambda v: cho_solve(factor, v)  # noqa: E731
-        curvature = lambda u: u  # noqa: E731
+        solve = lambda v: cho_solve(factor, v)
+        curvature = lambda u: u
     else:
         h_gram = jnp.einsum("nkl,nlm->nkm", hessians, gram.reshape(n, k, n * k))
         factor = lu_factor(h_gram.reshape(n * k, n * k) + damping * eye)
-        solve = lambda v: lu_solve(factor, v)  # noqa: E731
-        curvature = lambda u: jnp.einsum("nkl,nl->nk", hessians, u.reshape(n, k)).ravel()  # noqa: E731
+        solve = lambda v: lu_solve(factor, v)
+        curvature = lambda u: jnp.einsum("nkl,nl->nk", hessians, u.reshape(n, k)).ravel()
 
     norm2 = jnp.dot(batch_grad, batch_grad)
     positive = norm2 > 0

@@ -37,7 +37,7 @@ def test_convergence_order_drops_round_off_and_takes_iterates():
 def test_saddle_of_a_two_layer_linear_network():
     """f(x) = a·b·x with target y = x: θ = (0, 0) is a critical point with
     Hessian [[0, −1], [−1, 0]]·mean(x²): a saddle."""
-    apply_fn = lambda p, x: p[0] * p[1] * x[:, 0]  # noqa: E731
+    apply_fn = lambda p, x: p[0] * p[1] * x[:, 0]
     x = jnp.array([[1.0], [2.0]])
     report = ggn_jax.critical_point(apply_fn, jnp.zeros(2), (x, x[:, 0]))
     assert report.kind == "saddle"
@@ -50,7 +50,7 @@ def test_non_global_minimum_of_a_tilted_double_well():
     L(w) = ⅙[2(w² − 1)² + (w² + ½)²], L′(w) = ⅔w(3w² − 3/2), L″(w) = ⅔(9w² − 3/2).
     Critical at w = 0 (L″ = −1: a maximum) and at w² = ½ (L″ = 2, L = ¼ > 0):
     minima that fit nothing exactly."""
-    apply_fn = lambda w, x: w[0] ** 2 * x[:, 0]  # noqa: E731
+    apply_fn = lambda w, x: w[0] ** 2 * x[:, 0]
     x = jnp.ones((3, 1))
     y = jnp.array([1.0, 1.0, -0.5])
     report = ggn_jax.critical_point(apply_fn, jnp.array([np.sqrt(0.5)]), (x, y))

@@ -26,7 +26,7 @@ def test_demo_writes_its_table_json_and_plot(tmp_path, capsys):
 
 
 def test_landscape_runs_small(tmp_path, capsys, monkeypatch):
-    import ggn_jax.experiments as experiments
+    from ggn_jax import experiments
 
     original = experiments.width_landscape
     monkeypatch.setattr(

@@ -55,7 +55,7 @@ def test_classic_least_squares_reach_the_known_minimum_and_match_scipy(name):
     start = jnp.asarray(start)
     m = residual(start).shape[0]
     # One sample with m outputs: the mean loss is ½‖r‖², scipy's cost.
-    apply_fn = lambda x, _: residual(x)[None]  # noqa: E731
+    apply_fn = lambda x, _: residual(x)[None]
     batch = (jnp.zeros((1, 1)), jnp.zeros((1, m)))
     options = {"min_damping": 1e-40} if name == "powell_singular" else {}
     result = ggn_jax.fit(apply_fn, start, batch, max_steps=300, tol=1e-60, **options)
@@ -120,7 +120,7 @@ def test_a_second_fit_reuses_the_compiled_program():
 
 def test_float32_fit_makes_progress_without_nan():
     params, batch = _over_parameterised(2)
-    to32 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), t)  # noqa: E731
+    to32 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), t)
     result = ggn_jax.fit(mlp_apply, to32(params), to32(batch), max_steps=30, tol=1e-10)
     assert result.loss_history.dtype == np.float32
     assert result.loss_history[-1] < 1e-8 * result.initial_loss
@@ -191,7 +191,7 @@ def test_classification_and_callable_losses_train(loss):
         targets, k = labels[:, None].astype(jnp.float64), 1
     else:
         targets, k = labels[:, None].astype(jnp.float64), 1
-        loss = lambda o, y: jnp.sum(jnp.log(jnp.cosh(o - y)))  # noqa: E731
+        loss = lambda o, y: jnp.sum(jnp.log(jnp.cosh(o - y)))
     params = mlp_init(key_p, [2, 32, k])
     result = ggn_jax.fit(mlp_apply, params, (x, targets), loss, max_steps=40, tol=1e-10)
     assert float(result.state.loss) < 1e-3 * result.initial_loss

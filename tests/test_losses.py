@@ -42,7 +42,7 @@ def test_value_gradient_hessian_and_hvp_match_references(loss):
         o, y = _sample(loss, jax.random.PRNGKey(seed))
         integer = jnp.issubdtype(y.dtype, jnp.integer)
         bound = bind_loss(loss, (K,), target_sample_shape=y.shape, integer_targets=integer)
-        reference = lambda o_: _reference_value(loss, o_, y)  # noqa: E731
+        reference = lambda o_: _reference_value(loss, o_, y)
         np.testing.assert_allclose(bound.value(o, y), reference(o), rtol=1e-12)
         np.testing.assert_allclose(bound.grad(o, y), jax.grad(reference)(o), rtol=1e-12, atol=1e-14)
         h_ref = jax.hessian(reference)(o)

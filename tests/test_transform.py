@@ -6,7 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import dtype_tol, mlp_apply, mlp_init, reference_ggn, rel_err, small_problem
+from helpers import (
+    dtype_tol,
+    mlp_apply,
+    mlp_init,
+    reference_ggn,
+    rel_err,
+    small_problem,
+)
 
 import ggn_jax
 from ggn_jax.solvers import SOLVER_CODES
@@ -88,7 +95,7 @@ def test_jitted_update_does_not_recompile_across_steps():
 @pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
 def test_float32_matches_float64_to_a_dtype_tolerance(solver):
     params64, batch64 = small_problem("squared_error", 4, n=6)
-    to32 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), t)  # noqa: E731
+    to32 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), t)
     params32, batch32 = to32(params64), to32(batch64)
     results = {}
     for name, params, batch in [("64", params64, batch64), ("32", params32, batch32)]:
@@ -116,7 +123,7 @@ def test_nan_trial_step_is_rejected_and_training_continues():
     batch = (x, y)
     params = jnp.array([0.3])
     tx = ggn_jax.ggn(_cube_model, damping=1e-6)
-    loss = lambda w: 0.5 * jnp.mean((_cube_model(w, x) - y) ** 2)  # noqa: E731
+    loss = lambda w: 0.5 * jnp.mean((_cube_model(w, x) - y) ** 2)
     update = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))
     state = tx.init(params)
     updates, state = update(jax.grad(loss)(params), state, params)
@@ -208,7 +215,7 @@ def test_a_pytree_of_dicts_trains():
         "layer": {"w": jax.random.normal(k_w, (2, 8)), "b": jnp.zeros(8)},
         "out": jax.random.normal(k_v, (8,)),
     }
-    apply_fn = lambda p, x: jnp.tanh(x @ p["layer"]["w"] + p["layer"]["b"]) @ p["out"]  # noqa: E731
+    apply_fn = lambda p, x: jnp.tanh(x @ p["layer"]["w"] + p["layer"]["b"]) @ p["out"]
     x = jax.random.normal(key, (5, 2))
     result = ggn_jax.fit(apply_fn, params, (x, jnp.sin(x[:, 0])), max_steps=100, tol=1e-24)
     assert result.converged
