@@ -180,6 +180,8 @@ def available(module: str) -> bool:
 
 
 def _fmt_time(seconds):
+    if seconds < 0.01:
+        return f"{seconds * 1e3:.2f} ms"
     return f"{seconds * 1e3:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
