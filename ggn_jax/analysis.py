@@ -16,8 +16,8 @@ with a row of ones appended (the bias as an extra input), and W for the
 output weights, so the outputs are WᵀΦ. Our reading of the conditions:
 
 1. *Width*: h + 1 ≥ T, so that Φ can have rank T at all.
-2. *Activation*: σ is smooth and σ′ never vanishes (inf σ′ > 0; the bent
-   identity has σ′ ∈ (½, 3/2)). Then no hidden unit is ever switched off,
+2. *Activation*: σ is smooth and σ′ is bounded away from zero (inf σ′ > 0;
+   the bent identity has σ′ ∈ (½, 3/2), while tanh′ > 0 has infimum 0). Then no hidden unit is ever switched off,
    so the hidden layers cannot lose rank through σ′ = 0, and the rank of Φ
    is generic in the weights.
 3. *Rank*: Φ has full column rank T. Then for *any* targets Y the linear
@@ -25,6 +25,10 @@ output weights, so the outputs are WᵀΦ. Our reading of the conditions:
    (exact learning is possible from here), and at a critical point the
    output-layer part of the gradient, Φ·Eᵀ (E the residuals), can only
    vanish if E = 0 — a critical point is a zero-loss, global minimum.
+
+The conditions are properties of a point, and claim (a) concerns the
+critical points training ends at; `exact_learning_conditions` can be asked
+at any parameters, and the demo reports them at the start and at the end.
 
 With 3, the stacked Jacobian J (TK × P) contains Φᵀ ⊗ I_K among its
 columns, so it has full row rank TK. The zero-loss set is then locally a
@@ -49,7 +53,7 @@ from jax.flatten_util import ravel_pytree
 
 from ggn_jax.curvature import dense_ggn, loss_hessians, per_sample_jacobians
 from ggn_jax.losses import LossSpec
-from ggn_jax.models import MLP, Activation
+from ggn_jax.models import ACTIVATIONS, MLP, Activation
 from ggn_jax.problem import bind_problem
 
 
@@ -74,8 +78,9 @@ class ConditionReport:
       last_hidden_width: h, the width of the last hidden layer.
       width_holds: h + 1 ≥ T (Φ with its bias row can have rank T).
       activation: the activation's name.
-      derivative_inf: inf σ′ — known for the built-in activations, else the
-        minimum of |σ′| sampled on [−10, 10] and on the pre-activations seen.
+      derivative_inf: inf σ′ — known for the built-in activations; for a
+        custom one the smaller of its declared bound and the minimum of |σ′|
+        sampled on [−10, 10] and on the pre-activations seen.
       derivative_sampled: whether ``derivative_inf`` was sampled.
       derivative_holds: inf σ′ > 0.
       hidden_rank: the numerical rank of Φ ((h+1) × T).
@@ -128,11 +133,15 @@ class ConditionReport:
 
 
 def _derivative_inf(activation: Activation, pre_activations: list[jax.Array]) -> tuple[float, bool]:
-    if activation.name in ("bent_identity", "tanh", "sigmoid", "softplus"):
+    """inf σ′: the built-in's known value, or for a custom activation its
+    declared ``derivative_inf`` checked against samples on [−10, 10] and at
+    the pre-activations seen (the smaller wins; a grid can miss isolated
+    zeros, so a custom activation should declare its bound)."""
+    if ACTIVATIONS.get(activation.name) is activation:
         return activation.derivative_inf, False
     grid = [jnp.linspace(-10.0, 10.0, 2001)] + [a.ravel() for a in pre_activations]
     sampled = min(float(jnp.min(jnp.abs(activation.derivative(g)))) for g in grid)
-    return sampled, True
+    return min(sampled, activation.derivative_inf), True
 
 
 def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> ConditionReport:
@@ -206,8 +215,9 @@ class CriticalPointReport:
         ``zero_tol``·max|λ| counted as zero.
       ggn_gap: ‖H − G‖_F / ‖H‖_F, zero at an exact fit (claim b).
       kind: ``"global minimum (exact learning)"``, ``"minimum (not exact
-        learning)"``, ``"saddle"`` (any critical point with a negative
-        eigenvalue, maxima included) or ``"not critical"``.
+        learning)"``, ``"degenerate (second-order test inconclusive)"``,
+        ``"saddle"`` (any critical point with a negative eigenvalue, maxima
+        included) or ``"not critical"``.
     """
 
     loss: float
@@ -253,7 +263,7 @@ def critical_point(
     theta = problem.theta
     eps = float(jnp.finfo(theta.dtype).eps)
     grad_tol = np.sqrt(eps) if grad_tol is None else grad_tol
-    zero_tol = np.sqrt(eps) if zero_tol is None else zero_tol
+    zero_tol = theta.shape[0] * eps if zero_tol is None else zero_tol
     loss_tol = eps if loss_tol is None else loss_tol
 
     def mean_loss(th):
@@ -278,6 +288,8 @@ def critical_point(
         kind = "saddle"
     elif float(value) <= loss_tol:
         kind = "global minimum (exact learning)"
+    elif np.any(zero):
+        kind = "degenerate (second-order test inconclusive)"
     else:
         kind = "minimum (not exact learning)"
     return CriticalPointReport(
@@ -326,7 +338,8 @@ def convergence_order(
         estimate q = log(e_{k+1}/e_k) / log(e_k/e_{k−1}).
 
     Returns:
-      A `ConvergenceOrder`.
+      A `ConvergenceOrder`; the order is nan when fewer than two pairs lie
+      above the floor or the errors do not decrease over them.
 
     Example:
       >>> e = [1e-1, 1e-2, 1e-4, 1e-8, 1e-16]
@@ -354,5 +367,7 @@ def convergence_order(
         return ConvergenceOrder(float("nan"), float("nan"), tuple(pairs))
     x = np.log(usable[pairs])
     y = np.log(usable[[k + 1 for k in pairs]])
+    if np.any(y >= x) or np.ptp(x) == 0:  # not converging over these steps
+        return ConvergenceOrder(float("nan"), float("nan"), tuple(pairs))
     order, log_constant = np.polyfit(x, y, 1)
     return ConvergenceOrder(float(order), float(np.exp(log_constant)), tuple(pairs))

@@ -49,18 +49,21 @@ def demo_table(result) -> str:
     """The per-seed Markdown table of `paper_demo`."""
     lines = [
         "| seed | pure GGN: iterations to cost < 1e-15 | order | adaptive GGN: iterations "
-        "| order | conditions (width, σ′, rank Φ, rank J) | ‖H−G‖/‖H‖ at end | end point |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        "| order | conditions at init (width, σ′, rank Φ, rank J) | rank Φ, rank J at end "
+        "| adaptive end: ‖H−G‖/‖H‖ | zero eigenvalues of H | end point |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- |",
     ]
     for s in result.seeds:
-        c = s.conditions
+        c, e = s.conditions, s.end_conditions
         flags = "".join("✓" if ok else "✗" for ok in (
             c.width_holds, c.derivative_holds, c.hidden_rank_holds, c.jacobian_rank_holds))
         lines.append(
             f"| {s.seed} | {_fmt(s.pure_iterations, 'd')} | {s.pure_order:.2f} "
             f"| {_fmt(s.adaptive_iterations, 'd')} | {s.adaptive_order:.2f} "
-            f"| {flags} (rank J {c.jacobian_rank}/{c.num_samples * c.num_outputs}) "
-            f"| {s.ggn_gap:.1e} | {s.final_kind} |"
+            f"| {flags} | {e.hidden_rank}/{e.num_samples}, "
+            f"{e.jacobian_rank}/{e.num_samples * e.num_outputs} "
+            f"| {s.ggn_gap:.1e} | {s.num_zero} (P − T·K = {e.num_params - e.num_samples * e.num_outputs}) "
+            f"| {s.final_kind} |"
         )
     return "\n".join(lines)
 
@@ -190,7 +193,15 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     net_cfg, data_cfg, run_cfg = config["network"], config["data"], config["analysis"]
-    net = mlp(net_cfg["sizes"], net_cfg["activation"])
+    try:
+        net = mlp(net_cfg["sizes"], net_cfg["activation"])
+    except ValueError as error:
+        print(f"error: {args.config}: network.{error}", file=sys.stderr)
+        return 2
+    if data_cfg["num_samples"] < 1 or run_cfg["max_steps"] < 0:
+        print(f"error: {args.config}: data.num_samples must be ≥ 1 and analysis.max_steps ≥ 0",
+              file=sys.stderr)
+        return 2
     key = jax.random.PRNGKey(data_cfg["seed"])
     if data_cfg["kind"] == "four_region":
         data = four_region(key, data_cfg["num_samples"], jnp.float64)
@@ -200,7 +211,8 @@ def _analyze(args: argparse.Namespace) -> int:
     if data.targets.shape[1] != net.sizes[-1] or data.inputs.shape[1] != net.sizes[0]:
         print(
             f"error: {args.config}: network.sizes {list(net.sizes)} does not fit the data "
-            f"(inputs {data.inputs.shape[1]}, outputs {data.targets.shape[1]})",
+            f"(inputs {data.inputs.shape[1]}, outputs {data.targets.shape[1]}; "
+            "four_region has 2 and 4, teacher_student those of data.teacher_sizes)",
             file=sys.stderr,
         )
         return 2
@@ -223,14 +235,22 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ggn-jax", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="the paper's four-region experiment")
-    demo.add_argument("--seeds", type=int, default=10)
-    demo.add_argument("--baseline-steps", type=int, default=5000)
+    demo.add_argument("--seeds", type=_positive_int, default=10, help="seeds (demo)")
+    demo.add_argument("--baseline-steps", type=_positive_int, default=5000,
+                      help="Adam and gradient-descent steps (demo)")
     demo.add_argument("--landscape", action="store_true", help="run the width landscape instead")
-    demo.add_argument("--runs", type=int, default=20, help="inits per width (landscape)")
+    demo.add_argument("--runs", type=_positive_int, default=20, help="inits per width (landscape)")
     demo.add_argument("--out", default="results")
     demo.set_defaults(run=_demo)
     analyze = commands.add_parser("analyze", help="conditions and critical point for a config")

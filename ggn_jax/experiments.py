@@ -98,12 +98,14 @@ class SeedResult:
 
     seed: int
     conditions: ConditionReport
+    end_conditions: ConditionReport
     pure_iterations: int | None
     pure_order: float
     adaptive_iterations: int | None
     adaptive_order: float
     ggn_gap: float
     final_kind: str
+    num_zero: int
     pure_costs: np.ndarray
     pure_errors: np.ndarray
     adaptive_costs: np.ndarray
@@ -134,7 +136,10 @@ class DemoResult:
                     "adaptive_order": s.adaptive_order,
                     "hessian_ggn_gap_at_end": s.ggn_gap,
                     "final_point": s.final_kind,
+                    "zero_hessian_eigenvalues_at_end": s.num_zero,
                     "conditions": dataclasses.asdict(s.conditions) | {"holds": s.conditions.holds},
+                    "conditions_at_end": dataclasses.asdict(s.end_conditions)
+                    | {"holds": s.end_conditions.holds},
                     "pure_ggn_costs": s.pure_costs.tolist(),
                     "pure_ggn_errors": s.pure_errors.tolist(),
                     "adaptive_costs": s.adaptive_costs.tolist(),
@@ -157,12 +162,13 @@ def paper_demo(
 ) -> DemoResult:
     """Runs the paper's four-region demo in float64 (x64 must be on).
 
-    For each seed: the condition report at the initial weights; pure GGN
+    For each seed: the condition report at the initial weights and at the
+    adaptive run's end point; pure GGN
     (δ = 1e-8 on the summed cost, i.e. λ = 1e-8/T on the mean, step 1) and
     the adaptive default, each for ``ggn_steps``
     steps; the iterations to cost < 1e-15; the order estimated from
     ‖θ_k − θ*‖ with θ* the last iterate; the critical-point report at the
-    end (‖H − G‖/‖H‖ and its kind). Adam (lr 1e-2) and gradient descent (lr
+    adaptive run's end (‖H − G‖/‖H‖, zero Hessian eigenvalues, its kind). Adam (lr 1e-2) and gradient descent (lr
     1e-3; 1e-2 diverges from these weights) run
     ``baseline_steps`` steps from the same initial weights.
     """
@@ -183,17 +189,20 @@ def paper_demo(
             costs = num_samples * losses  # the paper's ½Σ
             errors = np.linalg.norm(thetas - thetas[-1], axis=1)
             runs[name] = (costs, errors, thetas[-1], convergence_order(thetas).order)
-        final = critical_point(net.apply, _unflatten(params, runs["adaptive"][2]), batch)
+        end = _unflatten(params, runs["adaptive"][2])
+        final = critical_point(net.apply, end, batch)
         results.append(
             SeedResult(
                 seed=seed,
                 conditions=conditions,
+                end_conditions=exact_learning_conditions(net, end, data.inputs),
                 pure_iterations=first_below(runs["pure"][0], PAPER_TARGET),
                 pure_order=runs["pure"][3],
                 adaptive_iterations=first_below(runs["adaptive"][0], PAPER_TARGET),
                 adaptive_order=runs["adaptive"][3],
                 ggn_gap=final.ggn_gap,
                 final_kind=final.kind,
+                num_zero=final.num_zero,
                 pure_costs=runs["pure"][0],
                 pure_errors=runs["pure"][1],
                 adaptive_costs=runs["adaptive"][0],

@@ -29,6 +29,9 @@ def test_convergence_order_drops_round_off_and_takes_iterates():
     iterates = np.stack([limit + e * direction for e in [1e-1, 1e-2, 1e-4, 1e-8, 0.0]])
     assert ggn_jax.convergence_order(iterates).order == pytest.approx(2.0, rel=1e-6)
     assert np.isnan(ggn_jax.convergence_order([1e-1, 1e-2]).order)
+    # Sequences that do not converge over the last steps get no order.
+    assert np.isnan(ggn_jax.convergence_order([1.0, 2.0, 4.0, 8.0]).order)
+    assert np.isnan(ggn_jax.convergence_order([0.1, 0.01, 0.1, 0.001]).order)
 
 
 # --- critical_point on constructed examples ---------------------------------
@@ -45,21 +48,32 @@ def test_saddle_of_a_two_layer_linear_network():
     np.testing.assert_allclose(report.eigenvalues, [-2.5, 2.5], rtol=1e-12)
 
 
-def test_non_global_minimum_of_a_tilted_double_well():
-    """f(w) = w² against targets y = (1, 1, −½):
-    L(w) = ⅙[2(w² − 1)² + (w² + ½)²], L′(w) = ⅔w(3w² − 3/2), L″(w) = ⅔(9w² − 3/2).
-    Critical at w = 0 (L″ = −1: a maximum) and at w² = ½ (L″ = 2, L = ¼ > 0):
-    minima that fit nothing exactly."""
-    apply_fn = lambda w, x: w[0] ** 2 * x[:, 0]
-    x = jnp.ones((3, 1))
-    y = jnp.array([1.0, 1.0, -0.5])
-    report = ggn_jax.critical_point(apply_fn, jnp.array([np.sqrt(0.5)]), (x, y))
+def test_non_global_minimum_of_a_cubic():
+    """o = w³ − 3w against y = −3: L(w) = ½(w³ − 3w + 3)², with L′ = 0 and
+    L″ = (3w² − 3)² + (w³ − 3w + 3)·6w = 6 at w = 1 where L = ½, while
+    w ≈ −2.104 (a root of w³ − 3w + 3) fits exactly: a strict local minimum
+    that is not global."""
+    apply_fn = lambda w, x: (w[0] ** 3 - 3 * w[0]) * x[:, 0]  # noqa: E731
+    batch = (jnp.ones((1, 1)), jnp.array([-3.0]))
+    report = ggn_jax.critical_point(apply_fn, jnp.array([1.0]), batch)
     assert report.kind == "minimum (not exact learning)"
-    assert report.loss == pytest.approx(0.5 * (0.25 + 0.25 + 1.0) / 3)
-    # L″(w) = (18w² − 3)/3 = 2 at w² = ½.
-    np.testing.assert_allclose(report.eigenvalues, [2.0], rtol=1e-10)
-    assert ggn_jax.critical_point(apply_fn, jnp.array([0.0]), (x, y)).kind == "saddle"
-    assert ggn_jax.critical_point(apply_fn, jnp.array([0.3]), (x, y)).kind == "not critical"
+    assert report.loss == pytest.approx(0.5)
+    np.testing.assert_allclose(report.eigenvalues, [6.0], rtol=1e-12)
+    root = np.roots([1, 0, -3, 3]).real[np.abs(np.roots([1, 0, -3, 3]).imag) < 1e-9][0]
+    global_report = ggn_jax.critical_point(apply_fn, jnp.array([root]), batch)
+    assert global_report.kind == "global minimum (exact learning)"
+    # w = −1 is a maximum: L″ = 0 + 5·(−6) = −30.
+    assert ggn_jax.critical_point(apply_fn, jnp.array([-1.0]), batch).kind == "saddle"
+    assert ggn_jax.critical_point(apply_fn, jnp.array([0.3]), batch).kind == "not critical"
+
+
+def test_a_flat_critical_point_is_called_degenerate():
+    """o = w³ against y = 1 at w = 0: L′ = 3w²(w³ − 1) = 0 and L″ = 0, an
+    inflection point that a second-order test cannot classify."""
+    apply_fn = lambda w, x: w[0] ** 3 * x[:, 0]  # noqa: E731
+    report = ggn_jax.critical_point(apply_fn, jnp.array([0.0]), (jnp.ones((1, 1)), jnp.ones(1)))
+    assert report.kind == "degenerate (second-order test inconclusive)"
+    assert report.num_zero == 1
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +124,8 @@ def test_condition_report_flags_what_fails():
     net = ggn_jax.MLP((2, 12, 4), relu)
     report = ggn_jax.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
     assert report.derivative_sampled and report.derivative_inf == 0.0
+    # A custom tanh: the declared infimum 0 counts, though no sample is 0.
+    custom = ggn_jax.Activation("tanh", jnp.tanh, lambda t: 1 - jnp.tanh(t) ** 2, 0.0, 1.0)
+    net = ggn_jax.MLP((2, 12, 4), custom)
+    report = ggn_jax.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
+    assert report.derivative_sampled and not report.derivative_holds
