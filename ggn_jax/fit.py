@@ -97,6 +97,24 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
     return jax.jit(run)
 
 
+def _check_finite(tree: Any, name: str) -> None:
+    """Raises ValueError if a floating leaf holds NaN or Inf.
+
+    Every step on non-finite data would be rejected, so `fit` would spin to
+    ``max_steps`` and return the initial parameters; better to say so. This
+    reads the data once on the host, before compiling; `ggn` inside a jitted
+    loop cannot, and rejects such steps instead.
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        array = np.asarray(leaf)
+        if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
+            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} holds {bad} non-finite value(s) "
+                "(NaN or Inf); fit cannot make progress on them"
+            )
+
+
 @functools.lru_cache(maxsize=64)
 def _cached_build(apply_fn, loss, config, max_steps):
     return _build(apply_fn, loss, config, max_steps)
@@ -143,6 +161,8 @@ def fit(
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or math.isnan(tol):
         raise ValueError(f"tol must be a number, got {tol!r}")
     config = make_config(**options)
+    _check_finite(params, "params")
+    _check_finite(batch, "batch")
     try:
         run = _cached_build(apply_fn, loss, config, max_steps)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache

@@ -213,3 +213,21 @@ def test_float32_params_with_float64_data_and_numpy_options_stay_float32(solver)
     leaves = jax.tree_util.tree_leaves((result.params, result.state))
     assert all(leaf.dtype != jnp.float64 for leaf in leaves)
     assert result.loss_history[-1] < result.initial_loss
+
+
+def test_non_finite_data_stops_fit_with_a_clear_error():
+    params, (x, y) = _over_parameterised(0)
+    with pytest.raises(ValueError, match=r"batch\[1\] holds 1 non-finite value"):
+        ggn_jax.fit(mlp_apply, params, (x, y.at[3, 1].set(jnp.nan)))
+    with pytest.raises(ValueError, match=r"params\[0\]\[0\] holds 1 non-finite"):
+        bad = [(params[0][0].at[0, 0].set(jnp.inf), params[0][1])] + params[1:]
+        ggn_jax.fit(mlp_apply, bad, (x, y))
+
+
+def test_the_same_inputs_give_a_bitwise_identical_trajectory():
+    params, batch = _over_parameterised(5)
+    first = ggn_jax.fit(mlp_apply, params, batch, max_steps=10, tol=0.0)
+    second = ggn_jax.fit(mlp_apply, params, batch, max_steps=10, tol=0.0)
+    np.testing.assert_array_equal(first.loss_history, second.loss_history)
+    for a, b in zip(jax.tree_util.tree_leaves(first.params), jax.tree_util.tree_leaves(second.params)):
+        np.testing.assert_array_equal(a, b)
