@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from helpers import mlp_apply, mlp_init, reference_ggn, targets_for
+from helpers import mlp_apply, mlp_init, targets_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
