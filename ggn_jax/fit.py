@@ -59,6 +59,10 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
     def run(params, batch, tol):
         problem = bind_problem(apply_fn, loss, params, batch)
         dtype = problem.theta.dtype
+        # Every step on non-finite data would be rejected: stop before the
+        # first and let the host name the leaf.
+        non_finite = jnp.concatenate([_non_finite_counts(params), _non_finite_counts(batch)])
+        clean = ~jnp.any(non_finite > 0)
         dense = resolve_solver(config, problem) != "cg"
         if dense:
             # Carried through the loop: a rejected step re-solves with the
@@ -74,7 +78,7 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
 
         def cond(carry):
             _, _, state, _, step = carry
-            return (step < max_steps) & ~(state.loss <= tol)
+            return clean & (step < max_steps) & ~(state.loss <= tol)
 
         def body(carry):
             theta, local, state, history, step = carry
@@ -92,26 +96,35 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
         theta, _, state, history, steps = jax.lax.while_loop(
             cond, body, (problem.theta, local, state, history, jnp.zeros((), jnp.int32))
         )
-        return problem.unravel(theta), state, initial_loss, history, steps
+        return problem.unravel(theta), state, initial_loss, history, steps, non_finite
 
     return jax.jit(run)
 
 
-def _check_finite(tree: Any, name: str) -> None:
-    """Raises ValueError if a floating leaf holds NaN or Inf.
+def _non_finite_counts(tree: Any) -> jax.Array:
+    """Per leaf, the number of NaN or Inf entries (0 for non-float leaves)."""
+    counts = [
+        jnp.sum(~jnp.isfinite(leaf)) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+        else jnp.zeros((), jnp.int32)
+        for leaf in jax.tree_util.tree_leaves(tree)
+    ]
+    return jnp.stack([c.astype(jnp.int32) for c in counts])
 
-    Every step on non-finite data would be rejected, so `fit` would spin to
-    ``max_steps`` and return the initial parameters; better to say so. This
-    reads the data once on the host, before compiling; `ggn` inside a jitted
-    loop cannot, and rejects such steps instead.
-    """
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        array = np.asarray(leaf)
-        if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
-            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+
+def _raise_non_finite(counts: np.ndarray, params: Any, batch: Any) -> None:
+    """Names the first leaf of (params, batch) that held NaN or Inf."""
+    named = [
+        (f"params{jax.tree_util.keystr(path)}", leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    ] + [
+        (f"batch{jax.tree_util.keystr(path)}", leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(batch)
+    ]
+    for (name, _), count in zip(named, counts):
+        if count:
             raise ValueError(
-                f"{name}{jax.tree_util.keystr(path)} holds {bad} non-finite value(s) "
-                "(NaN or Inf); fit cannot make progress on them"
+                f"{name} holds {int(count)} non-finite value(s) (NaN or Inf); fit cannot "
+                "make progress on them"
             )
 
 
@@ -161,14 +174,14 @@ def fit(
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or math.isnan(tol):
         raise ValueError(f"tol must be a number, got {tol!r}")
     config = make_config(**options)
-    _check_finite(params, "params")
-    _check_finite(batch, "batch")
     try:
         run = _cached_build(apply_fn, loss, config, max_steps)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache
         run = _build(apply_fn, loss, config, max_steps)
-    params, state, initial_loss, history, steps = run(params, batch, tol)
+    result_params, state, initial_loss, history, steps, non_finite = run(params, batch, tol)
     steps = int(steps)
+    _raise_non_finite(np.asarray(non_finite), params, batch)
+    params = result_params
     return FitResult(
         params,
         np.asarray(history[:steps]),
