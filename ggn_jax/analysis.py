@@ -54,7 +54,7 @@ from jax.flatten_util import ravel_pytree
 from ggn_jax.curvature import dense_ggn, loss_hessians, per_sample_jacobians
 from ggn_jax.losses import LossSpec
 from ggn_jax.models import ACTIVATIONS, MLP, Activation
-from ggn_jax.problem import bind_problem
+from ggn_jax.problem import bind_problem, mean_loss
 
 
 def numerical_rank(matrix: np.ndarray) -> tuple[int, np.ndarray]:
@@ -266,12 +266,11 @@ def critical_point(
     zero_tol = theta.shape[0] * eps if zero_tol is None else zero_tol
     loss_tol = eps if loss_tol is None else loss_tol
 
-    def mean_loss(th):
-        outputs = problem.model(th, problem.inputs)
-        return jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
+    def loss_at(th):
+        return mean_loss(problem, problem.model(th, problem.inputs))
 
-    value, grad = jax.value_and_grad(mean_loss)(theta)
-    hessian = np.asarray(jax.hessian(mean_loss)(theta))
+    value, grad = jax.value_and_grad(loss_at)(theta)
+    hessian = np.asarray(jax.hessian(loss_at)(theta))
     outputs, jac = per_sample_jacobians(problem.model, theta, problem.inputs)
     hessians = None if problem.loss.identity_hessian else loss_hessians(
         problem.loss, outputs, problem.targets

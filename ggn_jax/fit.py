@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggn_jax.losses import LossSpec, check_loss
-from ggn_jax.problem import bind_problem
+from ggn_jax.problem import bind_problem, mean_loss
 from ggn_jax.transform import (
     GGNConfig,
     GGNState,
@@ -72,7 +72,7 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
         else:
             local = None
             outputs = problem.model(problem.theta, problem.inputs)
-            initial_loss = jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
+            initial_loss = mean_loss(problem, outputs)
         history = jnp.full((max(max_steps, 1),), jnp.nan, dtype)
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 

@@ -57,6 +57,11 @@ class Problem(NamedTuple):
     num_outputs: int
 
 
+def mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
+    """L = (1/N) Σ_i l(o_i, y_i) for outputs (N, K) on the problem's targets."""
+    return jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
+
+
 def check_params(params: Any) -> None:
     """Raises TypeError unless the parameters are float32 or float64 arrays of one dtype."""
     leaves = jax.tree_util.tree_leaves(params)

@@ -49,7 +49,7 @@ from ggn_jax.damping import (
     update_damping,
 )
 from ggn_jax.losses import LossSpec, check_loss
-from ggn_jax.problem import Problem, bind_problem, check_params
+from ggn_jax.problem import Problem, bind_problem, check_params, mean_loss
 from ggn_jax.solvers import (
     SOLVER_CODES,
     SOLVERS,
@@ -207,10 +207,6 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
     )
 
 
-def _mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
-    return jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
-
-
 def _marquardt_scale(diagonal: jax.Array, floor: float) -> jax.Array:
     scale = jnp.maximum(diagonal, floor * jnp.max(diagonal))
     return jnp.where(scale > 0, scale, 1).astype(diagonal.dtype)
@@ -272,7 +268,7 @@ def local_model(
     else:
         batch_grad = lin.vjp(output_grads) / n
     local = LocalModel(
-        outputs, output_grads, batch_grad, _mean_loss(problem, outputs), jac, hessians
+        outputs, output_grads, batch_grad, mean_loss(problem, outputs), jac, hessians
     )
     return local, lin
 
@@ -372,7 +368,7 @@ def ggn_step(
     j_step = jvp(step)
     curvature = jnp.sum(j_step * hessian_product(loss, outputs, targets, j_step)) / n
     predicted = -jnp.dot(batch_grad, step) - 0.5 * curvature
-    trial_loss = _mean_loss(problem, problem.model(theta + step, problem.inputs))
+    trial_loss = mean_loss(problem, problem.model(theta + step, problem.inputs))
     actual = loss0 - trial_loss
 
     # Round-off in the loss: a few eps per term of the mean.
@@ -426,9 +422,8 @@ def _check_grads(grads: Any, params: Any) -> None:
             "updates (the gradients) and params have different pytree structures:\n"
             f"  updates: {grads_def}\n  params:  {params_def}"
         )
-    for path, (g, w) in zip(
-        (path for path, _ in jax.tree_util.tree_leaves_with_path(params)),
-        zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params)),
+    for (path, w), g in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(grads)
     ):
         if jnp.shape(g) != jnp.shape(w):
             raise ValueError(
