@@ -43,7 +43,8 @@ def main() -> None:
 
             _, seconds, _ = timed(run, repeats=3)
             times[solver] = seconds / STEPS * 1e3
-        auto = choose_solver("auto", n, p, config.max_dense, config.max_jacobian)
+        auto = choose_solver("auto", n, 1, p, config.max_dense, config.max_jacobian,
+                             config.cg_max_iters)
         fastest = min(times, key=times.get)
         rows.append({"N": n, "P": p, "ms_per_step": times, "auto": auto, "fastest": fastest})
     lines = [

@@ -43,6 +43,31 @@ def _check_value(where: str, value: Any, kind: Any) -> Any:
     return value
 
 
+def validate_table(given: Any, fields: dict, source: str, table: str) -> dict:
+    """Checks one table against its fields; returns it with defaults filled in.
+
+    Messages name the file (``source``) and each field as ``table.field``.
+    """
+    if not isinstance(given, dict):
+        raise ConfigError(f"{source}: [{table}] must be a table")
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown field(s) {', '.join(f'{table}.{u}' for u in unknown)}; "
+            f"allowed in [{table}]: {', '.join(fields)}"
+        )
+    out = {}
+    for name, (kind, default) in fields.items():
+        where = f"{source}: {table}.{name}"
+        if name not in given:
+            if default is REQUIRED:
+                raise ConfigError(f"{where} is required ({_type_name(kind)})")
+            out[name] = default
+        else:
+            out[name] = _check_value(where, given[name], kind)
+    return out
+
+
 def validate(raw: dict, schema: dict, source: str) -> dict:
     """Checks ``raw`` against ``schema``; returns it with defaults filled in."""
     unknown = sorted(set(raw) - set(schema))
@@ -50,39 +75,26 @@ def validate(raw: dict, schema: dict, source: str) -> dict:
         raise ConfigError(
             f"{source}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(schema)}"
         )
-    out = {}
-    for section, fields in schema.items():
-        given = raw.get(section, {})
-        if not isinstance(given, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-        unknown = sorted(set(given) - set(fields))
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown field(s) {', '.join(f'{section}.{u}' for u in unknown)}; "
-                f"allowed in [{section}]: {', '.join(fields)}"
-            )
-        out[section] = {}
-        for name, (kind, default) in fields.items():
-            where = f"{source}: {section}.{name}"
-            if name not in given:
-                if default is REQUIRED:
-                    raise ConfigError(f"{where} is required ({_type_name(kind)})")
-                out[section][name] = default
-            else:
-                out[section][name] = _check_value(where, given[name], kind)
-    return out
+    return {
+        section: validate_table(raw.get(section, {}), fields, source, section)
+        for section, fields in schema.items()
+    }
 
 
-def load_config(path: str, schema: dict) -> dict:
-    """Reads and validates a TOML config file."""
+def read_toml(path: str) -> dict:
+    """The parsed TOML file, or a `ConfigError` naming the file."""
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return validate(raw, schema, path)
+
+
+def load_config(path: str, schema: dict) -> dict:
+    """Reads and validates a TOML config file."""
+    return validate(read_toml(path), schema, path)
 
 
 ANALYZE_SCHEMA = {

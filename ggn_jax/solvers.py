@@ -37,30 +37,74 @@ SOLVER_CODES = {"primal": 0, "dual": 1, "cg": 2}
 SOLVER_NAMES = {code: name for name, code in SOLVER_CODES.items()}
 
 
+# CG is taken over a dense solver only when its estimated cost is below
+# this fraction of the dense one's: the dense solves are exact and their
+# flops run at BLAS speed.
+CG_MARGIN = 0.5
+
+
+def solver_costs(
+    num_samples: int, num_outputs: int, num_params: int, cg_max_iters: int,
+    diagonal_preconditioner: bool = True,
+) -> dict[str, float]:
+    """Rough flop counts of one step of each solver, for ``auto``.
+
+    With N samples, K outputs each and P parameters, one forward pass over
+    a sample costs about 2P flops and a reverse pass twice that, so
+
+    * the per-sample Jacobians (NK reverse passes) cost ≈ 6·NK·P;
+    * ``primal`` adds JᵀJ, 2·NK·P², and a Cholesky, P³/3;
+    * ``dual`` adds JJᵀ, 2·(NK)²·P, and a Cholesky, (NK)³/3;
+    * ``cg`` costs ≈ 10·N·P per GGN-vector product (a jvp and a vjp), at
+      most ``cg_max_iters`` of them, plus the Jacobians for the diagonal
+      preconditioner.
+
+    Calibrated against ``python -m benchmarks.solvers`` (BENCHMARKS.md).
+    """
+    n, nk, p = float(num_samples), float(num_samples * num_outputs), float(num_params)
+    jacobian = 6.0 * nk * p
+    return {
+        "primal": jacobian + 2.0 * nk * p**2 + p**3 / 3.0,
+        "dual": jacobian + 2.0 * nk**2 * p + nk**3 / 3.0,
+        "cg": 10.0 * n * p * cg_max_iters + (jacobian if diagonal_preconditioner else 0.0),
+    }
+
+
 def choose_solver(
-    solver: str, num_rows: int, num_params: int, max_dense: int, max_jacobian: int
+    solver: str,
+    num_samples: int,
+    num_outputs: int,
+    num_params: int,
+    max_dense: int,
+    max_jacobian: int,
+    cg_max_iters: int = 100,
+    diagonal_preconditioner: bool = True,
 ) -> str:
     """Resolves ``"auto"`` from the problem's shape.
 
     Args:
       solver: one of ``SOLVERS``.
-      num_rows: NK, rows of the stacked Jacobian.
-      num_params: P.
+      num_samples, num_outputs, num_params: N, K and P.
       max_dense: the largest matrix side the dense solvers may factor.
       max_jacobian: the most entries (NK·P) a dense Jacobian may have.
+      cg_max_iters, diagonal_preconditioner: the CG settings, for its cost.
 
     Returns:
-      ``"dual"`` when NK < P and NK fits, ``"primal"`` when P ≤ NK and P
-      fits, otherwise ``"cg"``. The dense solvers both build the NK×P
-      Jacobian, so both also need NK·P within ``max_jacobian``.
+      The cheaper of ``primal`` (P×P) and ``dual`` (NK×NK) by
+      `solver_costs`, among those whose matrix side is within ``max_dense``
+      and whose Jacobian is within ``max_jacobian``; ``cg`` when neither
+      fits or when CG's estimated cost is below ``CG_MARGIN`` times theirs.
     """
     if solver != "auto":
         return solver
-    if num_rows * num_params > max_jacobian:
+    nk, p = num_samples * num_outputs, num_params
+    costs = solver_costs(num_samples, num_outputs, p, cg_max_iters, diagonal_preconditioner)
+    dense = [name for name, side in (("primal", p), ("dual", nk))
+             if side <= max_dense and nk * p <= max_jacobian]
+    if not dense:
         return "cg"
-    if num_rows < num_params:
-        return "dual" if num_rows <= max_dense else "cg"
-    return "primal" if num_params <= max_dense else "cg"
+    best = min(dense, key=costs.get)
+    return "cg" if costs["cg"] < CG_MARGIN * costs[best] else best
 
 
 def _damped_diagonal(n: int, damping, scale):

@@ -239,10 +239,13 @@ def resolve_solver(config: GGNConfig, problem: Problem) -> str:
     """The solver that runs for this problem's shape (``auto`` resolved)."""
     return choose_solver(
         config.solver,
-        problem.num_samples * problem.num_outputs,
+        problem.num_samples,
+        problem.num_outputs,
         problem.theta.shape[0],
         config.max_dense,
         config.max_jacobian,
+        config.cg_max_iters,
+        config.cg_preconditioner == "diagonal",
     )
 
 
@@ -467,9 +470,11 @@ def ggn(
         see `ggn_jax.damping`.
       damping_type: ``"levenberg"`` (D = I) or ``"marquardt"``.
       solver: ``"auto"``, ``"primal"`` (P×P Cholesky), ``"dual"`` (NK×NK,
-        sample space) or ``"cg"`` (matrix-free). ``auto`` takes ``dual`` when
-        NK < P, ``primal`` otherwise, and ``cg`` once the dense matrices pass
-        ``max_dense`` (side) or ``max_jacobian`` (NK·P entries).
+        sample space) or ``"cg"`` (matrix-free). ``auto`` takes the cheapest
+        by a flop estimate (`ggn_jax.solvers.solver_costs`): ``dual`` when
+        NK ≪ P, ``primal`` when P ≪ NK, ``cg`` when it costs under half the
+        dense solve or the dense matrices pass ``max_dense`` (side) or
+        ``max_jacobian`` (NK·P entries).
       min_damping, max_damping: bounds on λ; the default floor is 100·eps of
         the parameters' dtype.
       min_gain_ratio: η; steps with ρ ≤ η are rejected (not for ``fixed``).

@@ -5,7 +5,7 @@ import os
 
 from ggn_jax.cli import main
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "analyze")
 
 
 def test_demo_writes_its_table_json_and_plot(tmp_path, capsys):

@@ -1,5 +1,8 @@
 """Config files: validation errors name the file, the field and what is allowed."""
 
+import glob
+import os
+
 import pytest
 
 from ggn_jax.config import ANALYZE_SCHEMA, ConfigError, load_config, validate
@@ -40,9 +43,11 @@ def test_files_that_are_missing_or_not_toml(tmp_path):
         load_config(str(bad), SCHEMA)
 
 
-@pytest.mark.parametrize("name", ["paper_demo.toml", "narrow_tanh.toml"])
-def test_shipped_configs_load(name):
-    import os
+ANALYZE_CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                "analyze", "*.toml")))
 
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
+
+@pytest.mark.parametrize("path", ANALYZE_CONFIGS, ids=os.path.basename)
+def test_shipped_configs_load(path):
     assert load_config(path, SCHEMA)["network"]["sizes"]
+

@@ -9,44 +9,9 @@ from helpers import mlp_apply, mlp_init
 
 import ggn_jax
 
-KO_Y = np.array([0.1957, 0.1947, 0.1735, 0.16, 0.0844, 0.0627, 0.0456, 0.0342, 0.0323, 0.0235, 0.0246])
-KO_U = np.array([4, 2, 1, 0.5, 0.25, 0.167, 0.125, 0.1, 0.0833, 0.0714, 0.0625])
-
-# Moré, Garbow & Hillstrom (1981): residuals, start, and the known minimiser
-# (None where the test relies on scipy's) with ½‖r‖² at the minimum.
-CLASSIC = {
-    "rosenbrock": (
-        lambda x: jnp.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]]),
-        [-1.2, 1.0], [1.0, 1.0], 0.0,
-    ),
-    "freudenstein_roth": (  # from this start LM methods end at the local minimum
-        lambda x: jnp.stack([
-            -13 + x[0] + ((5 - x[1]) * x[1] - 2) * x[1],
-            -29 + x[0] + ((x[1] + 1) * x[1] - 14) * x[1],
-        ]),
-        [0.5, -2.0], None, 0.5 * 48.98425367924,
-    ),
-    "powell_singular": (
-        lambda x: jnp.stack([
-            x[0] + 10 * x[1], jnp.sqrt(5.0) * (x[2] - x[3]),
-            (x[1] - 2 * x[2]) ** 2, jnp.sqrt(10.0) * (x[0] - x[3]) ** 2,
-        ]),
-        [3.0, -1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], 0.0,
-    ),
-    "brown_badly_scaled": (
-        lambda x: jnp.stack([x[0] - 1e6, x[1] - 2e-6, x[0] * x[1] - 2]),
-        [1.0, 1.0], [1e6, 2e-6], 0.0,
-    ),
-    "beale": (
-        lambda x: jnp.stack([1.5 - x[0] * (1 - x[1]), 2.25 - x[0] * (1 - x[1] ** 2),
-                             2.625 - x[0] * (1 - x[1] ** 3)]),
-        [1.0, 1.0], [3.0, 0.5], 0.0,
-    ),
-    "kowalik_osborne": (
-        lambda x: jnp.asarray(KO_Y) - x[0] * (KO_U**2 + KO_U * x[1]) / (KO_U**2 + KO_U * x[2] + x[3]),
-        [0.25, 0.39, 0.415, 0.39], None, 0.5 * 3.07505e-4,
-    ),
-}
+# Moré, Garbow & Hillstrom (1981): residuals, start, the known minimiser
+# (None where the test relies on scipy's) and ½‖r‖² at the minimum.
+from benchmarks.problems import CLASSIC  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(CLASSIC))

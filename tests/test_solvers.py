@@ -14,7 +14,7 @@ from ggn_jax.curvature import (
     per_sample_jacobians,
 )
 from ggn_jax.problem import bind_problem
-from ggn_jax.solvers import choose_solver, solve_cg, solve_dual, solve_primal
+from ggn_jax.solvers import choose_solver, solve_cg, solve_dual, solve_primal, solver_costs
 
 LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
 IDS = ["squared_error", "softmax", "sigmoid", "callable"]
@@ -107,13 +107,33 @@ def test_cg_stops_on_non_positive_curvature():
 
 
 @pytest.mark.parametrize(
-    "rows, params, expected",
-    [(10, 100, "dual"), (100, 10, "primal"), (10, 10, "primal"), (5000, 10**5, "cg"), (9000, 8000, "cg")],
+    "n, k, p, expected",
+    [
+        (10, 1, 100, "dual"),  # NK ≪ P
+        (100, 1, 10, "primal"),  # P ≪ NK
+        (10, 1, 10, "primal"),  # a tie goes to primal
+        (5000, 1, 10**5, "cg"),  # both dense matrices too big
+        (9000, 1, 8000, "cg"),
+        (128, 2, 4610, "dual"),  # dual 6.2e8 flops, cg 6.0e8: not under half
+        # 8x8 digits: primal ≈ 2·13470·2410² = 1.6e11 flops against
+        # CG ≈ 10·1347·2410·100 + 6·13470·2410 = 3.4e9.
+        (1347, 10, 2410, "cg"),
+    ],
 )
-def test_auto_picks_by_shape(rows, params, expected):
-    assert choose_solver("auto", rows, params, max_dense=4096, max_jacobian=2**30) == expected
+def test_auto_picks_by_estimated_cost(n, k, p, expected):
+    assert choose_solver("auto", n, k, p, max_dense=4096, max_jacobian=2**30) == expected
+
+
+def test_solver_costs_match_a_hand_count():
+    costs = solver_costs(num_samples=3, num_outputs=2, num_params=5, cg_max_iters=7)
+    jacobian = 6 * 6 * 5
+    assert costs["primal"] == pytest.approx(jacobian + 2 * 6 * 25 + 125 / 3)
+    assert costs["dual"] == pytest.approx(jacobian + 2 * 36 * 5 + 216 / 3)
+    assert costs["cg"] == pytest.approx(10 * 3 * 5 * 7 + jacobian)
+    no_preconditioner = solver_costs(3, 2, 5, 7, diagonal_preconditioner=False)
+    assert no_preconditioner["cg"] == pytest.approx(10 * 3 * 5 * 7)
 
 
 def test_auto_respects_the_jacobian_limit():
-    assert choose_solver("auto", 100, 1000, max_dense=4096, max_jacobian=10**4) == "cg"
-    assert choose_solver("primal", 100, 1000, max_dense=1, max_jacobian=1) == "primal"
+    assert choose_solver("auto", 100, 1, 1000, max_dense=4096, max_jacobian=10**4) == "cg"
+    assert choose_solver("primal", 100, 1, 1000, max_dense=1, max_jacobian=1) == "primal"
