@@ -52,37 +52,6 @@ def timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[Any, float, float]:
     return result, run, max(first - run, 0.0)
 
 
-def steps_to_target(
-    final_loss: Callable[[int], float], target: float, k_max: int, budget_s: float = 60.0
-) -> tuple[int | None, int]:
-    """The least k with final_loss(k) ≤ target (doubling, then bisection).
-
-    For optimisers whose loop length is fixed at compile time and which
-    report no loss history; assumes the loss does not rise with k. Doubling
-    stops at ``k_max`` or once one call takes longer than ``budget_s``.
-
-    Returns:
-      (k, k) when the target is reached, else (None, the largest k tried).
-    """
-    k = 1
-    while True:
-        start = time.perf_counter()
-        loss = final_loss(k)
-        if loss <= target:
-            break
-        if k >= k_max or time.perf_counter() - start > budget_s:
-            return None, k
-        k = min(2 * k, k_max)
-    low, high = k // 2, k  # final_loss(low) > target unless low == 0
-    while high - low > 1:
-        mid = (low + high) // 2
-        if final_loss(mid) <= target:
-            high = mid
-        else:
-            low = mid
-    return high, high
-
-
 def mlp_init(key, sizes, dtype=jnp.float64):
     """A tanh MLP's parameters: N(0, 1/fan_in) weights, zero biases."""
     return mlp(sizes, "tanh").init(key, dtype)

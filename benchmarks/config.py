@@ -57,15 +57,16 @@ SCHEMA = {
     },
 }
 
+# ggn_jax's options; None (the default) leaves ggn_jax's own default.
 _GGN_FIELDS = {
-    "solver": (("auto", "primal", "dual", "cg"), "auto"),
-    "damping_rule": (("residual", "nielsen", "martens", "fixed"), "residual"),
-    "damping": (float, 1e-3),
-    "damping_type": (("levenberg", "marquardt"), "levenberg"),
-    "cg_max_iters": (int, 100),
-    "cg_tol": (float, 1e-10),
-    "cg_preconditioner": (("diagonal", "none"), "diagonal"),
-    "min_damping": (float, None),  # None: ggn_jax's default, 100·eps
+    "solver": (("auto", "primal", "dual", "cg"), None),
+    "damping_rule": (("residual", "nielsen", "martens", "fixed"), None),
+    "damping": (float, None),
+    "damping_type": (("levenberg", "marquardt"), None),
+    "cg_max_iters": (int, None),
+    "cg_tol": (float, None),
+    "cg_preconditioner": (("diagonal", "none"), None),
+    "min_damping": (float, None),
 }
 
 # The options each optimiser kind takes, beside kind and label.

@@ -29,6 +29,9 @@ from jax.flatten_util import ravel_pytree
 
 import ggn_jax
 from benchmarks.problems import BenchProblem, mean_loss, residuals
+from ggn_jax.fit import _build
+from ggn_jax.losses import check_loss
+from ggn_jax.transform import make_config
 
 # The peer module each kind needs (None: only ggn_jax, optax and jax).
 PEER_MODULES = {
@@ -67,6 +70,7 @@ class WholeRunResult(NamedTuple):
     times: list[float]
     compile_s: float
     params: Any
+    memory_bytes: int | None = None
 
 
 def _ggn_options(spec: dict) -> dict:
@@ -203,6 +207,8 @@ def kfac_stepper(problem: BenchProblem, spec: dict) -> Stepper:
     rng = jax.random.PRNGKey(0)
 
     def init(params, batch):
+        # kfac-jax donates the parameters it steps from: step from a copy.
+        params = jax.tree_util.tree_map(jnp.copy, params)
         return params, optimizer.init(params, rng, batch), 0
 
     def step(carry, batch):
@@ -231,12 +237,25 @@ def make_stepper(problem: BenchProblem, spec: dict, params0: Any) -> Stepper:
     raise ValueError(f"{kind!r} is not a step-wise optimiser")
 
 
+def compiled_memory(compiled) -> int | None:
+    """Bytes a compiled program needs: arguments, outputs and temporaries
+    (None where the backend does not say)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+    if stats is None:
+        return None
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               + stats.temp_size_in_bytes)
+
+
 def _block(tree):
     return jax.block_until_ready(tree)
 
 
 def run_ggn_fit(problem: BenchProblem, spec: dict, params0: Any, target_loss: float,
-                max_steps: int) -> WholeRunResult:
+                max_steps: int, repeats: int) -> WholeRunResult:
     """ggn_jax.fit to ``target_loss``. Its loop runs on the device and stops
     itself, so only the total time is known: the per-step times are that
     total spread evenly. The losses are fit's own history (the same ½ mean
@@ -248,20 +267,27 @@ def run_ggn_fit(problem: BenchProblem, spec: dict, params0: Any, target_loss: fl
         return ggn_jax.fit(problem.apply_fn, params0, problem.train, problem.loss,
                            max_steps=max_steps, tol=target_loss, **options)
 
+    # fit's own program, compiled here apart to time the compile and read
+    # its memory (fit compiles its own copy on the warm-up call).
     start = time.perf_counter()
+    program = _build(problem.apply_fn, check_loss(problem.loss), make_config(**options),
+                     max_steps).lower(params0, problem.train, target_loss).compile()
+    compile_s = time.perf_counter() - start
     _block(call())
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    result = _block(call())
-    total = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = _block(call())
+        runs.append((time.perf_counter() - start, result))
+    total, result = sorted(runs, key=lambda run: run[0])[(repeats - 1) // 2]
     steps = result.steps
     losses = [float(v) for v in result.loss_history]
     times = [total * (k + 1) / max(steps, 1) for k in range(steps)]
-    return WholeRunResult(losses, times, max(first - total, 0.0), result.params)
+    return WholeRunResult(losses, times, compile_s, result.params, compiled_memory(program))
 
 
 def run_scipy_trf(problem: BenchProblem, spec: dict, params0: Any, target_loss: float,
-                  max_steps: int) -> WholeRunResult:
+                  max_steps: int, repeats: int) -> WholeRunResult:
     """scipy.optimize.least_squares(method="trf") with the exact Jacobian from
     a jitted per-sample ``jacrev`` (the fastest a user would write), stopped
     by its callback at the target; MINPACK's "lm" refuses NK < P."""
@@ -294,7 +320,8 @@ def run_scipy_trf(problem: BenchProblem, spec: dict, params0: Any, target_loss: 
         return thetas, stamps
 
     solve()  # warm-up
-    thetas, stamps = solve()
+    runs = sorted((solve() for _ in range(repeats)), key=lambda run: run[1][-1] if run[1] else 0)
+    thetas, stamps = runs[(repeats - 1) // 2]
     loss = jax.jit(lambda th: mean_loss(problem, unravel(th), problem.train))
     losses = [float(loss(jnp.asarray(t, theta0.dtype))) for t in thetas]
     final = unravel(jnp.asarray(thetas[-1] if thetas else theta0, theta0.dtype))
@@ -302,9 +329,10 @@ def run_scipy_trf(problem: BenchProblem, spec: dict, params0: Any, target_loss: 
 
 
 def run_whole(problem: BenchProblem, spec: dict, params0: Any, target_loss: float,
-              max_steps: int) -> WholeRunResult:
+              max_steps: int, repeats: int) -> WholeRunResult:
+    """After a warm-up, ``repeats`` timed runs; the one with the median time."""
     if not math.isfinite(target_loss) or target_loss <= 0:
         target_loss = 0.0
     if spec["kind"] == "ggn_fit":
-        return run_ggn_fit(problem, spec, params0, target_loss, max_steps)
-    return run_scipy_trf(problem, spec, params0, target_loss, max_steps)
+        return run_ggn_fit(problem, spec, params0, target_loss, max_steps, repeats)
+    return run_scipy_trf(problem, spec, params0, target_loss, max_steps, repeats)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ from benchmarks.optimizers import (
     PEER_MODULES,
     WHOLE_RUN_KINDS,
     Stepper,
+    compiled_memory,
     make_stepper,
     run_whole,
 )
@@ -94,9 +94,10 @@ def _chunk_fn(stepper: Stepper, length: int, minibatch: bool):
         def host_chunk(state, data):
             stacked = []
             for j in range(length):
-                batch = jax.tree_util.tree_map(lambda a: a[j], data) if minibatch else data
+                batch = jax.tree_util.tree_map(lambda a, j=j: a[j], data) if minibatch else data
                 state, params = body(state, batch)
-                stacked.append(params)
+                # A copy: a host-driven step may donate the buffers it reads.
+                stacked.append(jax.tree_util.tree_map(jnp.copy, params))
             return state, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *stacked)
         return host_chunk
 
@@ -115,18 +116,6 @@ def _as_step_output(stepper: Stepper, state, batch):
     out = jax.eval_shape(stepper.step, state, batch)
     return jax.tree_util.tree_map(
         lambda a, o: jax.lax.convert_element_type(a, o.dtype), state, out)
-
-
-def _memory(compiled) -> int | None:
-    """Bytes the compiled chunk needs: arguments, outputs and temporaries."""
-    try:
-        stats = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend reports it
-        return None
-    if stats is None:
-        return None
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-               + stats.temp_size_in_bytes)
 
 
 def _device_peak() -> int | None:
@@ -187,7 +176,7 @@ def run_stepper(problem: BenchProblem, spec: dict, run: dict, seed: int, quiet: 
     if stepper.jittable:
         chunk = chunk.lower(state, data).compile()
         compile_s = time.perf_counter() - begin
-        memory = _memory(chunk)
+        memory = compiled_memory(chunk)
         jax.block_until_ready(chunk(state, data))  # warm-up
     else:  # compiles itself on its first steps: count them as compile time
         jax.block_until_ready(chunk(state, data))
@@ -238,19 +227,18 @@ def _median_record(records: list[dict]) -> dict:
 def run_whole_optimizer(problem: BenchProblem, spec: dict, run: dict, seed: int) -> dict:
     params0 = problem.init(seed)
     evaluate = _evaluator(problem)
-    loss0 = float(np.asarray(evaluate(jax.tree_util.tree_map(lambda a: a[None], params0))[0])[0])
-    records = []
-    for _ in range(run["repeats"]):
-        result = run_whole(problem, spec, params0, run["target_loss"], run["max_steps"])
-        final_loss, final_acc = (np.asarray(v)[0] for v in evaluate(
-            jax.tree_util.tree_map(lambda a: a[None], result.params)))
-        losses = [loss0] + list(result.losses)
-        if len(losses) > 1:
-            losses[-1] = float(final_loss)  # measured by the shared function
-        accs = [np.nan] * (len(losses) - 1) + [final_acc]
-        records.append(_trace_record(losses, accs, [0.0] + list(result.times), run,
-                                     result.compile_s, None))
-    return _median_record(records)
+    at = lambda params: (np.asarray(v)[0] for v in evaluate(
+        jax.tree_util.tree_map(lambda a: a[None], params)))
+    loss0, acc0 = at(params0)
+    result = run_whole(problem, spec, params0, run["target_loss"], run["max_steps"],
+                       run["repeats"])
+    final_loss, final_acc = at(result.params)
+    losses = [float(loss0)] + list(result.losses)
+    if len(losses) > 1:
+        losses[-1] = float(final_loss)  # measured by the shared function
+    accs = [acc0] + [np.nan] * (len(losses) - 2) + [final_acc] if len(losses) > 1 else [acc0]
+    return _trace_record(losses, accs, [0.0] + list(result.times), run, result.compile_s,
+                         result.memory_bytes)
 
 
 def run_config(config: dict, quiet: bool = False) -> dict:
@@ -277,7 +265,7 @@ def run_config(config: dict, quiet: bool = False) -> dict:
                     per_seed[seed] = run_whole_optimizer(problem, spec, run, seed)
                 else:
                     per_seed[seed] = run_stepper(problem, spec, run, seed, quiet)
-            except Exception as error:  # noqa: BLE001 - a peer's failure is a result
+            except Exception as error:  # a peer's failure is a result
                 if spec["kind"] in ("ggn", "ggn_fit"):
                     raise
                 message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
@@ -360,6 +348,11 @@ def markdown(payload: dict) -> str:
         f"{run['dtype']}, {batch}, target: {_targets(run)}; seeds {run['seeds']}, "
         f"median of {run['repeats']} timed runs per seed. Machine: {payload['machine']}.",
         "",
+        "Memory: what the compiled chunk of steps (or fit's program) needs, arguments, "
+        "outputs and temporaries, by XLA's memory analysis"
+        + (f"; the device's peak over the whole run: {_fmt_bytes(payload['device_peak_bytes'])}."
+           if payload["device_peak_bytes"] else " (this backend reports no device peak)."),
+        "",
         "| optimiser | reached | steps to target | time to target | per step | compile "
         "| final loss | test acc. | memory | time ÷ first row's |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -415,14 +408,16 @@ def plot(payload: dict, path: str) -> None:
             continue
         trace = next(iter(entry["seeds"].values()))["trace"]
         loss = np.maximum(np.asarray(trace["loss"]), floor)
-        axes[0].semilogy(trace["time"], loss, label=label)
+        # Wall time on a log axis (the optimisers differ by orders of
+        # magnitude), so from the first step on.
+        axes[0].loglog(trace["time"][1:], loss[1:], label=label)
         axes[1].semilogy(np.arange(loss.size), loss, label=label)
         if with_accuracy:
-            axes[2].plot(trace["time"], trace["accuracy"], label=label)
-    axes[0].set(xlabel="wall time (s, compile excluded)", ylabel="mean training loss")
+            axes[2].semilogx(trace["time"][1:], trace["accuracy"][1:], label=label)
+    axes[0].set(xlabel="wall time (s, compile excluded; log)", ylabel="mean training loss")
     axes[1].set(xlabel="steps", ylabel="mean training loss")
     if with_accuracy:
-        axes[2].set(xlabel="wall time (s)", ylabel="test accuracy")
+        axes[2].set(xlabel="wall time (s, log)", ylabel="test accuracy")
         axes[2].axhline(payload["run"]["target_accuracy"], color="grey", lw=0.5)
     elif payload["run"]["target_loss"] > 0:
         for ax in axes:

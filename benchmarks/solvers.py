@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
 
 import ggn_jax  # noqa: E402
 from benchmarks.common import machine, mlp_apply, mlp_init, timed, write_results  # noqa: E402
@@ -35,7 +34,7 @@ def main() -> None:
         for solver in ("primal", "dual", "cg"):
             print(f"N = {n}, {solver} ...", flush=True)
 
-            def run(solver=solver):
+            def run(solver=solver, x=x, y=y):
                 return ggn_jax.fit(
                     mlp_apply, params, (x, y), max_steps=STEPS, tol=0.0,
                     damping_rule="fixed", damping=1e-3, solver=solver,

@@ -179,14 +179,17 @@ def fit(
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache
         run = _build(apply_fn, loss, config, max_steps)
     result_params, state, initial_loss, history, steps, non_finite = run(params, batch, tol)
+    # One transfer for everything the host needs (each sync costs tens of µs).
+    steps, non_finite, history, initial_loss, final_loss = jax.device_get(
+        (steps, non_finite, history, initial_loss, state.loss)
+    )
     steps = int(steps)
-    _raise_non_finite(np.asarray(non_finite), params, batch)
-    params = result_params
+    _raise_non_finite(non_finite, params, batch)
     return FitResult(
-        params,
+        result_params,
         np.asarray(history[:steps]),
         float(initial_loss),
         steps,
-        bool(state.loss <= tol),
+        bool(final_loss <= tol),
         state,
     )

@@ -13,7 +13,6 @@ import optax
 import pytest
 
 from benchmarks.config import load_bench_config, smoke, validate_bench
-from benchmarks.optimizers import make_stepper
 from benchmarks.problems import CLASSIC, build_problem, mean_loss, residuals
 from benchmarks.run import _trace_record, main, markdown, run_config, run_stepper
 from ggn_jax.config import ConfigError
@@ -209,7 +208,7 @@ def test_digits_split_is_stratified_and_scaled():
                              "run": {"target_accuracy": 0.9},
                              "optimizers": [{"kind": "adam"}]}, "d.toml")
     problem = build_problem(config["problem"], jnp.float32)
-    (x, y), (xt, yt) = problem.train, problem.test
+    (x, _), (xt, yt) = problem.train, problem.test
     assert x.shape == (1347, 64) and xt.shape == (450, 64)
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0 and x.dtype == jnp.float32
     from sklearn.datasets import load_digits
