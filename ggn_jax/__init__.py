@@ -24,6 +24,9 @@ from ggn_jax.models import MLP as MLP
 from ggn_jax.models import Activation as Activation
 from ggn_jax.models import bent_identity as bent_identity
 from ggn_jax.models import mlp as mlp
+from ggn_jax.sharding import data_mesh as data_mesh
+from ggn_jax.sharding import replicate as replicate
+from ggn_jax.sharding import shard_batch as shard_batch
 from ggn_jax.solvers import SOLVER_NAMES as SOLVER_NAMES
 from ggn_jax.solvers import SOLVERS as SOLVERS
 from ggn_jax.transform import GGNConfig as GGNConfig
@@ -50,6 +53,7 @@ __all__ = [
     "bent_identity",
     "convergence_order",
     "critical_point",
+    "data_mesh",
     "exact_learning_conditions",
     "fit",
     "four_region",
@@ -58,5 +62,7 @@ __all__ = [
     "ggn_matrix",
     "gram_matrix",
     "mlp",
+    "replicate",
+    "shard_batch",
     "teacher_student",
 ]

@@ -110,15 +110,27 @@ def ggn_diagonal(
     all N per-sample Jacobians at once would not fit.
     """
 
-    def one(args):
+    def chunk_sum(args):
         x, o, y = args
-        _, jac = per_sample_jacobians(model, theta, _one_sample(x))
-        h = None if loss.identity_hessian else loss.hessian(o, y)[None]
-        return ggn_diagonal_from_jacobians(jac, h)
+        _, jac = per_sample_jacobians(model, theta, x)
+        h = None if loss.identity_hessian else jax.vmap(loss.hessian)(o, y)
+        return ggn_diagonal_from_jacobians(jac, h) * o.shape[0]
 
     n = outputs.shape[0]
-    per_sample = jax.lax.map(one, (inputs, outputs, targets), batch_size=min(chunk_size, n))
-    return jnp.sum(per_sample, axis=0) / n
+    size = min(chunk_size, n)
+    full = n // size
+    data = (inputs, outputs, targets)
+    # A scan over whole chunks that adds as it goes (no N×P array), then the
+    # remainder.
+    chunks = jax.tree_util.tree_map(
+        lambda a: a[: full * size].reshape(full, size, *a.shape[1:]), data
+    )
+    total, _ = jax.lax.scan(
+        lambda acc, xs: (acc + chunk_sum(xs), None), jnp.zeros_like(theta), chunks
+    )
+    if n > full * size:
+        total = total + chunk_sum(jax.tree_util.tree_map(lambda a: a[full * size:], data))
+    return total / n
 
 
 class Linearization(NamedTuple):

@@ -26,6 +26,7 @@ from ggn_jax.problem import bind_problem, mean_loss
 from ggn_jax.transform import (
     GGNConfig,
     GGNState,
+    curvature_problem,
     ggn_step,
     init_state,
     local_model,
@@ -63,7 +64,12 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
         # first and let the host name the leaf.
         non_finite = jnp.concatenate([_non_finite_counts(params), _non_finite_counts(batch)])
         clean = ~jnp.any(non_finite > 0)
-        dense = resolve_solver(config, problem) != "cg"
+        # Jacobians are carried for the dense solvers when they cover the
+        # whole batch (a curvature subsample is recomputed in each step).
+        dense = (
+            resolve_solver(config, problem) != "cg"
+            and curvature_problem(config, problem) is problem
+        )
         if dense:
             # Carried through the loop: a rejected step re-solves with the
             # Jacobians it already has.

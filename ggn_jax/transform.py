@@ -51,6 +51,7 @@ from ggn_jax.damping import (
 from ggn_jax.losses import LossSpec, check_loss
 from ggn_jax.problem import Problem, bind_problem, check_params, mean_loss
 from ggn_jax.solvers import (
+    CG_STOPS,
     SOLVER_CODES,
     SOLVERS,
     choose_solver,
@@ -61,6 +62,9 @@ from ggn_jax.solvers import (
 
 DAMPING_TYPES = ("levenberg", "marquardt")
 CG_PRECONDITIONERS = ("diagonal", "none")
+# "highest": float32 matrix products in full float32 even where the backend
+# would use TF32 or bf16 passes (GPU, TPU); "default": the backend's choice.
+MATMUL_PRECISIONS = ("highest", "default")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -94,6 +98,10 @@ class GGNConfig:
     cg_max_iters: int = 100
     cg_preconditioner: str = "diagonal"
     cg_warm_start: float = 0.9
+    cg_stop: str = "residual"
+    relative_damping_floor: float = 10.0
+    matmul_precision: str = "highest"
+    curvature_samples: int | None = None
     max_dense: int = 4096
     max_jacobian: int = 2**26
 
@@ -107,6 +115,18 @@ class GGNConfig:
         _choice("damping_type", self.damping_type, DAMPING_TYPES)
         _choice("solver", self.solver, SOLVERS)
         _choice("cg_preconditioner", self.cg_preconditioner, CG_PRECONDITIONERS)
+        _choice("cg_stop", self.cg_stop, CG_STOPS)
+        _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+        if not (
+            isinstance(self.relative_damping_floor, (int, float))
+            and not isinstance(self.relative_damping_floor, bool)
+            and math.isfinite(self.relative_damping_floor)
+            and self.relative_damping_floor >= 0
+        ):
+            raise ValueError(
+                "relative_damping_floor must be a finite number ≥ 0, got "
+                f"{self.relative_damping_floor!r}"
+            )
         for name in ("damping", "max_damping", "marquardt_floor", "cg_tol"):
             _positive(name, getattr(self, name))
         _positive("min_damping", self.min_damping, allow_none=True)
@@ -117,6 +137,15 @@ class GGNConfig:
         if self.damping > self.max_damping:
             raise ValueError(
                 f"damping ({self.damping}) exceeds max_damping ({self.max_damping})"
+            )
+        if self.curvature_samples is not None and (
+            isinstance(self.curvature_samples, bool)
+            or not isinstance(self.curvature_samples, int)
+            or self.curvature_samples < 1
+        ):
+            raise ValueError(
+                f"curvature_samples must be a positive integer or None, got "
+                f"{self.curvature_samples!r}"
             )
         for name in ("cg_max_iters", "max_dense", "max_jacobian"):
             value = getattr(self, name)
@@ -235,8 +264,23 @@ class LocalModel(NamedTuple):
     hessians: jax.Array | None
 
 
+def curvature_problem(config: GGNConfig, problem: Problem) -> Problem:
+    """The part of the batch G is built from: its first ``curvature_samples``
+    samples, or all of it."""
+    m = config.curvature_samples
+    if m is None or m >= problem.num_samples:
+        return problem
+    return problem._replace(
+        inputs=jax.tree_util.tree_map(lambda a: a[:m], problem.inputs),
+        targets=jax.tree_util.tree_map(lambda a: a[:m], problem.targets),
+        num_samples=m,
+    )
+
+
 def resolve_solver(config: GGNConfig, problem: Problem) -> str:
-    """The solver that runs for this problem's shape (``auto`` resolved)."""
+    """The solver that runs for this problem's shape (``auto`` resolved),
+    sized by the samples the curvature is built from."""
+    problem = curvature_problem(config, problem)
     return choose_solver(
         config.solver,
         problem.num_samples,
@@ -283,6 +327,21 @@ def ggn_step(
     grad: jax.Array | None,
     local: LocalModel | None = None,
 ) -> tuple[jax.Array, GGNState]:
+    """One damped GGN step over flat parameters (see `_ggn_step`), with
+    matrix products at ``config.matmul_precision``."""
+    if config.matmul_precision == "default":
+        return _ggn_step(config, problem, state, grad, local)
+    with jax.default_matmul_precision(config.matmul_precision):
+        return _ggn_step(config, problem, state, grad, local)
+
+
+def _ggn_step(
+    config: GGNConfig,
+    problem: Problem,
+    state: GGNState,
+    grad: jax.Array | None,
+    local: LocalModel | None = None,
+) -> tuple[jax.Array, GGNState]:
     """One damped GGN step over flat parameters.
 
     Args:
@@ -298,16 +357,25 @@ def ggn_step(
     Returns:
       The flat update (δ if accepted, else zeros) and the new state.
     """
-    theta, loss, targets = problem.theta, problem.loss, problem.targets
+    theta, loss = problem.theta, problem.loss
     dtype = theta.dtype
-    n = problem.num_samples
     solver = resolve_solver(config, problem)
     marquardt = config.damping_type == "marquardt"
     min_damping, max_damping = config.damping_bounds(dtype)
+    # G comes from `curved` (the whole batch, or its first samples); the
+    # loss, the gradient and the gain ratio from the whole batch.
+    curved = curvature_problem(config, problem)
+    targets, n = curved.targets, curved.num_samples
 
-    if local is None or solver == "cg":
-        local, lin = local_model(problem, dense=solver != "cg")
-    outputs, output_grads, batch_grad, loss0, jac, hessians = local
+    if local is None or solver == "cg" or curved is not problem:
+        local, lin = local_model(curved, dense=solver != "cg")
+    outputs, output_grads, curved_grad, loss0, jac, hessians = local
+    batch_grad = curved_grad
+    if curved is not problem:
+        full_outputs, full_vjp = jax.vjp(lambda th: problem.model(th, problem.inputs), theta)
+        loss0 = mean_loss(problem, full_outputs)
+        full_output_grads = jax.vmap(loss.grad)(full_outputs, problem.targets)
+        batch_grad = full_vjp(full_output_grads)[0] / problem.num_samples
     if solver == "cg":
         jvp = lin.jvp
     else:
@@ -331,26 +399,33 @@ def ggn_step(
         max_damping,
     )
 
+    # diag(G), whose sum tr(G) ≥ λ_max(G) sets the relative damping floor:
+    # λ ≥ c·eps·tr(G) keeps G + λD factorable in the dtype (c =
+    # relative_damping_floor). Free for primal, N·K·P for dual; CG has it
+    # only when it preconditions or scales with it.
     cg_iterations = jnp.zeros((), jnp.int32)
     if solver == "primal":
         ggn = dense_ggn(jac, hessians)
-        scale = _marquardt_scale(jnp.diag(ggn), config.marquardt_floor) if marquardt else None
+        diagonal = jnp.diag(ggn)
+    elif solver == "dual":
+        diagonal = ggn_diagonal_from_jacobians(jac, hessians)
+    elif marquardt or config.cg_preconditioner == "diagonal":
+        diagonal = ggn_diagonal(curved.model, loss, theta, curved.inputs, outputs, targets)
+    else:
+        diagonal = None
+    scale = _marquardt_scale(diagonal, config.marquardt_floor) if marquardt else None
+    if diagonal is not None and config.relative_damping_floor > 0:
+        # With D = diag(G) the system is D^{1/2}(D^{-1/2}GD^{-1/2} + λI)D^{1/2},
+        # whose inner matrix has trace tr(D⁻¹G).
+        size = jnp.sum(diagonal if scale is None else diagonal / scale)
+        floor = config.relative_damping_floor * jnp.finfo(dtype).eps * size
+        damping = jnp.where(jnp.isfinite(floor), jnp.maximum(damping, floor), damping)
+        damping = jnp.minimum(damping, max_damping)
+    if solver == "primal":
         step = solve_primal(ggn, grad, damping, scale)
     elif solver == "dual":
-        scale = (
-            _marquardt_scale(ggn_diagonal_from_jacobians(jac, hessians), config.marquardt_floor)
-            if marquardt
-            else None
-        )
-        step = solve_dual(jac, hessians, output_grads, batch_grad, grad, damping, scale)
+        step = solve_dual(jac, hessians, output_grads, curved_grad, grad, damping, scale)
     else:
-        need_diagonal = marquardt or config.cg_preconditioner == "diagonal"
-        diagonal = (
-            ggn_diagonal(problem.model, loss, theta, problem.inputs, outputs, targets)
-            if need_diagonal
-            else None
-        )
-        scale = _marquardt_scale(diagonal, config.marquardt_floor) if marquardt else None
         preconditioner = None
         if config.cg_preconditioner == "diagonal":
             preconditioner = diagonal + damping * (1 if scale is None else scale)
@@ -363,6 +438,7 @@ def ggn_step(
             config.cg_warm_start * state.last_step,
             config.cg_tol,
             config.cg_max_iters,
+            config.cg_stop,
         )
         step, cg_iterations = result.step, result.iterations
 
@@ -484,6 +560,20 @@ def ggn(
         iterations.
       cg_preconditioner: ``"diagonal"`` (diag(G) + λD) or ``"none"``.
       cg_warm_start: CG starts from this multiple of the last accepted step.
+      cg_stop: ``"residual"`` (tolerance and cap only) or ``"martens"``,
+        which also stops once the quadratic model stops improving.
+      relative_damping_floor: c ≥ 0; λ is kept ≥ c·eps·tr(G) wherever
+        diag(G) is at hand (dense solvers; CG with the diagonal
+        preconditioner), so that G + λD stays factorable in the dtype
+        (float32 above all). 0 turns the floor off.
+      matmul_precision: ``"highest"`` (default: full float32 products even
+        where a GPU or TPU would use TF32 or bf16 passes) or ``"default"``.
+      curvature_samples: build G from the first M samples of each batch
+        only (None: all of it); the loss, the gradient and the gain ratio
+        still use the whole batch. Cuts the cost of the curvature by N/M.
+        Meant for minibatches, whose first M samples change every step: on
+        a fixed batch the other samples only get gradient-like steps and
+        convergence is linear.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes

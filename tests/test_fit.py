@@ -22,7 +22,9 @@ def test_classic_least_squares_reach_the_known_minimum_and_match_scipy(name):
     # One sample with m outputs: the mean loss is ½‖r‖², scipy's cost.
     apply_fn = lambda x, _: residual(x)[None]
     batch = (jnp.zeros((1, 1)), jnp.zeros((1, m)))
-    options = {"min_damping": 1e-40} if name == "powell_singular" else {}
+    # Powell's Jacobian is singular at the minimiser: λ must be free to
+    # vanish, so both floors go (the absolute and the relative one).
+    options = {"min_damping": 1e-40, "relative_damping_floor": 0.0} if name == "powell_singular" else {}
     result = ggn_jax.fit(apply_fn, start, batch, max_steps=300, tol=1e-60, **options)
     x = np.asarray(result.params)
     # MINPACK's lm with tight tolerances and the exact Jacobian.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import log_cosh, mlp_apply, reference_ggn, rel_err, small_problem
 
+import ggn_jax
 from ggn_jax.curvature import (
     dense_ggn,
     ggn_matvec,
@@ -137,3 +138,41 @@ def test_solver_costs_match_a_hand_count():
 def test_auto_respects_the_jacobian_limit():
     assert choose_solver("auto", 100, 1, 1000, max_dense=4096, max_jacobian=10**4) == "cg"
     assert choose_solver("primal", 100, 1, 1000, max_dense=1, max_jacobian=1) == "primal"
+
+
+def _spd_system(p=200):
+    """A random SPD matrix with eigenvalues from 1 to 100, and a gradient."""
+    eigenvalues = np.logspace(0, 2, p)
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(p, p)))
+    a = jnp.asarray(rotation @ np.diag(eigenvalues) @ rotation.T)
+    g = jnp.asarray(np.random.default_rng(1).normal(size=p))
+    return a, g
+
+
+def test_martens_progress_rule_stops_early_near_the_model_minimum():
+    a, g = _spd_system()
+    solve = lambda stop: solve_cg(lambda v: a @ v, g, jnp.asarray(1e-12), None, None,
+                                  jnp.zeros_like(g), 1e-14, 200, stop)
+    full, early = solve("residual"), solve("martens")
+    phi = lambda x: float(0.5 * x @ (a @ x) + g @ x)
+    best = -0.5 * float(g @ np.linalg.solve(np.asarray(a), np.asarray(g)))  # φ at the minimum
+    assert int(early.iterations) < int(full.iterations)
+    assert phi(early.step) / best > 0.99  # within 1% of the best model decrease
+    with pytest.raises(ValueError, match="unknown CG stop rule 'soon'"):
+        solve("soon")
+
+
+def test_the_diagonal_preconditioner_saves_iterations_on_badly_scaled_curvature():
+    """Features scaled over six decades: diag(G) carries the scaling."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 12)) * jnp.logspace(-3, 3, 12)
+    y = jax.random.normal(jax.random.PRNGKey(1), (64, 1))
+    apply_fn = lambda w, x: x @ w
+    counts = {}
+    for preconditioner in ("diagonal", "none"):
+        tx = ggn_jax.ggn(apply_fn, solver="cg", cg_preconditioner=preconditioner,
+                         damping_rule="fixed", damping=1e-6, cg_tol=1e-10, cg_max_iters=500)
+        w = jnp.zeros((12, 1))
+        grads = jax.grad(lambda w: 0.5 * jnp.mean((apply_fn(w, x) - y) ** 2))(w)
+        _, state = tx.update(grads, tx.init(w), w, batch=(x, y))
+        counts[preconditioner] = int(state.cg_iterations)
+    assert counts["diagonal"] * 2 < counts["none"], counts

@@ -164,6 +164,9 @@ def test_state_is_a_pytree_of_arrays_with_the_contract_fields():
         ({"cg_max_iters": 0}, ValueError, "cg_max_iters must be a positive integer"),
         ({"min_damping": 1.0, "max_damping": 0.1}, ValueError, "min_damping .* exceeds"),
         ({"dampnig": 1.0}, TypeError, "unknown option.*dampnig.*allowed: damping"),
+        ({"cg_stop": "early"}, ValueError, "unknown cg_stop 'early'; allowed: residual, martens"),
+        ({"matmul_precision": "tf32"}, ValueError, "unknown matmul_precision 'tf32'; allowed"),
+        ({"relative_damping_floor": -1.0}, ValueError, "relative_damping_floor must be"),
     ],
 )
 def test_bad_options_fail_at_construction(kwargs, error, message):
@@ -277,3 +280,138 @@ def test_half_precision_params_are_refused_with_a_reason():
     params = [(jnp.ones((2, 1), jnp.bfloat16), jnp.zeros(1, jnp.bfloat16))]
     with pytest.raises(TypeError, match="float32 or float64"):
         ggn_jax.ggn(mlp_apply).init(params)
+
+
+def _wide_float32_problem():
+    """P = 481 > NK = 32, so G is singular, with outputs of order 100, so
+    tr(G) ≈ 10⁵ and λ = 1e-12 is far below float32's eps·λ_max(G)."""
+    params = mlp_init(jax.random.PRNGKey(3), [3, 24, 16, 1], jnp.float32)
+    params = [(100 * w, b) if i == len(params) - 1 else (w, b) for i, (w, b) in enumerate(params)]
+    x = jax.random.normal(jax.random.PRNGKey(4), (32, 3), jnp.float32)
+    y = 100 * jnp.sin(x[:, :1])
+    return params, (x, y)
+
+
+def _run(params, batch, steps, **options):
+    tx = ggn_jax.ggn(mlp_apply, damping_rule="fixed", damping=1e-12, min_damping=1e-30,
+                     **options)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(_mean_loss)(params, batch)
+        updates, state = tx.update(grads, state, params, batch=batch)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_float32_singular_curvature_is_factored_thanks_to_the_relative_floor(solver):
+    params, batch = _wide_float32_problem()
+    loss0 = float(_mean_loss(params, batch))
+    # Without the floor, float32 Cholesky of G + 1e-12·I on a singular G of
+    # norm 10⁵ breaks down: the primal step is NaN and rejected every time.
+    if solver == "primal":
+        stuck, state = _run(params, batch, 3, solver=solver, relative_damping_floor=0.0)
+        assert int(state.num_rejected) == 3
+        np.testing.assert_array_equal(_flat(stuck), _flat(params))
+    trained, state = _run(params, batch, 10, solver=solver)
+    assert np.all(np.isfinite(_flat(trained))) and np.all(np.isfinite(_flat(state)))
+    assert float(_mean_loss(trained, batch)) < 1e-2 * loss0
+    # λ was lifted to the floor c·eps·tr(G), here well above 1e-12.
+    assert float(state.damping) > 1e-6
+
+
+def test_minibatch_training_on_digits_reaches_95_percent():
+    """A new minibatch every update, curvature and gain ratio on that batch."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    digits = datasets.load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        digits.data / 16.0, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    x_tr, x_te = jnp.asarray(x_tr, jnp.float32), jnp.asarray(x_te, jnp.float32)
+    y_tr, y_te = jnp.asarray(y_tr), jnp.asarray(y_te)
+    net = ggn_jax.mlp([64, 32, 10], "tanh")
+    params = net.init(jax.random.PRNGKey(0), jnp.float32)
+    tx = ggn_jax.ggn(net.apply, "softmax_cross_entropy", solver="cg", cg_max_iters=20,
+                     cg_preconditioner="none")
+    state = tx.init(params)
+
+    def loss(params, batch):
+        logits = net.apply(params, batch[0])
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
+
+    @jax.jit
+    def step(params, state, batch):
+        updates, state = tx.update(jax.grad(loss)(params, batch), state, params, batch=batch)
+        return optax.apply_updates(params, updates), state
+
+    order = np.random.default_rng(0).permutation(x_tr.shape[0])
+    for epoch in range(3):
+        for i in range(0, x_tr.shape[0] - 63, 64):
+            index = order[i:i + 64]
+            params, state = step(params, state, (x_tr[index], y_tr[index]))
+    accuracy = float(jnp.mean(jnp.argmax(net.apply(params, x_te), -1) == y_te))
+    assert accuracy >= 0.95, accuracy
+    assert np.all(np.isfinite(_flat(params)))
+
+
+def test_the_cg_path_holds_no_nk_by_p_array():
+    """Memory on the matrix-free path, by XLA's count of the compiled step:
+    going from N = 256 to 1024 samples adds far less than the (ΔN)·K·P
+    floats a dense Jacobian would (the diagonal comes in chunks of 32)."""
+    net = ggn_jax.mlp([16, 256, 256, 4], "tanh")  # P = 71,172, K = 4
+    params = net.init(jax.random.PRNGKey(0), jnp.float32)
+
+    def temp_bytes(n, preconditioner):
+        x = jax.random.normal(jax.random.PRNGKey(1), (n, 16), jnp.float32)
+        y = jax.random.normal(jax.random.PRNGKey(2), (n, 4), jnp.float32)
+        tx = ggn_jax.ggn(net.apply, solver="cg", cg_preconditioner=preconditioner)
+
+        def step(params, state):
+            grads = jax.grad(lambda q: 0.5 * jnp.mean((net.apply(q, x) - y) ** 2))(params)
+            return tx.update(grads, state, params, batch=(x, y))
+
+        compiled = jax.jit(step).lower(params, tx.init(params)).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    dense_growth = (1024 - 256) * 4 * 71_172 * 4  # 875 MB
+    for preconditioner in ("diagonal", "none"):
+        growth = temp_bytes(1024, preconditioner) - temp_bytes(256, preconditioner)
+        assert growth < 0.05 * dense_growth, (preconditioner, growth)
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_curvature_from_a_subsample_with_the_full_gradient(solver):
+    """(G_M + λI)δ = −g: G from the first M = 4 samples, g from all 12."""
+    params, batch = small_problem("squared_error", 0, n=12)
+    sub = (batch[0][:4], batch[1][:4])
+    g_sub, _ = reference_ggn("squared_error", params, sub)
+    grads = jax.grad(_mean_loss)(params, batch)
+    damping = 0.5
+    expected = np.linalg.solve(np.asarray(g_sub) + damping * np.eye(g_sub.shape[0]),
+                               -np.asarray(_flat(grads)))
+    tx = ggn_jax.ggn(mlp_apply, damping=damping, damping_rule="nielsen", solver=solver,
+                     curvature_samples=4, cg_tol=1e-13, cg_max_iters=500)
+    updates, state = tx.update(grads, tx.init(params), params, batch=batch)
+    assert bool(state.accepted)
+    np.testing.assert_allclose(_flat(updates), expected, rtol=1e-8, atol=1e-12)
+    # The loss it reports is the whole batch's.
+    new_params = optax.apply_updates(params, updates)
+    assert float(state.loss) == pytest.approx(float(_mean_loss(new_params, batch)), rel=1e-12)
+
+
+def test_fit_with_a_curvature_subsample_makes_steady_progress():
+    """With a fixed batch the samples outside the subsample only get
+    gradient-like steps, so convergence is linear, not quadratic: the
+    option is meant for minibatches, whose subsample changes every step."""
+    params, batch = small_problem("squared_error", 0, n=16, sizes=(3, 16, 4))  # P = 132
+    full = ggn_jax.fit(mlp_apply, params, batch, max_steps=300, tol=1e-20)
+    sub = ggn_jax.fit(mlp_apply, params, batch, max_steps=300, tol=1e-20, curvature_samples=12)
+    assert full.converged and full.steps < 30
+    assert np.all(np.diff(sub.loss_history) <= 0)
+    assert sub.loss_history[-1] < 1e-3 * sub.initial_loss

@@ -1,0 +1,84 @@
+"""Data-parallel GGN steps on JAX's own sharding.
+
+The batch axis is split over the devices of a one-axis `jax.sharding.Mesh`
+with a `NamedSharding`; parameters and optimiser state are replicated.
+Nothing else changes: `ggn` and `fit` are jitted, and XLA's SPMD partitioner
+turns every sum over samples (the gradient, the GGN-vector products JᵀHJv,
+the Gram matrix J̄J̄ᵀ, the loss) into per-device partial sums and an
+all-reduce. The step therefore equals the one-device step up to the order
+of floating-point additions.
+
+Across hosts, call ``jax.distributed.initialize()`` on every process first;
+``jax.devices()`` then lists every host's devices, and a mesh over them
+shards the batch across hosts the same way (each process passes the
+global batch, or builds it with ``jax.make_array_from_process_local_data``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+BATCH_AXIS = "batch"
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = BATCH_AXIS) -> Mesh:
+    """A one-axis mesh over ``devices`` (default: all of ``jax.devices()``).
+
+    Example:
+      >>> import ggn_jax
+      >>> mesh = ggn_jax.data_mesh()
+      >>> mesh.axis_names
+      ('batch',)
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("data_mesh needs at least one device")
+    return Mesh(np.asarray(devices), (axis,))
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis: str | None = None) -> Any:
+    """Places every leaf of ``batch`` split along its first (sample) axis.
+
+    Args:
+      batch: a pytree of arrays with a common leading dimension N, e.g.
+        ``(inputs, targets)``.
+      mesh: a mesh from `data_mesh` (or any mesh with the named axis).
+      axis: the mesh axis to split over; default the mesh's first.
+
+    Returns:
+      The same pytree, each leaf a sharded ``jax.Array``.
+
+    Raises:
+      ValueError: when N is not a multiple of the number of devices on the
+        axis, or a leaf has no leading axis.
+    """
+    axis = mesh.axis_names[0] if axis is None else axis
+    if axis not in mesh.axis_names:
+        raise ValueError(f"mesh has no axis {axis!r}; its axes: {mesh.axis_names}")
+    count = mesh.shape[axis]
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+
+    def place(path, leaf):
+        shape = np.shape(leaf)
+        name = f"batch{jax.tree_util.keystr(path)}"
+        if not shape:
+            raise ValueError(f"{name} is a scalar; every batch leaf needs a sample axis")
+        if shape[0] % count:
+            raise ValueError(
+                f"{name} has {shape[0]} samples, not a multiple of the {count} devices on "
+                f"mesh axis {axis!r}; trim or pad the batch"
+            )
+        return jax.device_put(leaf, sharding)
+
+    return jax.tree_util.tree_map_with_path(place, batch)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a full copy of every leaf of ``tree`` on each device of ``mesh``
+    (for parameters and optimiser state)."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

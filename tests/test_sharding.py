@@ -1,0 +1,56 @@
+"""The batch sharded over 4 host devices gives the one-device step.
+
+XLA fixes the number of host devices when it starts, so the comparison runs
+in a fresh process with ``--xla_force_host_platform_device_count=4``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import ggn_jax
+
+
+@pytest.fixture(scope="module")
+def sharded_results():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    script = os.path.join(os.path.dirname(__file__), "sharded_steps.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_the_batch_is_spread_over_four_devices(sharded_results):
+    assert sharded_results["devices"] == 4 and sharded_results["batch_devices"] == 4
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_sharded_steps_equal_one_device_steps(sharded_results, solver, dtype, tol):
+    assert sharded_results[f"fit {solver} {dtype}"] < tol
+    assert sharded_results[f"ggn {solver} {dtype}"] < tol
+    one, four = sharded_results[f"loss {solver} {dtype}"]
+    assert four == pytest.approx(one, rel=tol)
+
+
+def test_a_batch_that_does_not_divide_is_named(sharded_results):
+    assert "batch[0] has 6 samples, not a multiple of the 4 devices" in sharded_results["error"]
+
+
+def test_one_device_mesh_helpers():
+    mesh = ggn_jax.data_mesh(jax.devices()[:1])
+    batch = ggn_jax.shard_batch((jnp.ones((3, 2)), jnp.ones((3,))), mesh)
+    assert batch[0].shape == (3, 2)
+    with pytest.raises(ValueError, match="has no axis 'model'"):
+        ggn_jax.shard_batch(batch, mesh, axis="model")
+    with pytest.raises(ValueError, match=r"batch\[1\] is a scalar"):
+        ggn_jax.shard_batch((jnp.ones((3, 2)), jnp.float32(1.0)), mesh)
+    params = ggn_jax.replicate({"w": jnp.ones(2)}, mesh)
+    assert params["w"].sharding.is_fully_replicated
