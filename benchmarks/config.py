@@ -29,7 +29,9 @@ from ggn_jax.models import ACTIVATIONS
 SCHEMA = {
     "problem": {
         "kind": (PROBLEM_KINDS, REQUIRED),
-        "sizes": ([int], []),  # the MLP's layer sizes (not for classic)
+        "network": (("mlp", "cnn"), "mlp"),  # cnn: digits only
+        "channels": (int, 8),  # the CNN's feature maps
+        "sizes": ([int], []),  # the MLP's layer sizes (not for classic or cnn)
         "activation": (tuple(ACTIVATIONS), "tanh"),
         "init_scale": (("lecun", "standard"), "lecun"),
         "num_samples": (int, 0),  # digits: 0 = the whole training split
@@ -67,6 +69,7 @@ _GGN_FIELDS = {
     "cg_tol": (float, None),
     "cg_preconditioner": (("diagonal", "none"), None),
     "min_damping": (float, None),
+    "curvature_samples": (int, None),
 }
 
 # The options each optimiser kind takes, beside kind and label.
@@ -95,7 +98,10 @@ def _validate_optimizer(given, source: str, index: int) -> dict:
 
 def _check_consistency(config: dict, source: str) -> None:
     problem, run = config["problem"], config["run"]
-    if problem["kind"] != "classic" and len(problem["sizes"]) < 2:
+    if problem["network"] == "cnn" and problem["kind"] != "digits":
+        raise ConfigError(f"{source}: problem.network = 'cnn' is for kind 'digits' only, "
+                          f"not {problem['kind']!r}")
+    if problem["kind"] != "classic" and problem["network"] == "mlp" and len(problem["sizes"]) < 2:
         raise ConfigError(f"{source}: problem.sizes needs at least input and output sizes "
                           f"for kind {problem['kind']!r}, got {problem['sizes']}")
     if problem["kind"] not in ("classic", "digits") and problem["num_samples"] < 1:
@@ -159,9 +165,10 @@ def smoke(config: dict) -> dict:
     layers, a few steps, one seed, one repeat, no wall-time repeats."""
     config = copy.deepcopy(config)
     problem, run = config["problem"], config["run"]
-    if problem["kind"] != "classic":
+    if problem["kind"] != "classic" and problem["network"] == "mlp":
         sizes = problem["sizes"]
         problem["sizes"] = [sizes[0]] + [min(s, 6) for s in sizes[1:-1]] + [sizes[-1]]
+    if problem["kind"] != "classic":
         problem["num_samples"] = min(problem["num_samples"] or 64, 64)
     run.update(max_steps=4, eval_every=2, seeds=run["seeds"][:1], repeats=1,
                max_seconds=30.0)

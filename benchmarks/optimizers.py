@@ -75,7 +75,7 @@ class WholeRunResult(NamedTuple):
 
 def _ggn_options(spec: dict) -> dict:
     names = ("solver", "damping_rule", "damping", "damping_type", "cg_max_iters", "cg_tol",
-             "cg_preconditioner", "min_damping")
+             "cg_preconditioner", "min_damping", "curvature_samples")
     return {name: spec[name] for name in names if spec.get(name) is not None}
 
 

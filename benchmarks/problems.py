@@ -151,6 +151,36 @@ def _digits(test_fraction: float, split_seed: int, num_samples: int, dtype):
     return (as_x(x_train), as_y(y_train)), (as_x(x_test), as_y(y_test))
 
 
+def digits_cnn(channels: int):
+    """A small CNN for the 8×8 digits: 3×3 convolution (``channels`` maps,
+    same padding), tanh, 2×2 average pooling, then a dense layer to 10.
+
+    Returns ``(init(key, dtype), apply(params, x), P)`` with x of shape (N, 64).
+    """
+
+    def init(key, dtype):
+        k_conv, k_dense = jax.random.split(key)
+        return {
+            "conv_w": jax.random.normal(k_conv, (3, 3, 1, channels), dtype) / 3.0,
+            "conv_b": jnp.zeros((channels,), dtype),
+            "dense_w": jax.random.normal(k_dense, (16 * channels, 10), dtype)
+            / float(np.sqrt(16 * channels)),
+            "dense_b": jnp.zeros((10,), dtype),
+        }
+
+    def apply(params, x):
+        images = x.reshape(-1, 8, 8, 1)
+        h = jax.lax.conv_general_dilated(
+            images, params["conv_w"], (1, 1), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        h = jnp.tanh(h + params["conv_b"])
+        h = h.reshape(-1, 4, 2, 4, 2, channels).mean(axis=(2, 4))  # 2×2 average pool
+        return h.reshape(h.shape[0], -1) @ params["dense_w"] + params["dense_b"]
+
+    return init, apply, 9 * channels + channels + 16 * channels * 10 + 10
+
+
 def build_problem(spec: dict, dtype) -> BenchProblem:
     """The problem a config's ``[problem]`` table describes."""
     kind = spec["kind"]
@@ -187,6 +217,15 @@ def build_problem(spec: dict, dtype) -> BenchProblem:
         train = (x, y)
     elif kind == "digits":
         train, test = _digits(spec["test_fraction"], spec["data_seed"], spec["num_samples"], dtype)
+        if spec["network"] == "cnn":
+            init, apply, p = digits_cnn(spec["channels"])
+            n = train[0].shape[0]
+            return BenchProblem(
+                f"digits: CNN conv3×3×{spec['channels']}-tanh-pool-dense10, N = {n}, "
+                f"NK = {n * 10}, P = {p}",
+                apply, "softmax_cross_entropy",
+                lambda seed: init(jax.random.PRNGKey(seed), dtype), train, test, p,
+            )
     else:  # pragma: no cover - the config schema allows only PROBLEM_KINDS
         raise ValueError(f"unknown problem kind {kind!r}; allowed: {', '.join(PROBLEM_KINDS)}")
 
