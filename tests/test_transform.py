@@ -167,6 +167,7 @@ def test_state_is_a_pytree_of_arrays_with_the_contract_fields():
         ({"cg_stop": "early"}, ValueError, "unknown cg_stop 'early'; allowed: residual, martens"),
         ({"matmul_precision": "tf32"}, ValueError, "unknown matmul_precision 'tf32'; allowed"),
         ({"relative_damping_floor": -1.0}, ValueError, "relative_damping_floor must be"),
+        ({"curvature_samples": 0}, ValueError, "curvature_samples must be a positive integer"),
     ],
 )
 def test_bad_options_fail_at_construction(kwargs, error, message):
