@@ -250,10 +250,6 @@ def compiled_memory(compiled) -> int | None:
                + stats.temp_size_in_bytes)
 
 
-def _block(tree):
-    return jax.block_until_ready(tree)
-
-
 def run_ggn_fit(problem: BenchProblem, spec: dict, params0: Any, target_loss: float,
                 max_steps: int, repeats: int) -> WholeRunResult:
     """ggn_jax.fit to ``target_loss``. Its loop runs on the device and stops
@@ -273,11 +269,11 @@ def run_ggn_fit(problem: BenchProblem, spec: dict, params0: Any, target_loss: fl
     program = _build(problem.apply_fn, check_loss(problem.loss), make_config(**options),
                      max_steps).lower(params0, problem.train, target_loss).compile()
     compile_s = time.perf_counter() - start
-    _block(call())
+    jax.block_until_ready(call())
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
-        result = _block(call())
+        result = jax.block_until_ready(call())
         runs.append((time.perf_counter() - start, result))
     total, result = sorted(runs, key=lambda run: run[0])[(repeats - 1) // 2]
     steps = result.steps

@@ -20,6 +20,7 @@ in learning with feedforward neural networks, CVPR 2018 (arXiv 1611.05827).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -320,22 +321,21 @@ def local_model(
     return local, lin
 
 
+def _at_config_precision(step: Callable) -> Callable:
+    """Runs ``step(config, ...)`` with matrix products at
+    ``config.matmul_precision`` ("default" leaves JAX's own setting)."""
+
+    @functools.wraps(step)
+    def wrapped(config: GGNConfig, *args: Any, **kwargs: Any):
+        precision = None if config.matmul_precision == "default" else config.matmul_precision
+        with jax.default_matmul_precision(precision):
+            return step(config, *args, **kwargs)
+
+    return wrapped
+
+
+@_at_config_precision
 def ggn_step(
-    config: GGNConfig,
-    problem: Problem,
-    state: GGNState,
-    grad: jax.Array | None,
-    local: LocalModel | None = None,
-) -> tuple[jax.Array, GGNState]:
-    """One damped GGN step over flat parameters (see `_ggn_step`), with
-    matrix products at ``config.matmul_precision``."""
-    if config.matmul_precision == "default":
-        return _ggn_step(config, problem, state, grad, local)
-    with jax.default_matmul_precision(config.matmul_precision):
-        return _ggn_step(config, problem, state, grad, local)
-
-
-def _ggn_step(
     config: GGNConfig,
     problem: Problem,
     state: GGNState,
