@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -73,18 +74,90 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
-def _positive(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
+# The options that may change during training: ``optax.inject_hyperparams``
+# hands them to `ggn` as arrays, traced under ``jit``. The other options pick
+# code paths or fix array shapes and must be Python values.
+DYNAMIC_OPTIONS = (
+    "damping",
+    "min_damping",
+    "max_damping",
+    "min_gain_ratio",
+    "residual_exponent",
+    "marquardt_floor",
+    "cg_tol",
+    "cg_warm_start",
+    "relative_damping_floor",
+)
+# Integer options that size the computation; None in `ggn`'s signature means
+# the default here (so that ``optax.inject_hyperparams``, which turns every
+# numeric argument into an array, leaves them static unless they are set).
+STATIC_INTEGER_DEFAULTS = {"cg_max_iters": 100, "max_dense": 4096, "max_jacobian": 2**26}
+
+# The allowed range of each numeric option: (test, what it says).
+_RANGES = {
+    "damping": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
+    "min_damping": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
+    "max_damping": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
+    "marquardt_floor": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
+    "cg_tol": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
+    "relative_damping_floor": (lambda v: math.isfinite(v) and v >= 0, "be finite and ≥ 0"),
+    "min_gain_ratio": (lambda v: 0 <= v < 1, "lie in [0, 1)"),
+    "residual_exponent": (lambda v: 1 <= v <= 2, "lie in [1, 2]"),
+    "cg_warm_start": (lambda v: 0 <= v <= 1, "lie in [0, 1]"),
+}
+
+
+def _is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _dynamic_number(name: str, value: Any) -> Any:
+    """A dynamic option as a Python float, or the tracer itself.
+
+    Concrete scalars (Python, numpy or JAX) become Python floats, so that
+    they never promote a float32 step and the config stays hashable; a
+    traced scalar (inside ``jit``) is kept, its range unchecked.
+    """
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        if np.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}")
+        if not jnp.issubdtype(value.dtype, jnp.floating) and not jnp.issubdtype(
+            value.dtype, jnp.integer
+        ):
+            raise TypeError(f"{name} must be a real number, got an array of dtype {value.dtype}")
+        return value if _is_traced(value) else float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return float(value)
+
+
+def _static_integer(name: str, value: Any) -> int:
+    """An option that sizes the computation, as a Python int."""
+    if _is_traced(value):
+        raise TypeError(
+            f"{name} sizes the computation and cannot be traced; with "
+            f"optax.inject_hyperparams pass static_args=('apply_fn', {name!r})"
+        )
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)) and np.ndim(value) == 0:
+        if jnp.issubdtype(value.dtype, jnp.integer):
+            value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
 class GGNConfig:
-    """The static options of `ggn`, validated on construction (see `ggn`)."""
+    """The options of `ggn`, validated on construction (see `ggn`).
+
+    The options in ``DYNAMIC_OPTIONS`` may be traced scalars (as
+    ``optax.inject_hyperparams`` passes them); the others are Python values.
+
+    Example:
+      >>> from ggn_jax import GGNConfig
+      >>> GGNConfig(damping=1e-2, solver="dual").damping_rule
+      'residual'
+    """
 
     damping: float = 1e-3
     damping_rule: str = "residual"
@@ -107,79 +180,69 @@ class GGNConfig:
     max_jacobian: int = 2**26
 
     def __post_init__(self):
-        # Plain Python floats, so that no numpy scalar promotes a float32 step.
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, (np.floating, np.integer)):
-                object.__setattr__(self, field.name, value.item())
         _choice("damping_rule", self.damping_rule, DAMPING_RULES)
         _choice("damping_type", self.damping_type, DAMPING_TYPES)
         _choice("solver", self.solver, SOLVERS)
         _choice("cg_preconditioner", self.cg_preconditioner, CG_PRECONDITIONERS)
         _choice("cg_stop", self.cg_stop, CG_STOPS)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
-        if not (
-            isinstance(self.relative_damping_floor, (int, float))
-            and not isinstance(self.relative_damping_floor, bool)
-            and math.isfinite(self.relative_damping_floor)
-            and self.relative_damping_floor >= 0
-        ):
-            raise ValueError(
-                "relative_damping_floor must be a finite number ≥ 0, got "
-                f"{self.relative_damping_floor!r}"
-            )
-        for name in ("damping", "max_damping", "marquardt_floor", "cg_tol"):
-            _positive(name, getattr(self, name))
-        _positive("min_damping", self.min_damping, allow_none=True)
-        if self.min_damping is not None and self.min_damping > self.max_damping:
-            raise ValueError(
-                f"min_damping ({self.min_damping}) exceeds max_damping ({self.max_damping})"
-            )
-        if self.damping > self.max_damping:
-            raise ValueError(
-                f"damping ({self.damping}) exceeds max_damping ({self.max_damping})"
-            )
-        if self.curvature_samples is not None and (
-            isinstance(self.curvature_samples, bool)
-            or not isinstance(self.curvature_samples, int)
-            or self.curvature_samples < 1
-        ):
-            raise ValueError(
-                f"curvature_samples must be a positive integer or None, got "
-                f"{self.curvature_samples!r}"
-            )
-        for name in ("cg_max_iters", "max_dense", "max_jacobian"):
+        for name in DYNAMIC_OPTIONS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.min_gain_ratio, (int, float)) and 0 <= self.min_gain_ratio < 1):
-            raise ValueError(f"min_gain_ratio must lie in [0, 1), got {self.min_gain_ratio!r}")
-        if not (
-            isinstance(self.residual_exponent, (int, float))
-            and 1 <= self.residual_exponent <= 2
-        ):
-            raise ValueError(
-                f"residual_exponent must lie in [1, 2], got {self.residual_exponent!r}"
-            )
-        if not (isinstance(self.cg_warm_start, (int, float)) and 0 <= self.cg_warm_start <= 1):
-            raise ValueError(f"cg_warm_start must lie in [0, 1], got {self.cg_warm_start!r}")
+            if value is None and name == "min_damping":
+                continue
+            value = _dynamic_number(name, value)
+            object.__setattr__(self, name, value)
+            if not _is_traced(value):
+                test, allowed = _RANGES[name]
+                if not test(value):
+                    raise ValueError(f"{name} must {allowed}, got {value!r}")
+        for name in STATIC_INTEGER_DEFAULTS:
+            object.__setattr__(self, name, _static_integer(name, getattr(self, name)))
+        if self.curvature_samples is not None:
+            try:
+                samples = _static_integer("curvature_samples", self.curvature_samples)
+            except ValueError:
+                raise ValueError(
+                    f"curvature_samples must be a positive integer or None, got "
+                    f"{self.curvature_samples!r}"
+                ) from None
+            object.__setattr__(self, "curvature_samples", samples)
+        self._check_order("min_damping", "max_damping")
+        self._check_order("damping", "max_damping")
 
-    def damping_bounds(self, dtype) -> tuple[float, float]:
+    def _check_order(self, low: str, high: str) -> None:
+        a, b = getattr(self, low), getattr(self, high)
+        if a is None or _is_traced(a) or _is_traced(b):
+            return
+        if a > b:
+            raise ValueError(f"{low} ({a}) exceeds {high} ({b})")
+
+    def damping_bounds(self, dtype) -> tuple[Any, Any]:
         """[min, max] for λ; the default floor is 100 machine epsilons of dtype."""
         info = jnp.finfo(dtype)
         low = 100 * float(info.eps) if self.min_damping is None else self.min_damping
         # Keep λ·(anything of order one) finite in the dtype.
-        return low, min(self.max_damping, float(info.max) ** 0.5)
+        ceiling = float(info.max) ** 0.5
+        if _is_traced(self.max_damping):
+            return low, jnp.minimum(self.max_damping, ceiling)
+        return low, min(self.max_damping, ceiling)
 
 
 def make_config(**options: Any) -> GGNConfig:
-    """A `GGNConfig` from keyword options; unknown names fail, listing the allowed."""
+    """A `GGNConfig` from keyword options; unknown names fail, listing the allowed.
+
+    ``None`` for ``cg_max_iters``, ``max_dense`` or ``max_jacobian`` means
+    its default.
+    """
     allowed = [f.name for f in dataclasses.fields(GGNConfig)]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(
             f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
         )
+    for name, default in STATIC_INTEGER_DEFAULTS.items():
+        if options.get(name, default) is None:
+            options[name] = default
     return GGNConfig(**options)
 
 
@@ -203,6 +266,9 @@ class GGNState(NamedTuple):
       cg_iterations: int32 (), CG iterations of the last step (0 for dense).
       last_step: float (P,), the last accepted step over flat parameters,
         CG's warm start.
+      damping_option: float (), the ``damping`` option the last step saw.
+        When an update sees another value (``optax.inject_hyperparams``),
+        μ restarts from the new one.
     """
 
     count: jax.Array
@@ -216,6 +282,7 @@ class GGNState(NamedTuple):
     solver: jax.Array
     cg_iterations: jax.Array
     last_step: jax.Array
+    damping_option: jax.Array
 
 
 def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
@@ -234,6 +301,7 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         solver=jnp.asarray(-1, jnp.int32),
         cg_iterations=jnp.zeros((), jnp.int32),
         last_step=jnp.zeros_like(theta),
+        damping_option=damping,
     )
 
 
@@ -388,6 +456,13 @@ def ggn_step(
     # ratio measures the loss, whose local model is built on b.
     grad = batch_grad if grad is None else grad
 
+    # A changed ``damping`` option (optax.inject_hyperparams) restarts μ.
+    damping_option = jnp.asarray(config.damping, dtype)
+    restart = damping_option != state.damping_option
+    state = state._replace(
+        damping_scale=jnp.where(restart, damping_option, state.damping_scale),
+        nu=jnp.where(restart, jnp.asarray(2, dtype), state.nu),
+    )
     # ‖r‖ of the residual rule: √(2L), the RMS residual for squared error.
     residual_norm = jnp.sqrt(2 * jnp.abs(loss0))
     damping = step_damping(
@@ -414,7 +489,9 @@ def ggn_step(
     else:
         diagonal = None
     scale = _marquardt_scale(diagonal, config.marquardt_floor) if marquardt else None
-    if diagonal is not None and config.relative_damping_floor > 0:
+    if diagonal is not None and (
+        _is_traced(config.relative_damping_floor) or config.relative_damping_floor > 0
+    ):
         # With D = diag(G) the system is D^{1/2}(D^{-1/2}GD^{-1/2} + λI)D^{1/2},
         # whose inner matrix has trace tr(D⁻¹G).
         size = jnp.sum(diagonal if scale is None else diagonal / scale)
@@ -489,6 +566,7 @@ def ggn_step(
         solver=jnp.asarray(SOLVER_CODES[solver], jnp.int32),
         cg_iterations=cg_iterations,
         last_step=jnp.where(accepted, step, state.last_step),
+        damping_option=damping_option,
     )
     return update, new_state
 
@@ -511,10 +589,53 @@ def _check_grads(grads: Any, params: Any) -> None:
             )
 
 
+def _listing_unknown_options(factory: Callable) -> Callable:
+    """Fails on an unknown keyword with the list of allowed options.
+
+    The signature stays the factory's own (``inspect.signature`` follows
+    ``__wrapped__``), which ``optax.inject_hyperparams`` reads.
+    """
+    allowed = [
+        name for name, p in inspect.signature(factory).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+
+    @functools.wraps(factory)
+    def wrapped(*args: Any, **kwargs: Any):
+        unknown = sorted(set(kwargs) - set(inspect.signature(factory).parameters))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+            )
+        return factory(*args, **kwargs)
+
+    return wrapped
+
+
+@_listing_unknown_options
 def ggn(
     apply_fn: Callable,
     loss: LossSpec = "squared_error",
-    **options: Any,
+    *,
+    damping: float = 1e-3,
+    damping_rule: str = "residual",
+    damping_type: str = "levenberg",
+    solver: str = "auto",
+    min_damping: float | None = None,
+    max_damping: float = 1e12,
+    min_gain_ratio: float = 1e-4,
+    residual_exponent: float = 1.0,
+    marquardt_floor: float = 1e-6,
+    cg_tol: float = 1e-6,
+    cg_max_iters: int | None = None,
+    cg_preconditioner: str = "diagonal",
+    cg_warm_start: float = 0.9,
+    cg_stop: str = "residual",
+    relative_damping_floor: float = 10.0,
+    matmul_precision: str = "highest",
+    curvature_samples: int | None = None,
+    max_dense: int | None = None,
+    max_jacobian: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The damped generalised Gauss-Newton step, as an optax transformation.
 
@@ -557,7 +678,7 @@ def ggn(
       residual_exponent: δ ∈ [1, 2] of the residual rule.
       marquardt_floor: D ≥ floor·max(diag G).
       cg_tol, cg_max_iters: CG stops at ‖r‖ ≤ tol·‖g‖ or after that many
-        iterations.
+        iterations (None: 100).
       cg_preconditioner: ``"diagonal"`` (diag(G) + λD) or ``"none"``.
       cg_warm_start: CG starts from this multiple of the last accepted step.
       cg_stop: ``"residual"`` (tolerance and cap only) or ``"martens"``,
@@ -574,6 +695,17 @@ def ggn(
         Meant for minibatches, whose first M samples change every step: on
         a fixed batch the other samples only get gradient-like steps and
         convergence is linear.
+      max_dense, max_jacobian: the sizes past which ``auto`` takes ``cg``
+        (None: 4096 and 2²⁶).
+
+    The numeric options in ``DYNAMIC_OPTIONS`` (``damping``, the damping
+    bounds, ``min_gain_ratio``, ``residual_exponent``, ``marquardt_floor``,
+    ``cg_tol``, ``cg_warm_start``, ``relative_damping_floor``) may be
+    scheduled or changed during training with ``optax.inject_hyperparams``;
+    ``apply_fn`` (a callable, which optax would take for a schedule) must
+    be named in its ``static_args``. A new ``damping`` restarts the rule's
+    μ from that value (a schedule restarts it every step, so λ follows the
+    schedule); the bounds and the others apply from the next step.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
@@ -601,7 +733,27 @@ def ggn(
     loss = check_loss(loss)
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
-    config = make_config(**options)
+    config = make_config(
+        damping=damping,
+        damping_rule=damping_rule,
+        damping_type=damping_type,
+        solver=solver,
+        min_damping=min_damping,
+        max_damping=max_damping,
+        min_gain_ratio=min_gain_ratio,
+        residual_exponent=residual_exponent,
+        marquardt_floor=marquardt_floor,
+        cg_tol=cg_tol,
+        cg_max_iters=cg_max_iters,
+        cg_preconditioner=cg_preconditioner,
+        cg_warm_start=cg_warm_start,
+        cg_stop=cg_stop,
+        relative_damping_floor=relative_damping_floor,
+        matmul_precision=matmul_precision,
+        curvature_samples=curvature_samples,
+        max_dense=max_dense,
+        max_jacobian=max_jacobian,
+    )
 
     def init_fn(params):
         check_params(params)

@@ -416,3 +416,102 @@ def test_fit_with_a_curvature_subsample_makes_steady_progress():
     assert full.converged and full.steps < 30
     assert np.all(np.diff(sub.loss_history) <= 0)
     assert sub.loss_history[-1] < 1e-3 * sub.initial_loss
+
+
+# ---------------------------------------------------------------------------
+# optax conventions: inject_hyperparams, line searches
+
+
+def _injected(**options):
+    return optax.inject_hyperparams(ggn_jax.ggn, static_args=("apply_fn",))(
+        mlp_apply, "squared_error", **options
+    )
+
+
+def test_inject_hyperparams_changes_damping_mid_run():
+    params, batch = small_problem("squared_error", 4, n=6)
+    tx = _injected(damping=1e-2, damping_rule="fixed", solver="primal")
+    state = tx.init(params)
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))
+    for _ in range(2):
+        grads = jax.grad(_mean_loss)(params, batch)
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    assert float(state.inner_state.damping) == pytest.approx(1e-2, rel=1e-12)
+    # A new value in the state's hyperparams is the next step's λ, and the
+    # step is the damped solve with it (a dense reference built another way).
+    state.hyperparams["damping"] = jnp.asarray(0.5)
+    grads = jax.grad(_mean_loss)(params, batch)
+    updates, state = update(grads, state, params)
+    reference, _ = reference_ggn("squared_error", params, batch)
+    expected = np.linalg.solve(reference + 0.5 * np.eye(len(reference)), -_flat(grads))
+    assert float(state.inner_state.damping) == pytest.approx(0.5, rel=1e-12)
+    assert float(state.inner_state.damping_option) == pytest.approx(0.5, rel=1e-12)
+    assert rel_err(_flat(updates), expected) < 1e-8
+
+
+def test_a_damping_schedule_sets_lambda_every_step():
+    params, batch = small_problem("squared_error", 5, n=6)
+    schedule = optax.exponential_decay(1.0, transition_steps=1, decay_rate=0.1)
+    tx = _injected(damping=schedule, damping_rule="nielsen", solver="dual")
+    state = tx.init(params)
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))
+    seen = []
+    for _ in range(4):
+        grads = jax.grad(_mean_loss)(params, batch)
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        seen.append(float(state.inner_state.damping))
+    # Step k runs with λ = schedule(k), whatever Nielsen's rule did after k − 1.
+    # (optax evaluates the schedule in float32.)
+    np.testing.assert_allclose(seen, [1.0, 0.1, 0.01, 0.001], rtol=1e-6)
+
+
+def test_injected_bounds_clip_the_adaptive_damping():
+    params, batch = small_problem("squared_error", 6, n=6)
+    tx = _injected(damping=1.0, damping_rule="nielsen", solver="primal")
+    state = tx.init(params)
+    grads = jax.grad(_mean_loss)(params, batch)
+    state.hyperparams["max_damping"] = jnp.asarray(1e-3)
+    _, state = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))(grads, state, params)
+    assert float(state.inner_state.damping) == pytest.approx(1e-3, rel=1e-12)
+
+
+def test_sizing_options_cannot_be_injected():
+    params, batch = small_problem("squared_error", 6, n=6)
+    tx = _injected(cg_max_iters=10)
+    state = tx.init(params)  # concrete at init
+    grads = jax.grad(_mean_loss)(params, batch)
+    with pytest.raises(TypeError, match="cg_max_iters sizes the computation.*static_args"):
+        jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))(grads, state, params)
+    tx = optax.inject_hyperparams(ggn_jax.ggn, static_args=("apply_fn", "cg_max_iters"))(
+        mlp_apply, cg_max_iters=10, solver="cg"
+    )
+    _, state = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))(
+        grads, tx.init(params), params
+    )
+    assert 0 < int(state.inner_state.cg_iterations) <= 10
+
+
+def test_chain_with_a_backtracking_line_search():
+    # optax's line searches hand the extra arguments they do not use to
+    # value_fn, so a value_fn that takes the same ``batch`` keyword as ggn
+    # lets one ``batch=`` serve both.
+    params, batch = small_problem("squared_error", 7, n=6)
+
+    def value_fn(p, batch):
+        return _mean_loss(p, batch)
+
+    plain = ggn_jax.ggn(mlp_apply, damping=0.5, damping_rule="nielsen", solver="primal")
+    tx = optax.chain(plain, optax.scale_by_backtracking_linesearch(max_backtracking_steps=20))
+    state = tx.init(params)
+    value, grads = jax.value_and_grad(value_fn)(params, batch)
+    updates, state = tx.update(
+        grads, state, params, batch=batch, value=value, grad=grads, value_fn=value_fn
+    )
+    # The full GGN step passes Armijo's test at step size 1, so the line
+    # search keeps it: the chain's update is ggn's own.
+    alone, _ = plain.update(grads, plain.init(params), params, batch=batch)
+    assert rel_err(_flat(updates), _flat(alone)) < 1e-12
+    assert float(state[1].learning_rate) == 1.0
+    assert value_fn(optax.apply_updates(params, updates), batch) < value
