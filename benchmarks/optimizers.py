@@ -267,7 +267,7 @@ def run_ggn_fit(problem: BenchProblem, spec: dict, params0: Any, target_loss: fl
     # its memory (fit compiles its own copy on the warm-up call).
     start = time.perf_counter()
     program = _build(problem.apply_fn, check_loss(problem.loss), make_config(**options),
-                     max_steps).lower(params0, problem.train, target_loss).compile()
+                     max_steps, 0).lower(params0, problem.train, target_loss).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(call())
     runs = []

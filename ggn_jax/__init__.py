@@ -17,6 +17,7 @@ from ggn_jax.data import four_region as four_region
 from ggn_jax.data import four_region_labels as four_region_labels
 from ggn_jax.data import teacher_student as teacher_student
 from ggn_jax.fit import FitResult as FitResult
+from ggn_jax.fit import StepLog as StepLog
 from ggn_jax.fit import fit as fit
 from ggn_jax.losses import NAMED_LOSSES as NAMED_LOSSES
 from ggn_jax.models import ACTIVATIONS as ACTIVATIONS
@@ -42,6 +43,7 @@ __all__ = [
     "NAMED_LOSSES",
     "SOLVERS",
     "SOLVER_NAMES",
+    "StepLog",
     "Activation",
     "ConditionReport",
     "ConvergenceOrder",

@@ -107,7 +107,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.landscape:
         return _landscape(args)
     start = time.perf_counter()
-    result = paper_demo(seeds=args.seeds, baseline_steps=args.baseline_steps)
+    result = paper_demo(seeds=args.seeds, baseline_steps=args.baseline_steps,
+                        progress=not args.quiet)
     elapsed = time.perf_counter() - start
     print(
         f"Four-region demo of Shen (2018): T = {result.num_samples} samples, MLP "
@@ -141,7 +142,7 @@ def _landscape(args: argparse.Namespace) -> int:
     from ggn_jax.experiments import width_landscape
 
     start = time.perf_counter()
-    result = width_landscape(runs=args.runs)
+    result = width_landscape(runs=args.runs, progress=not args.quiet)
     t = result.num_samples
     print(
         f"Width landscape: four-region, T = {t}, MLP [2, w, 4] bent identity, "
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--landscape", action="store_true", help="run the width landscape instead")
     demo.add_argument("--runs", type=_positive_int, default=20, help="inits per width (landscape)")
     demo.add_argument("--out", default="results")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_demo)
     analyze = commands.add_parser("analyze", help="conditions and critical point for a config")
     analyze.add_argument("--config", required=True)

@@ -34,6 +34,7 @@ from ggn_jax.analysis import (
 from ggn_jax.data import four_region
 from ggn_jax.fit import fit
 from ggn_jax.models import MLP, mlp
+from ggn_jax.progress import ProgressBar
 from ggn_jax.transform import ggn
 
 PAPER_TARGET = 1e-15  # the paper's stopping cost ½Σ‖o − y‖²
@@ -159,6 +160,7 @@ def paper_demo(
     data_seed: int = 0,
     ggn_steps: int = 30,
     baseline_steps: int = 5000,
+    progress: bool = False,
 ) -> DemoResult:
     """Runs the paper's four-region demo in float64 (x64 must be on).
 
@@ -170,7 +172,8 @@ def paper_demo(
     ‖θ_k − θ*‖ with θ* the last iterate; the critical-point report at the
     adaptive run's end (‖H − G‖/‖H‖, zero Hessian eigenvalues, its kind). Adam (lr 1e-2) and gradient descent (lr
     1e-3; 1e-2 diverges from these weights) run
-    ``baseline_steps`` steps from the same initial weights.
+    ``baseline_steps`` steps from the same initial weights. ``progress``
+    shows a bar over the seeds and the two baselines.
     """
     if not jax.config.jax_enable_x64:
         raise RuntimeError("paper_demo needs float64: jax.config.update('jax_enable_x64', True)")
@@ -181,6 +184,7 @@ def paper_demo(
     # The paper's δ is on the summed cost; on the mean cost it is δ / T.
     pure_ggn = {"damping_rule": "fixed", "damping": PAPER_DAMPING / num_samples}
     results = []
+    bar = ProgressBar(seeds + 2, "paper demo", enabled=progress)
     for seed, params in enumerate(inits):
         conditions = exact_learning_conditions(net, params, data.inputs)
         runs = {}
@@ -209,9 +213,13 @@ def paper_demo(
                 adaptive_errors=runs["adaptive"][1],
             )
         )
+        bar.update(seed + 1, cost=runs["adaptive"][0][-1])
     stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *inits)
     adam = first_order_baseline(net, stacked, batch, optax.adam(1e-2), baseline_steps)
+    bar.update(seeds + 1)
     gd = first_order_baseline(net, stacked, batch, optax.sgd(1e-3), baseline_steps)
+    bar.update(seeds + 2)
+    bar.close()
     return DemoResult(num_samples, net.sizes, results, num_samples * adam, num_samples * gd)
 
 
@@ -244,6 +252,7 @@ def width_landscape(
     ggn_steps: int = 200,
     adam_steps: int = 5000,
     data_seed: int = 1,
+    progress: bool = False,
 ) -> LandscapeResult:
     """Fraction of random inits that reach mean loss < ``threshold``, per width.
 
@@ -253,13 +262,15 @@ def width_landscape(
     from ``runs`` initialisations (standard normal) with the adaptive GGN
     (``fit``, at most ``ggn_steps`` steps) and with Adam (lr 1e-2,
     ``adam_steps`` steps). ``conditions_fraction`` is the share of inits at
-    which the three sufficient conditions hold.
+    which the three sufficient conditions hold. ``progress`` shows a bar
+    over the widths.
     """
     if not jax.config.jax_enable_x64:
         raise RuntimeError("width_landscape needs float64: jax.config.update('jax_enable_x64', True)")
     data = four_region(jax.random.PRNGKey(data_seed), num_samples, jnp.float64)
     batch = (data.inputs, data.targets)
     ggn_fraction, adam_fraction, conditions_fraction, adam_median = [], [], [], []
+    bar = ProgressBar(len(widths), "width landscape", enabled=progress)
     for width in widths:
         net = mlp([2, width, 4], "bent_identity")
         inits = [
@@ -277,6 +288,8 @@ def width_landscape(
         adam_fraction.append(float(np.mean(np.min(adam, axis=1) < threshold)))
         conditions_fraction.append(float(np.mean(holds)))
         adam_median.append(float(np.median(adam[:, -1])))
+        bar.update(len(ggn_fraction), width=width, ggn=ggn_fraction[-1])
+    bar.close()
     return LandscapeResult(
         num_samples, list(widths), ggn_fraction, adam_fraction, conditions_fraction,
         adam_median, runs, threshold,

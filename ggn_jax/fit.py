@@ -23,6 +23,7 @@ import numpy as np
 
 from ggn_jax.losses import LossSpec, check_loss
 from ggn_jax.problem import bind_problem, mean_loss
+from ggn_jax.progress import ProgressBar, active, report_from_device
 from ggn_jax.transform import (
     GGNConfig,
     GGNState,
@@ -35,17 +36,39 @@ from ggn_jax.transform import (
 )
 
 
+class StepLog(NamedTuple):
+    """Per-step record of a `fit` run: one entry per step, as numpy arrays.
+
+    Attributes:
+      loss: the loss after the step (unchanged by a rejected step).
+      rho: the gain ratio ρ (−1 where undefined).
+      damping: the λ the step was solved with.
+      accepted: whether the step was taken.
+      solver: the solver that ran (0 primal, 1 dual, 2 cg; see
+        ``ggn_jax.SOLVER_NAMES``).
+      cg_iterations: CG iterations (0 for the dense solvers).
+    """
+
+    loss: np.ndarray
+    rho: np.ndarray
+    damping: np.ndarray
+    accepted: np.ndarray
+    solver: np.ndarray
+    cg_iterations: np.ndarray
+
+
 class FitResult(NamedTuple):
     """The outcome of `fit`.
 
     Attributes:
       params: the final parameters, in the pytree structure given.
       loss_history: (steps,) array, one entry per step: the loss after it
-        (unchanged by a rejected step).
+        (unchanged by a rejected step); the same as ``log.loss``.
       initial_loss: the loss at the initial parameters.
       steps: the number of steps taken (accepted or rejected).
       converged: whether the loss reached ``tol``.
       state: the final `GGNState` (damping, rejected-step count, …).
+      log: the `StepLog` of every step.
     """
 
     params: Any
@@ -54,9 +77,33 @@ class FitResult(NamedTuple):
     steps: int
     converged: bool
     state: GGNState
+    log: StepLog
 
 
-def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int):
+def _empty_log(length: int, dtype) -> StepLog:
+    return StepLog(
+        loss=jnp.full((length,), jnp.nan, dtype),
+        rho=jnp.full((length,), jnp.nan, dtype),
+        damping=jnp.full((length,), jnp.nan, dtype),
+        accepted=jnp.zeros((length,), bool),
+        solver=jnp.full((length,), -1, jnp.int32),
+        cg_iterations=jnp.zeros((length,), jnp.int32),
+    )
+
+
+def _record(log: StepLog, step: jax.Array, state: GGNState) -> StepLog:
+    return StepLog(*(
+        column.at[step].set(value)
+        for column, value in zip(log, (state.loss, state.rho, state.damping, state.accepted,
+                                       state.solver, state.cg_iterations))
+    ))
+
+
+def _build(
+    apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int, every: int
+):
+    """The jitted loop; ``every`` > 0 reports progress every that many steps."""
+
     def run(params, batch, tol):
         problem = bind_problem(apply_fn, loss, params, batch)
         dtype = problem.theta.dtype
@@ -79,7 +126,7 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
             local = None
             outputs = problem.model(problem.theta, problem.inputs)
             initial_loss = mean_loss(problem, outputs)
-        history = jnp.full((max(max_steps, 1),), jnp.nan, dtype)
+        log = _empty_log(max(max_steps, 1), dtype)
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 
         def cond(carry):
@@ -87,7 +134,7 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
             return clean & (step < max_steps) & ~(state.loss <= tol)
 
         def body(carry):
-            theta, local, state, history, step = carry
+            theta, local, state, log, step = carry
             at_theta = problem._replace(theta=theta)
             update, state = ggn_step(config, at_theta, state, None, local)
             theta = theta + update
@@ -97,12 +144,14 @@ def _build(apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int
                     lambda: local_model(problem._replace(theta=theta), dense=True)[0],
                     lambda: local,
                 )
-            return theta, local, state, history.at[step].set(state.loss), step + 1
+            if every:
+                report_from_device(step, every, state.loss, state.damping, state.rho)
+            return theta, local, state, _record(log, step, state), step + 1
 
-        theta, _, state, history, steps = jax.lax.while_loop(
-            cond, body, (problem.theta, local, state, history, jnp.zeros((), jnp.int32))
+        theta, _, state, log, steps = jax.lax.while_loop(
+            cond, body, (problem.theta, local, state, log, jnp.zeros((), jnp.int32))
         )
-        return problem.unravel(theta), state, initial_loss, history, steps, non_finite
+        return problem.unravel(theta), state, initial_loss, log, steps, non_finite
 
     return jax.jit(run)
 
@@ -135,8 +184,8 @@ def _raise_non_finite(counts: np.ndarray, params: Any, batch: Any) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_build(apply_fn, loss, config, max_steps):
-    return _build(apply_fn, loss, config, max_steps)
+def _cached_build(apply_fn, loss, config, max_steps, every):
+    return _build(apply_fn, loss, config, max_steps, every)
 
 
 def fit(
@@ -147,6 +196,7 @@ def fit(
     *,
     max_steps: int = 100,
     tol: float = 1e-20,
+    progress: bool | int = False,
     **options: Any,
 ) -> FitResult:
     """Trains ``params`` on one batch with damped GGN steps until loss ≤ tol.
@@ -158,6 +208,10 @@ def fit(
       loss: a loss name or per-sample callable, as for `ggn`.
       max_steps: the most steps (accepted or rejected) to take.
       tol: stop once the mean loss is ≤ tol.
+      progress: False (default) for silence; True for a progress bar with
+        the loss, λ and ρ (tqdm if installed, else lines on stderr),
+        updated every step; an integer n > 0 updates it every n steps (each
+        update is one host callback from the running loop).
       **options: any option of `ggn` (damping, damping_rule, solver, …).
 
     Returns:
@@ -173,29 +227,41 @@ def fit(
       >>> result = ggn_jax.fit(apply_fn, params, (x, y), max_steps=50, tol=1e-10)
       >>> bool(result.converged), result.loss_history.shape == (result.steps,)
       (True, True)
+      >>> bool(result.log.accepted[-1]), int(result.log.solver[0])  # 1: dual
+      (True, 1)
     """
     loss = check_loss(loss)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or math.isnan(tol):
         raise ValueError(f"tol must be a number, got {tol!r}")
+    if isinstance(progress, bool):
+        every = int(progress)
+    elif isinstance(progress, int) and progress >= 0:
+        every = progress
+    else:
+        raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
     config = make_config(**options)
     try:
-        run = _cached_build(apply_fn, loss, config, max_steps)
+        run = _cached_build(apply_fn, loss, config, max_steps, every)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache
-        run = _build(apply_fn, loss, config, max_steps)
-    result_params, state, initial_loss, history, steps, non_finite = run(params, batch, tol)
-    # One transfer for everything the host needs (each sync costs tens of µs).
-    steps, non_finite, history, initial_loss, final_loss = jax.device_get(
-        (steps, non_finite, history, initial_loss, state.loss)
-    )
-    steps = int(steps)
+        run = _build(apply_fn, loss, config, max_steps, every)
+    with ProgressBar(max_steps, "ggn fit", enabled=every > 0) as bar, active(bar):
+        result_params, state, initial_loss, log, steps, non_finite = run(params, batch, tol)
+        # One transfer for everything the host needs (each sync costs tens of µs).
+        steps, non_finite, log, initial_loss, final_loss = jax.device_get(
+            (steps, non_finite, log, initial_loss, state.loss)
+        )
+        steps = int(steps)
+        bar.update(steps, loss=final_loss)
     _raise_non_finite(non_finite, params, batch)
+    log = StepLog(*(np.asarray(column[:steps]) for column in log))
     return FitResult(
         result_params,
-        np.asarray(history[:steps]),
+        log.loss,
         float(initial_loss),
         steps,
         bool(final_loss <= tol),
         state,
+        log,
     )

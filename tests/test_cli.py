@@ -10,8 +10,11 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "analyze")
 
 def test_demo_writes_its_table_json_and_plot(tmp_path, capsys):
     code = main(["demo", "--seeds", "2", "--baseline-steps", "20", "--out", str(tmp_path)])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0, out
+    # The progress bar goes to stderr: 2 seeds and 2 baselines.
+    assert "paper demo" in captured.err and "4/4" in captured.err
     assert "| seed | pure GGN" in out and "global minimum (exact learning)" in out
     with open(tmp_path / "demo.json") as f:
         payload = json.load(f)
@@ -31,7 +34,9 @@ def test_landscape_runs_small(tmp_path, capsys, monkeypatch):
     original = experiments.width_landscape
     monkeypatch.setattr(
         experiments, "width_landscape",
-        lambda runs: original(widths=(2, 24), runs=runs, adam_steps=50, ggn_steps=100),
+        lambda runs, progress: original(
+            widths=(2, 24), runs=runs, adam_steps=50, ggn_steps=100, progress=progress
+        ),
     )
     assert main(["demo", "--landscape", "--runs", "2", "--out", str(tmp_path)]) == 0
     with open(tmp_path / "landscape.json") as f:

@@ -8,6 +8,8 @@ import scipy.optimize
 from helpers import mlp_apply, mlp_init
 
 import ggn_jax
+import ggn_jax.progress
+from ggn_jax.solvers import SOLVER_CODES
 
 # Moré, Garbow & Hillstrom (1981): residuals, start, the known minimiser
 # (None where the test relies on scipy's) and ½‖r‖² at the minimum.
@@ -110,6 +112,8 @@ def test_fit_rejects_bad_arguments():
         ggn_jax.fit(mlp_apply, params, batch, learning_rate=0.1)
     with pytest.raises(ValueError, match="unknown loss"):
         ggn_jax.fit(mlp_apply, params, batch, loss="l2")
+    with pytest.raises(ValueError, match="progress must be True, False or a positive integer"):
+        ggn_jax.fit(mlp_apply, params, batch, progress=-2)
 
 
 @pytest.mark.parametrize(
@@ -198,3 +202,50 @@ def test_the_same_inputs_give_a_bitwise_identical_trajectory():
     np.testing.assert_array_equal(first.loss_history, second.loss_history)
     for a, b in zip(jax.tree_util.tree_leaves(first.params), jax.tree_util.tree_leaves(second.params)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("solver", ["dual", "cg"])
+def test_the_step_log_matches_a_hand_loop_of_the_optax_transformation(solver):
+    # fit's while loop against the public transformation stepped by hand.
+    params, batch = _over_parameterised(3)
+    options = {"solver": solver, "damping": 1e-2, "cg_max_iters": 400, "cg_tol": 1e-12}
+    result = ggn_jax.fit(mlp_apply, params, batch, max_steps=6, tol=0.0, **options)
+    tx = ggn_jax.ggn(mlp_apply, **options)
+    state, p = tx.init(params), params
+    loss_fn = lambda q: 0.5 * jnp.mean(jnp.sum((mlp_apply(q, batch[0]) - batch[1]) ** 2, -1))
+    rows = []
+    for _ in range(6):
+        updates, state = tx.update(jax.grad(loss_fn)(p), state, p, batch=batch)
+        p = jax.tree_util.tree_map(jnp.add, p, updates)
+        rows.append([float(state.loss), float(state.rho), float(state.damping),
+                     bool(state.accepted), int(state.solver), int(state.cg_iterations)])
+    log = result.log
+    assert all(len(column) == result.steps == 6 for column in log)
+    expected = np.array(rows, dtype=float)
+    np.testing.assert_allclose(log.loss, expected[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(log.damping, expected[:, 2], rtol=1e-6)
+    np.testing.assert_array_equal(log.accepted, expected[:, 3].astype(bool))
+    np.testing.assert_array_equal(log.solver, SOLVER_CODES[solver])
+    assert (log.cg_iterations > 0).all() == (solver == "cg")
+    np.testing.assert_array_equal(log.loss, result.loss_history)
+    assert int(result.state.num_rejected) == int(np.sum(~log.accepted))
+
+
+def test_progress_reports_every_n_steps_from_the_running_loop(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        ggn_jax.progress.ProgressBar, "update",
+        lambda self, position, **figures: seen.append((position, figures)),
+    )
+    params, batch = _over_parameterised(1)
+    result = ggn_jax.fit(mlp_apply, params, batch, max_steps=10, tol=-1.0, progress=3)
+    # Three reports from the device (after steps 3, 6, 9) and the host's last.
+    assert [position for position, _ in seen] == [3, 6, 9, 10]
+    for position, figures in seen[:3]:
+        assert float(figures["loss"]) == result.log.loss[position - 1]
+        assert float(figures["damping"]) == result.log.damping[position - 1]
+    seen.clear()
+    # Off by default: no callback from the device, only the host's last
+    # (a no-op on the disabled bar).
+    ggn_jax.fit(mlp_apply, params, batch, max_steps=10, tol=-1.0)
+    assert [position for position, _ in seen] == [10]
