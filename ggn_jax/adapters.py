@@ -1,0 +1,105 @@
+"""Models from Flax NNX and Equinox as ``(apply_fn, params)``.
+
+`ggn` and `fit` take any pure ``apply_fn(params, inputs)`` over a pytree of
+float arrays. Flax linen needs no adapter: ``model.apply`` with the
+variables dict ``model.init(...)`` returns is that already. An NNX or
+Equinox module holds its arrays inside the object, so the two functions
+here split the trainable arrays from the rest (``nnx.split`` with
+``nnx.Param``; ``eqx.partition`` with ``eqx.is_inexact_array``) and merge
+them back inside ``apply_fn``; ``rebuild(params)`` puts trained params back
+into a module.
+
+Neither library is a dependency: each is imported when its adapter is
+called (``pip install ggn_jax[flax]`` or ``ggn_jax[equinox]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+
+class Adapted(NamedTuple):
+    """A module as ``apply_fn(params, inputs)`` and its trainable ``params``;
+    ``rebuild(params)`` returns the module with those params."""
+
+    apply_fn: Callable[[Any, Any], Any]
+    params: Any
+    rebuild: Callable[[Any], Any]
+
+
+def from_nnx(module: Any) -> Adapted:
+    """A Flax NNX module, whose ``__call__`` takes a batch, as ``Adapted``.
+
+    Args:
+      module: an ``nnx.Module``; its ``nnx.Param`` variables are trained,
+        every other variable (batch statistics, RNG counters) is held fixed.
+
+    Returns:
+      `Adapted`: ``apply_fn(params, inputs) = module(inputs)`` with
+      ``params`` in place of the module's parameters.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from ggn_jax.adapters import from_nnx
+      >>> layer = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+      >>> apply_fn, params, rebuild = from_nnx(layer)
+      >>> x = jnp.ones((4, 3))
+      >>> bool(jnp.allclose(apply_fn(params, x), layer(x)))
+      True
+    """
+    from flax import nnx
+
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"from_nnx needs an nnx.Module, got {type(module).__name__}")
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def apply_fn(params: Any, inputs: Any) -> Any:
+        return nnx.merge(graphdef, params, rest)(inputs)
+
+    def rebuild(params: Any) -> Any:
+        return nnx.merge(graphdef, params, rest)
+
+    return Adapted(apply_fn, params, rebuild)
+
+
+def from_equinox(module: Any, per_sample: bool = True) -> Adapted:
+    """An Equinox module as ``Adapted``.
+
+    Args:
+      module: an ``eqx.Module``; its inexact (floating) array leaves are
+        trained, everything else (activation functions, integer arrays) is
+        held fixed.
+      per_sample: Equinox layers take one sample, so by default ``apply_fn``
+        maps the module over the leading axis of the inputs with
+        ``jax.vmap``; False calls it on the whole batch.
+
+    Returns:
+      `Adapted`: ``apply_fn(params, inputs)`` runs the module with
+      ``params`` in place of its arrays.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, equinox as eqx
+      >>> from ggn_jax.adapters import from_equinox
+      >>> mlp = eqx.nn.MLP(3, 2, width_size=8, depth=1, key=jax.random.PRNGKey(0))
+      >>> apply_fn, params, rebuild = from_equinox(mlp)
+      >>> x = jnp.ones((4, 3))
+      >>> bool(jnp.allclose(apply_fn(params, x), jax.vmap(mlp)(x)))
+      True
+    """
+    import equinox as eqx
+    import jax
+
+    if not isinstance(module, eqx.Module):
+        raise TypeError(f"from_equinox needs an eqx.Module, got {type(module).__name__}")
+    params, static = eqx.partition(module, eqx.is_inexact_array)
+
+    def apply_fn(params: Any, inputs: Any) -> Any:
+        model = eqx.combine(params, static)
+        return jax.vmap(model)(inputs) if per_sample else model(inputs)
+
+    def rebuild(params: Any) -> Any:
+        return eqx.combine(params, static)
+
+    return Adapted(apply_fn, params, rebuild)

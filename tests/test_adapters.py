@@ -1,0 +1,150 @@
+"""Flax linen, Flax NNX and Equinox models train like the same raw-JAX network.
+
+One 3-12-12-2 tanh network, its weights copied into each library's layers;
+`fit` and the optax transformation must give the raw-JAX losses to
+round-off (each library orders its products its own way).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import mlp_apply, mlp_init, random_batch
+
+import ggn_jax
+from ggn_jax.adapters import from_equinox, from_nnx
+
+flax_linen = pytest.importorskip("flax.linen")
+nnx = pytest.importorskip("flax.nnx")
+eqx = pytest.importorskip("equinox")
+
+SIZES = [3, 12, 12, 2]
+
+
+def _raw():
+    params = mlp_init(jax.random.PRNGKey(0), SIZES)
+    batch = random_batch(jax.random.PRNGKey(1), 8, SIZES[0], SIZES[-1])
+    return params, batch
+
+
+class LinenMLP(flax_linen.Module):
+    @flax_linen.compact
+    def __call__(self, x):
+        for width in SIZES[1:-1]:
+            x = jnp.tanh(flax_linen.Dense(width, param_dtype=jnp.float64)(x))
+        return flax_linen.Dense(SIZES[-1], param_dtype=jnp.float64)(x)
+
+
+def _linen(raw):
+    model = LinenMLP()
+    variables = model.init(jax.random.PRNGKey(2), jnp.zeros((1, SIZES[0])))
+    layers = {f"Dense_{i}": {"kernel": w, "bias": b} for i, (w, b) in enumerate(raw)}
+    assert jax.tree_util.tree_structure(variables["params"]) == jax.tree_util.tree_structure(
+        layers
+    )
+    return model.apply, {"params": layers}
+
+
+class NNXMLP(nnx.Module):
+    def __init__(self, raw):
+        rngs = nnx.Rngs(0)
+        self.layers = nnx.List([
+            nnx.Linear(w.shape[0], w.shape[1], param_dtype=jnp.float64, rngs=rngs)
+            for w, _ in raw
+        ])
+        for layer, (w, b) in zip(self.layers, raw):
+            layer.kernel[...], layer.bias[...] = w, b
+
+    def __call__(self, x):
+        for layer in self.layers[:-1]:
+            x = jnp.tanh(layer(x))
+        return self.layers[-1](x)
+
+
+def _equinox(raw):
+    mlp = eqx.nn.MLP(SIZES[0], SIZES[-1], width_size=12, depth=2, activation=jnp.tanh,
+                     key=jax.random.PRNGKey(3), dtype=jnp.float64)
+    for i, (w, b) in enumerate(raw):
+        mlp = eqx.tree_at(lambda m, i=i: (m.layers[i].weight, m.layers[i].bias), mlp, (w.T, b))
+    return mlp
+
+
+def _models():
+    raw, batch = _raw()
+    models = {"raw": (mlp_apply, raw), "linen": _linen(raw)}
+    adapted = from_nnx(NNXMLP(raw))
+    models["nnx"] = adapted.apply_fn, adapted.params
+    adapted = from_equinox(_equinox(raw))
+    models["equinox"] = adapted.apply_fn, adapted.params
+    return models, batch
+
+
+def test_every_library_computes_the_raw_network():
+    models, (x, _) = _models()
+    expected = mlp_apply(models["raw"][1], x)
+    for name, (apply_fn, params) in models.items():
+        np.testing.assert_allclose(apply_fn(params, x), expected, rtol=1e-13, err_msg=name)
+
+
+def test_fit_reaches_the_raw_losses_with_every_library():
+    models, batch = _models()
+    results = {
+        name: ggn_jax.fit(apply_fn, params, batch, max_steps=30, tol=1e-20)
+        for name, (apply_fn, params) in models.items()
+    }
+    raw = results["raw"]
+    assert raw.converged and raw.steps <= 30
+    measurable = raw.loss_history > 1e-10  # below, round-off of the loss itself
+    for name, result in results.items():
+        assert result.converged and result.steps == raw.steps, name
+        np.testing.assert_allclose(
+            result.loss_history[measurable], raw.loss_history[measurable], rtol=1e-7,
+            err_msg=name,
+        )
+
+
+def test_the_optax_transformation_gives_the_raw_losses_with_every_library():
+    models, batch = _models()
+    histories = {}
+    for name, (apply_fn, params) in models.items():
+        tx = ggn_jax.ggn(apply_fn, damping=1e-2)
+        state = tx.init(params)
+
+        def loss_fn(p, apply_fn=apply_fn):
+            return 0.5 * jnp.mean(jnp.sum((apply_fn(p, batch[0]) - batch[1]) ** 2, -1))
+
+        @jax.jit
+        def step(params, state, apply_fn=apply_fn, loss_fn=loss_fn, tx=tx):
+            updates, state = tx.update(jax.grad(loss_fn)(params), state, params, batch=batch)
+            return optax.apply_updates(params, updates), state
+
+        losses = []
+        for _ in range(6):
+            params, state = step(params, state)
+            losses.append(float(state.loss))
+        histories[name] = np.array(losses)
+    for name, losses in histories.items():
+        np.testing.assert_allclose(losses, histories["raw"], rtol=1e-7, err_msg=name)
+    assert histories["raw"][-1] < 0.1 * histories["raw"][0]
+
+
+def test_rebuild_puts_trained_params_back_into_the_module():
+    raw, batch = _raw()
+    module = _equinox(raw)
+    apply_fn, params, rebuild = from_equinox(module)
+    result = ggn_jax.fit(apply_fn, params, batch, max_steps=5, tol=0.0)
+    trained = rebuild(result.params)
+    np.testing.assert_array_equal(jax.vmap(trained)(batch[0]), apply_fn(result.params, batch[0]))
+    nnx_module = NNXMLP(raw)
+    apply_fn, params, rebuild = from_nnx(nnx_module)
+    result = ggn_jax.fit(apply_fn, params, batch, max_steps=5, tol=0.0)
+    np.testing.assert_array_equal(rebuild(result.params)(batch[0]),
+                                  apply_fn(result.params, batch[0]))
+
+
+def test_adapters_name_a_wrong_module():
+    with pytest.raises(TypeError, match="from_nnx needs an nnx.Module, got dict"):
+        from_nnx({})
+    with pytest.raises(TypeError, match="from_equinox needs an eqx.Module, got list"):
+        from_equinox([])
