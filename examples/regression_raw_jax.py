@@ -25,15 +25,17 @@ import ggn_jax  # noqa: E402
 def main(steps: int = 20) -> dict:
     x = jax.random.uniform(jax.random.PRNGKey(42), (32, 4), minval=-1, maxval=1)
     y = jnp.sin(3 * x[:, :1]) * jnp.cos(x[:, 1:2])
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    params = {"w1": jax.random.normal(k1, (4, 64)), "b1": jnp.zeros(64),
+              "w2": jax.random.normal(k2, (64, 1)) / 8, "b2": jnp.zeros(1)}
 
     def apply_fn(params, x):
         return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
 
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    params = {"w1": jax.random.normal(k1, (4, 64)), "b1": jnp.zeros(64),
-              "w2": jax.random.normal(k2, (64, 1)) / 8, "b2": jnp.zeros(1)}
-    loss_fn = lambda p: 0.5 * jnp.mean((apply_fn(p, x) - y) ** 2)  # noqa: E731
-    tx = ggn_jax.ggn(apply_fn, "squared_error")
+    def loss_fn(params):
+        return 0.5 * jnp.mean((apply_fn(params, x) - y) ** 2)
+
+    tx = ggn_jax.ggn(apply_fn, "squared_error")  # the damping adapts by itself
     state = tx.init(params)
 
     @jax.jit

@@ -20,8 +20,24 @@ from typing import Any, NamedTuple
 
 
 class Adapted(NamedTuple):
-    """A module as ``apply_fn(params, inputs)`` and its trainable ``params``;
-    ``rebuild(params)`` returns the module with those params."""
+    """A module as ``apply_fn(params, inputs)`` and its trainable ``params``.
+
+    Attributes:
+      apply_fn: ``apply_fn(params, inputs) -> outputs``, pure.
+      params: the module's trainable arrays, a pytree.
+      rebuild: ``rebuild(params)`` returns the module with those params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, equinox as eqx
+      >>> from ggn_jax.adapters import from_equinox
+      >>> adapted = from_equinox(eqx.nn.Linear(2, 1, key=jax.random.PRNGKey(0)))
+      >>> doubled = jax.tree_util.tree_map(lambda a: 2 * a, adapted.params)
+      >>> x = jnp.ones((3, 2))
+      >>> bool(jnp.allclose(adapted.apply_fn(doubled, x), 2 * adapted.apply_fn(adapted.params, x)))
+      True
+      >>> bool(jnp.allclose(adapted.rebuild(doubled).weight, 2 * adapted.params.weight))
+      True
+    """
 
     apply_fn: Callable[[Any, Any], Any]
     params: Any

@@ -90,6 +90,31 @@ class ConditionReport:
       jacobian_rank_holds: rank J = TK.
       manifold_dimension: P − rank J, the dimension of the zero-loss set
         near these parameters when the rank is constant there.
+
+    Example:
+      A [2, 6, 1] network on T = 4 samples: h + 1 = 7 ≥ 4, Φ and J have
+      rank T·K = 4, and the zero-loss set has dimension P − 4 with
+      P = (2 + 1)·6 + (6 + 1)·1 = 25.
+
+      >>> import jax, ggn_jax
+      >>> net = ggn_jax.mlp([2, 6, 1], "bent_identity")
+      >>> params = net.init(jax.random.PRNGKey(0))
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
+      >>> report = ggn_jax.exact_learning_conditions(net, params, x)
+      >>> report.holds, report.hidden_rank, report.jacobian_rank
+      (True, 4, 4)
+      >>> report.num_params, report.manifold_dimension
+      (25, 21)
+      >>> report.summary().splitlines()[0]
+      'width h + 1 ≥ T      : 6 + 1 vs 4: holds'
+
+      With tanh the rank condition still holds here, but inf tanh′ = 0, so
+      the activation condition, and with it the report, fails:
+
+      >>> tanh_net = ggn_jax.mlp([2, 6, 1], "tanh")
+      >>> tanh = ggn_jax.exact_learning_conditions(tanh_net, params, x)
+      >>> tanh.hidden_rank_holds, tanh.derivative_holds, tanh.holds
+      (True, False, False)
     """
 
     num_samples: int
@@ -218,6 +243,25 @@ class CriticalPointReport:
         learning)"``, ``"degenerate (second-order test inconclusive)"``,
         ``"saddle"`` (any critical point with a negative eigenvalue, maxima
         included) or ``"not critical"``.
+
+    Example:
+      The two-parameter "network" f(θ, x) = θ_1 θ_2 x with x = y = 1 at
+      θ = (1, 1): the fit is exact, so L = 0, ∇L = 0 and H = G = ∇f ∇fᵀ with
+      ∇f = (1, 1), whose eigenvalues are 0 (along the solution curve
+      θ_1 θ_2 = 1) and 2.
+
+      >>> import jax.numpy as jnp, numpy as np, ggn_jax
+      >>> apply_fn = lambda p, x: p[0] * p[1] * x
+      >>> batch = (jnp.array([1.0]), jnp.array([1.0]))
+      >>> report = ggn_jax.critical_point(apply_fn, jnp.array([1.0, 1.0]), batch)
+      >>> report.kind
+      'global minimum (exact learning)'
+      >>> report.num_zero, report.num_negative, report.num_positive
+      (1, 0, 1)
+      >>> bool(np.allclose(report.eigenvalues, [0.0, 2.0], atol=1e-6))
+      True
+      >>> report.loss == 0.0, report.ggn_gap < 1e-6
+      (True, True)
     """
 
     loss: float
@@ -255,9 +299,34 @@ def critical_point(
       params: the point.
       batch: ``(inputs, targets)``.
       loss: a loss name or per-sample callable.
+      grad_tol: the largest ‖∇L‖ of a critical point; default √eps.
+      zero_tol: eigenvalues with |λ| ≤ ``zero_tol``·max|λ| count as zero;
+        default P·eps.
+      loss_tol: the largest L of an exact fit (a global minimum); default
+        eps.
 
     Returns:
       A `CriticalPointReport`.
+
+    Example:
+      f(θ, x) = θ_1 θ_2 x with x = y = 1, so L = ½(θ_1 θ_2 − 1)². At θ = 0
+      the gradient (θ_1 θ_2 − 1)(θ_2, θ_1) vanishes and the Hessian is
+      [[0, −1], [−1, 0]], eigenvalues ±1: a saddle, where G = 0 (J = 0), so
+      ‖H − G‖/‖H‖ = 1. At θ = (½, ½) the gradient is −¾(½, ½) ≠ 0.
+
+      >>> import jax.numpy as jnp, numpy as np, ggn_jax
+      >>> apply_fn = lambda p, x: p[0] * p[1] * x
+      >>> batch = (jnp.array([1.0]), jnp.array([1.0]))
+      >>> saddle = ggn_jax.critical_point(apply_fn, jnp.zeros(2), batch)
+      >>> saddle.kind, saddle.num_negative, saddle.num_positive
+      ('saddle', 1, 1)
+      >>> bool(np.allclose(saddle.eigenvalues, [-1.0, 1.0]))
+      True
+      >>> saddle.loss, saddle.ggn_gap
+      (0.5, 1.0)
+      >>> moving = ggn_jax.critical_point(apply_fn, jnp.array([0.5, 0.5]), batch)
+      >>> moving.kind, bool(np.isclose(moving.grad_norm, 0.75 * np.sqrt(0.5)))
+      ('not critical', True)
     """
     problem = bind_problem(apply_fn, loss, params, batch)
     theta = problem.theta
@@ -311,6 +380,18 @@ class ConvergenceOrder:
       order: q (nan when fewer than two usable steps).
       constant: C.
       steps: the indices k of the pairs (e_k, e_{k+1}) used.
+
+    Example:
+      Errors that shrink tenfold per step converge linearly, q = 1, with
+      C = 1/10; the default window fits the last two pairs. Two errors give
+      one pair, too few for a fit.
+
+      >>> import math, ggn_jax
+      >>> rate = ggn_jax.convergence_order([1e-1, 1e-2, 1e-3, 1e-4, 1e-5])
+      >>> round(rate.order, 6), round(rate.constant, 6), rate.steps
+      (1.0, 0.1, (2, 3))
+      >>> math.isnan(ggn_jax.convergence_order([1.0, 0.5]).order)
+      True
     """
 
     order: float

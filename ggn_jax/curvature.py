@@ -215,6 +215,40 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
 
     Its rank is the rank of the stacked Jacobian; under exact learning with
     NK < P it is positive definite.
+
+    Args:
+      apply_fn: ``apply_fn(params, inputs) -> outputs``, outputs of shape
+        (N, K) or (N,) (then K = 1).
+      params: a parameter pytree; the Jacobians are over
+        ``ravel_pytree(params)``.
+      inputs: the N samples (an array or pytree with leading axis N); no
+        targets are needed.
+
+    Returns:
+      J̄ J̄ᵀ, shape (NK, NK), its rows and columns ordered sample-major
+      (entry (iK + k, jK + l) pairs output k of sample i with output l of
+      sample j).
+
+    Example:
+      Against J Jᵀ/N with J the (NK × P) Jacobian of the flattened outputs
+      built by ``jax.jacfwd``; with NK = 8 < P = 17 and generic weights it
+      has full rank NK.
+
+      >>> import jax, jax.numpy as jnp, ggn_jax
+      >>> from jax.flatten_util import ravel_pytree
+      >>> net = ggn_jax.mlp([2, 3, 2])
+      >>> params = net.init(jax.random.PRNGKey(0))
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
+      >>> gram = ggn_jax.gram_matrix(net.apply, params, x)
+      >>> gram.shape, net.num_params
+      ((8, 8), 17)
+      >>> theta, unravel = ravel_pytree(params)
+      >>> outputs = lambda th: net.apply(unravel(th), x).reshape(-1)  # (NK,)
+      >>> jac = jax.jit(jax.jacfwd(outputs))(theta)  # (NK, P)
+      >>> bool(jnp.allclose(gram, jac @ jac.T / 4, atol=1e-5))
+      True
+      >>> int(jnp.linalg.matrix_rank(gram))
+      8
     """
     theta, unravel = ravel_pytree(params)
     _, jac = per_sample_jacobians(flat_model(apply_fn, unravel), theta, inputs)

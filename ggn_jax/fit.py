@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggn_jax.losses import LossSpec, check_loss
-from ggn_jax.problem import bind_problem, mean_loss
+from ggn_jax.problem import bind_problem, check_label_range, mean_loss
 from ggn_jax.progress import ProgressBar, active, report_from_device
 from ggn_jax.transform import (
     GGNConfig,
@@ -47,6 +47,17 @@ class StepLog(NamedTuple):
       solver: the solver that ran (0 primal, 1 dual, 2 cg; see
         ``ggn_jax.SOLVER_NAMES``).
       cg_iterations: CG iterations (0 for the dense solvers).
+
+    Example:
+      >>> import jax.numpy as jnp, ggn_jax
+      >>> x = jnp.linspace(-1.0, 1.0, 4)[:, None]
+      >>> apply_fn = lambda w, x: jnp.tanh(x @ w)
+      >>> result = ggn_jax.fit(apply_fn, jnp.ones((1, 1)), (x, 0.5 * x), max_steps=3, tol=0.0)
+      >>> log = result.log
+      >>> len(log.loss), bool((log.loss <= result.initial_loss).all())
+      (3, True)
+      >>> int(log.accepted.sum()) + int(result.state.num_rejected)
+      3
     """
 
     loss: np.ndarray
@@ -69,6 +80,13 @@ class FitResult(NamedTuple):
       converged: whether the loss reached ``tol``.
       state: the final `GGNState` (damping, rejected-step count, …).
       log: the `StepLog` of every step.
+
+    Example:
+      >>> import jax.numpy as jnp, ggn_jax
+      >>> x = jnp.linspace(-1.0, 1.0, 4)[:, None]
+      >>> result = ggn_jax.fit(lambda w, x: x @ w, jnp.zeros((1, 1)), (x, 2 * x), tol=1e-12)
+      >>> bool(result.converged), result.steps <= 5, result.params.round(4).tolist()
+      (True, True, [[2.0]])
     """
 
     params: Any
@@ -183,6 +201,21 @@ def _raise_non_finite(counts: np.ndarray, params: Any, batch: Any) -> None:
             )
 
 
+def _check_labels(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> None:
+    """Integer labels out of range for softmax cross-entropy, checked on the
+    host before compiling (inside the loop they are traced)."""
+    if loss != "softmax_cross_entropy" or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        return
+    targets = batch[1]
+    if isinstance(targets, jax.core.Tracer) or not hasattr(targets, "dtype"):
+        return
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        return
+    outputs = jax.eval_shape(apply_fn, params, batch[0])
+    if isinstance(outputs, jax.ShapeDtypeStruct) and outputs.ndim >= 1:
+        check_label_range(targets, int(np.prod(outputs.shape[1:], dtype=int)))
+
+
 @functools.lru_cache(maxsize=64)
 def _cached_build(apply_fn, loss, config, max_steps, every):
     return _build(apply_fn, loss, config, max_steps, every)
@@ -242,6 +275,7 @@ def fit(
     else:
         raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
     config = make_config(**options)
+    _check_labels(apply_fn, loss, params, batch)
     try:
         run = _cached_build(apply_fn, loss, config, max_steps, every)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache

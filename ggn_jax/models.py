@@ -33,6 +33,30 @@ class Activation(NamedTuple):
       derivative: elementwise t ↦ σ′(t).
       derivative_inf: inf σ′ over ℝ (0 when it vanishes at infinity).
       derivative_sup: sup σ′ over ℝ.
+
+    Example:
+      The built-in bent identity: its ``derivative`` agrees with autodiff of
+      ``fn`` and lies strictly between the declared bounds.
+
+      >>> import jax, jax.numpy as jnp, ggn_jax
+      >>> act = ggn_jax.ACTIVATIONS["bent_identity"]
+      >>> act.name, act.derivative_inf, act.derivative_sup
+      ('bent_identity', 0.5, 1.5)
+      >>> t = jnp.linspace(-5.0, 5.0, 11)
+      >>> bool(jnp.allclose(act.derivative(t), jax.vmap(jax.grad(act.fn))(t)))
+      True
+      >>> d = act.derivative(t)
+      >>> bool(jnp.all((d > act.derivative_inf) & (d < act.derivative_sup)))
+      True
+
+      A custom activation is any such tuple; here a leaky ReLU, whose
+      derivative is 1/10 or 1:
+
+      >>> leaky = ggn_jax.Activation(
+      ...     "leaky_relu", lambda t: jnp.where(t > 0, t, 0.1 * t),
+      ...     lambda t: jnp.where(t > 0, 1.0, 0.1), 0.1, 1.0)
+      >>> ggn_jax.mlp([2, 3, 1], leaky).activation.name
+      'leaky_relu'
     """
 
     name: str
@@ -43,7 +67,29 @@ class Activation(NamedTuple):
 
 
 def bent_identity(t: jax.Array) -> jax.Array:
-    """σ(t) = ½(√(t² + 1) − 1) + t."""
+    """σ(t) = ½(√(t² + 1) − 1) + t, elementwise.
+
+    Args:
+      t: an array of pre-activations, any shape.
+
+    Returns:
+      σ(t), of the shape and dtype of ``t``.
+
+    Example:
+      σ(0) = 0, and at t = √3 the square root is 2, so σ(√3) = ½ + √3; the
+      derivative at 0 is 1.
+
+      >>> import jax, jax.numpy as jnp, ggn_jax
+      >>> float(ggn_jax.bent_identity(jnp.array(0.0)))
+      0.0
+      >>> r3 = jnp.sqrt(3.0)
+      >>> bool(jnp.allclose(ggn_jax.bent_identity(r3), 0.5 + r3))
+      True
+      >>> float(jax.grad(ggn_jax.bent_identity)(0.0))
+      1.0
+      >>> ggn_jax.bent_identity(jnp.zeros((2, 3))).shape
+      (2, 3)
+    """
     return 0.5 * (jnp.sqrt(t * t + 1) - 1) + t
 
 
@@ -89,6 +135,25 @@ class MLP(NamedTuple):
     Attributes:
       sizes: the layer widths, input first, output last.
       activation: the hidden layers' `Activation`; the output is linear.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, ggn_jax
+      >>> net = ggn_jax.MLP((3, 5, 2), ggn_jax.ACTIVATIONS["tanh"])
+      >>> params = net.init(jax.random.PRNGKey(0))
+      >>> [(w.shape, b.shape) for w, b in params]
+      [((3, 5), (5,)), ((5, 2), (2,))]
+      >>> x = jnp.ones((4, 3))
+      >>> net.hidden(params, x).shape, net.apply(params, x).shape
+      ((4, 5), (4, 2))
+
+      The output layer is linear in the last hidden layer's outputs, and P
+      counts every weight and bias, (3 + 1)·5 + (5 + 1)·2 = 32:
+
+      >>> (w1, b1), (w2, b2) = params
+      >>> bool(jnp.allclose(net.apply(params, x), jnp.tanh(x @ w1 + b1) @ w2 + b2))
+      True
+      >>> net.num_params, sum(w.size + b.size for w, b in params)
+      (32, 32)
     """
 
     sizes: tuple[int, ...]
@@ -133,6 +198,19 @@ class MLP(NamedTuple):
 
 def mlp(sizes: Sequence[int], activation: str | Activation = "bent_identity") -> MLP:
     """An `MLP` with the given widths and hidden activation.
+
+    Args:
+      sizes: the layer widths [d_in, h_1, …, h_L, d_out], input first,
+        output last; at least two, all positive.
+      activation: the hidden layers' activation, a name in ``ACTIVATIONS``
+        or an `Activation`.
+
+    Returns:
+      An `MLP`; ``init`` draws its parameters, ``apply`` runs it.
+
+    Raises:
+      ValueError: when ``sizes`` has fewer than two widths or one below 1,
+        or the activation's name is unknown.
 
     Example:
       >>> import jax, ggn_jax

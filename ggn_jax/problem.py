@@ -121,6 +121,25 @@ def check_batch(batch: Any) -> tuple[Any, Any, int]:
     return inputs, targets, n
 
 
+def check_label_range(labels: Any, num_classes: int) -> None:
+    """Raises ValueError unless every integer label lies in [0, num_classes).
+
+    Only concrete labels can be checked: under ``jit`` they are traced, and
+    `fit` checks them before it compiles.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = int(np.argmax((labels < 0) | (labels >= num_classes)))
+        raise ValueError(
+            f"softmax_cross_entropy: integer labels must lie in [0, {num_classes}) for "
+            f"{num_classes} outputs per sample; got labels from {low} to {high} "
+            f"(first out of range: targets[{bad}] = {int(labels.reshape(-1)[bad])})"
+        )
+
+
 def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> Problem:
     """Checks the pieces of a problem and flattens the parameters.
 
@@ -157,6 +176,10 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
         integer_targets=integer_targets,
     )
     k = int(np.prod(sample_shape, dtype=int))
+    if loss == "softmax_cross_entropy" and integer_targets and not isinstance(
+        target, jax.core.Tracer
+    ):
+        check_label_range(target, k)
     return Problem(
         flat_model(apply_fn, unravel), theta, unravel, inputs, targets, bound, n, k
     )

@@ -29,11 +29,26 @@ BATCH_AXIS = "batch"
 def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = BATCH_AXIS) -> Mesh:
     """A one-axis mesh over ``devices`` (default: all of ``jax.devices()``).
 
+    Args:
+      devices: the devices to split the batch over, in order; default every
+        device JAX sees (across hosts after ``jax.distributed.initialize()``).
+      axis: the name of the mesh's one axis.
+
+    Returns:
+      A `jax.sharding.Mesh` of shape ``{axis: len(devices)}``.
+
+    Raises:
+      ValueError: when ``devices`` is empty.
+
     Example:
-      >>> import ggn_jax
+      >>> import jax, ggn_jax
       >>> mesh = ggn_jax.data_mesh()
       >>> mesh.axis_names
       ('batch',)
+      >>> mesh.devices.size == len(jax.devices())
+      True
+      >>> dict(ggn_jax.data_mesh(jax.devices()[:1], axis="data").shape)
+      {'data': 1}
     """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
@@ -56,6 +71,25 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | None = None) -> Any:
     Raises:
       ValueError: when N is not a multiple of the number of devices on the
         axis, or a leaf has no leading axis.
+
+    Example:
+      On one device the split is trivial, but the placement is the one a
+      multi-device mesh gets: every leaf is partitioned along the batch axis,
+      one shard per device.
+
+      >>> import jax, jax.numpy as jnp, ggn_jax
+      >>> from jax.sharding import PartitionSpec
+      >>> mesh = ggn_jax.data_mesh(jax.devices()[:1])
+      >>> x, y = ggn_jax.shard_batch((jnp.ones((4, 2)), jnp.arange(4.0)), mesh)
+      >>> x.shape, x.sharding.spec == PartitionSpec("batch")
+      ((4, 2), True)
+      >>> len(y.addressable_shards) == mesh.size, y.tolist()
+      (True, [0.0, 1.0, 2.0, 3.0])
+      >>> try:
+      ...     ggn_jax.shard_batch(jnp.float32(1.0), mesh)
+      ... except ValueError as error:
+      ...     print(error)
+      batch is a scalar; every batch leaf needs a sample axis
     """
     axis = mesh.axis_names[0] if axis is None else axis
     if axis not in mesh.axis_names:
@@ -80,5 +114,24 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | None = None) -> Any:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a full copy of every leaf of ``tree`` on each device of ``mesh``
-    (for parameters and optimiser state)."""
+    (for parameters and optimiser state).
+
+    Args:
+      tree: a pytree of arrays, e.g. parameters or a `GGNState`.
+      mesh: the mesh the batch is sharded over, from `data_mesh`.
+
+    Returns:
+      The same pytree, each leaf a ``jax.Array`` with the values of the
+      original, fully replicated over the mesh.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, ggn_jax
+      >>> mesh = ggn_jax.data_mesh(jax.devices()[:1])
+      >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+      >>> placed = ggn_jax.replicate(params, mesh)
+      >>> placed["w"].sharding.is_fully_replicated, placed["w"].shape
+      (True, (2, 3))
+      >>> bool(jnp.array_equal(placed["w"], params["w"]))
+      True
+    """
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

@@ -153,6 +153,14 @@ class GGNConfig:
     The options in ``DYNAMIC_OPTIONS`` may be traced scalars (as
     ``optax.inject_hyperparams`` passes them); the others are Python values.
 
+    Attributes:
+      damping, damping_rule, damping_type, solver, min_damping, max_damping,
+      min_gain_ratio, residual_exponent, marquardt_floor, cg_tol,
+      cg_max_iters, cg_preconditioner, cg_warm_start, cg_stop,
+      relative_damping_floor, matmul_precision, curvature_samples,
+      max_dense, max_jacobian: the keyword options of `ggn`, with its
+      defaults and meanings.
+
     Example:
       >>> from ggn_jax import GGNConfig
       >>> GGNConfig(damping=1e-2, solver="dual").damping_rule
@@ -261,6 +269,10 @@ class GGNState(NamedTuple):
       rho: float (), the gain ratio of the last step (−1 where undefined).
       accepted: bool (), whether the last step was taken.
       num_rejected: int32 (), rejected steps so far.
+      num_non_finite: int32 (), the rejected steps among them at which
+        something was NaN or Inf: the loss or the gradient at θ (bad data,
+        an overflow), the solved step (a failed factorisation, a CG
+        breakdown) or the trial loss.
       solver: int32 (), the solver that ran: 0 primal, 1 dual, 2 cg
         (``ggn_jax.solvers.SOLVER_NAMES``); −1 before any step.
       cg_iterations: int32 (), CG iterations of the last step (0 for dense).
@@ -269,6 +281,13 @@ class GGNState(NamedTuple):
       damping_option: float (), the ``damping`` option the last step saw.
         When an update sees another value (``optax.inject_hyperparams``),
         μ restarts from the new one.
+
+    Example:
+      >>> import jax.numpy as jnp, ggn_jax
+      >>> tx = ggn_jax.ggn(lambda w, x: x @ w, damping=0.5, damping_rule="fixed")
+      >>> state = tx.init(jnp.zeros(2))
+      >>> int(state.count), float(state.damping), int(state.solver), state.last_step.shape
+      (0, 0.5, -1, (2,))
     """
 
     count: jax.Array
@@ -279,6 +298,7 @@ class GGNState(NamedTuple):
     rho: jax.Array
     accepted: jax.Array
     num_rejected: jax.Array
+    num_non_finite: jax.Array
     solver: jax.Array
     cg_iterations: jax.Array
     last_step: jax.Array
@@ -298,6 +318,7 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         rho=jnp.zeros((), dtype),
         accepted=jnp.array(False),
         num_rejected=jnp.zeros((), jnp.int32),
+        num_non_finite=jnp.zeros((), jnp.int32),
         solver=jnp.asarray(-1, jnp.int32),
         cg_iterations=jnp.zeros((), jnp.int32),
         last_step=jnp.zeros_like(theta),
@@ -532,7 +553,13 @@ def ggn_step(
     accepted, in_roundoff = accept_step(
         config.damping_rule, actual, predicted, config.min_gain_ratio, noise
     )
-    accepted = accepted & jnp.isfinite(loss0) & jnp.all(jnp.isfinite(step))
+    finite = (
+        jnp.isfinite(loss0)
+        & jnp.all(jnp.isfinite(grad))
+        & jnp.all(jnp.isfinite(step))
+        & jnp.isfinite(trial_loss)
+    )
+    accepted = accepted & finite
     # Where the loss cannot measure the step, ρ is noise. If the damping term
     # dominates the curvature along the step (λ·δᵀDδ > δᵀGδ), λ is what made
     # the step too small to measure: report ρ = 1 so it shrinks. Otherwise
@@ -563,6 +590,7 @@ def ggn_step(
         rho=rho.astype(dtype),
         accepted=accepted,
         num_rejected=state.num_rejected + (~accepted).astype(jnp.int32),
+        num_non_finite=state.num_non_finite + (~finite).astype(jnp.int32),
         solver=jnp.asarray(SOLVER_CODES[solver], jnp.int32),
         cg_iterations=cg_iterations,
         last_step=jnp.where(accepted, step, state.last_step),

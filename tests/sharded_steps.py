@@ -51,11 +51,11 @@ def optax_steps(apply_fn, params, batch, solver, steps=3):
 
 
 def main():
-    mesh = ggn_jax.data_mesh()
     out = {"devices": len(jax.devices())}
     for dtype in (jnp.float64, jnp.float32):
         apply_fn, params, batch = problem(dtype)
-        sharded = ggn_jax.shard_batch(batch, mesh)
+        mesh = ggn_jax.data_mesh()  # over all of jax.devices()
+        sharded = ggn_jax.shard_batch(batch, mesh)  # N must divide over the devices
         replicated = ggn_jax.replicate(params, mesh)
         out["batch_devices"] = len(sharded[0].sharding.device_set)
         for solver in ("primal", "dual", "cg"):

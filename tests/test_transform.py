@@ -430,7 +430,9 @@ def _injected(**options):
 
 def test_inject_hyperparams_changes_damping_mid_run():
     params, batch = small_problem("squared_error", 4, n=6)
-    tx = _injected(damping=1e-2, damping_rule="fixed", solver="primal")
+    tx = optax.inject_hyperparams(ggn_jax.ggn, static_args=("apply_fn",))(
+        mlp_apply, damping=1e-2, damping_rule="fixed", solver="primal"
+    )
     state = tx.init(params)
     update = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))
     for _ in range(2):
@@ -440,7 +442,7 @@ def test_inject_hyperparams_changes_damping_mid_run():
     assert float(state.inner_state.damping) == pytest.approx(1e-2, rel=1e-12)
     # A new value in the state's hyperparams is the next step's λ, and the
     # step is the damped solve with it (a dense reference built another way).
-    state.hyperparams["damping"] = jnp.asarray(0.5)
+    state.hyperparams["damping"] = jnp.asarray(0.5)  # the next step's λ
     grads = jax.grad(_mean_loss)(params, batch)
     updates, state = update(grads, state, params)
     reference, _ = reference_ggn("squared_error", params, batch)

@@ -1,0 +1,81 @@
+"""Writes docs/API.md, the API reference, from the docstrings.
+
+    python docs/make_api.py
+
+The public names are those in ``ggn_jax.__all__`` and in the adapters
+module; constants, which cannot carry a docstring, are listed with their
+values and a line each from ``CONSTANTS`` below. tests/test_docs.py checks
+that docs/API.md is what this script writes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import ggn_jax  # noqa: E402
+import ggn_jax.adapters  # noqa: E402
+
+CONSTANTS = {
+    "ACTIVATIONS": "the built-in activations of `mlp`, by name",
+    "DAMPING_RULES": "the values of the `damping_rule` option",
+    "NAMED_LOSSES": "the loss names `ggn` and `fit` accept",
+    "SOLVERS": "the values of the `solver` option",
+    "SOLVER_NAMES": "the solver codes of `GGNState.solver` and `StepLog.solver`, by code",
+}
+MODULES = {"ggn_jax": list(ggn_jax.__all__), "ggn_jax.adapters": ["from_nnx", "from_equinox",
+                                                                  "Adapted"]}
+
+
+def public_objects() -> list[tuple[str, object]]:
+    """(qualified name, object) of every documented public name."""
+    objects = []
+    for module_name, names in MODULES.items():
+        module = sys.modules[module_name]
+        objects += [(f"{module_name}.{name}", getattr(module, name)) for name in names]
+    return objects
+
+
+def _signature(name: str, obj: object) -> str:
+    try:
+        return f"{name}{inspect.signature(obj)}"
+    except (TypeError, ValueError):
+        return name
+
+
+def render() -> str:
+    lines = [
+        "# API reference",
+        "",
+        "Generated from the docstrings by `python docs/make_api.py`; do not edit by hand.",
+        "Every example below runs as a doctest in the test suite.",
+        "",
+        "## Constants",
+        "",
+    ]
+    for name, what in CONSTANTS.items():
+        value = getattr(ggn_jax, name)
+        shown = list(value) if isinstance(value, dict) and name == "ACTIVATIONS" else value
+        lines.append(f"- `ggn_jax.{name}`: {what}: `{shown!r}`")
+    lines.append("")
+    for qualified, obj in public_objects():
+        if qualified.split(".")[-1] in CONSTANTS:
+            continue
+        kind = "class" if inspect.isclass(obj) else "function"
+        lines += [f"## `{qualified}` ({kind})", "", "```text",
+                  _signature(qualified, obj), "", inspect.getdoc(obj), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "API.md")
+    with open(path, "w") as f:
+        f.write(render())
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
