@@ -168,6 +168,9 @@ def test_state_is_a_pytree_of_arrays_with_the_contract_fields():
         ({"matmul_precision": "tf32"}, ValueError, "unknown matmul_precision 'tf32'; allowed"),
         ({"relative_damping_floor": -1.0}, ValueError, "relative_damping_floor must be"),
         ({"curvature_samples": 0}, ValueError, "curvature_samples must be a positive integer"),
+        ({"damping": jnp.ones(2)}, ValueError, r"damping must be a scalar, got an array of shape \(2,\)"),
+        ({"cg_tol": jnp.array(1 + 1j)}, TypeError, "cg_tol must be a real number"),
+        ({"max_damping": jnp.array(-1.0)}, ValueError, "max_damping must be finite and > 0"),
     ],
 )
 def test_bad_options_fail_at_construction(kwargs, error, message):
@@ -517,3 +520,18 @@ def test_chain_with_a_backtracking_line_search():
     assert rel_err(_flat(updates), _flat(alone)) < 1e-12
     assert float(state[1].learning_rate) == 1.0
     assert value_fn(optax.apply_updates(params, updates), batch) < value
+
+
+def test_out_of_range_labels_are_named_by_update_and_fit():
+    apply_fn = lambda w, x: x @ w  # noqa: E731
+    x, w = jnp.ones((4, 3)), jnp.zeros((3, 3))
+    labels = jnp.array([0, 2, -1, 1])
+    message = r"integer labels must lie in \[0, 3\).*targets\[2\] = -1"
+    tx = ggn_jax.ggn(apply_fn, "softmax_cross_entropy")
+    with pytest.raises(ValueError, match=message):
+        tx.update(w, tx.init(w), w, batch=(x, labels))
+    with pytest.raises(ValueError, match=message):
+        ggn_jax.fit(apply_fn, w, (x, labels), "softmax_cross_entropy")
+    # In range: no error, and the step runs.
+    _, state = tx.update(w, tx.init(w), w, batch=(x, jnp.array([0, 2, 1, 1])))
+    assert int(state.count) == 1

@@ -1,0 +1,114 @@
+"""Fault injection: NaN and Inf outputs at chosen steps and samples, NaN
+gradients, a loss that overflows its dtype, a duplicated sample.
+
+Nothing non-finite may reach the parameters or the optimiser state; each
+injected fault is one rejected step, counted in ``state.num_non_finite``;
+and training reaches the loss the clean run reaches.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import mlp_apply, mlp_init
+
+import ggn_jax
+
+
+def faulty(apply_fn):
+    """``apply_fn`` on inputs ``(x, fault)``: where fault[i] is 1 sample i's
+    outputs are NaN, where it is 2 they are +Inf."""
+
+    def wrapped(params, inputs):
+        x, fault = inputs
+        outputs = apply_fn(params, x)
+        bad = jnp.where(fault == 1, jnp.nan, jnp.inf).astype(outputs.dtype)[:, None]
+        return jnp.where(fault[:, None] > 0, bad, outputs)
+
+    return wrapped
+
+
+def _problem(dtype):
+    x = jax.random.normal(jax.random.PRNGKey(1234), (32, 4), dtype)
+    y = jax.random.normal(jax.random.PRNGKey(4321), (32, 2), dtype)
+    return mlp_init(jax.random.PRNGKey(0), [4, 32, 2], dtype), x, y
+
+
+# step → fault: NaN outputs for samples 3 and 17, +Inf outputs for every
+# sample, a NaN gradient handed to the update, a target so large that the
+# loss overflows the dtype.
+FAULTS = {2: "nan samples", 5: "inf outputs", 8: "nan gradient", 11: "overflow"}
+TARGETS = {jnp.float64: 1e-20, jnp.float32: 1e-9}
+
+
+def _finite(tree):
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(tree)
+               if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
+
+
+def _train(solver, dtype, faults, max_steps=60):
+    params, x, y = _problem(dtype)
+    model = faulty(mlp_apply)
+    tx = ggn_jax.ggn(model, solver=solver, cg_max_iters=200, cg_tol=1e-10)
+    huge = jnp.asarray(jnp.sqrt(jnp.finfo(dtype).max) * 4, dtype)
+
+    def loss_fn(params, batch):
+        inputs, targets = batch
+        return 0.5 * jnp.mean(jnp.sum((model(params, inputs) - targets) ** 2, -1))
+
+    @jax.jit
+    def step(params, state, batch, poison):
+        grads = jax.grad(loss_fn)(params, batch)
+        grads = jax.tree_util.tree_map(lambda g: jnp.where(poison, jnp.nan, g), grads)
+        updates, state = tx.update(grads, state, params, batch=batch)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    clean_fault = jnp.zeros(x.shape[0], jnp.int32)
+    for k in range(max_steps):
+        fault, targets, poison = clean_fault, y, False
+        kind = faults.get(k)
+        if kind == "nan samples":
+            fault = fault.at[jnp.array([3, 17])].set(1)
+        elif kind == "inf outputs":
+            fault = jnp.full_like(fault, 2)
+        elif kind == "nan gradient":
+            poison = True
+        elif kind == "overflow":
+            targets = y.at[0, 0].set(huge)
+        params, state = step(params, state, ((x, fault), targets), poison)
+        assert _finite(params), f"non-finite params after step {k} ({kind})"
+        assert _finite(state), f"non-finite state after step {k} ({kind})"
+        if kind is not None:
+            assert not bool(state.accepted), f"the {kind} step at {k} was accepted"
+        if float(state.loss) <= TARGETS[dtype] and k >= max(faults, default=0):
+            return state, k + 1
+    return state, max_steps
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_injected_faults_are_rejected_counted_and_training_reaches_the_target(solver, dtype):
+    clean, clean_steps = _train(solver, dtype, {})
+    assert float(clean.loss) <= TARGETS[dtype]
+    assert int(clean.num_non_finite) == 0
+    state, steps = _train(solver, dtype, FAULTS)
+    assert float(state.loss) <= TARGETS[dtype], (float(state.loss), steps)
+    # Exactly the injected faults, and no other step, failed on a non-finite value.
+    assert int(state.num_non_finite) == len(FAULTS)
+    assert int(state.num_rejected) >= len(FAULTS)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["float64", "float32"])
+def test_a_duplicated_sample_makes_the_gram_matrix_singular_and_fit_still_converges(dtype):
+    params, x, y = _problem(dtype)
+    x, y = jnp.concatenate([x, x[:1]]), jnp.concatenate([y, y[:1]])
+    # The dual system's Gram matrix J̄J̄ᵀ has two equal rows: singular.
+    gram = np.asarray(ggn_jax.gram_matrix(mlp_apply, params, x), np.float64)
+    assert np.linalg.matrix_rank(gram, tol=1e-8 * np.abs(gram).max()) < gram.shape[0]
+    result = ggn_jax.fit(mlp_apply, params, (x, y), solver="dual", max_steps=60,
+                         tol=TARGETS[dtype])
+    assert result.converged, result.loss_history[-5:]
+    assert _finite(result.params) and _finite(result.state)
+    assert int(result.state.num_non_finite) == 0
