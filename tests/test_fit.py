@@ -249,3 +249,38 @@ def test_progress_reports_every_n_steps_from_the_running_loop(monkeypatch):
     # (a no-op on the disabled bar).
     ggn_jax.fit(mlp_apply, params, batch, max_steps=10, tol=-1.0)
     assert [position for position, _ in seen] == [10]
+
+
+_DETERMINISM_SCRIPT = """
+import hashlib, jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp, numpy as np, optax, ggn_jax
+net = ggn_jax.mlp([4, 16, 2], "tanh")
+params = net.init(jax.random.PRNGKey(0))
+x = jax.random.normal(jax.random.PRNGKey(1), (24, 4))
+y = jax.random.normal(jax.random.PRNGKey(2), (24, 2))
+result = ggn_jax.fit(net.apply, params, (x, y), max_steps=6, tol=0.0, solver="dual")
+tx = ggn_jax.ggn(net.apply, solver="cg")
+loss = lambda q: 0.5 * jnp.mean(jnp.sum((net.apply(q, x) - y) ** 2, -1))
+step = jax.jit(lambda p, s: tx.update(jax.grad(loss)(p), s, p, batch=(x, y)))
+state, p = tx.init(params), params
+for _ in range(4):
+    updates, state = step(p, state)
+    p = optax.apply_updates(p, updates)
+digest = hashlib.sha256()
+for leaf in jax.tree_util.tree_leaves((result.params, result.loss_history, p, state)):
+    digest.update(np.asarray(leaf).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_trajectories_are_bitwise_identical_across_processes():
+    import subprocess
+    import sys
+
+    digests = [
+        subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT], capture_output=True,
+                       text=True, check=True, timeout=300).stdout.strip()
+        for _ in range(2)
+    ]
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
