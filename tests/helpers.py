@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,3 +95,23 @@ def reference_ggn(loss, params, batch):
 
     h_full = jax.hessian(summed)(outputs.reshape(-1))
     return j_full.T @ h_full @ j_full / n, j_full
+
+
+SHARDED_SCRIPT = os.path.join(os.path.dirname(__file__), "sharded_steps.py")
+_BACKGROUND: dict[str, subprocess.Popen] = {}
+
+
+def start_sharded_steps() -> subprocess.Popen:
+    """The sharded_steps.py process on 4 host devices, started once (its
+    stdout is JSON); conftest.py starts it when test_sharding is collected."""
+    if "sharded" not in _BACKGROUND:
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                   JAX_PLATFORMS="cpu")
+        _BACKGROUND["sharded"] = subprocess.Popen(
+            [sys.executable, SHARDED_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env)
+    return _BACKGROUND["sharded"]
+
+
+def background_processes() -> list[subprocess.Popen]:
+    return list(_BACKGROUND.values())

@@ -213,9 +213,10 @@ def test_the_step_log_matches_a_hand_loop_of_the_optax_transformation(solver):
     tx = ggn_jax.ggn(mlp_apply, **options)
     state, p = tx.init(params), params
     loss_fn = lambda q: 0.5 * jnp.mean(jnp.sum((mlp_apply(q, batch[0]) - batch[1]) ** 2, -1))
+    step = jax.jit(lambda p, s: tx.update(jax.grad(loss_fn)(p), s, p, batch=batch))
     rows = []
     for _ in range(6):
-        updates, state = tx.update(jax.grad(loss_fn)(p), state, p, batch=batch)
+        updates, state = step(p, state)
         p = jax.tree_util.tree_map(jnp.add, p, updates)
         rows.append([float(state.loss), float(state.rho), float(state.damping),
                      bool(state.accepted), int(state.solver), int(state.cg_iterations)])

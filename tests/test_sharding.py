@@ -5,26 +5,21 @@ in a fresh process with ``--xla_force_host_platform_device_count=4``.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import start_sharded_steps
 
 import ggn_jax
 
 
 @pytest.fixture(scope="module")
 def sharded_results():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    script = os.path.join(os.path.dirname(__file__), "sharded_steps.py")
-    done = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    # Started by conftest.py when this module was collected.
+    out, err = start_sharded_steps().communicate(timeout=600)
+    assert start_sharded_steps().returncode == 0, err[-3000:]
+    return json.loads(out)
 
 
 def test_the_batch_is_spread_over_four_devices(sharded_results):
