@@ -12,6 +12,7 @@ call with arrays of the same shapes and dtypes reuses the compiled program.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable
@@ -280,7 +281,9 @@ def fit(
         run = _cached_build(apply_fn, loss, config, max_steps, every)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache
         run = _build(apply_fn, loss, config, max_steps, every)
-    with ProgressBar(max_steps, "ggn fit", enabled=every > 0) as bar, active(bar):
+    bar = ProgressBar(max_steps, "ggn fit", enabled=every > 0)
+    # Only a run that reports needs its callbacks routed (and waited for).
+    with bar, active(bar) if every else contextlib.nullcontext():
         result_params, state, initial_loss, log, steps, non_finite = run(params, batch, tol)
         # One transfer for everything the host needs (each sync costs tens of µs).
         steps, non_finite, log, initial_loss, final_loss = jax.device_get(

@@ -623,14 +623,14 @@ def _listing_unknown_options(factory: Callable) -> Callable:
     The signature stays the factory's own (``inspect.signature`` follows
     ``__wrapped__``), which ``optax.inject_hyperparams`` reads.
     """
+    parameters = inspect.signature(factory).parameters
     allowed = [
-        name for name, p in inspect.signature(factory).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
     ]
 
     @functools.wraps(factory)
     def wrapped(*args: Any, **kwargs: Any):
-        unknown = sorted(set(kwargs) - set(inspect.signature(factory).parameters))
+        unknown = sorted(set(kwargs) - set(parameters))
         if unknown:
             raise TypeError(
                 f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
