@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+
 
 class Adapted(NamedTuple):
     """A module as ``apply_fn(params, inputs)`` and its trainable ``params``.
@@ -105,7 +107,6 @@ def from_equinox(module: Any, per_sample: bool = True) -> Adapted:
       True
     """
     import equinox as eqx
-    import jax
 
     if not isinstance(module, eqx.Module):
         raise TypeError(f"from_equinox needs an eqx.Module, got {type(module).__name__}")
