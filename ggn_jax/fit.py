@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggn_jax.losses import LossSpec, check_loss
-from ggn_jax.problem import bind_problem, check_label_range, mean_loss
+from ggn_jax.problem import bind_problem, check_labels, mean_loss
 from ggn_jax.progress import ProgressBar, active, report_from_device
 from ggn_jax.transform import (
     GGNConfig,
@@ -203,18 +203,13 @@ def _raise_non_finite(counts: np.ndarray, params: Any, batch: Any) -> None:
 
 
 def _check_labels(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> None:
-    """Integer labels out of range for softmax cross-entropy, checked on the
-    host before compiling (inside the loop they are traced)."""
+    """`check_labels` on the host before compiling: inside the loop the
+    labels are traced. K comes from the model's output shape."""
     if loss != "softmax_cross_entropy" or not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        return
-    targets = batch[1]
-    if isinstance(targets, jax.core.Tracer) or not hasattr(targets, "dtype"):
-        return
-    if not jnp.issubdtype(targets.dtype, jnp.integer):
-        return
+        return  # (a malformed batch is named by bind_problem)
     outputs = jax.eval_shape(apply_fn, params, batch[0])
     if isinstance(outputs, jax.ShapeDtypeStruct) and outputs.ndim >= 1:
-        check_label_range(targets, int(np.prod(outputs.shape[1:], dtype=int)))
+        check_labels(loss, batch[1], int(np.prod(outputs.shape[1:], dtype=int)))
 
 
 @functools.lru_cache(maxsize=64)

@@ -121,13 +121,21 @@ def check_batch(batch: Any) -> tuple[Any, Any, int]:
     return inputs, targets, n
 
 
-def check_label_range(labels: Any, num_classes: int) -> None:
-    """Raises ValueError unless every integer label lies in [0, num_classes).
+def check_labels(loss: LossSpec, targets: Any, num_classes: int) -> None:
+    """For softmax cross-entropy with integer labels: raises ValueError unless
+    every label lies in [0, num_classes). Other losses pass.
 
-    Only concrete labels can be checked: under ``jit`` they are traced, and
-    `fit` checks them before it compiles.
+    Only concrete labels can be checked: under ``jit`` they are traced (and
+    pass), so `fit` also checks them before it compiles.
     """
-    labels = np.asarray(labels)
+    if (
+        loss != "softmax_cross_entropy"
+        or isinstance(targets, jax.core.Tracer)
+        or not hasattr(targets, "dtype")
+        or not jnp.issubdtype(targets.dtype, jnp.integer)
+    ):
+        return
+    labels = np.asarray(targets)
     if labels.size == 0:
         return
     low, high = int(labels.min()), int(labels.max())
@@ -176,10 +184,7 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
         integer_targets=integer_targets,
     )
     k = int(np.prod(sample_shape, dtype=int))
-    if loss == "softmax_cross_entropy" and integer_targets and not isinstance(
-        target, jax.core.Tracer
-    ):
-        check_label_range(target, k)
+    check_labels(loss, target, k)
     return Problem(
         flat_model(apply_fn, unravel), theta, unravel, inputs, targets, bound, n, k
     )

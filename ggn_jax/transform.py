@@ -131,7 +131,7 @@ def _dynamic_number(name: str, value: Any) -> Any:
     return float(value)
 
 
-def _static_integer(name: str, value: Any) -> int:
+def _static_integer(name: str, value: Any, expected: str = "a positive integer") -> int:
     """An option that sizes the computation, as a Python int."""
     if _is_traced(value):
         raise TypeError(
@@ -142,7 +142,7 @@ def _static_integer(name: str, value: Any) -> int:
         if jnp.issubdtype(value.dtype, jnp.integer):
             value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value
 
 
@@ -207,13 +207,9 @@ class GGNConfig:
         for name in STATIC_INTEGER_DEFAULTS:
             object.__setattr__(self, name, _static_integer(name, getattr(self, name)))
         if self.curvature_samples is not None:
-            try:
-                samples = _static_integer("curvature_samples", self.curvature_samples)
-            except ValueError:
-                raise ValueError(
-                    f"curvature_samples must be a positive integer or None, got "
-                    f"{self.curvature_samples!r}"
-                ) from None
+            samples = _static_integer(
+                "curvature_samples", self.curvature_samples, "a positive integer or None"
+            )
             object.__setattr__(self, "curvature_samples", samples)
         self._check_order("min_damping", "max_damping")
         self._check_order("damping", "max_damping")
