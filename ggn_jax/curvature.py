@@ -19,6 +19,10 @@ Two representations, one per solver family:
   output would cost N times more, since it differentiates every output with
   respect to every sample's contribution.
 
+* `problem_structure` and `structured_factors`: the per-layer factors of
+  J_i read from the model's jaxpr (`ggn_jax.structure`), from which the
+  sample-space Gram matrix and diag(G) come with no N·K·P array.
+
 Everything here works on flat parameter vectors; `ggn_jax.transform` flattens
 the user's pytree once with ``jax.flatten_util.ravel_pytree``.
 
@@ -34,10 +38,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
+from ggn_jax import structure as structured
 from ggn_jax.losses import BoundLoss
-from ggn_jax.problem import FlatModel, bind_problem, flat_model
+from ggn_jax.problem import FlatModel, Problem, bind_problem
 
 
 def _one_sample(x):
@@ -179,6 +183,53 @@ def ggn_matvec(
     return matvec
 
 
+def _leaf_model(problem: Problem) -> structured.LeafModel:
+    dtype = problem.theta.dtype
+
+    def model(leaves, inputs):
+        params = jax.tree_util.tree_unflatten(problem.treedef, leaves)
+        outputs = problem.apply_fn(params, inputs)
+        return outputs.reshape(outputs.shape[0], -1).astype(dtype)
+
+    return model
+
+
+def problem_structure(problem: Problem, purpose: str = "gram") -> structured.Structure:
+    """The per-leaf structure of the problem's model (`ggn_jax.structure`),
+    costed for ``purpose`` (``"gram"`` or ``"diagonal"``)."""
+    if problem.apply_fn is None:
+        raise ValueError("this problem was not built by bind_problem: it has no apply_fn")
+    named = jax.tree_util.tree_leaves_with_path(problem.unravel(problem.theta))
+    return structured.find_structure(
+        _leaf_model(problem),
+        [leaf for _, leaf in named],
+        problem.inputs,
+        names=[jax.tree_util.keystr(path) for path, _ in named],
+        purpose=purpose,
+    )
+
+
+def structured_factors(
+    problem: Problem, structure: structured.Structure
+) -> structured.Factors:
+    """`ggn_jax.structure.sample_factors` at ``problem.theta``."""
+    leaves = jax.tree_util.tree_leaves(problem.unravel(problem.theta))
+    return structured.sample_factors(structure, leaves, problem.inputs)
+
+
+def structured_diagonal(problem: Problem, outputs: jax.Array | None = None) -> jax.Array:
+    """diag(G) (P,) from the per-layer factors: no N·K·P array unless a leaf
+    falls back. ``outputs`` (N, K) at θ give the loss Hessians; without them
+    the factors' own outputs do."""
+    structure = problem_structure(problem, "diagonal")
+    factors = structured_factors(problem, structure)
+    outputs = factors.outputs if outputs is None else outputs
+    hessians = None if problem.loss.identity_hessian else loss_hessians(
+        problem.loss, outputs, problem.targets
+    )
+    return structured.diagonal(structure, factors, hessians)
+
+
 # --- public conveniences on pytrees -------------------------------------------
 
 
@@ -214,7 +265,9 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
     """The sample-space Gram matrix J̄ J̄ᵀ = (1/N)[J_i J_jᵀ] (NK×NK).
 
     Its rank is the rank of the stacked Jacobian; under exact learning with
-    NK < P it is positive definite.
+    NK < P it is positive definite. Formed from the per-layer factors
+    (`ggn_jax.structure`), with no per-sample Jacobian where the model's
+    layers can be read.
 
     Args:
       apply_fn: ``apply_fn(params, inputs) -> outputs``, outputs of shape
@@ -250,6 +303,15 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
       >>> int(jnp.linalg.matrix_rank(gram))
       8
     """
-    theta, unravel = ravel_pytree(params)
-    _, jac = per_sample_jacobians(flat_model(apply_fn, unravel), theta, inputs)
-    return dense_gram(jac)
+    named = jax.tree_util.tree_leaves_with_path(params)
+    leaves = [jnp.asarray(leaf) for _, leaf in named]
+    treedef = jax.tree_util.tree_structure(params)
+
+    def leaf_model(ls, x):
+        outputs = apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x)
+        return outputs.reshape(outputs.shape[0], -1)
+
+    structure = structured.find_structure(
+        leaf_model, leaves, inputs, names=[jax.tree_util.keystr(p) for p, _ in named]
+    )
+    return structured.gram(structure, structured.sample_factors(structure, leaves, inputs))

@@ -2,9 +2,10 @@
 
 The whole loop is a ``lax.while_loop`` on the device: no host round trip per
 step. It stops at loss ≤ ``tol`` or after ``max_steps`` steps (rejected steps
-count). The gradient comes from the same Jacobians or linearisation the solve
-uses, so a step costs no separate ``jax.grad``; with a dense solver, a
-rejected step re-solves with the Jacobians it has instead of recomputing them.
+count). The gradient comes from the same pass the solver makes at θ, so a
+step costs no separate ``jax.grad``; with a dense solver, a rejected step
+re-solves with the Jacobians, G or Gram matrix it has instead of recomputing
+them.
 
 The compiled loop is cached per (apply_fn, loss, options, max_steps); a second
 call with arrays of the same shapes and dtypes reuses the compiled program.
@@ -31,7 +32,6 @@ from ggn_jax.transform import (
     curvature_problem,
     ggn_step,
     init_state,
-    local_model,
     make_config,
     resolve_solver,
 )
@@ -130,16 +130,13 @@ def _build(
         # first and let the host name the leaf.
         non_finite = jnp.concatenate([_non_finite_counts(params), _non_finite_counts(batch)])
         clean = ~jnp.any(non_finite > 0)
-        # Jacobians are carried for the dense solvers when they cover the
-        # whole batch (a curvature subsample is recomputed in each step).
-        dense = (
-            resolve_solver(config, problem) != "cg"
-            and curvature_problem(config, problem) is problem
-        )
-        if dense:
-            # Carried through the loop: a rejected step re-solves with the
-            # Jacobians it already has.
-            local, _ = local_model(problem, dense=True)
+        # A reusable solver's local model (Jacobians, G or the Gram) is
+        # carried through the loop when it covers the whole batch: a
+        # rejected step re-solves with it instead of differentiating again.
+        solver = resolve_solver(config, problem)
+        carried = solver.reusable and curvature_problem(config, problem) is problem
+        if carried:
+            local, _ = solver.prepare(problem, config)
             initial_loss = local.loss
         else:
             local = None
@@ -157,10 +154,10 @@ def _build(
             at_theta = problem._replace(theta=theta)
             update, state = ggn_step(config, at_theta, state, None, local)
             theta = theta + update
-            if dense:
+            if carried:
                 local = jax.lax.cond(
                     state.accepted,
-                    lambda: local_model(problem._replace(theta=theta), dense=True)[0],
+                    lambda: solver.prepare(problem._replace(theta=theta), config)[0],
                     lambda: local,
                 )
             if every:

@@ -45,6 +45,9 @@ class Problem(NamedTuple):
       loss: the loss bound to the per-sample output shape.
       num_samples: N.
       num_outputs: K, outputs per sample.
+      apply_fn: the user's ``apply_fn(params, inputs)``, for reading the
+        model's structure per parameter leaf (`ggn_jax.structure`).
+      treedef: the parameters' pytree structure.
     """
 
     model: FlatModel
@@ -55,6 +58,8 @@ class Problem(NamedTuple):
     loss: BoundLoss
     num_samples: int
     num_outputs: int
+    apply_fn: Callable | None = None
+    treedef: Any = None
 
 
 def mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
@@ -186,5 +191,6 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
     k = int(np.prod(sample_shape, dtype=int))
     check_labels(loss, target, k)
     return Problem(
-        flat_model(apply_fn, unravel), theta, unravel, inputs, targets, bound, n, k
+        flat_model(apply_fn, unravel), theta, unravel, inputs, targets, bound, n, k,
+        apply_fn, jax.tree_util.tree_structure(params),
     )

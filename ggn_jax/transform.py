@@ -32,17 +32,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ggn_jax.curvature import (
-    Linearization,
-    dense_ggn,
-    ggn_diagonal,
-    ggn_diagonal_from_jacobians,
-    ggn_matvec,
-    hessian_product,
-    linearize,
-    loss_hessians,
-    per_sample_jacobians,
-)
+from ggn_jax.curvature import hessian_product, problem_structure
 from ggn_jax.damping import (
     DAMPING_RULES,
     accept_step,
@@ -54,13 +44,13 @@ from ggn_jax.losses import LossSpec, check_loss
 from ggn_jax.problem import Problem, bind_problem, check_params, mean_loss
 from ggn_jax.solvers import (
     CG_STOPS,
-    SOLVER_CODES,
     SOLVERS,
+    LocalModel,
+    ProblemShape,
+    Solver,
     choose_solver,
-    solve_cg,
-    solve_dual,
-    solve_primal,
 )
+from ggn_jax.solvers.base import failed
 
 DAMPING_TYPES = ("levenberg", "marquardt")
 CG_PRECONDITIONERS = ("diagonal", "none")
@@ -266,11 +256,16 @@ class GGNState(NamedTuple):
       accepted: bool (), whether the last step was taken.
       num_rejected: int32 (), rejected steps so far.
       num_non_finite: int32 (), the rejected steps among them at which
-        something was NaN or Inf: the loss or the gradient at θ (bad data,
-        an overflow), the solved step (a failed factorisation, a CG
-        breakdown) or the trial loss.
+        the data made something NaN or Inf: the loss or the gradient at θ
+        (bad data, an overflow) or the trial loss.
+      num_failed_solves: int32 (), the rejected steps among them whose
+        solve failed on finite data: a factorisation that was not positive
+        definite in floating point, a CG breakdown.
       solver: int32 (), the solver that ran: 0 primal, 1 dual, 2 cg
         (``ggn_jax.solvers.SOLVER_NAMES``); −1 before any step.
+      solve_status: int32 (), the last solve's status
+        (``ggn_jax.solvers.STATUS_NAMES``: 0 ok, 1 CG stopped at its cap,
+        2 CG breakdown, 3 factorisation failed).
       cg_iterations: int32 (), CG iterations of the last step (0 for dense).
       last_step: float (P,), the last accepted step over flat parameters,
         CG's warm start.
@@ -295,7 +290,9 @@ class GGNState(NamedTuple):
     accepted: jax.Array
     num_rejected: jax.Array
     num_non_finite: jax.Array
+    num_failed_solves: jax.Array
     solver: jax.Array
+    solve_status: jax.Array
     cg_iterations: jax.Array
     last_step: jax.Array
     damping_option: jax.Array
@@ -315,7 +312,9 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         accepted=jnp.array(False),
         num_rejected=jnp.zeros((), jnp.int32),
         num_non_finite=jnp.zeros((), jnp.int32),
+        num_failed_solves=jnp.zeros((), jnp.int32),
         solver=jnp.asarray(-1, jnp.int32),
+        solve_status=jnp.zeros((), jnp.int32),
         cg_iterations=jnp.zeros((), jnp.int32),
         last_step=jnp.zeros_like(theta),
         damping_option=damping,
@@ -325,29 +324,6 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
 def _marquardt_scale(diagonal: jax.Array, floor: float) -> jax.Array:
     scale = jnp.maximum(diagonal, floor * jnp.max(diagonal))
     return jnp.where(scale > 0, scale, 1).astype(diagonal.dtype)
-
-
-class LocalModel(NamedTuple):
-    """What a step at θ needs that does not depend on λ.
-
-    A rejected step leaves θ unchanged, so `fit` keeps this for the dense
-    solvers and re-solves with a larger λ without differentiating again.
-
-    Attributes:
-      outputs: f(θ, X), (N, K).
-      output_grads: ∇_o l_i, (N, K).
-      batch_grad: b = (1/N) Σ J_iᵀ∇_o l_i, (P,).
-      loss: L(θ), ().
-      jacobians: J_i, (N, K, P), for the dense solvers; None for CG.
-      hessians: H_i, (N, K, K); None where H_i = I or for CG.
-    """
-
-    outputs: jax.Array
-    output_grads: jax.Array
-    batch_grad: jax.Array
-    loss: jax.Array
-    jacobians: jax.Array | None
-    hessians: jax.Array | None
 
 
 def curvature_problem(config: GGNConfig, problem: Problem) -> Problem:
@@ -363,47 +339,32 @@ def curvature_problem(config: GGNConfig, problem: Problem) -> Problem:
     )
 
 
-def resolve_solver(config: GGNConfig, problem: Problem) -> str:
-    """The solver that runs for this problem's shape (``auto`` resolved),
+def problem_shape(config: GGNConfig, problem: Problem) -> ProblemShape:
+    """What `choose_solver` reads: N, K, P and, where a solver that uses
+    them may run, the flop counts of the structured products."""
+    n, k, p = problem.num_samples, problem.num_outputs, problem.theta.shape[0]
+    gram_flops = diagonal_flops = None
+    materialised = 0
+    if config.solver in ("auto", "dual") and n * k <= config.max_dense:
+        structure = problem_structure(problem, "gram")
+        gram_flops = structure.gram_flops()
+        materialised = n * k * sum(
+            math.prod(leaf.shape) for leaf in structure.leaves if leaf.mode != "factored"
+        )
+    if config.solver in ("auto", "cg") and (
+        config.cg_preconditioner == "diagonal" or config.damping_type == "marquardt"
+    ):
+        diagonal_flops = problem_structure(problem, "diagonal").diagonal_flops()
+    return ProblemShape(n, k, p, gram_flops, diagonal_flops, materialised)
+
+
+def resolve_solver(config: GGNConfig, problem: Problem) -> Solver:
+    """The solver object that runs for this problem (``auto`` resolved),
     sized by the samples the curvature is built from."""
     problem = curvature_problem(config, problem)
-    return choose_solver(
-        config.solver,
-        problem.num_samples,
-        problem.num_outputs,
-        problem.theta.shape[0],
-        config.max_dense,
-        config.max_jacobian,
-        config.cg_max_iters,
-        config.cg_preconditioner == "diagonal",
-    )
-
-
-def local_model(
-    problem: Problem, dense: bool
-) -> tuple[LocalModel, Linearization | None]:
-    """Per-sample Jacobians (dense) or one linearisation (matrix-free) at θ.
-
-    Either way the outputs, the loss and the batch gradient come from the
-    same forward pass; the linearisation is returned for CG's products.
-    """
-    loss, targets, n = problem.loss, problem.targets, problem.num_samples
-    if dense:
-        outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
-        hessians = None if loss.identity_hessian else loss_hessians(loss, outputs, targets)
-        lin = None
-    else:
-        lin = linearize(problem.model, problem.theta, problem.inputs)
-        outputs, jac, hessians = lin.outputs, None, None
-    output_grads = jax.vmap(loss.grad)(outputs, targets)
-    if dense:
-        batch_grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
-    else:
-        batch_grad = lin.vjp(output_grads) / n
-    local = LocalModel(
-        outputs, output_grads, batch_grad, mean_loss(problem, outputs), jac, hessians
-    )
-    return local, lin
+    if config.solver != "auto":
+        return choose_solver(config, None)
+    return choose_solver(config, problem_shape(config, problem))
 
 
 def _at_config_precision(step: Callable) -> Callable:
@@ -429,15 +390,17 @@ def ggn_step(
 ) -> tuple[jax.Array, GGNState]:
     """One damped GGN step over flat parameters.
 
+    prepare at θ → λ → solve → gain ratio → accept, with the solver chosen
+    by `resolve_solver` (`ggn_jax.solvers`).
+
     Args:
       config: the options.
       problem: the bound problem at the current parameters ``problem.theta``.
       state: the state from the previous step.
       grad: the gradient g (P,) to precondition, or None to use the batch
-        gradient, which comes from the Jacobians or the linearisation at no
-        extra forward pass.
-      local: the `LocalModel` at ``problem.theta`` if already known (dense
-        solvers only); computed here otherwise.
+        gradient, which comes from the solver's own pass at no extra cost.
+      local: the `LocalModel` at ``problem.theta`` if already known (for a
+        ``reusable`` solver); computed here otherwise.
 
     Returns:
       The flat update (δ if accepted, else zeros) and the new state.
@@ -445,29 +408,20 @@ def ggn_step(
     theta, loss = problem.theta, problem.loss
     dtype = theta.dtype
     solver = resolve_solver(config, problem)
-    marquardt = config.damping_type == "marquardt"
     min_damping, max_damping = config.damping_bounds(dtype)
     # G comes from `curved` (the whole batch, or its first samples); the
     # loss, the gradient and the gain ratio from the whole batch.
     curved = curvature_problem(config, problem)
-    targets, n = curved.targets, curved.num_samples
-
-    if local is None or solver == "cg" or curved is not problem:
-        local, lin = local_model(curved, dense=solver != "cg")
-    outputs, output_grads, curved_grad, loss0, jac, hessians = local
-    batch_grad = curved_grad
-    if curved is not problem:
+    subsampled = curved is not problem
+    lin = None
+    if local is None or not solver.reusable or subsampled:
+        local, lin = solver.prepare(curved, config)
+    loss0, batch_grad = local.loss, local.batch_grad
+    if subsampled:
         full_outputs, full_vjp = jax.vjp(lambda th: problem.model(th, problem.inputs), theta)
         loss0 = mean_loss(problem, full_outputs)
         full_output_grads = jax.vmap(loss.grad)(full_outputs, problem.targets)
         batch_grad = full_vjp(full_output_grads)[0] / problem.num_samples
-    if solver == "cg":
-        jvp = lin.jvp
-    else:
-
-        def jvp(v):
-            return jnp.einsum("nkp,p->nk", jac, v)
-
     # The batch gradient b enters the model's predicted decrease even when a
     # chain hands in a different g (clipped, with weight decay): the gain
     # ratio measures the loss, whose local model is built on b.
@@ -491,55 +445,30 @@ def ggn_step(
         max_damping,
     )
 
-    # diag(G), whose sum tr(G) ≥ λ_max(G) sets the relative damping floor:
-    # λ ≥ c·eps·tr(G) keeps G + λD factorable in the dtype (c =
-    # relative_damping_floor). Free for primal, N·K·P for dual; CG has it
-    # only when it preconditions or scales with it.
-    cg_iterations = jnp.zeros((), jnp.int32)
-    if solver == "primal":
-        ggn = dense_ggn(jac, hessians)
-        diagonal = jnp.diag(ggn)
-    elif solver == "dual":
-        diagonal = ggn_diagonal_from_jacobians(jac, hessians)
-    elif marquardt or config.cg_preconditioner == "diagonal":
-        diagonal = ggn_diagonal(curved.model, loss, theta, curved.inputs, outputs, targets)
-    else:
-        diagonal = None
-    scale = _marquardt_scale(diagonal, config.marquardt_floor) if marquardt else None
-    if diagonal is not None and (
-        _is_traced(config.relative_damping_floor) or config.relative_damping_floor > 0
-    ):
+    scale = None
+    size = solver.trace(local)
+    if config.damping_type == "marquardt":
+        diagonal = solver.diagonal(curved, config, local)
+        scale = _marquardt_scale(diagonal, config.marquardt_floor)
         # With D = diag(G) the system is D^{1/2}(D^{-1/2}GD^{-1/2} + λI)D^{1/2},
         # whose inner matrix has trace tr(D⁻¹G).
-        size = jnp.sum(diagonal if scale is None else diagonal / scale)
+        size = jnp.sum(diagonal / scale)
+    # The relative damping floor λ ≥ c·eps·tr(G) (tr(G) ≥ λ_max(G)) keeps
+    # G + λD factorable in the dtype (c = relative_damping_floor).
+    if size is not None and (
+        _is_traced(config.relative_damping_floor) or config.relative_damping_floor > 0
+    ):
         floor = config.relative_damping_floor * jnp.finfo(dtype).eps * size
         damping = jnp.where(jnp.isfinite(floor), jnp.maximum(damping, floor), damping)
         damping = jnp.minimum(damping, max_damping)
-    if solver == "primal":
-        step = solve_primal(ggn, grad, damping, scale)
-    elif solver == "dual":
-        step = solve_dual(jac, hessians, output_grads, curved_grad, grad, damping, scale)
-    else:
-        preconditioner = None
-        if config.cg_preconditioner == "diagonal":
-            preconditioner = diagonal + damping * (1 if scale is None else scale)
-        result = solve_cg(
-            ggn_matvec(lin, loss, targets),
-            grad,
-            damping,
-            scale,
-            preconditioner,
-            config.cg_warm_start * state.last_step,
-            config.cg_tol,
-            config.cg_max_iters,
-            config.cg_stop,
-        )
-        step, cg_iterations = result.step, result.iterations
 
+    step, info = solver.solve(curved, config, local, lin, grad, damping, scale, state.last_step)
     step = step.astype(dtype)
     # The model's predicted decrease, with δᵀGδ = mean_i (J_iδ)ᵀH_i(J_iδ).
-    j_step = jvp(step)
-    curvature = jnp.sum(j_step * hessian_product(loss, outputs, targets, j_step)) / n
+    j_step = solver.along(curved, local, lin, step)
+    curvature = jnp.sum(
+        j_step * hessian_product(loss, local.outputs, curved.targets, j_step)
+    ) / curved.num_samples
     predicted = -jnp.dot(batch_grad, step) - 0.5 * curvature
     trial_loss = mean_loss(problem, problem.model(theta + step, problem.inputs))
     actual = loss0 - trial_loss
@@ -549,13 +478,12 @@ def ggn_step(
     accepted, in_roundoff = accept_step(
         config.damping_rule, actual, predicted, config.min_gain_ratio, noise
     )
-    finite = (
-        jnp.isfinite(loss0)
-        & jnp.all(jnp.isfinite(grad))
-        & jnp.all(jnp.isfinite(step))
-        & jnp.isfinite(trial_loss)
-    )
-    accepted = accepted & finite
+    data_finite = jnp.isfinite(loss0) & jnp.all(jnp.isfinite(grad))
+    solved = jnp.all(jnp.isfinite(step)) & ~failed(info.status)
+    accepted = accepted & data_finite & solved & jnp.isfinite(trial_loss)
+    # A failed solve on finite data is the solver's, not the data's.
+    non_finite = ~data_finite | (solved & ~jnp.isfinite(trial_loss))
+    failed_solve = data_finite & ~solved
     # Where the loss cannot measure the step, ρ is noise. If the damping term
     # dominates the curvature along the step (λ·δᵀDδ > δᵀGδ), λ is what made
     # the step too small to measure: report ρ = 1 so it shrinks. Otherwise
@@ -586,9 +514,11 @@ def ggn_step(
         rho=rho.astype(dtype),
         accepted=accepted,
         num_rejected=state.num_rejected + (~accepted).astype(jnp.int32),
-        num_non_finite=state.num_non_finite + (~finite).astype(jnp.int32),
-        solver=jnp.asarray(SOLVER_CODES[solver], jnp.int32),
-        cg_iterations=cg_iterations,
+        num_non_finite=state.num_non_finite + non_finite.astype(jnp.int32),
+        num_failed_solves=state.num_failed_solves + failed_solve.astype(jnp.int32),
+        solver=jnp.asarray(solver.code, jnp.int32),
+        solve_status=info.status.astype(jnp.int32),
+        cg_iterations=info.iterations.astype(jnp.int32),
         last_step=jnp.where(accepted, step, state.last_step),
         damping_option=damping_option,
     )

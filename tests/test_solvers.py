@@ -15,7 +15,18 @@ from ggn_jax.curvature import (
     per_sample_jacobians,
 )
 from ggn_jax.problem import bind_problem
-from ggn_jax.solvers import choose_solver, solve_cg, solve_dual, solve_primal, solver_costs
+from ggn_jax.solvers import (
+    STATUS_FACTORISATION_FAILED,
+    Dual,
+    DualJacobian,
+    ProblemShape,
+    choose_solver,
+    solve_cg,
+    solve_dual,
+    solve_primal,
+    solver_costs,
+)
+from ggn_jax.transform import make_config
 
 LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
 IDS = ["squared_error", "softmax", "sigmoid", "callable"]
@@ -37,9 +48,17 @@ def _all_steps(loss, n, damping, marquardt):
     lam = jnp.asarray(damping)
     expected = np.linalg.solve(np.asarray(reference) + damping * np.diag(d), -np.asarray(grad))
     lin = linearize(problem.model, problem.theta, problem.inputs)
+    if scale is None:
+        # The structured dual: Gram from the per-layer factors, no Jacobian.
+        config = make_config(solver="dual")
+        local, lin = Dual().prepare(problem, config)
+        structured_step, _ = Dual().solve(problem, config, local, lin, grad, lam, None, None)
+    else:
+        structured_step = solve_dual(jac, hessians, output_grads, grad, grad, lam, scale)
     steps = {
         "primal": solve_primal(dense_ggn(jac, hessians), grad, lam, scale),
         "dual": solve_dual(jac, hessians, output_grads, grad, grad, lam, scale),
+        "structured dual": structured_step,
         "cg": solve_cg(
             ggn_matvec(lin, problem.loss, problem.targets), grad, lam, scale,
             jnp.diag(reference) + lam * jnp.asarray(d), jnp.zeros(p), 1e-14, 10 * p,
@@ -54,6 +73,8 @@ def _all_steps(loss, n, damping, marquardt):
 def test_three_solvers_give_the_dense_step(loss, n, marquardt):
     steps, expected, (rows, p) = _all_steps(loss, n, 1e-2, marquardt)
     assert (rows < p) == (n == 6)
+    # The structured dual is the Jacobian dual, to round-off.
+    assert rel_err(steps["structured dual"], steps["dual"]) < 1e-10
     for name, step in steps.items():
         assert rel_err(step, expected) < 1e-8, name
 
@@ -73,6 +94,11 @@ def test_failed_factorisation_gives_nan_not_a_wrong_step():
     indefinite = jnp.array([[1.0, 2.0], [2.0, 1.0]])
     step = solve_primal(indefinite, jnp.ones(2), jnp.asarray(1e-12), None)
     assert not np.all(np.isfinite(step))
+    # ...and the solver reports it as a failed factorisation.
+    local = ggn_jax.solvers.LocalModel(None, None, None, None, None, ggn=indefinite)
+    _, info = ggn_jax.solvers.Primal().solve(
+        None, None, local, None, jnp.ones(2), jnp.asarray(1e-12), None, None)
+    assert int(info.status) == STATUS_FACTORISATION_FAILED
 
 
 def test_cg_counts_iterations_and_uses_the_warm_start():
@@ -107,37 +133,71 @@ def test_cg_stops_on_non_positive_curvature():
     assert not np.any(np.isfinite(result.step))
 
 
+def _unstructured(n, k, p):
+    """A shape whose Gram costs what the Jacobian form does, 2·(NK)²·P."""
+    return ProblemShape(n, k, p, gram_flops=2.0 * (n * k) ** 2 * p, diagonal_flops=None)
+
+
 @pytest.mark.parametrize(
     "n, k, p, expected",
     [
         (10, 1, 100, "dual"),  # NK ≪ P
         (100, 1, 10, "primal"),  # P ≪ NK
-        (10, 1, 10, "primal"),  # a tie goes to primal
+        (10, 1, 10, "primal"),  # primal 2.9e3 flops, dual 3.7e3
         (5000, 1, 10**5, "cg"),  # both dense matrices too big
         (9000, 1, 8000, "cg"),
         (128, 2, 4610, "dual"),  # dual 6.2e8 flops, cg 6.0e8: not under half
         # 8x8 digits: primal ≈ 2·13470·2410² = 1.6e11 flops against
-        # CG ≈ 10·1347·2410·100 + 6·13470·2410 = 3.4e9.
+        # CG ≈ 10·1347·2410·100 + 10·13470·2410 = 3.6e9.
         (1347, 10, 2410, "cg"),
     ],
 )
 def test_auto_picks_by_estimated_cost(n, k, p, expected):
-    assert choose_solver("auto", n, k, p, max_dense=4096, max_jacobian=2**30) == expected
+    config = make_config(max_jacobian=2**30)
+    assert choose_solver(config, _unstructured(n, k, p)).name == expected
+
+
+def test_a_cheap_structured_gram_makes_dual_the_choice_where_cg_was():
+    """The 1.1 M-parameter MLP 64-[1024]-[1024]-10 on a minibatch of 256:
+    with the Jacobian-form Gram, 2·2560²·1.1e6 = 1.4e13 flops, CG wins; the
+    structured Gram, Σ_layers 2(N²·d_in + (NK)²·d_out) ≈ 2.8e10, makes the
+    dual step the cheapest."""
+    n, k, p = 256, 10, 64 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10
+    gram = 2.0 * sum(n**2 * d_in + (n * k) ** 2 * d_out
+                     for d_in, d_out in ((64, 1024), (1024, 1024), (1024, 10)))
+    config = make_config()
+    assert choose_solver(config, _unstructured(n, k, p)).name == "cg"
+    structured = ProblemShape(n, k, p, gram_flops=gram, diagonal_flops=None)
+    assert choose_solver(config, structured).name == "dual"
+    # Marquardt scaling needs the Jacobian form of dual, which cannot fit.
+    marquardt = make_config(damping_type="marquardt")
+    assert isinstance(choose_solver(marquardt, structured), ggn_jax.solvers.CG)
 
 
 def test_solver_costs_match_a_hand_count():
-    costs = solver_costs(num_samples=3, num_outputs=2, num_params=5, cg_max_iters=7)
+    config = make_config(cg_max_iters=7)
+    shape = ProblemShape(3, 2, 5, gram_flops=100.0, diagonal_flops=40.0)
+    costs = solver_costs(shape, config)
     jacobian = 6 * 6 * 5
     assert costs["primal"] == pytest.approx(jacobian + 2 * 6 * 25 + 125 / 3)
-    assert costs["dual"] == pytest.approx(jacobian + 2 * 36 * 5 + 216 / 3)
-    assert costs["cg"] == pytest.approx(10 * 3 * 5 * 7 + jacobian)
-    no_preconditioner = solver_costs(3, 2, 5, 7, diagonal_preconditioner=False)
+    assert costs["dual"] == pytest.approx(4 * 6 * 5 + 100 + 216 / 3 + 10 * 3 * 5)
+    assert costs["cg"] == pytest.approx(10 * 3 * 5 * 7 + 4 * 6 * 5 + 40)
+    no_preconditioner = solver_costs(shape, make_config(cg_max_iters=7, cg_preconditioner="none"))
     assert no_preconditioner["cg"] == pytest.approx(10 * 3 * 5 * 7)
+    marquardt = solver_costs(shape, make_config(damping_type="marquardt"))
+    assert marquardt["dual"] == pytest.approx(jacobian + 2 * 36 * 5 + 216 / 3)
 
 
-def test_auto_respects_the_jacobian_limit():
-    assert choose_solver("auto", 100, 1, 1000, max_dense=4096, max_jacobian=10**4) == "cg"
-    assert choose_solver("primal", 100, 1, 1000, max_dense=1, max_jacobian=1) == "primal"
+def test_auto_respects_the_size_limits():
+    limited = make_config(max_jacobian=10**4)
+    shape = ProblemShape(100, 1, 1000, gram_flops=1e5, materialised=10**5)
+    assert choose_solver(limited, shape).name == "cg"  # primal's J and dual's blocks too big
+    small_blocks = shape._replace(materialised=10**3)
+    assert choose_solver(limited, small_blocks).name == "dual"
+    forced = make_config(solver="primal", max_dense=1, max_jacobian=1)
+    assert choose_solver(forced, None).name == "primal"
+    assert isinstance(choose_solver(make_config(solver="dual", damping_type="marquardt"), None),
+                      DualJacobian)
 
 
 def _spd_system(p=200):

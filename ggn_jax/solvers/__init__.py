@@ -1,0 +1,118 @@
+"""Damped Gauss-Newton solves, one module each behind one interface.
+
+Each solver returns δ with
+
+    (G + λ D) δ = −g,        G = J̄ᵀ H̄ J̄,   D = I (Levenberg) or diag(G) (Marquardt),
+
+where J̄ = N^{-1/2}[J_1; …; J_N] is NK×P and H̄ = blockdiag(H_i).
+
+* ``primal`` (`ggn_jax.solvers.primal`): G (P×P) by Cholesky.
+* ``dual`` (`ggn_jax.solvers.dual`): one NK×NK factorisation in sample
+  space, the Gram matrix from the per-layer factors; with Marquardt scaling
+  `ggn_jax.solvers.dual_jacobian`, on per-sample Jacobians.
+* ``cg`` (`ggn_jax.solvers.cg`): matrix-free preconditioned CG.
+
+``auto`` takes the cheapest by `solver_costs`, each solver's own estimate
+(`ggn_jax.solvers.base.Solver.cost`) on the problem's shape and structure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ggn_jax.solvers.base import (
+    STATUS_BREAKDOWN as STATUS_BREAKDOWN,
+)
+from ggn_jax.solvers.base import (
+    STATUS_FACTORISATION_FAILED as STATUS_FACTORISATION_FAILED,
+)
+from ggn_jax.solvers.base import (
+    STATUS_MAX_ITERATIONS as STATUS_MAX_ITERATIONS,
+)
+from ggn_jax.solvers.base import (
+    STATUS_NAMES as STATUS_NAMES,
+)
+from ggn_jax.solvers.base import (
+    STATUS_OK as STATUS_OK,
+)
+from ggn_jax.solvers.base import (
+    LocalModel as LocalModel,
+)
+from ggn_jax.solvers.base import (
+    ProblemShape as ProblemShape,
+)
+from ggn_jax.solvers.base import (
+    SolveInfo as SolveInfo,
+)
+from ggn_jax.solvers.base import (
+    Solver as Solver,
+)
+from ggn_jax.solvers.cg import CG as CG
+from ggn_jax.solvers.cg import CG_STOPS as CG_STOPS
+from ggn_jax.solvers.cg import CGResult as CGResult
+from ggn_jax.solvers.cg import solve_cg as solve_cg
+from ggn_jax.solvers.dual import Dual as Dual
+from ggn_jax.solvers.dual import solve_sample_space as solve_sample_space
+from ggn_jax.solvers.dual_jacobian import DualJacobian as DualJacobian
+from ggn_jax.solvers.dual_jacobian import solve_dual as solve_dual
+from ggn_jax.solvers.primal import Primal as Primal
+from ggn_jax.solvers.primal import solve_primal as solve_primal
+
+SOLVERS = ("auto", "primal", "dual", "cg")
+SOLVER_CODES = {"primal": 0, "dual": 1, "cg": 2}
+SOLVER_NAMES = {code: name for name, code in SOLVER_CODES.items()}
+
+# CG is taken over a dense solver only when its estimated cost is below
+# this fraction of the dense one's: the dense solves are exact and their
+# flops run at BLAS speed.
+CG_MARGIN = 0.5
+
+
+def solver_for(name: str, config: Any) -> Solver:
+    """The solver object behind a name (not ``auto``) for these options:
+    ``dual`` is `Dual`, or `DualJacobian` under Marquardt scaling."""
+    if name == "primal":
+        return Primal()
+    if name == "dual":
+        return DualJacobian() if config.damping_type == "marquardt" else Dual()
+    if name == "cg":
+        return CG()
+    raise ValueError(f"unknown solver {name!r}; allowed: {', '.join(SOLVERS)}")
+
+
+def solver_costs(shape: ProblemShape, config: Any) -> dict[str, float | None]:
+    """Each solver's estimated flops for one step (None: does not fit).
+
+    With N samples, K outputs each and P parameters, one forward pass costs
+    about 2P flops per sample and a reverse pass twice that:
+
+    * ``primal``: per-sample Jacobians ≈ 6·NK·P, then JᵀJ, 2·NK·P², and a
+      Cholesky, P³/3; only while P ≤ max_dense and NK·P ≤ max_jacobian;
+    * ``dual``: K reverse passes per sample for the sensitivities, 4·NK·P,
+      the structured Gram (`ggn_jax.structure.Structure.gram_flops`), a
+      factorisation, (NK)³/3, and a jvp and a vjp, 10·N·P; only while
+      NK ≤ max_dense (under Marquardt scaling the Jacobian form: 6·NK·P +
+      2·(NK)²·P + (NK)³/3, with NK·P ≤ max_jacobian);
+    * ``cg``: ≈ 10·N·P per GGN-vector product, ``cg_max_iters`` of them,
+      plus the structured diagonal for its preconditioner.
+
+    Calibrated against ``python -m benchmarks.solvers`` (BENCHMARKS.md).
+    """
+    return {name: solver_for(name, config).cost(shape, config) for name in SOLVER_CODES}
+
+
+def choose_solver(config: Any, shape: ProblemShape) -> Solver:
+    """The solver for ``config.solver``, ``auto`` resolved by cost.
+
+    ``auto`` takes the cheaper of ``primal`` and ``dual`` among those that
+    fit, and ``cg`` when neither fits or when CG's estimate is below
+    ``CG_MARGIN`` times theirs.
+    """
+    if config.solver != "auto":
+        return solver_for(config.solver, config)
+    costs = solver_costs(shape, config)
+    dense = [name for name in ("primal", "dual") if costs[name] is not None]
+    if not dense:
+        return solver_for("cg", config)
+    best = min(dense, key=costs.get)
+    return solver_for("cg" if costs["cg"] < CG_MARGIN * costs[best] else best, config)

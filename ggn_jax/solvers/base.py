@@ -1,0 +1,212 @@
+"""The interface every damped solve implements, and what it returns.
+
+A step of `ggn_jax.transform.ggn_step` reads as the algorithm:
+
+    local, lin = solver.prepare(problem, config)        # λ-independent, at θ
+    λ          = damping rule (+ floor from solver.trace(local))
+    δ, info    = solver.solve(problem, config, local, lin, g, λ, D, warm start)
+    J̄δ         = solver.along(problem, local, lin, δ)   # predicted decrease
+    accept or reject by the gain ratio
+
+so a new solver is a new module with a `Solver` subclass, never a new branch
+in the step. ``prepare`` is separate from ``solve`` because a rejected step
+keeps θ: `ggn_jax.fit` carries the `LocalModel` of a ``reusable`` solver
+and re-solves with a larger λ without differentiating again.
+
+Status codes separate a failed solve (a factorisation that is not positive
+definite in floating point, a CG breakdown) from bad data; either way the
+step is rejected and never reaches the parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ggn_jax.curvature import (
+    Linearization,
+    linearize,
+    loss_hessians,
+    per_sample_jacobians,
+)
+from ggn_jax.problem import Problem, mean_loss
+
+# SolveInfo.status values.
+STATUS_OK = 0
+STATUS_MAX_ITERATIONS = 1  # CG stopped at its cap: a usable, inexact step
+STATUS_BREAKDOWN = 2  # CG found no direction of positive curvature
+STATUS_FACTORISATION_FAILED = 3  # the damped matrix did not factor (NaN/Inf)
+STATUS_NAMES = {
+    STATUS_OK: "ok",
+    STATUS_MAX_ITERATIONS: "max_iterations",
+    STATUS_BREAKDOWN: "breakdown",
+    STATUS_FACTORISATION_FAILED: "factorisation_failed",
+}
+
+
+def failed(status: jax.Array) -> jax.Array:
+    """Whether a status means there is no step."""
+    return (status == STATUS_BREAKDOWN) | (status == STATUS_FACTORISATION_FAILED)
+
+
+class LocalModel(NamedTuple):
+    """What a step at θ needs that does not depend on λ; arrays only.
+
+    Attributes:
+      outputs: f(θ, X), (N, K).
+      output_grads: ∇_o l_i, (N, K).
+      batch_grad: b = (1/N) Σ J_iᵀ∇_o l_i, (P,).
+      loss: L(θ), ().
+      hessians: H_i, (N, K, K); None where H_i = I.
+      jacobians: J_i, (N, K, P), for the solvers that form them, else None.
+      ggn: G, (P, P) (``primal``), else None.
+      gram: J̄J̄ᵀ, (NK, NK) (``dual``), else None.
+      diagonal: diag(G), (P,), where the solver has it, else None.
+    """
+
+    outputs: jax.Array
+    output_grads: jax.Array
+    batch_grad: jax.Array
+    loss: jax.Array
+    hessians: jax.Array | None
+    jacobians: jax.Array | None = None
+    ggn: jax.Array | None = None
+    gram: jax.Array | None = None
+    diagonal: jax.Array | None = None
+
+
+class SolveInfo(NamedTuple):
+    """What a solve reports besides the step.
+
+    Attributes:
+      iterations: int32 (), CG iterations (0 for direct solves).
+      status: int32 (), one of the ``STATUS_*`` codes.
+    """
+
+    iterations: jax.Array
+    status: jax.Array
+
+
+def direct_info(step: jax.Array) -> SolveInfo:
+    """The info of a factorisation: failed where the step is not finite."""
+    ok = jnp.all(jnp.isfinite(step))
+    return SolveInfo(
+        jnp.zeros((), jnp.int32),
+        jnp.where(ok, STATUS_OK, STATUS_FACTORISATION_FAILED).astype(jnp.int32),
+    )
+
+
+class ProblemShape(NamedTuple):
+    """What the cost estimates read of a problem.
+
+    Attributes:
+      num_samples, num_outputs, num_params: N, K and P.
+      gram_flops: the structured Gram's flop count (`ggn_jax.structure`),
+        or None where the structure was not read.
+      diagonal_flops: the same for diag(G).
+      materialised: the entries of the per-sample blocks that the
+        structured products still form (N·K·Σ|materialised or fallback
+        leaves|).
+    """
+
+    num_samples: int
+    num_outputs: int
+    num_params: int
+    gram_flops: float | None = None
+    diagonal_flops: float | None = None
+    materialised: int = 0
+
+
+class Solver:
+    """A damped solve of (G + λD)δ = −g: subclass and implement each method.
+
+    Attributes:
+      name: the ``solver`` option that selects it.
+      code: its `GGNState.solver` code.
+      reusable: whether `prepare`'s `LocalModel` stays valid for another
+        λ at the same θ (so `fit` carries it across rejected steps).
+    """
+
+    name: str = ""
+    code: int = -1
+    reusable: bool = True
+
+    def cost(self, shape: ProblemShape, config: Any) -> float | None:
+        """Estimated flops of one step, or None when it does not fit the
+        size limits (``max_dense``, ``max_jacobian``)."""
+        raise NotImplementedError
+
+    def prepare(self, problem: Problem, config: Any) -> tuple[LocalModel, Linearization | None]:
+        """The λ-independent quantities at ``problem.theta``, and a
+        linearisation where the solver made one."""
+        raise NotImplementedError
+
+    def trace(self, local: LocalModel) -> jax.Array | None:
+        """tr(G) where it is at hand (for the relative damping floor)."""
+        return None if local.diagonal is None else jnp.sum(local.diagonal)
+
+    def diagonal(self, problem: Problem, config: Any, local: LocalModel) -> jax.Array:
+        """diag(G) (P,) for Marquardt scaling."""
+        return local.diagonal
+
+    def solve(
+        self,
+        problem: Problem,
+        config: Any,
+        local: LocalModel,
+        lin: Linearization | None,
+        grad: jax.Array,
+        damping: jax.Array,
+        scale: jax.Array | None,
+        warm_start: jax.Array,
+    ) -> tuple[jax.Array, SolveInfo]:
+        """δ with (G + λD)δ ≈ −g (D = diag(scale) or I) and its `SolveInfo`."""
+        raise NotImplementedError
+
+    def along(
+        self, problem: Problem, local: LocalModel, lin: Linearization | None, step: jax.Array
+    ) -> jax.Array:
+        """J δ per sample, (N, K), for the predicted decrease."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def local_from_jacobians(problem: Problem) -> LocalModel:
+    """A `LocalModel` with per-sample Jacobians J_i (N, K, P): the outputs
+    come out of the same forward passes, the batch gradient is Σ J_iᵀ∇l_i/N."""
+    loss, targets, n = problem.loss, problem.targets, problem.num_samples
+    outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+    hessians = None if loss.identity_hessian else loss_hessians(loss, outputs, targets)
+    output_grads = jax.vmap(loss.grad)(outputs, targets)
+    batch_grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
+    return LocalModel(
+        outputs, output_grads, batch_grad, mean_loss(problem, outputs), hessians, jacobians=jac
+    )
+
+
+def local_from_linearization(problem: Problem) -> tuple[LocalModel, Linearization]:
+    """A `LocalModel` from one linearisation (no Jacobian), and the
+    linearisation, whose vjp gives the batch gradient."""
+    loss, targets, n = problem.loss, problem.targets, problem.num_samples
+    lin = linearize(problem.model, problem.theta, problem.inputs)
+    output_grads = jax.vmap(loss.grad)(lin.outputs, targets)
+    hessians = None if loss.identity_hessian else loss_hessians(loss, lin.outputs, targets)
+    local = LocalModel(
+        lin.outputs, output_grads, lin.vjp(output_grads) / n,
+        mean_loss(problem, lin.outputs), hessians,
+    )
+    return local, lin
+
+
+def jacobian_along(local: LocalModel, step: jax.Array) -> jax.Array:
+    """[J_i δ]_i, (N, K), from the carried Jacobians."""
+    return jnp.einsum("nkp,p->nk", local.jacobians, step)
+
+
+def damped_diagonal(n: int, damping: jax.Array, scale: jax.Array | None) -> jax.Array:
+    """λD as a vector: λ·1 or λ·scale."""
+    return damping * (jnp.ones((n,), dtype=damping.dtype) if scale is None else scale)

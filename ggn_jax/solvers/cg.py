@@ -1,0 +1,181 @@
+"""``cg``: preconditioned conjugate gradients, matrix-free.
+
+CG never forms a matrix: v ↦ Gv + λDv with G products from one
+linearisation per step (a jvp, the loss Hessian, a vjp), warm-started from
+the last accepted step. Its preconditioner and Marquardt's D use diag(G)
+from the per-layer factors (`ggn_jax.structure`): K reverse passes per
+sample and products of layer widths, no N·K·P array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ggn_jax.curvature import ggn_matvec, structured_diagonal
+from ggn_jax.solvers.base import (
+    STATUS_BREAKDOWN,
+    STATUS_MAX_ITERATIONS,
+    STATUS_OK,
+    ProblemShape,
+    SolveInfo,
+    Solver,
+    damped_diagonal,
+    local_from_linearization,
+)
+
+# How CG decides it has done enough (besides its tolerance and iteration cap).
+CG_STOPS = ("residual", "martens")
+
+
+class CGResult(NamedTuple):
+    """The outcome of `solve_cg`: the step and the iterations it took."""
+
+    step: jax.Array
+    iterations: jax.Array
+
+
+def solve_cg(
+    matvec: Callable[[jax.Array], jax.Array],
+    grad: jax.Array,
+    damping: jax.Array,
+    scale: jax.Array | None,
+    preconditioner: jax.Array | None,
+    initial_step: jax.Array,
+    tol: float,
+    max_iters: int,
+    stop: str = "residual",
+) -> CGResult:
+    """Preconditioned CG on (G + λD) δ = −g, matrix-free.
+
+    A hand-written loop rather than ``jax.scipy.sparse.linalg.cg`` because
+    the caller needs the iteration count and a stop on non-positive
+    curvature pᵀ(G+λD)p ≤ 0 (possible in floating point or with a loss that
+    is not convex in the outputs), which that routine does not expose.
+
+    Args:
+      matvec: v ↦ Gv.
+      grad: g, (P,).
+      damping: λ > 0.
+      scale: the diagonal of D, or None for D = I.
+      preconditioner: the diagonal M of a preconditioner (M ≈ diag(G) + λD),
+        or None for none.
+      initial_step: the warm start; ignored unless its model value
+        φ(x) = ½xᵀAx − bᵀx is below φ(0) = 0.
+      tol: stop when ‖r‖ ≤ tol·‖g‖.
+      max_iters: the cap on iterations (matrix-vector products).
+      stop: ``"residual"`` (only the rules above) or ``"martens"``, which
+        also stops once the model φ makes little progress: at iteration i,
+        with k = max(10, ⌈i/10⌉), when (φ_i − φ_{i−k})/φ_i < k·5·10⁻⁴
+        (Martens 2010, §4.4; φ < 0 falls monotonically in CG).
+
+    Returns:
+      `CGResult` with the step and the iteration count. If the very first
+      direction has non-positive curvature there is no step to return, and
+      the step is NaN, which the caller treats like a failed factorisation.
+    """
+    damped = damped_diagonal(grad.shape[0], damping, scale)
+
+    def operator(v):
+        return matvec(v) + damped * v
+
+    if stop not in CG_STOPS:
+        raise ValueError(f"unknown CG stop rule {stop!r}; allowed: {', '.join(CG_STOPS)}")
+
+    def precondition(r):
+        return r if preconditioner is None else r / preconditioner
+
+    b = -grad
+    b_norm = jnp.linalg.norm(b)
+    r_warm = b - operator(initial_step)
+    # φ(x0) = ½x0ᵀAx0 − bᵀx0 = −½x0ᵀ(b + r0), with Ax0 = b − r0.
+    model = lambda x, r: -0.5 * jnp.dot(x, b + r)
+    use_warm = model(initial_step, r_warm) < 0
+    x0 = jnp.where(use_warm, initial_step, jnp.zeros_like(b))
+    r0 = jnp.where(use_warm, r_warm, b)
+    z0 = precondition(r0)
+    threshold = tol * b_norm
+    # φ after each iteration, for the progress rule.
+    history = jnp.zeros((max_iters + 1,), b.dtype).at[0].set(model(x0, r0))
+
+    def little_progress(phis, it):
+        window = jnp.maximum(10, (it + 9) // 10)
+        phi, earlier = phis[it], phis[jnp.maximum(it - window, 0)]
+        ratio = (phi - earlier) / jnp.where(phi < 0, phi, -1)
+        return (it > window) & (phi < 0) & (ratio < window * 5e-4)
+
+    def cond(carry):
+        _, r, _, _, _, it, broken, phis = carry
+        going = (it < max_iters) & (jnp.linalg.norm(r) > threshold) & ~broken
+        if stop == "martens":
+            going = going & ~little_progress(phis, it)
+        return going
+
+    def body(carry):
+        x, r, z, p, rz, it, _, phis = carry
+        ap = operator(p)
+        curvature = jnp.dot(p, ap)
+        broken = ~(curvature > 0)
+        alpha = jnp.where(broken, 0, rz / jnp.where(broken, 1, curvature))
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precondition(r)
+        rz_new = jnp.dot(r, z)
+        beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1), 0)
+        phis = phis.at[it + 1].set(model(x, r))
+        return x, r, z, z + beta * p, rz_new, it + 1, broken, phis
+
+    init = (x0, r0, z0, z0, jnp.dot(r0, z0), jnp.zeros((), jnp.int32), jnp.array(False),
+            history)
+    x, *_, iterations, broken, _ = jax.lax.while_loop(cond, body, init)
+    no_step = broken & (iterations == 1) & ~use_warm
+    return CGResult(jnp.where(no_step, jnp.nan, x), iterations)
+
+
+class CG(Solver):
+    """Preconditioned CG on one linearisation; diag(G) from the factors."""
+
+    name = "cg"
+    code = 2
+    reusable = False  # its products need the linearisation, which is not carried
+
+    def cost(self, shape: ProblemShape, config: Any) -> float | None:
+        n, nk, p = shape.num_samples, shape.num_samples * shape.num_outputs, shape.num_params
+        cost = 10.0 * n * p * config.cg_max_iters
+        if config.cg_preconditioner == "diagonal" or config.damping_type == "marquardt":
+            diagonal = shape.diagonal_flops
+            cost += 4.0 * nk * p + (6.0 * nk * p if diagonal is None else diagonal)
+        return cost
+
+    def prepare(self, problem, config):
+        local, lin = local_from_linearization(problem)
+        if config.cg_preconditioner == "diagonal" or config.damping_type == "marquardt":
+            local = local._replace(diagonal=structured_diagonal(problem, local.outputs))
+        return local, lin
+
+    def solve(self, problem, config, local, lin, grad, damping, scale, warm_start):
+        preconditioner = None
+        if config.cg_preconditioner == "diagonal":
+            preconditioner = local.diagonal + damping * (1 if scale is None else scale)
+        result = solve_cg(
+            ggn_matvec(lin, problem.loss, problem.targets),
+            grad,
+            damping,
+            scale,
+            preconditioner,
+            config.cg_warm_start * warm_start,
+            config.cg_tol,
+            config.cg_max_iters,
+            config.cg_stop,
+        )
+        status = jnp.where(
+            ~jnp.all(jnp.isfinite(result.step)), STATUS_BREAKDOWN,
+            jnp.where(result.iterations >= config.cg_max_iters, STATUS_MAX_ITERATIONS, STATUS_OK),
+        ).astype(jnp.int32)
+        return result.step, SolveInfo(result.iterations, status)
+
+    def along(self, problem, local, lin, step):
+        return lin.jvp(step)

@@ -1,0 +1,160 @@
+"""``dual``: the damped solve in sample space, on the structured Gram matrix.
+
+With the push-through identity (J̄ᵀH̄J̄ + λI)⁻¹J̄ᵀ = J̄ᵀ(H̄J̄J̄ᵀ + λI)⁻¹ and
+g = J̄ᵀē,
+
+    δ = −J̄ᵀ u,      (H̄ K + λI) u = ē,      K = J̄J̄ᵀ   (NK×NK),
+
+so one NK×NK factorisation replaces the P×P one: the cheap solve when
+NK < P, the exact-learning regime of Shen (2018), where K is positive
+definite and λ can go to zero. For squared error (H̄ = I) the matrix is
+symmetric and Cholesky is used; for other losses H̄K + λI is not symmetric
+but its eigenvalues are those of H̄^{1/2}KH̄^{1/2} + λI > 0, and an LU
+solve is used.
+
+K comes from the per-layer factors of `ggn_jax.structure` (no per-sample
+Jacobian), J̄ᵀu from one vjp of the batched model and J̄δ from one jvp, so
+peak memory is O((NK)² + P + N·K·widths): no N·K·P array is formed.
+`solve_sample_space` is the algebra, shared with `ggn_jax.solvers.dual_jacobian`,
+which forms J_i for Marquardt's D = diag(G).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import cho_factor, cho_solve, lu_factor, lu_solve
+
+from ggn_jax import structure as structured
+from ggn_jax.curvature import (
+    linearize,
+    problem_structure,
+    structured_diagonal,
+    structured_factors,
+)
+from ggn_jax.solvers.base import (
+    LocalModel,
+    ProblemShape,
+    Solver,
+    direct_info,
+    local_from_linearization,
+)
+
+
+def solve_sample_space(
+    gram: jax.Array,
+    hessians: jax.Array | None,
+    output_grads: jax.Array,
+    batch_grad: jax.Array,
+    grad: jax.Array,
+    damping: jax.Array,
+    jvp: Callable[[jax.Array], jax.Array],
+    vjp: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
+    """δ = −(Jᵀ H̄ J/N + λI)⁻¹g by one NK×NK factorisation.
+
+    With M = H̄K + λI and the batch gradient b = Jᵀe/N, the exact dual step
+    is −JᵀM⁻¹e/N. A gradient from a chain (clipped, rescaled, with weight
+    decay added) is split as g = c·b + r with r ⊥ b; by Woodbury,
+
+        (JᵀH̄J/N + λI)⁻¹ r = (r − JᵀM⁻¹H̄J r/N) / λ,
+
+    with the same factorisation. The correction divides by λ, so it is used
+    only when r is more than round-off (‖r‖ > √eps·‖g‖), and only then
+    computed (``lax.cond``); a plain gradient takes the exact first form.
+
+    Args:
+      gram: K = JJᵀ/N, (NK, NK), sample-major.
+      hessians: H_i, (N, K, K), or None for H_i = I.
+      output_grads: e = [∇_o l_i], (N, K).
+      batch_grad: b, (P,).
+      grad: the gradient g to precondition, (P,).
+      damping: λ > 0.
+      jvp: v (P,) ↦ Jv (NK,), unscaled rows.
+      vjp: u (NK,) ↦ Jᵀu (P,).
+
+    Returns:
+      δ, (P,); NaN where the factorisation failed.
+    """
+    n, k = output_grads.shape
+    dtype = gram.dtype
+    e = output_grads.reshape(n * k)
+    eye = jnp.eye(n * k, dtype=dtype)
+    if hessians is None:
+        factor = cho_factor(gram + damping * eye, lower=True)
+        solve = lambda v: cho_solve(factor, v)
+        curvature = lambda u: u
+    else:
+        h_gram = jnp.einsum("nkl,nlm->nkm", hessians, gram.reshape(n, k, n * k))
+        factor = lu_factor(h_gram.reshape(n * k, n * k) + damping * eye)
+        solve = lambda v: lu_solve(factor, v)
+        curvature = lambda u: jnp.einsum("nkl,nl->nk", hessians, u.reshape(n, k)).ravel()
+
+    norm2 = jnp.dot(batch_grad, batch_grad)
+    positive = norm2 > 0
+    c = jnp.where(positive, jnp.dot(grad, batch_grad) / jnp.where(positive, norm2, 1), 0)
+    step = -c * vjp(solve(e / n))
+    rest = grad - c * batch_grad
+    significant = jnp.linalg.norm(rest) > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.linalg.norm(grad)
+
+    def correction():
+        return (rest - vjp(solve(curvature(jvp(rest)) / n))) / damping
+
+    return step - jax.lax.cond(significant, correction, lambda: jnp.zeros_like(rest))
+
+
+def hessian_trace(gram: jax.Array, hessians: jax.Array | None, n: int) -> jax.Array:
+    """tr(G) = tr(H̄K) = Σ_i tr(H_i K_ii) from the Gram's diagonal blocks."""
+    k = gram.shape[0] // n
+    if hessians is None:
+        return jnp.trace(gram)
+    blocks = gram.reshape(n, k, n, k)[jnp.arange(n), :, jnp.arange(n), :]
+    return jnp.sum(hessians * jnp.swapaxes(blocks, 1, 2))
+
+
+class Dual(Solver):
+    """The sample-space solve on the Gram matrix from the per-layer factors."""
+
+    name = "dual"
+    code = 1
+
+    def cost(self, shape: ProblemShape, config: Any) -> float | None:
+        n, nk, p = shape.num_samples, shape.num_samples * shape.num_outputs, shape.num_params
+        if shape.gram_flops is None or nk > config.max_dense:
+            return None
+        if shape.materialised > config.max_jacobian:
+            return None
+        # K reverse passes per sample for the sensitivities, the Gram from
+        # the factors, a factorisation, and a jvp and a vjp for the step.
+        return 4.0 * nk * p + shape.gram_flops + nk**3 / 3.0 + 10.0 * n * p
+
+    def prepare(self, problem, config):
+        structure = problem_structure(problem, "gram")
+        factors = structured_factors(problem, structure)
+        local, lin = local_from_linearization(problem)
+        return local._replace(gram=structured.gram(structure, factors)), lin
+
+    def trace(self, local: LocalModel) -> jax.Array:
+        return hessian_trace(local.gram, local.hessians, local.outputs.shape[0])
+
+    def diagonal(self, problem, config, local):
+        return structured_diagonal(problem, local.outputs)
+
+    def solve(self, problem, config, local, lin, grad, damping, scale, warm_start):
+        if scale is not None:
+            raise ValueError("the structured dual solve takes D = I; Marquardt uses dual_jacobian")
+        lin = linearize(problem.model, problem.theta, problem.inputs) if lin is None else lin
+        n, k = local.outputs.shape
+        step = solve_sample_space(
+            local.gram, local.hessians, local.output_grads, local.batch_grad, grad, damping,
+            lambda v: lin.jvp(v).reshape(n * k),
+            lambda u: lin.vjp(u.reshape(n, k).astype(local.outputs.dtype)),
+        )
+        return step, direct_info(step)
+
+    def along(self, problem, local, lin, step):
+        lin = linearize(problem.model, problem.theta, problem.inputs) if lin is None else lin
+        return lin.jvp(step)

@@ -1,0 +1,280 @@
+"""Structured curvature: the Gram matrix, diag(G) and K-FAC factors from the
+per-layer factors, against matrices built with no structure at all.
+
+The reference Gram is J Jᵀ/N with J = ``jax.jacfwd`` of the whole batch's
+flattened outputs (NK×P); the reference GGN is `helpers.reference_ggn`
+(the same Jacobian and ``jax.hessian`` of the summed loss). Neither uses
+per-sample code, jaxpr reading or the library's Jacobians.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import (
+    dtype_tol,
+    log_cosh,
+    mlp_apply,
+    mlp_init,
+    reference_ggn,
+    rel_err,
+    small_problem,
+)
+from jax.flatten_util import ravel_pytree
+
+import ggn_jax
+from ggn_jax import structure
+from ggn_jax.curvature import problem_structure, structured_factors
+from ggn_jax.problem import bind_problem
+from ggn_jax.solvers import Dual, DualJacobian
+from ggn_jax.transform import make_config
+
+
+def _reference_gram(apply_fn, params, x):
+    theta, unravel = ravel_pytree(params)
+    flat = lambda th: apply_fn(unravel(th), x).reshape(-1)
+    jac = jax.jacfwd(flat)(theta)
+    return jac @ jac.T / x.shape[0]
+
+
+def _structured(apply_fn, params, x, always_factor=False, purpose="gram"):
+    named = jax.tree_util.tree_leaves_with_path(params)
+    leaves = [leaf for _, leaf in named]
+    treedef = jax.tree_util.tree_structure(params)
+
+    def leaf_model(ls, xx):
+        out = apply_fn(jax.tree_util.tree_unflatten(treedef, ls), xx)
+        return out.reshape(out.shape[0], -1)
+
+    found = structure.find_structure(
+        leaf_model, leaves, x, names=[jax.tree_util.keystr(p) for p, _ in named],
+        purpose=purpose, always_factor=always_factor,
+    )
+    factors = jax.jit(lambda ls, xx: structure.sample_factors(found, ls, xx))(leaves, x)
+    return found, factors
+
+
+def _check_gram(apply_fn, params, x, tol=1e-12):
+    reference = _reference_gram(apply_fn, params, x)
+    for always_factor in (False, True):
+        found, factors = _structured(apply_fn, params, x, always_factor)
+        assert rel_err(structure.gram(found, factors), reference) < tol, always_factor
+    return found
+
+
+@pytest.mark.parametrize("sizes", [[3, 7, 1], [4, 6, 5, 2], [2, 9, 10], [5, 8, 8, 8, 10]],
+                         ids=["K=1", "K=2", "K=10", "deep K=10"])
+def test_gram_of_raw_mlps_equals_the_full_jacobian_gram(sizes):
+    params = mlp_init(jax.random.PRNGKey(len(sizes)), sizes)
+    x = jax.random.normal(jax.random.PRNGKey(7), (6, sizes[0]))
+    found = _check_gram(mlp_apply, params, x)
+    assert found.fell_back == ()
+    # Every weight matrix is factored; biases are one vjp of their add.
+    modes = [leaf.mode for leaf in found.leaves]
+    assert modes[0::2] == ["factored"] * (len(sizes) - 1)
+
+
+def test_float32_gram_within_dtype_tolerance():
+    params = mlp_init(jax.random.PRNGKey(0), [4, 16, 16, 3], jnp.float32)
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 4), jnp.float32)
+    found, factors = _structured(mlp_apply, params, x)
+    gram = structure.gram(found, factors)
+    assert gram.dtype == jnp.float32
+    params64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    reference = _reference_gram(mlp_apply, params64, x.astype(jnp.float64))
+    assert rel_err(gram, reference) < dtype_tol(jnp.float32, 0.1)
+
+
+def test_a_weight_used_twice_gets_every_cross_term():
+    def tied(p, x):
+        w, v = p["w"], p["v"]
+        h = jnp.tanh(x @ w)
+        h = jnp.tanh(h @ w.T @ w)  # w twice more, once transposed
+        return h @ v
+
+    params = {"w": jax.random.normal(jax.random.PRNGKey(2), (3, 6)),
+              "v": jax.random.normal(jax.random.PRNGKey(3), (6, 2))}
+    x = jax.random.normal(jax.random.PRNGKey(4), (5, 3))
+    found = _check_gram(tied, params, x)
+    w = found.leaves[[leaf.name for leaf in found.leaves].index("['w']")]
+    assert len(w.uses) == 3
+
+
+def test_an_unmatched_leaf_falls_back_and_is_named():
+    def gained(p, x):
+        return jnp.tanh((x @ p["w"]) * p["gain"]) @ p["v"]  # an elementwise gain
+
+    params = {"w": jax.random.normal(jax.random.PRNGKey(2), (3, 6)),
+              "gain": jnp.linspace(0.5, 1.5, 6),
+              "v": jax.random.normal(jax.random.PRNGKey(3), (6, 2))}
+    x = jax.random.normal(jax.random.PRNGKey(4), (5, 3))
+    found = _check_gram(gained, params, x)
+    assert found.fell_back == ("['gain']",)
+    assert set(found.factored) == {"['w']", "['v']"}
+    # ...and it still trains, through the fallback, with the structured dual.
+    y = jnp.sin(x[:, :2])
+    result = ggn_jax.fit(gained, params, (x, y), solver="dual", max_steps=60, tol=1e-20)
+    assert result.converged and int(result.log.solver[0]) == 1
+
+
+def _laplacian_hessian(p, x):
+    u = lambda xi: mlp_apply(p, xi[None])[0, 0]
+    return jax.vmap(lambda xi: jnp.trace(jax.hessian(u)(xi)))(x)
+
+
+def _laplacian_folx(p, x):
+    folx = pytest.importorskip("folx")
+    u = lambda xi: mlp_apply(p, xi[None])[0, 0]
+    return jax.vmap(lambda xi: folx.forward_laplacian(u)(xi).laplacian)(x)
+
+
+@pytest.mark.parametrize("laplacian", [_laplacian_hessian, _laplacian_folx],
+                         ids=["jax.hessian", "folx"])
+def test_pinn_residual_gram(laplacian):
+    """A Poisson residual Δu_θ: every weight is used in the value, its
+    tangents and (for jax.hessian) transposed in the reverse pass."""
+    params = mlp_init(jax.random.PRNGKey(5), [2, 8, 8, 1])
+    x = jax.random.uniform(jax.random.PRNGKey(6), (7, 2))
+    found = _check_gram(laplacian, params, x)
+    assert found.fell_back == ()
+
+
+def test_linen_nnx_and_equinox_mlps():
+    linen = pytest.importorskip("flax.linen")
+    nnx = pytest.importorskip("flax.nnx")
+    eqx = pytest.importorskip("equinox")
+    from ggn_jax.adapters import from_equinox, from_nnx
+
+    class Linen(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            x = jnp.tanh(linen.Dense(7, param_dtype=jnp.float64)(x))
+            return linen.Dense(3, param_dtype=jnp.float64)(x)
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 4))
+    model = Linen()
+    variables = model.init(jax.random.PRNGKey(1), x[:1])
+    _check_gram(model.apply, variables, x)
+
+    class NNX(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(4, 7, param_dtype=jnp.float64, rngs=rngs)
+            self.b = nnx.Linear(7, 3, param_dtype=jnp.float64, rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(jnp.tanh(self.a(x)))
+
+    apply_fn, params, _ = from_nnx(NNX(nnx.Rngs(0)))
+    found = _check_gram(apply_fn, params, x)
+    assert found.fell_back == ()
+    mlp = eqx.nn.MLP(4, 3, 7, 2, activation=jnp.tanh, key=jax.random.PRNGKey(0),
+                     dtype=jnp.float64)
+    apply_fn, params, _ = from_equinox(mlp)
+    found = _check_gram(apply_fn, params, x)
+    assert found.fell_back == ()
+
+
+def test_small_cnn_conv_and_dense_layers():
+    linen = pytest.importorskip("flax.linen")
+
+    class CNN(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            x = jnp.tanh(linen.Conv(3, (3, 3), param_dtype=jnp.float64)(x))
+            x = jnp.tanh(linen.Conv(2, (2, 2), strides=2, param_dtype=jnp.float64)(x))
+            return linen.Dense(4, param_dtype=jnp.float64)(x.reshape(x.shape[0], -1))
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 6, 6, 1))
+    model = CNN()
+    variables = model.init(jax.random.PRNGKey(1), x[:1])
+    found = _check_gram(model.apply, variables, x)
+    assert found.fell_back == ()
+    kernels = [leaf for leaf in found.leaves if "Conv" in leaf.name and "kernel" in leaf.name]
+    assert kernels and all(leaf.mode == "materialised" for leaf in kernels)
+
+
+LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
+IDS = ["squared_error", "softmax", "sigmoid", "callable"]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=IDS)
+def test_diagonal_equals_the_dense_ggn_diagonal(loss):
+    params, batch = small_problem(loss, 3, n=7, sizes=(3, 6, 5, 4))
+    reference, _ = reference_ggn(loss, params, batch)
+    problem = bind_problem(mlp_apply, loss, params, batch)
+    for always_factor in (False, True):
+        found = structure.find_structure(
+            lambda ls, x: mlp_apply(jax.tree_util.tree_unflatten(problem.treedef, ls), x),
+            jax.tree_util.tree_leaves(params), batch[0], purpose="diagonal",
+            always_factor=always_factor,
+        )
+        factors = structured_factors(problem, found)
+        hessians = None if problem.loss.identity_hessian else jax.vmap(problem.loss.hessian)(
+            factors.outputs, problem.targets)
+        diag = structure.diagonal(found, factors, hessians)
+        assert rel_err(diag, jnp.diag(reference)) < 1e-12
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "softmax_cross_entropy"])
+def test_kronecker_factors_of_one_sample_are_the_exact_block(loss):
+    """For N = 1 and one position the K-FAC factorisation is exact:
+    G_W = (a aᵀ) ⊗ (δᵀHδ)."""
+    params, batch = small_problem(loss, 4, n=1, sizes=(3, 5, 4))
+    reference, _ = reference_ggn(loss, params, batch)
+    problem = bind_problem(mlp_apply, loss, params, batch)
+    found = problem_structure(problem)
+    factors = structured_factors(problem, found)
+    hessians = None if problem.loss.identity_hessian else jax.vmap(problem.loss.hessian)(
+        factors.outputs, problem.targets)
+    kfac = structure.kronecker_factors(found, factors, hessians)
+    offset = 0
+    for (path, leaf), info in zip(jax.tree_util.tree_leaves_with_path(params), found.leaves):
+        size = leaf.size
+        if leaf.ndim == 2:
+            f = kfac[info.name]
+            assert f.input_major
+            block = reference[offset:offset + size, offset:offset + size]
+            assert rel_err(jnp.kron(f.input, f.output), block) < 1e-12, info.name
+        offset += size
+    assert len(kfac) == 2
+
+
+def _largest_intermediate(fn, *args):
+    """The most entries of any value in ``fn``'s jaxpr, nested jaxprs included."""
+    def sizes(jaxpr):
+        for eqn in jaxpr.eqns:
+            for v in eqn.outvars:
+                yield int(np.prod(v.aval.shape)) if hasattr(v.aval, "shape") else 0
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from sizes(sub)
+    return max(sizes(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def test_no_nkp_array_on_the_structured_dual_path():
+    sizes, n = [4, 64, 64, 3], 16
+    params = mlp_init(jax.random.PRNGKey(0), sizes)
+    x = jax.random.normal(jax.random.PRNGKey(1), (n, 4))
+    y = jax.random.normal(jax.random.PRNGKey(2), (n, 3))
+    problem = bind_problem(mlp_apply, "squared_error", params, (x, y))
+    nkp = n * 3 * problem.theta.shape[0]
+    config = make_config(solver="dual")
+
+    def step(solver, theta):
+        at = problem._replace(theta=theta)
+        local, lin = solver.prepare(at, config)
+        return solver.solve(at, config, local, lin, local.batch_grad, jnp.asarray(1e-3),
+                            None, None)[0]
+
+    structured = _largest_intermediate(lambda th: step(Dual(), th), problem.theta)
+    jacobian = _largest_intermediate(lambda th: step(DualJacobian(), th), problem.theta)
+    assert jacobian >= nkp  # the Jacobian form holds J (N, K, P)
+    # The structured form's largest value is a layer's weights or
+    # sensitivities: (NK)² = 2304, P = 4675, N·K·64 = 3072.
+    assert structured <= max((n * 3) ** 2, problem.theta.shape[0], n * 3 * 64 * 4)
+    assert structured < nkp / 40
+
+
+def test_public_gram_matrix_uses_the_structure():
+    params, (x, _) = small_problem("squared_error", 5, n=6)
+    assert rel_err(ggn_jax.gram_matrix(mlp_apply, params, x),
+                   _reference_gram(mlp_apply, params, x)) < 1e-12
