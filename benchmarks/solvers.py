@@ -15,8 +15,8 @@ jax.config.update("jax_enable_x64", True)
 
 import ggn_jax  # noqa: E402
 from benchmarks.common import machine, mlp_apply, mlp_init, timed, write_results  # noqa: E402
-from ggn_jax.solvers import choose_solver  # noqa: E402
-from ggn_jax.transform import GGNConfig  # noqa: E402
+from ggn_jax.problem import bind_problem  # noqa: E402
+from ggn_jax.transform import make_config, resolve_solver  # noqa: E402
 
 SIZES = [64, 256, 1024, 2048, 4096]
 STEPS = 5
@@ -25,7 +25,7 @@ STEPS = 5
 def main() -> None:
     params = mlp_init(jax.random.PRNGKey(0), [4, 32, 32, 1])
     p = sum(w.size + b.size for w, b in params)
-    config = GGNConfig()
+    config = make_config()
     rows = []
     for n in SIZES:
         x = jax.random.normal(jax.random.PRNGKey(1), (n, 4))
@@ -42,8 +42,9 @@ def main() -> None:
 
             _, seconds, _ = timed(run, repeats=3)
             times[solver] = seconds / STEPS * 1e3
-        auto = choose_solver("auto", n, 1, p, config.max_dense, config.max_jacobian,
-                             config.cg_max_iters)
+        auto = resolve_solver(
+            config, bind_problem(mlp_apply, "squared_error", params, (x, y))
+        ).name
         fastest = min(times, key=times.get)
         rows.append({"N": n, "P": p, "ms_per_step": times, "auto": auto, "fastest": fastest})
     lines = [

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from ggn_jax import structure as structured
 from ggn_jax.losses import BoundLoss
-from ggn_jax.problem import FlatModel, Problem, bind_problem
+from ggn_jax.problem import FlatModel, Problem, bind_problem, per_sample_rows
 
 
 def _one_sample(x):
@@ -189,7 +189,7 @@ def _leaf_model(problem: Problem) -> structured.LeafModel:
     def model(leaves, inputs):
         params = jax.tree_util.tree_unflatten(problem.treedef, leaves)
         outputs = problem.apply_fn(params, inputs)
-        return outputs.reshape(outputs.shape[0], -1).astype(dtype)
+        return per_sample_rows(outputs, inputs).astype(dtype)
 
     return model
 
@@ -309,7 +309,7 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
 
     def leaf_model(ls, x):
         outputs = apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x)
-        return outputs.reshape(outputs.shape[0], -1)
+        return per_sample_rows(outputs, x)
 
     structure = structured.find_structure(
         leaf_model, leaves, inputs, names=[jax.tree_util.keystr(p) for p, _ in named]

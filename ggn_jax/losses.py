@@ -48,6 +48,10 @@ class BoundLoss(NamedTuple):
       hvp: ``(o (K,), y, v (K,)) -> (K,)``, the Hessian times v.
       identity_hessian: True when H = I for every sample, which lets the
         solvers skip every product with H.
+      factor: ``(o (K,), y) -> (B (K, K), r (K,))`` with BBᵀ = H and
+        Br = ∇_o l, for the named losses other than squared error; None
+        otherwise. The sample-space solve then factors the symmetric
+        B̄ᵀKB̄ + λI by Cholesky instead of H̄K + λI by LU.
     """
 
     name: str
@@ -56,6 +60,7 @@ class BoundLoss(NamedTuple):
     hessian: Callable
     hvp: Callable
     identity_hessian: bool
+    factor: Callable | None = None
 
 
 def check_loss(loss: LossSpec) -> LossSpec:
@@ -118,6 +123,25 @@ def _softmax_cross_entropy_hvp(o, y, v):
     return s * (p * v - p * jnp.dot(p, v))
 
 
+def _softmax_cross_entropy_factor(o, y):
+    """B = √s(diag(√p) − p√pᵀ), so BBᵀ = s(diag(p) − ppᵀ) as Σp = 1, and
+    r = (s·p − q)/(√s·√p), so Br = s·p − q as Σ(s·p − q) = 0 (s = Σq).
+
+    p is kept ≥ the dtype's smallest normal number in both: a class whose
+    probability underflows (a confidently wrong sample in float32) then
+    gives a large but finite r_c whose product with √p_c is right.
+    """
+    q = _as_distribution(o, y)
+    s = jnp.sum(q)
+    p = jnp.maximum(jax.nn.softmax(o), jnp.finfo(o.dtype).tiny)
+    root_p = jnp.sqrt(p)
+    # A sample with all-zero targets (padding) has H = 0 and ∇l = 0: B = 0, r = 0.
+    weighted = s > 0
+    root_s = jnp.sqrt(jnp.where(weighted, s, 1))
+    factor = jnp.where(weighted, root_s, 0) * (jnp.diag(root_p) - jnp.outer(p, root_p))
+    return factor, jnp.where(weighted, (s * p - q) / (root_s * root_p), 0)
+
+
 # --- sigmoid binary cross-entropy --------------------------------------------
 
 
@@ -132,6 +156,13 @@ def _sigmoid_binary_cross_entropy_grad(o, y):
 def _sigmoid_curvature(o):
     p = jax.nn.sigmoid(o)
     return p * (1 - p)
+
+
+def _sigmoid_binary_cross_entropy_factor(o, y):
+    """B = diag(√(p(1−p))), r = (p − y)/√(p(1−p)), p(1−p) kept ≥ tiny."""
+    p = jax.nn.sigmoid(o)
+    root = jnp.sqrt(jnp.maximum(p * (1 - p), jnp.finfo(o.dtype).tiny))
+    return jnp.diag(root), (p - y.astype(o.dtype)) / root
 
 
 def _hvp_from_hessian_diagonal(diagonal_fn):
@@ -195,6 +226,7 @@ def bind_loss(
                 _squared_error_grad,
                 lambda o, y: jnp.eye(o.shape[0], dtype=o.dtype),
                 lambda o, y, v: v,
+                None,
             )
         elif loss == "softmax_cross_entropy":
             fns = (
@@ -202,6 +234,7 @@ def bind_loss(
                 _softmax_cross_entropy_grad,
                 _softmax_cross_entropy_hessian,
                 _softmax_cross_entropy_hvp,
+                _softmax_cross_entropy_factor,
             )
         else:
             fns = (
@@ -209,9 +242,11 @@ def bind_loss(
                 _sigmoid_binary_cross_entropy_grad,
                 lambda o, y: jnp.diag(_sigmoid_curvature(o)),
                 _hvp_from_hessian_diagonal(_sigmoid_curvature),
+                _sigmoid_binary_cross_entropy_factor,
             )
-        value, grad, hessian, hvp = (with_flat_targets(fn) for fn in fns)
-        return BoundLoss(loss, value, grad, hessian, hvp, loss == "squared_error")
+        value, grad, hessian, hvp = (with_flat_targets(fn) for fn in fns[:4])
+        factor = None if fns[4] is None else with_flat_targets(fns[4])
+        return BoundLoss(loss, value, grad, hessian, hvp, loss == "squared_error", factor)
 
     user_loss = loss
 

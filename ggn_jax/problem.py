@@ -23,13 +23,20 @@ from ggn_jax.losses import BoundLoss, LossSpec, bind_loss
 FlatModel = Callable[[jax.Array, Any], jax.Array]
 
 
+def per_sample_rows(outputs: jax.Array, inputs: Any) -> jax.Array:
+    """Outputs as (N, K), N the inputs' leading axis: a model that squeezes
+    its outputs to (N,) returns a scalar for a batch of one sample."""
+    n = jnp.shape(jax.tree_util.tree_leaves(inputs)[0])[0]
+    return outputs.reshape(n, -1)
+
+
 def flat_model(apply_fn: Callable, unravel: Callable) -> FlatModel:
     """``(θ, inputs) -> outputs (N, K)`` from a pytree model ``apply_fn``."""
 
     def model(theta, inputs):
         outputs = apply_fn(unravel(theta), inputs)
         # In the parameters' dtype, whatever the inputs' dtype promoted it to.
-        return outputs.reshape(outputs.shape[0], -1).astype(theta.dtype)
+        return per_sample_rows(outputs, inputs).astype(theta.dtype)
 
     return model
 

@@ -406,7 +406,7 @@ def find_structure(
     n = int(np.shape(input_leaves[0])[0])
     one = [jax.ShapeDtypeStruct((1, *np.shape(a)[1:]), jnp.result_type(a)) for a in input_leaves]
     avals = [jax.ShapeDtypeStruct(np.shape(w), jnp.result_type(w)) for w in leaves]
-    dtype = jnp.result_type(leaves[0])
+    dtype = jnp.result_type(*leaves)  # as ravel_pytree promotes them
 
     def single(*args):
         params, x = list(args[: len(leaves)]), args[len(leaves):]
@@ -625,10 +625,12 @@ def kronecker_factors(
 ) -> dict[str, KroneckerFactors]:
     """The K-FAC factors of every leaf with one factored dense-like use.
 
-    A leaf qualifies when it has a single use, a ``dot_general`` with no
-    batch axes on the leaf, whose contracted axes all precede or all follow
-    its other axes. For one sample and one position the product of the
-    factors is that leaf's exact GGN block.
+    A leaf qualifies when it is factored (build the structure with
+    ``always_factor=True`` to factor every leaf that can be, whatever the
+    cost) and has a single use, a ``dot_general`` with no batch axes on the
+    leaf, whose contracted axes all precede or all follow its other axes.
+    For one sample and one position the product of the factors is that
+    leaf's exact GGN block.
 
     Returns:
       ``{leaf name: KroneckerFactors}``.
@@ -637,7 +639,7 @@ def kronecker_factors(
     n = structure.num_samples
     result = {}
     for index, info in enumerate(structure.leaves):
-        if len(info.uses) != 1 or not structure.uses[info.uses[0]].factorable:
+        if info.mode != "factored" or len(info.uses) != 1:
             continue
         use = structure.uses[info.uses[0]]
         labels = structure.labels[info.uses[0]]

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -32,7 +33,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ggn_jax.curvature import hessian_product, problem_structure
+from ggn_jax.curvature import hessian_product, linearize, problem_structure
 from ggn_jax.damping import (
     DAMPING_RULES,
     accept_step,
@@ -75,7 +76,7 @@ DYNAMIC_OPTIONS = (
     "residual_exponent",
     "marquardt_floor",
     "cg_tol",
-    "cg_warm_start",
+    "cg_warm_start_weight",
     "relative_damping_floor",
 )
 # Integer options that size the computation; None in `ggn`'s signature means
@@ -93,7 +94,7 @@ _RANGES = {
     "relative_damping_floor": (lambda v: math.isfinite(v) and v >= 0, "be finite and ≥ 0"),
     "min_gain_ratio": (lambda v: 0 <= v < 1, "lie in [0, 1)"),
     "residual_exponent": (lambda v: 1 <= v <= 2, "lie in [1, 2]"),
-    "cg_warm_start": (lambda v: 0 <= v <= 1, "lie in [0, 1]"),
+    "cg_warm_start_weight": (lambda v: 0 <= v <= 1, "lie in [0, 1]"),
 }
 
 
@@ -146,7 +147,7 @@ class GGNConfig:
     Attributes:
       damping, damping_rule, damping_type, solver, min_damping, max_damping,
       min_gain_ratio, residual_exponent, marquardt_floor, cg_tol,
-      cg_max_iters, cg_preconditioner, cg_warm_start, cg_stop,
+      cg_max_iters, cg_preconditioner, cg_warm_start_weight, cg_stop,
       relative_damping_floor, matmul_precision, curvature_samples,
       max_dense, max_jacobian: the keyword options of `ggn`, with its
       defaults and meanings.
@@ -169,7 +170,7 @@ class GGNConfig:
     cg_tol: float = 1e-6
     cg_max_iters: int = 100
     cg_preconditioner: str = "diagonal"
-    cg_warm_start: float = 0.9
+    cg_warm_start_weight: float = 0.9
     cg_stop: str = "residual"
     relative_damping_floor: float = 10.0
     matmul_precision: str = "highest"
@@ -222,12 +223,29 @@ class GGNConfig:
         return low, min(self.max_damping, ceiling)
 
 
+# Options renamed in issue 12, accepted for one release with a warning.
+DEPRECATED_OPTIONS = {"cg_warm_start": "cg_warm_start_weight"}
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+
 def make_config(**options: Any) -> GGNConfig:
     """A `GGNConfig` from keyword options; unknown names fail, listing the allowed.
 
     ``None`` for ``cg_max_iters``, ``max_dense`` or ``max_jacobian`` means
-    its default.
+    its default. A deprecated name (``DEPRECATED_OPTIONS``) is accepted
+    with a ``DeprecationWarning``.
     """
+    for old, new in DEPRECATED_OPTIONS.items():
+        if old in options:
+            value = options.pop(old)
+            if value is not None:
+                if new in options:
+                    raise TypeError(f"pass {new} or its deprecated name {old}, not both")
+                _deprecated(f"the option {old}", new)
+                options[new] = value
     allowed = [f.name for f in dataclasses.fields(GGNConfig)]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -249,7 +267,8 @@ class GGNState(NamedTuple):
         ``damping`` before the first).
       damping_scale: float (), μ: the next step's λ is μ (``nielsen``,
         ``martens``, ``fixed``) or μ·‖r‖^δ (``residual``).
-      nu: float (), Nielsen's growth factor for consecutive rejections.
+      rejection_growth: float (), ν, Nielsen's factor by which λ grows
+        on the next rejection (doubles with each consecutive one).
       loss: float (), the batch loss at the parameters after this update
         (the trial loss if the step was accepted); +inf before any step.
       rho: float (), the gain ratio of the last step (−1 where undefined).
@@ -269,7 +288,8 @@ class GGNState(NamedTuple):
       cg_iterations: int32 (), CG iterations of the last step (0 for dense).
       last_step: float (P,), the last accepted step over flat parameters,
         CG's warm start.
-      damping_option: float (), the ``damping`` option the last step saw.
+      last_damping_option: float (), the ``damping`` option the last step
+        saw.
         When an update sees another value (``optax.inject_hyperparams``),
         μ restarts from the new one.
 
@@ -284,7 +304,7 @@ class GGNState(NamedTuple):
     count: jax.Array
     damping: jax.Array
     damping_scale: jax.Array
-    nu: jax.Array
+    rejection_growth: jax.Array
     loss: jax.Array
     rho: jax.Array
     accepted: jax.Array
@@ -295,7 +315,20 @@ class GGNState(NamedTuple):
     solve_status: jax.Array
     cg_iterations: jax.Array
     last_step: jax.Array
-    damping_option: jax.Array
+    last_damping_option: jax.Array
+
+    # Deprecated names (one release), from before issue 12.
+    @property
+    def nu(self) -> jax.Array:
+        """Deprecated: `rejection_growth`."""
+        _deprecated("GGNState.nu", "GGNState.rejection_growth")
+        return self.rejection_growth
+
+    @property
+    def damping_option(self) -> jax.Array:
+        """Deprecated: `last_damping_option`."""
+        _deprecated("GGNState.damping_option", "GGNState.last_damping_option")
+        return self.last_damping_option
 
 
 def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
@@ -306,7 +339,7 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         count=jnp.zeros((), jnp.int32),
         damping=damping,
         damping_scale=damping,
-        nu=jnp.asarray(2.0, dtype),
+        rejection_growth=jnp.asarray(2.0, dtype),
         loss=jnp.asarray(jnp.inf, dtype),
         rho=jnp.zeros((), dtype),
         accepted=jnp.array(False),
@@ -317,7 +350,7 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         solve_status=jnp.zeros((), jnp.int32),
         cg_iterations=jnp.zeros((), jnp.int32),
         last_step=jnp.zeros_like(theta),
-        damping_option=damping,
+        last_damping_option=damping,
     )
 
 
@@ -380,6 +413,55 @@ def _at_config_precision(step: Callable) -> Callable:
     return wrapped
 
 
+def _whole_batch(problem: Problem) -> tuple[jax.Array, jax.Array]:
+    """L(θ) and its gradient b on the whole batch (when G is subsampled)."""
+    outputs, vjp = jax.vjp(lambda th: problem.model(th, problem.inputs), problem.theta)
+    output_grads = jax.vmap(problem.loss.grad)(outputs, problem.targets)
+    return mean_loss(problem, outputs), vjp(output_grads)[0] / problem.num_samples
+
+
+def _scaling(
+    config: GGNConfig, solver: Solver, problem: Problem, local: LocalModel
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """Marquardt's D (None for Levenberg) and the trace of the system's
+    curvature, D^{-1/2}GD^{-1/2}, for the damping floor (None if unknown)."""
+    if config.damping_type != "marquardt":
+        return None, solver.trace(local)
+    diagonal = solver.diagonal(problem, config, local)
+    scale = _marquardt_scale(diagonal, config.marquardt_floor)
+    return scale, jnp.sum(diagonal / scale)
+
+
+def _damping_for_step(
+    config: GGNConfig, state: GGNState, loss: jax.Array, size: jax.Array | None, dtype
+) -> tuple[jax.Array, GGNState]:
+    """λ for this step by the damping rule, floored; and the state with μ
+    restarted where the ``damping`` option changed."""
+    min_damping, max_damping = config.damping_bounds(dtype)
+    # A changed ``damping`` option (optax.inject_hyperparams) restarts μ.
+    option = jnp.asarray(config.damping, dtype)
+    restart = option != state.last_damping_option
+    state = state._replace(
+        damping_scale=jnp.where(restart, option, state.damping_scale),
+        rejection_growth=jnp.where(restart, jnp.asarray(2, dtype), state.rejection_growth),
+        last_damping_option=option,
+    )
+    # ‖r‖ of the residual rule: √(2L), the RMS residual for squared error.
+    damping = step_damping(
+        config.damping_rule, state.damping_scale, jnp.sqrt(2 * jnp.abs(loss)),
+        config.residual_exponent, min_damping, max_damping,
+    )
+    # The relative damping floor λ ≥ c·eps·tr(G) (tr(G) ≥ λ_max(G)) keeps
+    # G + λD factorable in the dtype (c = relative_damping_floor).
+    if size is not None and (
+        _is_traced(config.relative_damping_floor) or config.relative_damping_floor > 0
+    ):
+        floor = config.relative_damping_floor * jnp.finfo(dtype).eps * size
+        damping = jnp.where(jnp.isfinite(floor), jnp.maximum(damping, floor), damping)
+        damping = jnp.minimum(damping, max_damping)
+    return damping, state
+
+
 @_at_config_precision
 def ggn_step(
     config: GGNConfig,
@@ -408,7 +490,6 @@ def ggn_step(
     theta, loss = problem.theta, problem.loss
     dtype = theta.dtype
     solver = resolve_solver(config, problem)
-    min_damping, max_damping = config.damping_bounds(dtype)
     # G comes from `curved` (the whole batch, or its first samples); the
     # loss, the gradient and the gain ratio from the whole batch.
     curved = curvature_problem(config, problem)
@@ -416,51 +497,17 @@ def ggn_step(
     lin = None
     if local is None or not solver.reusable or subsampled:
         local, lin = solver.prepare(curved, config)
-    loss0, batch_grad = local.loss, local.batch_grad
-    if subsampled:
-        full_outputs, full_vjp = jax.vjp(lambda th: problem.model(th, problem.inputs), theta)
-        loss0 = mean_loss(problem, full_outputs)
-        full_output_grads = jax.vmap(loss.grad)(full_outputs, problem.targets)
-        batch_grad = full_vjp(full_output_grads)[0] / problem.num_samples
+    elif solver.linearizes:
+        lin = linearize(curved.model, theta, curved.inputs)
+    loss0, batch_grad = (
+        _whole_batch(problem) if subsampled else (local.loss, local.batch_grad)
+    )
     # The batch gradient b enters the model's predicted decrease even when a
     # chain hands in a different g (clipped, with weight decay): the gain
     # ratio measures the loss, whose local model is built on b.
     grad = batch_grad if grad is None else grad
-
-    # A changed ``damping`` option (optax.inject_hyperparams) restarts μ.
-    damping_option = jnp.asarray(config.damping, dtype)
-    restart = damping_option != state.damping_option
-    state = state._replace(
-        damping_scale=jnp.where(restart, damping_option, state.damping_scale),
-        nu=jnp.where(restart, jnp.asarray(2, dtype), state.nu),
-    )
-    # ‖r‖ of the residual rule: √(2L), the RMS residual for squared error.
-    residual_norm = jnp.sqrt(2 * jnp.abs(loss0))
-    damping = step_damping(
-        config.damping_rule,
-        state.damping_scale,
-        residual_norm,
-        config.residual_exponent,
-        min_damping,
-        max_damping,
-    )
-
-    scale = None
-    size = solver.trace(local)
-    if config.damping_type == "marquardt":
-        diagonal = solver.diagonal(curved, config, local)
-        scale = _marquardt_scale(diagonal, config.marquardt_floor)
-        # With D = diag(G) the system is D^{1/2}(D^{-1/2}GD^{-1/2} + λI)D^{1/2},
-        # whose inner matrix has trace tr(D⁻¹G).
-        size = jnp.sum(diagonal / scale)
-    # The relative damping floor λ ≥ c·eps·tr(G) (tr(G) ≥ λ_max(G)) keeps
-    # G + λD factorable in the dtype (c = relative_damping_floor).
-    if size is not None and (
-        _is_traced(config.relative_damping_floor) or config.relative_damping_floor > 0
-    ):
-        floor = config.relative_damping_floor * jnp.finfo(dtype).eps * size
-        damping = jnp.where(jnp.isfinite(floor), jnp.maximum(damping, floor), damping)
-        damping = jnp.minimum(damping, max_damping)
+    scale, size = _scaling(config, solver, curved, local)
+    damping, state = _damping_for_step(config, state, loss0, size, dtype)
 
     step, info = solver.solve(curved, config, local, lin, grad, damping, scale, state.last_step)
     step = step.astype(dtype)
@@ -492,14 +539,9 @@ def ggn_step(
     step_norm2 = jnp.sum(step * step * (1 if scale is None else scale))
     roundoff_rho = jnp.where(damping * step_norm2 > curvature, 1.0, 0.5)
     rho = jnp.where(accepted & in_roundoff, roundoff_rho, gain_ratio(actual, predicted))
-    damping_scale, nu = update_damping(
-        config.damping_rule,
-        state.damping_scale,
-        state.nu,
-        rho,
-        accepted,
-        min_damping,
-        max_damping,
+    damping_scale, rejection_growth = update_damping(
+        config.damping_rule, state.damping_scale, state.rejection_growth, rho, accepted,
+        *config.damping_bounds(dtype),
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))
     new_loss = jnp.where(
@@ -509,7 +551,7 @@ def ggn_step(
         count=state.count + 1,
         damping=damping.astype(dtype),
         damping_scale=damping_scale.astype(dtype),
-        nu=nu.astype(dtype),
+        rejection_growth=rejection_growth.astype(dtype),
         loss=new_loss.astype(dtype),
         rho=rho.astype(dtype),
         accepted=accepted,
@@ -520,7 +562,7 @@ def ggn_step(
         solve_status=info.status.astype(jnp.int32),
         cg_iterations=info.iterations.astype(jnp.int32),
         last_step=jnp.where(accepted, step, state.last_step),
-        damping_option=damping_option,
+        last_damping_option=state.last_damping_option,
     )
     return update, new_state
 
@@ -583,8 +625,9 @@ def ggn(
     cg_tol: float = 1e-6,
     cg_max_iters: int | None = None,
     cg_preconditioner: str = "diagonal",
-    cg_warm_start: float = 0.9,
+    cg_warm_start_weight: float = 0.9,
     cg_stop: str = "residual",
+    cg_warm_start: float | None = None,
     relative_damping_floor: float = 10.0,
     matmul_precision: str = "highest",
     curvature_samples: int | None = None,
@@ -621,11 +664,13 @@ def ggn(
         see `ggn_jax.damping`.
       damping_type: ``"levenberg"`` (D = I) or ``"marquardt"``.
       solver: ``"auto"``, ``"primal"`` (P×P Cholesky), ``"dual"`` (NK×NK,
-        sample space) or ``"cg"`` (matrix-free). ``auto`` takes the cheapest
-        by a flop estimate (`ggn_jax.solvers.solver_costs`): ``dual`` when
-        NK ≪ P, ``primal`` when P ≪ NK, ``cg`` when it costs under half the
-        dense solve or the dense matrices pass ``max_dense`` (side) or
-        ``max_jacobian`` (NK·P entries).
+        sample space, its Gram matrix from the layers' factors,
+        `ggn_jax.structure`) or ``"cg"`` (matrix-free). ``auto`` takes the
+        cheapest by a flop estimate (`ggn_jax.solvers.solver_costs`):
+        ``dual`` when NK ≪ P, ``primal`` when P ≪ NK, ``cg`` when it costs
+        under half the dense solve or the dense solvers pass ``max_dense``
+        (matrix side) or ``max_jacobian`` (entries of the per-sample
+        Jacobians they form).
       min_damping, max_damping: bounds on λ; the default floor is 100·eps of
         the parameters' dtype.
       min_gain_ratio: η; steps with ρ ≤ η are rejected (not for ``fixed``).
@@ -634,7 +679,9 @@ def ggn(
       cg_tol, cg_max_iters: CG stops at ‖r‖ ≤ tol·‖g‖ or after that many
         iterations (None: 100).
       cg_preconditioner: ``"diagonal"`` (diag(G) + λD) or ``"none"``.
-      cg_warm_start: CG starts from this multiple of the last accepted step.
+      cg_warm_start_weight: CG starts from this multiple of the last
+        accepted step (0: a cold start). ``cg_warm_start``, its name
+        before, is accepted with a ``DeprecationWarning``.
       cg_stop: ``"residual"`` (tolerance and cap only) or ``"martens"``,
         which also stops once the quadratic model stops improving.
       relative_damping_floor: c ≥ 0; λ is kept ≥ c·eps·tr(G) wherever
@@ -649,12 +696,12 @@ def ggn(
         Meant for minibatches, whose first M samples change every step: on
         a fixed batch the other samples only get gradient-like steps and
         convergence is linear.
-      max_dense, max_jacobian: the sizes past which ``auto`` takes ``cg``
-        (None: 4096 and 2²⁶).
+      max_dense, max_jacobian: the sizes past which ``auto`` does not take
+        a dense solver (None: 4096 and 2²⁶).
 
     The numeric options in ``DYNAMIC_OPTIONS`` (``damping``, the damping
     bounds, ``min_gain_ratio``, ``residual_exponent``, ``marquardt_floor``,
-    ``cg_tol``, ``cg_warm_start``, ``relative_damping_floor``) may be
+    ``cg_tol``, ``cg_warm_start_weight``, ``relative_damping_floor``) may be
     scheduled or changed during training with ``optax.inject_hyperparams``;
     ``apply_fn`` (a callable, which optax would take for a schedule) must
     be named in its ``static_args``. A new ``damping`` restarts the rule's
@@ -687,6 +734,9 @@ def ggn(
     loss = check_loss(loss)
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+    if cg_warm_start is not None:  # the deprecated name wins over the default
+        _deprecated("the option cg_warm_start", "cg_warm_start_weight")
+        cg_warm_start_weight = cg_warm_start
     config = make_config(
         damping=damping,
         damping_rule=damping_rule,
@@ -700,7 +750,7 @@ def ggn(
         cg_tol=cg_tol,
         cg_max_iters=cg_max_iters,
         cg_preconditioner=cg_preconditioner,
-        cg_warm_start=cg_warm_start,
+        cg_warm_start_weight=cg_warm_start_weight,
         cg_stop=cg_stop,
         relative_damping_floor=relative_damping_floor,
         matmul_precision=matmul_precision,

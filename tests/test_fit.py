@@ -179,7 +179,7 @@ def test_float32_params_with_float64_data_and_numpy_options_stay_float32(solver)
     params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
     result = ggn_jax.fit(
         mlp_apply, params, batch, max_steps=5, tol=0.0, solver=solver,
-        min_damping=np.float64(1e-6), cg_warm_start=np.float64(0.9),
+        min_damping=np.float64(1e-6), cg_warm_start_weight=np.float64(0.9),
     )
     leaves = jax.tree_util.tree_leaves((result.params, result.state))
     assert all(leaf.dtype != jnp.float64 for leaf in leaves)

@@ -107,3 +107,42 @@ def test_unknown_loss_name_lists_the_allowed_names():
 def test_target_shape_mismatch_is_named(loss, sample, target, integer, message):
     with pytest.raises(ValueError, match=message):
         bind_loss(loss, sample, target_sample_shape=target, integer_targets=integer)
+
+
+@pytest.mark.parametrize("targets", ["labels", "soft", "binary"])
+def test_gauss_newton_factor_reproduces_the_hessian_and_the_gradient(targets):
+    """BBᵀ = jax.hessian of the loss and Br = jax.grad of it, per sample."""
+    name = "sigmoid_binary_cross_entropy" if targets == "binary" else "softmax_cross_entropy"
+    integer = targets == "labels"
+    bound = bind_loss(name, (K,), target_sample_shape=() if integer else (K,),
+                      integer_targets=integer)
+    for seed in range(4):
+        o, y = _sample(name, jax.random.PRNGKey(seed))
+        if targets == "soft":  # a distribution scaled by 1.5: Σy ≠ 1
+            y = 1.5 * jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(10 + seed), (K,)))
+        b, r = bound.factor(o, y)
+        value = lambda o_: bound.value(o_, y)
+        np.testing.assert_allclose(b @ b.T, jax.hessian(value)(o), atol=1e-13)
+        np.testing.assert_allclose(b @ r, jax.grad(value)(o), atol=1e-13)
+    assert bind_loss("squared_error", (K,)).factor is None
+    assert bind_loss(log_cosh, (K,)).factor is None
+
+
+def test_factor_of_a_confidently_wrong_float32_sample_stays_finite():
+    """p of the true class underflows to 0 in float32: r stays finite and Br
+    is still the gradient p − y."""
+    bound = bind_loss("softmax_cross_entropy", (3,), target_sample_shape=(),
+                      integer_targets=True)
+    o = jnp.array([0.0, 120.0, -5.0], jnp.float32)
+    assert float(jax.nn.softmax(o)[0]) == 0.0
+    b, r = bound.factor(o, jnp.array(0))
+    assert bool(jnp.all(jnp.isfinite(r))) and bool(jnp.all(jnp.isfinite(b)))
+    np.testing.assert_allclose(b @ r, jax.nn.softmax(o) - jnp.array([1.0, 0.0, 0.0]),
+                               atol=1e-6)
+
+
+def test_factor_of_an_all_zero_soft_target_is_zero():
+    """A padding sample (targets all 0) has H = 0 and ∇l = 0: so do B and r."""
+    bound = bind_loss("softmax_cross_entropy", (3,), target_sample_shape=(3,))
+    b, r = bound.factor(jnp.array([0.3, -1.0, 2.0]), jnp.zeros(3))
+    assert not np.any(b) and not np.any(r)

@@ -278,3 +278,48 @@ def test_public_gram_matrix_uses_the_structure():
     params, (x, _) = small_problem("squared_error", 5, n=6)
     assert rel_err(ggn_jax.gram_matrix(mlp_apply, params, x),
                    _reference_gram(mlp_apply, params, x)) < 1e-12
+
+
+def test_padding_sample_with_zero_targets_gives_the_dense_dual_step():
+    """Softmax cross-entropy with soft targets, one sample all zeros: the
+    Cholesky form with the loss's factors matches numpy's dense solve."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    params = {"w": jax.random.normal(jax.random.PRNGKey(1), (4, 5)),
+              "v": jax.random.normal(jax.random.PRNGKey(2), (5, 3))}
+    apply_fn = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+    y = jnp.array([[1.0, 0, 0], [0, 0.3, 0.7], [0, 0, 0]])
+    problem = bind_problem(apply_fn, "softmax_cross_entropy", params, (x, y))
+    config = make_config(solver="dual")
+    local, lin = Dual().prepare(problem, config)
+    step, _ = Dual().solve(problem, config, local, lin, local.batch_grad, jnp.asarray(1e-2),
+                           None, None)
+    theta, unravel = ravel_pytree(params)
+    jac = jax.jacfwd(lambda th: apply_fn(unravel(th), x))(theta)  # (N, K, P)
+    hess = jax.vmap(problem.loss.hessian)(local.outputs, y)
+    ggn = jnp.einsum("nkp,nkl,nlq->pq", jac, hess, jac) / 3
+    expected = np.linalg.solve(np.asarray(ggn) + 1e-2 * np.eye(theta.size),
+                               -np.asarray(local.batch_grad))
+    assert rel_err(step, expected) < 1e-10
+
+
+def test_squeezed_outputs_and_mixed_dtypes():
+    params = {"w": jax.random.normal(jax.random.PRNGKey(1), (4, 5)),
+              "v": jax.random.normal(jax.random.PRNGKey(2), (5, 1)),
+              "a_scale": jnp.ones((), jnp.float32)}
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 4))
+    squeezed = lambda p, x: (jnp.tanh(x @ p["w"]) @ p["v"]).squeeze() * p["a_scale"]
+    gram = ggn_jax.gram_matrix(squeezed, params, x)
+    assert gram.shape == (6, 6) and gram.dtype == jnp.float64  # the leaves' common dtype
+    assert rel_err(gram, _reference_gram(squeezed, params, x)) < 1e-7
+
+
+def test_kronecker_factors_skip_leaves_that_are_not_factored():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 40, 4))  # 40 positions a sample
+    params = {"w": jax.random.normal(jax.random.PRNGKey(1), (4, 3)),
+              "v": jax.random.normal(jax.random.PRNGKey(2), (3, 2))}
+    apply_fn = lambda p, x: (jnp.tanh(x @ p["w"]) @ p["v"]).reshape(x.shape[0], -1)[:, :3]
+    found, factors = _structured(apply_fn, params, x)
+    expected = {leaf.name for leaf in found.leaves if leaf.mode == "factored"}
+    assert set(structure.kronecker_factors(found, factors)) == expected
+    found, factors = _structured(apply_fn, params, x, always_factor=True)
+    assert set(structure.kronecker_factors(found, factors)) == {"['w']", "['v']"}

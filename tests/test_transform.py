@@ -451,7 +451,7 @@ def test_inject_hyperparams_changes_damping_mid_run():
     reference, _ = reference_ggn("squared_error", params, batch)
     expected = np.linalg.solve(reference + 0.5 * np.eye(len(reference)), -_flat(grads))
     assert float(state.inner_state.damping) == pytest.approx(0.5, rel=1e-12)
-    assert float(state.inner_state.damping_option) == pytest.approx(0.5, rel=1e-12)
+    assert float(state.inner_state.last_damping_option) == pytest.approx(0.5, rel=1e-12)
     assert rel_err(_flat(updates), expected) < 1e-8
 
 
@@ -535,3 +535,22 @@ def test_out_of_range_labels_are_named_by_update_and_fit():
     # In range: no error, and the step runs.
     _, state = tx.update(w, tx.init(w), w, batch=(x, jnp.array([0, 2, 1, 1])))
     assert int(state.count) == 1
+
+
+def test_deprecated_names_still_work_with_a_warning():
+    apply_fn = lambda w, x: x @ w
+    x, y = jnp.eye(3), jnp.ones(3)
+    with pytest.warns(DeprecationWarning, match="cg_warm_start_weight"):
+        tx = ggn_jax.ggn(apply_fn, solver="cg", cg_warm_start=0.5)
+    state = tx.init(jnp.zeros(3))
+    _, state = tx.update(jnp.full(3, -1 / 3), state, jnp.zeros(3), batch=(x, y))
+    with pytest.warns(DeprecationWarning, match="rejection_growth"):
+        assert float(state.nu) == float(state.rejection_growth)
+    with pytest.warns(DeprecationWarning, match="last_damping_option"):
+        assert float(state.damping_option) == float(state.last_damping_option)
+    with pytest.warns(DeprecationWarning):
+        result = ggn_jax.fit(apply_fn, jnp.zeros(3), (x, y), solver="cg", cg_warm_start=0.0,
+                             max_steps=3)
+    assert result.converged
+    with pytest.raises(TypeError, match="not both"):
+        ggn_jax.fit(apply_fn, jnp.zeros(3), (x, y), cg_warm_start=0.5, cg_warm_start_weight=0.5)

@@ -64,6 +64,8 @@ class LocalModel(NamedTuple):
       ggn: G, (P, P) (``primal``), else None.
       gram: J̄J̄ᵀ, (NK, NK) (``dual``), else None.
       diagonal: diag(G), (P,), where the solver has it, else None.
+      loss_factors: (B_i (N, K, K), r_i (N, K)) with B_iB_iᵀ = H_i and
+        B_ir_i = ∇_o l_i where the loss has them (`BoundLoss.factor`).
     """
 
     outputs: jax.Array
@@ -75,6 +77,7 @@ class LocalModel(NamedTuple):
     ggn: jax.Array | None = None
     gram: jax.Array | None = None
     diagonal: jax.Array | None = None
+    loss_factors: tuple[jax.Array, jax.Array] | None = None
 
 
 class SolveInfo(NamedTuple):
@@ -127,11 +130,14 @@ class Solver:
       code: its `GGNState.solver` code.
       reusable: whether `prepare`'s `LocalModel` stays valid for another
         λ at the same θ (so `fit` carries it across rejected steps).
+      linearizes: whether `solve` and `along` need the network linearised
+        at θ (then a step on a carried `LocalModel` linearises once).
     """
 
     name: str = ""
     code: int = -1
     reusable: bool = True
+    linearizes: bool = False
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
         """Estimated flops of one step, or None when it does not fit the
@@ -184,8 +190,15 @@ def local_from_jacobians(problem: Problem) -> LocalModel:
     output_grads = jax.vmap(loss.grad)(outputs, targets)
     batch_grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
     return LocalModel(
-        outputs, output_grads, batch_grad, mean_loss(problem, outputs), hessians, jacobians=jac
+        outputs, output_grads, batch_grad, mean_loss(problem, outputs), hessians, jacobians=jac,
+        loss_factors=_loss_factors(problem, outputs),
     )
+
+
+def _loss_factors(problem: Problem, outputs: jax.Array):
+    if problem.loss.factor is None:
+        return None
+    return jax.vmap(problem.loss.factor)(outputs, problem.targets)
 
 
 def local_from_linearization(problem: Problem) -> tuple[LocalModel, Linearization]:
@@ -198,6 +211,7 @@ def local_from_linearization(problem: Problem) -> tuple[LocalModel, Linearizatio
     local = LocalModel(
         lin.outputs, output_grads, lin.vjp(output_grads) / n,
         mean_loss(problem, lin.outputs), hessians,
+        loss_factors=_loss_factors(problem, lin.outputs),
     )
     return local, lin
 

@@ -141,6 +141,7 @@ class CG(Solver):
     name = "cg"
     code = 2
     reusable = False  # its products need the linearisation, which is not carried
+    linearizes = True
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
         n, nk, p = shape.num_samples, shape.num_samples * shape.num_outputs, shape.num_params
@@ -166,7 +167,7 @@ class CG(Solver):
             damping,
             scale,
             preconditioner,
-            config.cg_warm_start * warm_start,
+            config.cg_warm_start_weight * warm_start,
             config.cg_tol,
             config.cg_max_iters,
             config.cg_stop,

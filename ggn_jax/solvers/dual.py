@@ -8,9 +8,10 @@ g = J̄ᵀē,
 so one NK×NK factorisation replaces the P×P one: the cheap solve when
 NK < P, the exact-learning regime of Shen (2018), where K is positive
 definite and λ can go to zero. For squared error (H̄ = I) the matrix is
-symmetric and Cholesky is used; for other losses H̄K + λI is not symmetric
-but its eigenvalues are those of H̄^{1/2}KH̄^{1/2} + λI > 0, and an LU
-solve is used.
+symmetric and Cholesky is used; for the other named losses, whose Hessians
+factor as H_i = B_iB_iᵀ, the symmetric B̄ᵀKB̄ + λI is factored by Cholesky
+too; a callable loss takes an LU of H̄K + λI, which is not symmetric but
+has the eigenvalues of H̄^{1/2}KH̄^{1/2} + λI > 0.
 
 K comes from the per-layer factors of `ggn_jax.structure` (no per-sample
 Jacobian), J̄ᵀu from one vjp of the batched model and J̄δ from one jvp, so
@@ -53,6 +54,7 @@ def solve_sample_space(
     damping: jax.Array,
     jvp: Callable[[jax.Array], jax.Array],
     vjp: Callable[[jax.Array], jax.Array],
+    loss_factors: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """δ = −(Jᵀ H̄ J/N + λI)⁻¹g by one NK×NK factorisation.
 
@@ -66,6 +68,12 @@ def solve_sample_space(
     only when r is more than round-off (‖r‖ > √eps·‖g‖), and only then
     computed (``lax.cond``); a plain gradient takes the exact first form.
 
+    M is factored three ways: Cholesky of K + λI for H̄ = I; with the
+    loss's factors H_i = B_iB_iᵀ and e_i = B_i r_i (`ggn_jax.losses`),
+    Cholesky of the symmetric positive definite M̃ = B̄ᵀKB̄ + λI, since
+    M⁻¹e = B̄M̃⁻¹r and M⁻¹H̄w = B̄M̃⁻¹B̄ᵀw (push-through); otherwise LU of
+    M, whose eigenvalues are those of H̄^{1/2}KH̄^{1/2} + λI > 0.
+
     Args:
       gram: K = JJᵀ/N, (NK, NK), sample-major.
       hessians: H_i, (N, K, K), or None for H_i = I.
@@ -75,6 +83,7 @@ def solve_sample_space(
       damping: λ > 0.
       jvp: v (P,) ↦ Jv (NK,), unscaled rows.
       vjp: u (NK,) ↦ Jᵀu (P,).
+      loss_factors: (B_i (N, K, K), r_i (N, K)), or None.
 
     Returns:
       δ, (P,); NaN where the factorisation failed.
@@ -85,23 +94,33 @@ def solve_sample_space(
     eye = jnp.eye(n * k, dtype=dtype)
     if hessians is None:
         factor = cho_factor(gram + damping * eye, lower=True)
-        solve = lambda v: cho_solve(factor, v)
-        curvature = lambda u: u
+        solve_e = lambda: cho_solve(factor, e)
+        solve_h = lambda w: cho_solve(factor, w)
+    elif loss_factors is not None:
+        b, r = loss_factors
+        reduced = jnp.einsum("ika,ikjl,jlb->iajb", b, gram.reshape(n, k, n, k), b)
+        factor = cho_factor(reduced.reshape(n * k, n * k) + damping * eye, lower=True)
+        expand = lambda v: jnp.einsum("nka,na->nk", b, v.reshape(n, k)).ravel()
+        reduce = lambda w: jnp.einsum("nka,nk->na", b, w.reshape(n, k)).ravel()
+        solve_e = lambda: expand(cho_solve(factor, r.reshape(n * k)))
+        solve_h = lambda w: expand(cho_solve(factor, reduce(w)))
     else:
         h_gram = jnp.einsum("nkl,nlm->nkm", hessians, gram.reshape(n, k, n * k))
         factor = lu_factor(h_gram.reshape(n * k, n * k) + damping * eye)
-        solve = lambda v: lu_solve(factor, v)
-        curvature = lambda u: jnp.einsum("nkl,nl->nk", hessians, u.reshape(n, k)).ravel()
+        solve_e = lambda: lu_solve(factor, e)
+        solve_h = lambda w: lu_solve(
+            factor, jnp.einsum("nkl,nl->nk", hessians, w.reshape(n, k)).ravel()
+        )
 
     norm2 = jnp.dot(batch_grad, batch_grad)
     positive = norm2 > 0
     c = jnp.where(positive, jnp.dot(grad, batch_grad) / jnp.where(positive, norm2, 1), 0)
-    step = -c * vjp(solve(e / n))
+    step = -c * vjp(solve_e() / n)
     rest = grad - c * batch_grad
     significant = jnp.linalg.norm(rest) > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.linalg.norm(grad)
 
     def correction():
-        return (rest - vjp(solve(curvature(jvp(rest)) / n))) / damping
+        return (rest - vjp(solve_h(jvp(rest)) / n)) / damping
 
     return step - jax.lax.cond(significant, correction, lambda: jnp.zeros_like(rest))
 
@@ -120,6 +139,7 @@ class Dual(Solver):
 
     name = "dual"
     code = 1
+    linearizes = True
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
         n, nk, p = shape.num_samples, shape.num_samples * shape.num_outputs, shape.num_params
@@ -152,6 +172,7 @@ class Dual(Solver):
             local.gram, local.hessians, local.output_grads, local.batch_grad, grad, damping,
             lambda v: lin.jvp(v).reshape(n * k),
             lambda u: lin.vjp(u.reshape(n, k).astype(local.outputs.dtype)),
+            local.loss_factors,
         )
         return step, direct_info(step)
 

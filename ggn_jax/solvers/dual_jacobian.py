@@ -34,6 +34,7 @@ def solve_dual(
     grad: jax.Array,
     damping: jax.Array,
     scale: jax.Array | None,
+    loss_factors: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """δ = −(G + λD)⁻¹g in sample space from per-sample Jacobians.
 
@@ -45,6 +46,8 @@ def solve_dual(
       grad: the gradient g to precondition, (P,).
       damping: λ > 0.
       scale: the diagonal of D (P,), or None for D = I.
+      loss_factors: (B_i, r_i) with B_iB_iᵀ = H_i and B_ir_i = ∇_o l_i, for
+        a Cholesky instead of an LU (`solve_sample_space`), or None.
 
     Returns:
       δ, (P,); NaN where the factorisation failed.
@@ -60,7 +63,7 @@ def solve_dual(
         batch_grad = batch_grad / root_scale
     step = solve_sample_space(
         rows @ rows.T / n, hessians, output_grads, batch_grad, grad, damping,
-        lambda v: rows @ v, lambda u: rows.T @ u,
+        lambda v: rows @ v, lambda u: rows.T @ u, loss_factors,
     )
     return step if scale is None else step / root_scale
 
@@ -85,7 +88,7 @@ class DualJacobian(Solver):
 
     def solve(self, problem, config, local, lin, grad, damping, scale, warm_start):
         step = solve_dual(local.jacobians, local.hessians, local.output_grads,
-                          local.batch_grad, grad, damping, scale)
+                          local.batch_grad, grad, damping, scale, local.loss_factors)
         return step, direct_info(step)
 
     def along(self, problem, local, lin, step):
