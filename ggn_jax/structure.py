@@ -288,6 +288,8 @@ class Structure:
       labels: the einsum labels of each factored use (None for the others).
       num_samples, num_outputs: N and K.
       dtype: the parameters' dtype.
+      biases: pairs (weight leaf, bias leaf) of dense layers o = A·W + b,
+        whose Gram terms share one product of sensitivities (`_bias_of`).
     """
 
     jaxpr: Any
@@ -299,6 +301,7 @@ class Structure:
     num_samples: int
     num_outputs: int
     dtype: Any
+    biases: tuple[tuple[int, int], ...] = ()
 
     @property
     def fell_back(self) -> tuple[str, ...]:
@@ -452,7 +455,49 @@ def find_structure(
         ):
             info = dataclasses.replace(info, mode="materialised")
         chosen.append(info)
-    return dataclasses.replace(structure, leaves=tuple(chosen))
+    structure = dataclasses.replace(structure, leaves=tuple(chosen))
+    pairs = []
+    for w, info in enumerate(chosen):
+        b = _bias_of(structure, w)
+        if b is not None:
+            pairs.append((w, b))
+    return dataclasses.replace(structure, biases=tuple(pairs))
+
+
+def _bias_of(structure: Structure, weight: int) -> int | None:
+    """The bias leaf added to a dense layer's product, if its Gram can share
+    the layer's: o = A·W + b with δ = ∂o/∂(A·W) = ∂o/∂o, so
+
+        [J_W J_Wᵀ + J_b J_bᵀ]_(ik),(jl) = (A_i·A_j + 1)·(δ_ik·δ_jl),
+
+    one product of sensitivities for both leaves. It holds when W is
+    factored with one use, no batch axes and one sample position (its
+    operand's own axes have size 1), and b, with one use, is added to the
+    product's result and has as many elements as it.
+    """
+    info = structure.leaves[weight]
+    if info.mode != "factored" or len(info.uses) != 1:
+        return None
+    use = structure.uses[info.uses[0]]
+    (contract, batch) = use.eqn.params["dimension_numbers"]
+    other = use.eqn.invars[1 - use.operand].aval.shape
+    own = [d for d in range(len(other)) if d not in contract[1 - use.operand]
+           and d not in batch[1 - use.operand]]
+    if batch[use.operand] or math.prod(other[d] for d in own) != 1:
+        return None
+    result = use.eqn.outvars[0]
+    for index, candidate in enumerate(structure.leaves):
+        if candidate.mode != "materialised" or len(candidate.uses) != 1:
+            continue
+        bias = structure.uses[candidate.uses[0]]
+        # The views (reshape, broadcast, transpose, ...) of a leaf as large
+        # as the result, all of whose axes are W's, only re-lay it out: the
+        # inner products of its Jacobian are those of δ.
+        if (bias.kind == "bias" and bias.site[:-1] == use.site[:-1]
+                and bias.eqn.invars[1 - bias.operand] is result
+                and math.prod(candidate.shape) == math.prod(result.aval.shape)):
+            return index
+    return None
 
 
 class Factors(NamedTuple):
@@ -569,8 +614,22 @@ def gram(structure: Structure, factors: Factors) -> jax.Array:
     ordered sample-major, from the factors."""
     n, k = structure.num_samples, structure.num_outputs
     total = jnp.zeros((n * k, n * k), structure.dtype)
+    biases = dict(structure.biases)
     for index, info in enumerate(structure.leaves):
-        if info.mode == "factored":
+        if index in biases.values():
+            continue  # with its layer's weight
+        if index in biases:
+            use = info.uses[0]
+            labels = structure.labels[use]
+            operand, sens = factors.operands[use], factors.sensitivities[
+                structure.uses[use].site]
+            rename = _renaming(labels, labels)
+            other = "".join(rename.get(c, c) for c in labels.operand)
+            other_result = "".join(rename.get(c, c) for c in labels.result)
+            inputs = jnp.einsum(f"i{labels.operand},j{other}->ij", operand, operand)
+            outputs = jnp.einsum(f"ik{labels.result},jl{other_result}->ikjl", sens, sens)
+            total = total + ((inputs + 1)[:, None, :, None] * outputs).reshape(n * k, n * k)
+        elif info.mode == "factored":
             term = _factored_terms(structure, factors, index, "gram", lambda s: s)
             total = total + term.reshape(n * k, n * k)
         else:

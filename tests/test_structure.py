@@ -69,9 +69,11 @@ def test_gram_of_raw_mlps_equals_the_full_jacobian_gram(sizes):
     x = jax.random.normal(jax.random.PRNGKey(7), (6, sizes[0]))
     found = _check_gram(mlp_apply, params, x)
     assert found.fell_back == ()
-    # Every weight matrix is factored; biases are one vjp of their add.
+    # Every weight matrix is factored; biases are one vjp of their add, and
+    # share their layer's product of sensitivities.
     modes = [leaf.mode for leaf in found.leaves]
     assert modes[0::2] == ["factored"] * (len(sizes) - 1)
+    assert found.biases == tuple((i, i + 1) for i in range(0, 2 * (len(sizes) - 1), 2))
 
 
 def test_float32_gram_within_dtype_tolerance():
