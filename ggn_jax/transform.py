@@ -668,7 +668,7 @@ def ggn(
         `ggn_jax.structure`) or ``"cg"`` (matrix-free). ``auto`` takes the
         cheapest by a flop estimate (`ggn_jax.solvers.solver_costs`):
         ``dual`` when NK ≪ P, ``primal`` when P ≪ NK, ``cg`` when it costs
-        under half the dense solve or the dense solvers pass ``max_dense``
+        less than the dense solve or the dense solvers pass ``max_dense``
         (matrix side) or ``max_jacobian`` (entries of the per-sample
         Jacobians they form).
       min_damping, max_damping: bounds on λ; the default floor is 100·eps of

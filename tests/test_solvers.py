@@ -146,7 +146,7 @@ def _unstructured(n, k, p):
         (10, 1, 10, "primal"),  # primal 2.9e3 flops, dual 3.7e3
         (5000, 1, 10**5, "cg"),  # both dense matrices too big
         (9000, 1, 8000, "cg"),
-        (128, 2, 4610, "dual"),  # dual 6.2e8 flops, cg 6.0e8: not under half
+        (20000, 1, 200, "primal"),  # primal 1.6e9 flops, cg 4.0e9
         # 8x8 digits: primal ≈ 2·13470·2410² = 1.6e11 flops against
         # CG ≈ 10·1347·2410·100 + 10·13470·2410 = 3.6e9.
         (1347, 10, 2410, "cg"),
@@ -155,6 +155,19 @@ def _unstructured(n, k, p):
 def test_auto_picks_by_estimated_cost(n, k, p, expected):
     config = make_config(max_jacobian=2**30)
     assert choose_solver(config, _unstructured(n, k, p)).name == expected
+
+
+def test_the_structured_gram_keeps_the_over_parameterised_teacher_student_dual():
+    """4-[64]-[64]-2 on N = 128: with the Jacobian-form Gram, 2·256²·4610 =
+    6.0e8 flops, the dual step (6.2e8 in all) loses to CG's bound (6.0e8 at
+    100 iterations); the structured Gram, Σ_layers 2(N²·d_in + (NK)²·d_out)
+    = 3.3e7, makes it a tenth of that."""
+    n, k, p = 128, 2, 4610
+    gram = 2.0 * sum(n**2 * d_in + (n * k) ** 2 * d_out
+                     for d_in, d_out in ((4, 64), (64, 64), (64, 2)))
+    config = make_config()
+    assert choose_solver(config, _unstructured(n, k, p)).name == "cg"
+    assert choose_solver(config, ProblemShape(n, k, p, gram_flops=gram)).name == "dual"
 
 
 def test_a_cheap_structured_gram_makes_dual_the_choice_where_cg_was():
