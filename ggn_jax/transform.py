@@ -50,6 +50,7 @@ from ggn_jax.solvers import (
     ProblemShape,
     Solver,
     choose_solver,
+    solver_costs,
 )
 from ggn_jax.solvers.base import failed
 
@@ -384,11 +385,18 @@ def problem_shape(config: GGNConfig, problem: Problem) -> ProblemShape:
         materialised = n * k * sum(
             math.prod(leaf.shape) for leaf in structure.leaves if leaf.mode != "factored"
         )
+    shape = ProblemShape(n, k, p, gram_flops, None, materialised)
     if config.solver in ("auto", "cg") and (
         config.cg_preconditioner == "diagonal" or config.damping_type == "marquardt"
     ):
-        diagonal_flops = problem_structure(problem, "diagonal").diagonal_flops()
-    return ProblemShape(n, k, p, gram_flops, diagonal_flops, materialised)
+        # Read the structure for CG's diagonal only where CG could win:
+        # its products alone cost less than the cheapest dense solve.
+        dense = [cost for name, cost in solver_costs(shape, config).items()
+                 if name != "cg" and cost is not None]
+        products = 10.0 * n * p * config.cg_max_iters
+        if config.solver == "cg" or not dense or products < min(dense):
+            diagonal_flops = problem_structure(problem, "diagonal").diagonal_flops()
+    return shape._replace(diagonal_flops=diagonal_flops)
 
 
 def resolve_solver(config: GGNConfig, problem: Problem) -> Solver:

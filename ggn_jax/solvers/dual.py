@@ -122,6 +122,10 @@ def solve_sample_space(
     def correction():
         return (rest - vjp(solve_h(jvp(rest)) / n)) / damping
 
+    if not isinstance(significant, jax.core.Tracer):
+        # Called outside jit: a Python branch, since lax.cond would compile
+        # its fresh closures on every call.
+        return step - correction() if bool(significant) else step
     return step - jax.lax.cond(significant, correction, lambda: jnp.zeros_like(rest))
 
 
