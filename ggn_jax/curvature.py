@@ -183,15 +183,22 @@ def ggn_matvec(
     return matvec
 
 
-def _leaf_model(problem: Problem) -> structured.LeafModel:
-    dtype = problem.theta.dtype
+def _structure_of(
+    apply_fn: Callable, params: Any, inputs: Any, purpose: str = "gram"
+) -> tuple[structured.Structure, list]:
+    """`ggn_jax.structure.find_structure` of ``apply_fn`` at ``params``,
+    leaves named by their paths; returns the structure and the leaves."""
+    named = jax.tree_util.tree_leaves_with_path(params)
+    leaves = [jnp.asarray(leaf) for _, leaf in named]
+    treedef = jax.tree_util.tree_structure(params)
+    dtype = jnp.result_type(*leaves)
 
-    def model(leaves, inputs):
-        params = jax.tree_util.tree_unflatten(problem.treedef, leaves)
-        outputs = problem.apply_fn(params, inputs)
-        return per_sample_rows(outputs, inputs).astype(dtype)
+    def leaf_model(ls, x):
+        outputs = apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x)
+        return per_sample_rows(outputs, x).astype(dtype)
 
-    return model
+    names = [jax.tree_util.keystr(path) for path, _ in named]
+    return structured.find_structure(leaf_model, leaves, inputs, names, purpose), leaves
 
 
 def problem_structure(problem: Problem, purpose: str = "gram") -> structured.Structure:
@@ -199,14 +206,8 @@ def problem_structure(problem: Problem, purpose: str = "gram") -> structured.Str
     costed for ``purpose`` (``"gram"`` or ``"diagonal"``)."""
     if problem.apply_fn is None:
         raise ValueError("this problem was not built by bind_problem: it has no apply_fn")
-    named = jax.tree_util.tree_leaves_with_path(problem.unravel(problem.theta))
-    return structured.find_structure(
-        _leaf_model(problem),
-        [leaf for _, leaf in named],
-        problem.inputs,
-        names=[jax.tree_util.keystr(path) for path, _ in named],
-        purpose=purpose,
-    )
+    params = problem.unravel(problem.theta)
+    return _structure_of(problem.apply_fn, params, problem.inputs, purpose)[0]
 
 
 def structured_factors(
@@ -303,15 +304,5 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
       >>> int(jnp.linalg.matrix_rank(gram))
       8
     """
-    named = jax.tree_util.tree_leaves_with_path(params)
-    leaves = [jnp.asarray(leaf) for _, leaf in named]
-    treedef = jax.tree_util.tree_structure(params)
-
-    def leaf_model(ls, x):
-        outputs = apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x)
-        return per_sample_rows(outputs, x)
-
-    structure = structured.find_structure(
-        leaf_model, leaves, inputs, names=[jax.tree_util.keystr(p) for p, _ in named]
-    )
+    structure, leaves = _structure_of(apply_fn, params, inputs)
     return structured.gram(structure, structured.sample_factors(structure, leaves, inputs))

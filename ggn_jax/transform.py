@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ggn_jax.curvature import hessian_product, linearize, problem_structure
+from ggn_jax.curvature import hessian_product, linearize
 from ggn_jax.damping import (
     DAMPING_RULES,
     accept_step,
@@ -47,10 +47,8 @@ from ggn_jax.solvers import (
     CG_STOPS,
     SOLVERS,
     LocalModel,
-    ProblemShape,
     Solver,
-    choose_solver,
-    solver_costs,
+    select_solver,
 )
 from ggn_jax.solvers.base import failed
 
@@ -373,39 +371,10 @@ def curvature_problem(config: GGNConfig, problem: Problem) -> Problem:
     )
 
 
-def problem_shape(config: GGNConfig, problem: Problem) -> ProblemShape:
-    """What `choose_solver` reads: N, K, P and, where a solver that uses
-    them may run, the flop counts of the structured products."""
-    n, k, p = problem.num_samples, problem.num_outputs, problem.theta.shape[0]
-    gram_flops = diagonal_flops = None
-    materialised = 0
-    if config.solver in ("auto", "dual") and n * k <= config.max_dense:
-        structure = problem_structure(problem, "gram")
-        gram_flops = structure.gram_flops()
-        materialised = n * k * sum(
-            math.prod(leaf.shape) for leaf in structure.leaves if leaf.mode != "factored"
-        )
-    shape = ProblemShape(n, k, p, gram_flops, None, materialised)
-    if config.solver in ("auto", "cg") and (
-        config.cg_preconditioner == "diagonal" or config.damping_type == "marquardt"
-    ):
-        # Read the structure for CG's diagonal only where CG could win:
-        # its products alone cost less than the cheapest dense solve.
-        dense = [cost for name, cost in solver_costs(shape, config).items()
-                 if name != "cg" and cost is not None]
-        products = 10.0 * n * p * config.cg_max_iters
-        if config.solver == "cg" or not dense or products < min(dense):
-            diagonal_flops = problem_structure(problem, "diagonal").diagonal_flops()
-    return shape._replace(diagonal_flops=diagonal_flops)
-
-
 def resolve_solver(config: GGNConfig, problem: Problem) -> Solver:
     """The solver object that runs for this problem (``auto`` resolved),
     sized by the samples the curvature is built from."""
-    problem = curvature_problem(config, problem)
-    if config.solver != "auto":
-        return choose_solver(config, None)
-    return choose_solver(config, problem_shape(config, problem))
+    return select_solver(curvature_problem(config, problem), config)
 
 
 def _at_config_precision(step: Callable) -> Callable:

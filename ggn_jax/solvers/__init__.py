@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ggn_jax.problem import Problem
 from ggn_jax.solvers.base import (
     STATUS_BREAKDOWN as STATUS_BREAKDOWN,
 )
@@ -105,18 +106,43 @@ def solver_costs(shape: ProblemShape, config: Any) -> dict[str, float | None]:
     return {name: solver_for(name, config).cost(shape, config) for name in SOLVER_CODES}
 
 
-def choose_solver(config: Any, shape: ProblemShape) -> Solver:
+def _candidates(config: Any) -> list[Solver]:
+    """Every solver ``auto`` weighs, the dense ones first."""
+    solvers = [solver_for(name, config) for name in SOLVER_CODES]
+    return sorted(solvers, key=lambda solver: solver.matrix_free)
+
+
+def read_shape(problem: Problem, config: Any) -> ProblemShape:
+    """The `ProblemShape` ``auto`` needs: N, K, P, and what each solver
+    reads of the model's structure for its estimate (`Solver.read_shape`)."""
+    shape = ProblemShape(problem.num_samples, problem.num_outputs, problem.theta.shape[0])
+    cheapest = None
+    for solver in _candidates(config):
+        shape = solver.read_shape(problem, config, shape, cheapest)
+        cost = solver.cost(shape, config)
+        if not solver.matrix_free and cost is not None:
+            cheapest = cost if cheapest is None else min(cheapest, cost)
+    return shape
+
+
+def choose_solver(config: Any, shape: ProblemShape | None) -> Solver:
     """The solver for ``config.solver``, ``auto`` resolved by cost.
 
-    ``auto`` takes the cheaper of ``primal`` and ``dual`` among those that
-    fit, and ``cg`` when neither fits or when CG's estimate is below
-    ``CG_MARGIN`` times theirs.
+    ``auto`` takes the cheapest dense solver (``primal``, ``dual``) among
+    those that fit, and the matrix-free ``cg`` when none fits or when its
+    estimate is below ``CG_MARGIN`` times the cheapest's.
     """
     if config.solver != "auto":
         return solver_for(config.solver, config)
-    costs = solver_costs(shape, config)
-    dense = [name for name in ("primal", "dual") if costs[name] is not None]
+    costs = {solver: solver.cost(shape, config) for solver in _candidates(config)}
+    dense = [s for s, cost in costs.items() if not s.matrix_free and cost is not None]
+    free = min((s for s in costs if s.matrix_free), key=costs.get)
     if not dense:
-        return solver_for("cg", config)
+        return free
     best = min(dense, key=costs.get)
-    return solver_for("cg" if costs["cg"] < CG_MARGIN * costs[best] else best, config)
+    return free if costs[free] < CG_MARGIN * costs[best] else best
+
+
+def select_solver(problem: Problem, config: Any) -> Solver:
+    """`choose_solver` on the problem, reading its shape only for ``auto``."""
+    return choose_solver(config, read_shape(problem, config) if config.solver == "auto" else None)

@@ -132,17 +132,29 @@ class Solver:
         λ at the same θ (so `fit` carries it across rejected steps).
       linearizes: whether `solve` and `along` need the network linearised
         at θ (then a step on a carried `LocalModel` linearises once).
+      matrix_free: whether it forms no matrix (``auto`` weighs such a
+        solver against the cheapest dense one by ``CG_MARGIN``).
     """
 
     name: str = ""
     code: int = -1
     reusable: bool = True
     linearizes: bool = False
+    matrix_free: bool = False
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
         """Estimated flops of one step, or None when it does not fit the
         size limits (``max_dense``, ``max_jacobian``)."""
         raise NotImplementedError
+
+    def read_shape(
+        self, problem: Problem, config: Any, shape: ProblemShape, cheapest: float | None
+    ) -> ProblemShape:
+        """``shape`` with what this solver's `cost` needs of the model's
+        structure filled in. ``cheapest`` is the lowest cost estimated so
+        far (None: none), for a solver that can tell it would not win
+        without reading the structure."""
+        return shape
 
     def prepare(self, problem: Problem, config: Any) -> tuple[LocalModel, Linearization | None]:
         """The λ-independent quantities at ``problem.theta``, and a

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ggn_jax.curvature import ggn_matvec, structured_diagonal
+from ggn_jax.curvature import ggn_matvec, problem_structure, structured_diagonal
 from ggn_jax.solvers.base import (
     STATUS_BREAKDOWN,
     STATUS_MAX_ITERATIONS,
@@ -142,18 +142,38 @@ class CG(Solver):
     code = 2
     reusable = False  # its products need the linearisation, which is not carried
     linearizes = True
+    matrix_free = True
+
+    @staticmethod
+    def _needs_diagonal(config: Any) -> bool:
+        return config.cg_preconditioner == "diagonal" or config.damping_type == "marquardt"
+
+    @staticmethod
+    def _products(shape: ProblemShape, config: Any) -> float:
+        return 10.0 * shape.num_samples * shape.num_params * config.cg_max_iters
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
-        n, nk, p = shape.num_samples, shape.num_samples * shape.num_outputs, shape.num_params
-        cost = 10.0 * n * p * config.cg_max_iters
-        if config.cg_preconditioner == "diagonal" or config.damping_type == "marquardt":
+        nk, p = shape.num_samples * shape.num_outputs, shape.num_params
+        cost = self._products(shape, config)
+        if self._needs_diagonal(config):
             diagonal = shape.diagonal_flops
             cost += 4.0 * nk * p + (6.0 * nk * p if diagonal is None else diagonal)
         return cost
 
+    def read_shape(self, problem, config, shape, cheapest):
+        # Only where CG could win: its products alone cost less than the
+        # cheapest dense solve.
+        if not self._needs_diagonal(config) or (
+            cheapest is not None and self._products(shape, config) >= cheapest
+        ):
+            return shape
+        return shape._replace(
+            diagonal_flops=problem_structure(problem, "diagonal").diagonal_flops()
+        )
+
     def prepare(self, problem, config):
         local, lin = local_from_linearization(problem)
-        if config.cg_preconditioner == "diagonal" or config.damping_type == "marquardt":
+        if self._needs_diagonal(config):
             local = local._replace(diagonal=structured_diagonal(problem, local.outputs))
         return local, lin
 

@@ -22,6 +22,7 @@ which forms J_i for Marquardt's D = diag(G).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -154,6 +155,15 @@ class Dual(Solver):
         # K reverse passes per sample for the sensitivities, the Gram from
         # the factors, a factorisation, and a jvp and a vjp for the step.
         return 4.0 * nk * p + shape.gram_flops + nk**3 / 3.0 + 10.0 * n * p
+
+    def read_shape(self, problem, config, shape, cheapest):
+        nk = shape.num_samples * shape.num_outputs
+        if nk > config.max_dense:
+            return shape
+        structure = problem_structure(problem, "gram")
+        blocks = sum(math.prod(leaf.shape) for leaf in structure.leaves
+                     if leaf.mode != "factored")
+        return shape._replace(gram_flops=structure.gram_flops(), materialised=nk * blocks)
 
     def prepare(self, problem, config):
         structure = problem_structure(problem, "gram")
