@@ -37,6 +37,24 @@ Rules (μ is the state's ``damping_scale``):
 
 λ is clipped to [``min_damping``, ``max_damping``]; ν is capped so that a long
 run of rejections cannot overflow it.
+
+**Non-monotone acceptance** (Grippo, Lampariello & Lucidi 1986; for trust
+regions Toint 1997). With a window of M > 0, the actual decrease is measured
+from the reference R = max(L(θ_k), L(θ_{k−1}), …, L(θ_{k−M})) over the
+current and the last M accepted iterates, not from L(θ_k): a step may raise
+the loss a little as long as it stays below R and the model predicts a
+decrease. Since R never grows, the loss of every M+1-th iterate still
+falls. On exact learning this keeps the Gauss-Newton steps that overshoot
+once and then converge quadratically — the pure iteration of the paper —
+where a monotone test would reject them and raise λ. The rules adapt μ by
+ρ̃ = (R − L(θ + δ)) / predicted ≥ ρ.
+
+**Round-off.** Near a minimum the change of the loss is lost in round-off:
+in L itself (a few eps·|L|) and in the outputs, each computed to about
+eps·|o|, which moves the loss by |∂l/∂o|·eps·|o| per output
+(`roundoff_noise`). Where both decreases are below that noise the step is
+judged by the noise (`accept_step`), so that λ neither ratchets up on steps
+that round-off rejects nor stalls the iteration.
 """
 
 from __future__ import annotations
@@ -53,6 +71,37 @@ def gain_ratio(actual: jax.Array, predicted: jax.Array) -> jax.Array:
     valid = (predicted > 0) & jnp.isfinite(actual) & jnp.isfinite(predicted)
     rho = actual / jnp.where(valid, predicted, 1)
     return jnp.where(valid & jnp.isfinite(rho), rho, -1).astype(actual.dtype)
+
+
+def roundoff_noise(
+    loss: jax.Array, outputs: jax.Array, output_grads: jax.Array
+) -> jax.Array:
+    """The round-off in the mean loss: 64·eps·(|L| + mean_i Σ_k |∂l_i/∂o_ik|·|o_ik|).
+
+    The second term is the loss's response to a relative error eps in each
+    output; at the floor of a zero-residual fit (r ≈ eps·|o|) it is larger
+    than L itself, so the loss there is pure noise.
+    """
+    eps = jnp.finfo(loss.dtype).eps
+    sensitivity = jnp.sum(jnp.abs(output_grads) * jnp.abs(outputs)) / outputs.shape[0]
+    noise = 64 * eps * (jnp.abs(loss) + sensitivity.astype(loss.dtype))
+    return jnp.where(jnp.isfinite(noise), noise, 64 * eps * jnp.abs(loss))
+
+
+def nonmonotone_reference(recent: jax.Array, loss: jax.Array) -> jax.Array:
+    """R = max(L(θ_k), recent losses); unused slots of ``recent`` hold a
+    number below any loss (−inf, or the dtype's lowest)."""
+    if recent.shape[0] == 0:
+        return loss
+    return jnp.maximum(loss, jnp.max(recent))
+
+
+def remember_loss(recent: jax.Array, loss: jax.Array, accepted: jax.Array) -> jax.Array:
+    """The window after a step: L(θ_k) enters (the oldest leaves) if accepted."""
+    if recent.shape[0] == 0:
+        return recent
+    shifted = jnp.roll(recent, 1).at[0].set(loss.astype(recent.dtype))
+    return jnp.where(accepted, shifted, recent)
 
 
 def accept_step(

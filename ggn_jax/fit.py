@@ -142,6 +142,10 @@ def _build(
             local = None
             outputs = problem.model(problem.theta, problem.inputs)
             initial_loss = mean_loss(problem, outputs)
+        if config.weight_decay:  # the objective is L + ½ω‖θ‖²
+            initial_loss = initial_loss + 0.5 * config.weight_decay * jnp.dot(
+                problem.theta, problem.theta
+            )
         log = _empty_log(max(max_steps, 1), dtype)
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 

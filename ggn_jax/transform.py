@@ -33,11 +33,15 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from ggn_jax.acceleration import geodesic_acceleration
 from ggn_jax.curvature import hessian_product, linearize
 from ggn_jax.damping import (
     DAMPING_RULES,
     accept_step,
     gain_ratio,
+    nonmonotone_reference,
+    remember_loss,
+    roundoff_noise,
     step_damping,
     update_damping,
 )
@@ -77,11 +81,15 @@ DYNAMIC_OPTIONS = (
     "cg_tol",
     "cg_warm_start_weight",
     "relative_damping_floor",
+    "acceleration_ratio",
+    "weight_decay",
 )
 # Integer options that size the computation; None in `ggn`'s signature means
 # the default here (so that ``optax.inject_hyperparams``, which turns every
 # numeric argument into an array, leaves them static unless they are set).
 STATIC_INTEGER_DEFAULTS = {"cg_max_iters": 100, "max_dense": 4096, "max_jacobian": 2**26}
+# The window of non-monotone acceptance where it is on by default (squared error).
+DEFAULT_NONMONOTONE_WINDOW = 4
 
 # The allowed range of each numeric option: (test, what it says).
 _RANGES = {
@@ -94,6 +102,8 @@ _RANGES = {
     "min_gain_ratio": (lambda v: 0 <= v < 1, "lie in [0, 1)"),
     "residual_exponent": (lambda v: 1 <= v <= 2, "lie in [1, 2]"),
     "cg_warm_start_weight": (lambda v: 0 <= v <= 1, "lie in [0, 1]"),
+    "acceleration_ratio": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "be finite and ≥ 0"),
 }
 
 
@@ -121,7 +131,9 @@ def _dynamic_number(name: str, value: Any) -> Any:
     return float(value)
 
 
-def _static_integer(name: str, value: Any, expected: str = "a positive integer") -> int:
+def _static_integer(
+    name: str, value: Any, expected: str = "a positive integer", minimum: int = 1
+) -> int:
     """An option that sizes the computation, as a Python int."""
     if _is_traced(value):
         raise TypeError(
@@ -131,7 +143,7 @@ def _static_integer(name: str, value: Any, expected: str = "a positive integer")
     if isinstance(value, (jax.Array, np.ndarray, np.generic)) and np.ndim(value) == 0:
         if jnp.issubdtype(value.dtype, jnp.integer):
             value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value
 
@@ -148,7 +160,8 @@ class GGNConfig:
       min_gain_ratio, residual_exponent, marquardt_floor, cg_tol,
       cg_max_iters, cg_preconditioner, cg_warm_start_weight, cg_stop,
       relative_damping_floor, matmul_precision, curvature_samples,
-      max_dense, max_jacobian: the keyword options of `ggn`, with its
+      max_dense, max_jacobian, nonmonotone_window: the keyword options of
+      `ggn`, with its
       defaults and meanings.
 
     Example:
@@ -176,6 +189,10 @@ class GGNConfig:
     curvature_samples: int | None = None
     max_dense: int = 4096
     max_jacobian: int = 2**26
+    nonmonotone_window: int | None = None
+    geodesic_acceleration: bool | None = None
+    acceleration_ratio: float = 0.75
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         _choice("damping_rule", self.damping_rule, DAMPING_RULES)
@@ -184,6 +201,19 @@ class GGNConfig:
         _choice("cg_preconditioner", self.cg_preconditioner, CG_PRECONDITIONERS)
         _choice("cg_stop", self.cg_stop, CG_STOPS)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+        acceleration = self.geodesic_acceleration
+        if _is_traced(acceleration):
+            raise TypeError(
+                "geodesic_acceleration picks a code path and cannot be traced; with "
+                "optax.inject_hyperparams pass static_args=('apply_fn', 'geodesic_acceleration')"
+            )
+        if isinstance(acceleration, (np.ndarray, np.generic, jax.Array)) and np.ndim(acceleration) == 0:
+            acceleration = bool(acceleration)
+            object.__setattr__(self, "geodesic_acceleration", acceleration)
+        if acceleration not in (None, True, False):
+            raise TypeError(
+                f"geodesic_acceleration must be None (auto), True or False, got {acceleration!r}"
+            )
         for name in DYNAMIC_OPTIONS:
             value = getattr(self, name)
             if value is None and name == "min_damping":
@@ -196,6 +226,12 @@ class GGNConfig:
                     raise ValueError(f"{name} must {allowed}, got {value!r}")
         for name in STATIC_INTEGER_DEFAULTS:
             object.__setattr__(self, name, _static_integer(name, getattr(self, name)))
+        if self.nonmonotone_window is not None:
+            window = _static_integer(
+                "nonmonotone_window", self.nonmonotone_window,
+                "None (auto) or a non-negative integer", minimum=0,
+            )
+            object.__setattr__(self, "nonmonotone_window", window)
         if self.curvature_samples is not None:
             samples = _static_integer(
                 "curvature_samples", self.curvature_samples, "a positive integer or None"
@@ -210,6 +246,29 @@ class GGNConfig:
             return
         if a > b:
             raise ValueError(f"{low} ({a}) exceeds {high} ({b})")
+
+    def window_size(self) -> int:
+        """The length of the state's window of recent losses."""
+        if self.nonmonotone_window is None:
+            return DEFAULT_NONMONOTONE_WINDOW
+        return self.nonmonotone_window
+
+    def resolved_options(
+        self, outputs: jax.Array, num_params: int, squared_error: bool
+    ) -> tuple[int, bool]:
+        """(window, acceleration) for outputs (N, K) of a model with P
+        parameters, None (auto) resolved as measured in BENCHMARKS.md
+        ("Damping defaults"): the window for squared error (exact learning,
+        classic least squares, PINN residuals), monotone for other losses;
+        the acceleration where N·K < P, the regime of exact learning."""
+        over = outputs.size < num_params
+        window = self.nonmonotone_window
+        if window is None:
+            window = DEFAULT_NONMONOTONE_WINDOW if squared_error else 0
+        acceleration = self.geodesic_acceleration
+        if acceleration is None:
+            acceleration = over
+        return window, acceleration
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
         """[min, max] for λ; the default floor is 100 machine epsilons of dtype."""
@@ -291,6 +350,10 @@ class GGNState(NamedTuple):
         saw.
         When an update sees another value (``optax.inject_hyperparams``),
         μ restarts from the new one.
+      recent_losses: float (M,), the losses L(θ_k) of the last M accepted
+        steps' starting points, newest first, the dtype's lowest finite
+        number where unused
+        (M = ``nonmonotone_window``; see `ggn_jax.damping`).
 
     Example:
       >>> import jax.numpy as jnp, ggn_jax
@@ -315,6 +378,7 @@ class GGNState(NamedTuple):
     cg_iterations: jax.Array
     last_step: jax.Array
     last_damping_option: jax.Array
+    recent_losses: jax.Array
 
     # Deprecated names (one release), from before issue 12.
     @property
@@ -350,6 +414,7 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         cg_iterations=jnp.zeros((), jnp.int32),
         last_step=jnp.zeros_like(theta),
         last_damping_option=damping,
+        recent_losses=jnp.full((config.window_size(),), jnp.finfo(dtype).min, dtype),
     )
 
 
@@ -484,24 +549,62 @@ def ggn_step(
     # ratio measures the loss, whose local model is built on b.
     grad = batch_grad if grad is None else grad
     scale, size = _scaling(config, solver, curved, local)
+    # Weight decay ω: the objective is F = L + ½ω‖θ‖², its gradient b + ωθ,
+    # its GGN G + ωI; ω joins λD in the system, but not in the rule.
+    decay = config.weight_decay
+    decayed = _is_traced(decay) or decay > 0
+    if decayed:
+        loss0 = loss0 + 0.5 * decay * jnp.dot(theta, theta)
+        grad, batch_grad = grad + decay * theta, batch_grad + decay * theta
     damping, state = _damping_for_step(config, state, loss0, size, dtype)
+    system_damping, system_scale = damping, scale
+    if decayed:
+        system_damping = damping + decay
+        if scale is not None:
+            system_scale = (damping * scale + decay) / system_damping
 
-    step, info = solver.solve(curved, config, local, lin, grad, damping, scale, state.last_step)
-    step = step.astype(dtype)
-    # The model's predicted decrease, with δᵀGδ = mean_i (J_iδ)ᵀH_i(J_iδ).
-    j_step = solver.along(curved, local, lin, step)
+    step, info = solver.solve(
+        curved, config, local, lin, grad, system_damping, system_scale, state.last_step
+    )
+    velocity = step = step.astype(dtype)
+    window, accelerate = config.resolved_options(
+        local.outputs, theta.size, loss.identity_hessian
+    )
+    if accelerate:
+        step, _ = geodesic_acceleration(
+            solver, curved, config, local, lin, velocity, system_damping, system_scale
+        )
+    # The model's predicted decrease, with δᵀGδ = mean_i (J_iδ)ᵀH_i(J_iδ),
+    # at the velocity: the acceleration cancels the outputs' second-order
+    # term, so the model of the accelerated step is the velocity's.
+    j_step = solver.along(curved, local, lin, velocity)
     curvature = jnp.sum(
         j_step * hessian_product(loss, local.outputs, curved.targets, j_step)
     ) / curved.num_samples
-    predicted = -jnp.dot(batch_grad, step) - 0.5 * curvature
+    if decayed:
+        curvature = curvature + decay * jnp.dot(velocity, velocity)
+    predicted = -jnp.dot(batch_grad, velocity) - 0.5 * curvature
     trial_loss = mean_loss(problem, problem.model(theta + step, problem.inputs))
+    if decayed:
+        trial_loss = trial_loss + 0.5 * decay * jnp.dot(theta + step, theta + step)
     actual = loss0 - trial_loss
 
-    # Round-off in the loss: a few eps per term of the mean.
-    noise = 64 * jnp.finfo(dtype).eps * jnp.abs(loss0)
+    noise = roundoff_noise(loss0, local.outputs, local.output_grads)
     accepted, in_roundoff = accept_step(
         config.damping_rule, actual, predicted, config.min_gain_ratio, noise
     )
+    # Non-monotone: measured from the largest recent loss, while the batch
+    # is the one those losses were measured on (the loss at θ is the one
+    # the last step left, up to round-off); a new batch starts afresh.
+    same_batch = jnp.abs(loss0 - state.loss) <= noise
+    recent = jnp.where(same_batch, state.recent_losses, jnp.finfo(dtype).min).astype(dtype)
+    reference_decrease = nonmonotone_reference(recent[:window], loss0) - trial_loss
+    if config.damping_rule != "fixed" and window:
+        accepted = accepted | (
+            jnp.isfinite(trial_loss)
+            & (predicted > 0)
+            & (reference_decrease > config.min_gain_ratio * predicted)
+        )
     data_finite = jnp.isfinite(loss0) & jnp.all(jnp.isfinite(grad))
     solved = jnp.all(jnp.isfinite(step)) & ~failed(info.status)
     accepted = accepted & data_finite & solved & jnp.isfinite(trial_loss)
@@ -513,11 +616,15 @@ def ggn_step(
     # the step too small to measure: report ρ = 1 so it shrinks. Otherwise
     # report ρ = ½, which leaves λ as it is: near a minimum of non-zero loss
     # the damped iteration that got there keeps converging.
-    step_norm2 = jnp.sum(step * step * (1 if scale is None else scale))
+    step_norm2 = jnp.sum(velocity * velocity * (1 if scale is None else scale))
     roundoff_rho = jnp.where(damping * step_norm2 > curvature, 1.0, 0.5)
     rho = jnp.where(accepted & in_roundoff, roundoff_rho, gain_ratio(actual, predicted))
+    # The rule adapts μ by ρ̃ ≥ ρ, the gain measured from the reference.
+    rule_rho = jnp.where(
+        accepted & ~in_roundoff, jnp.maximum(rho, gain_ratio(reference_decrease, predicted)), rho
+    )
     damping_scale, rejection_growth = update_damping(
-        config.damping_rule, state.damping_scale, state.rejection_growth, rho, accepted,
+        config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
         *config.damping_bounds(dtype),
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))
@@ -540,6 +647,7 @@ def ggn_step(
         cg_iterations=info.iterations.astype(jnp.int32),
         last_step=jnp.where(accepted, step, state.last_step),
         last_damping_option=state.last_damping_option,
+        recent_losses=remember_loss(recent, loss0, accepted),
     )
     return update, new_state
 
@@ -610,6 +718,10 @@ def ggn(
     curvature_samples: int | None = None,
     max_dense: int | None = None,
     max_jacobian: int | None = None,
+    nonmonotone_window: int | None = None,
+    geodesic_acceleration: bool | None = None,
+    acceleration_ratio: float = 0.75,
+    weight_decay: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The damped generalised Gauss-Newton step, as an optax transformation.
 
@@ -661,10 +773,12 @@ def ggn(
         before, is accepted with a ``DeprecationWarning``.
       cg_stop: ``"residual"`` (tolerance and cap only) or ``"martens"``,
         which also stops once the quadratic model stops improving.
-      relative_damping_floor: c ≥ 0; λ is kept ≥ c·eps·tr(G) wherever
-        diag(G) is at hand (dense solvers; CG with the diagonal
-        preconditioner), so that G + λD stays factorable in the dtype
-        (float32 above all). 0 turns the floor off.
+      relative_damping_floor: c ≥ 0, the floor that keeps the system
+        factorable in the dtype (float32 above all); 0 turns it off.
+        ``primal`` adds c·eps·P·diag(G) to the diagonal: relative to each
+        parameter's own curvature, so invariant under rescaling the
+        parameters. ``dual`` and ``cg`` keep λ ≥ c·eps·tr(G) (``cg`` where
+        it has diag(G): the diagonal preconditioner or Marquardt).
       matmul_precision: ``"highest"`` (default: full float32 products even
         where a GPU or TPU would use TF32 or bf16 passes) or ``"default"``.
       curvature_samples: build G from the first M samples of each batch
@@ -675,11 +789,29 @@ def ggn(
         convergence is linear.
       max_dense, max_jacobian: the sizes past which ``auto`` does not take
         a dense solver (None: 4096 and 2²⁶).
+      nonmonotone_window: M ≥ 0; a step is accepted when it lowers the
+        loss below the largest of the last M accepted iterates' losses on
+        the same batch (Grippo et al. 1986), not only below the current
+        one; 0 is the monotone test. None (default): 4 for squared error,
+        0 for other losses. See `ggn_jax.damping`.
+      geodesic_acceleration: add the second-order correction ½a of
+        Transtrum & Sethna (2012) to each step (`ggn_jax.acceleration`):
+        one more solve with the same matrix and a second-order jvp.
+        None (default): on where N·K < P, off elsewhere.
+      acceleration_ratio: α; the correction is used only where
+        2‖a‖ ≤ α‖δ‖.
+      weight_decay: ω ≥ 0; minimise L + ½ω‖θ‖² exactly: the gradient gets
+        ωθ, the system G + (λ + ω)I, and the gain ratio and
+        ``state.loss`` measure the regularised loss. (Decay chained
+        before ``ggn`` with ``optax.add_decayed_weights`` changes the
+        gradient but neither G nor the loss the gain ratio measures: it
+        stays safe, but rejects more steps; see README.)
 
     The numeric options in ``DYNAMIC_OPTIONS`` (``damping``, the damping
     bounds, ``min_gain_ratio``, ``residual_exponent``, ``marquardt_floor``,
     ``cg_tol``, ``cg_warm_start_weight``, ``relative_damping_floor``) may be
-    scheduled or changed during training with ``optax.inject_hyperparams``;
+    scheduled or changed during training with ``optax.inject_hyperparams``
+    (also ``acceleration_ratio`` and ``weight_decay``);
     ``apply_fn`` (a callable, which optax would take for a schedule) must
     be named in its ``static_args``. A new ``damping`` restarts the rule's
     μ from that value (a schedule restarts it every step, so λ follows the
@@ -734,6 +866,10 @@ def ggn(
         curvature_samples=curvature_samples,
         max_dense=max_dense,
         max_jacobian=max_jacobian,
+        nonmonotone_window=nonmonotone_window,
+        geodesic_acceleration=geodesic_acceleration,
+        acceleration_ratio=acceleration_ratio,
+        weight_decay=weight_decay,
     )
 
     def init_fn(params):

@@ -1,10 +1,25 @@
-"""Damping rules against their hand-written definitions."""
+"""Damping rules against their hand-written definitions, and the defaults
+on families of problems against independent references (scipy, dense
+solves, finite bounds)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from helpers import mlp_apply, mlp_init, reference_ggn, rel_err, small_problem
+from jax.flatten_util import ravel_pytree
 
-from ggn_jax.damping import accept_step, gain_ratio, step_damping, update_damping
+import ggn_jax
+from ggn_jax.damping import (
+    accept_step,
+    gain_ratio,
+    nonmonotone_reference,
+    remember_loss,
+    roundoff_noise,
+    step_damping,
+    update_damping,
+)
 
 A = jnp.asarray
 
@@ -68,3 +83,205 @@ def test_rejections_cannot_overflow_nu():
     for _ in range(200):
         mu, nu = update_damping("nielsen", mu, nu, A(-1.0), A(False), 1e-12, 1e10)
     assert np.isfinite(float(nu)) and float(mu) == 1e10
+
+
+# --- Defaults measured on families of problems (issue 13) -------------------
+
+def test_nonmonotone_window_keeps_the_largest_recent_losses():
+    recent = jnp.full((3,), -jnp.inf)
+    for loss in (5.0, 1.0, 2.0):
+        recent = remember_loss(recent, A(loss), A(True))
+    assert float(nonmonotone_reference(recent, A(0.5))) == 5.0
+    recent = remember_loss(recent, A(0.7), A(True))  # 5 leaves the window
+    assert float(nonmonotone_reference(recent, A(0.5))) == 2.0
+    assert float(nonmonotone_reference(remember_loss(recent, A(9.0), A(False)), A(0.5))) == 2.0
+    assert float(nonmonotone_reference(jnp.zeros((0,)), A(0.5))) == 0.5
+
+
+def test_roundoff_noise_counts_the_outputs_round_off():
+    # ½(o − y)² at o = 1e8, r = 1: L = ½, Σ|∂l/∂o·o| = 1e8.
+    f32 = lambda v: jnp.asarray(v, jnp.float32)
+    noise = roundoff_noise(f32(0.5), f32([[1e8]]), f32([[1.0]]))
+    assert float(noise) == pytest.approx(64 * np.finfo(np.float32).eps * (0.5 + 1e8), rel=1e-6)
+
+
+def _teacher_student(seed, width):
+    from ggn_jax.data import teacher_student
+    from ggn_jax.models import mlp
+
+    net = mlp([3, width, 1], "tanh")
+    data = teacher_student(jax.random.PRNGKey(77), 24, [3, 4, 1], "tanh", dtype=jnp.float64)
+    return net.apply, net.init(jax.random.PRNGKey(seed), jnp.float64, scale="lecun"), (
+        data.inputs, data.targets)
+
+
+def _paper_demo(seed):
+    from ggn_jax.data import four_region
+    from ggn_jax.models import mlp
+
+    net = mlp([2, 10, 10, 4], "bent_identity")
+    data = four_region(jax.random.PRNGKey(0), 10, jnp.float64)
+    params = net.init(jax.random.PRNGKey(seed), jnp.float64, scale="standard")
+    return net.apply, params, (data.inputs, data.targets)
+
+
+@pytest.mark.parametrize("make", [lambda s: _teacher_student(s, 10), _paper_demo])
+def test_defaults_reach_exact_learning_within_15_steps(make):
+    """Seeds the benchmark (`benchmarks/damping.py`) does not use; the pure
+    iteration of the paper needs up to 15 steps on these families."""
+    with jax.enable_x64(True):
+        for seed in (300, 301, 302):
+            apply_fn, params, batch = make(seed)
+            result = ggn_jax.fit(apply_fn, params, batch, max_steps=15, tol=1e-20)
+            assert result.converged, (seed, result.loss_history[-3:])
+
+
+# Problems of the Moré–Garbow–Hillstrom set and badly scaled regressions
+# (`benchmarks/classic.py`); the whole set and all three starts are in
+# `benchmarks/damping.py` (BENCHMARKS.md), this is a sample that runs fast.
+CLASSIC_SAMPLE = [
+    ("brown_badly_scaled", 1), ("brown_badly_scaled", 10), ("powell_badly_scaled", 1),
+    ("box3d", 1), ("meyer", 1), ("osborne1", 1), ("exp_saturation", 1),
+    ("power_law", 1), ("narrow_gaussian", 1), ("rational_quadratic", 10),
+]
+
+
+@pytest.mark.parametrize("name,factor", CLASSIC_SAMPLE)
+def test_defaults_solve_what_scipy_lm_solves(name, factor):
+    from benchmarks.classic import PROBLEMS, scipy_reference, starts
+
+    with jax.enable_x64(True):
+        problem = PROBLEMS[name]
+        x0 = dict(starts(problem))[factor]
+        reference = scipy_reference(problem, x0, "lm")
+        best = problem.reference_cost
+        assert reference["cost"] <= best + 1e-8 * best + 1e-20  # scipy solves it
+        m = problem.residual(jnp.asarray(x0)).shape[0]
+        result = ggn_jax.fit(
+            lambda theta, inputs: problem.residual(theta)[None], jnp.asarray(x0),
+            (jnp.zeros((1, 1)), jnp.zeros((1, m))), max_steps=500, tol=0.0,
+        )
+        ours = float(result.state.loss)
+        if best < 1e-20:
+            assert ours < 1e-20
+        else:
+            assert ours == pytest.approx(reference["cost"], rel=1e-8)
+            assert rel_err(result.params, reference["x"]) < 1e-6
+
+
+def _flat(tree):
+    return ravel_pytree(tree)[0]
+
+
+def _loop(tx, params, state, batch, steps):
+    """``steps`` jitted updates on one batch: the parameters, the state, and
+    each step's λ and loss."""
+
+    def mean_loss(p, b):
+        return 0.5 * jnp.mean(jnp.sum((mlp_apply(p, b[0]) - b[1]) ** 2, axis=1))
+
+    @jax.jit
+    def step(p, s, b):
+        u, s = tx.update(jax.grad(mean_loss)(p, b), s, p, batch=b)
+        p = optax.apply_updates(p, u)
+        return p, s, s.damping, mean_loss(p, b)
+
+    dampings, losses = [], []
+    for _ in range(steps):
+        params, state, damping, loss = step(params, state, batch)
+        dampings.append(float(damping))
+        losses.append(float(loss))
+    return params, state, np.array(dampings), np.array(losses)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_damping_stays_bounded_at_the_roundoff_floor_and_recovers(dtype):
+    """2-[8]-1 on 4 samples: 40 steps reach the round-off floor; λ must not
+    ratchet towards max_damping (1e12), and a changed batch is fitted again
+    within a few steps."""
+    with jax.enable_x64(dtype == jnp.float64):
+        params = mlp_init(jax.random.PRNGKey(0), [2, 8, 1], dtype)
+        x = jax.random.normal(jax.random.PRNGKey(1), (4, 2), dtype)
+        tx = ggn_jax.ggn(mlp_apply)
+        params, state, dampings, losses = _loop(
+            tx, params, tx.init(params), (x, jnp.sin(x[:, :1])), 40
+        )
+        eps = float(jnp.finfo(dtype).eps)
+        assert losses[-1] < 1e3 * eps**2  # at the floor
+        assert dampings.max() < 1e3, dampings.max()
+        # A new batch: the same inputs, other targets.
+        y2 = jnp.cos(x[:, :1])
+        loss0 = float(0.5 * jnp.mean((mlp_apply(params, x) - y2) ** 2))
+        _, _, _, losses = _loop(tx, params, state, (x, y2), 6)
+        assert losses[-1] < 1e-6 * loss0
+
+
+def test_weight_decay_step_is_the_regularised_gauss_newton_step():
+    """δ = −(G + (λ + ω)I)⁻¹(b + ωθ): the GGN of L + ½ω‖θ‖², from a dense G."""
+    with jax.enable_x64(True):
+        params, batch = small_problem("squared_error", 8, n=3)  # NK = 12 < P = 44
+        reference, _ = reference_ggn("squared_error", params, batch)
+        mean_loss = lambda p: 0.5 * jnp.mean(jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2, 1))
+        grads = jax.grad(mean_loss)(params)
+        theta = _flat(params)
+        damping, decay = 0.5, 0.1
+        expected = np.linalg.solve(
+            reference + (damping + decay) * np.eye(theta.size), -(_flat(grads) + decay * theta)
+        )
+        for solver in ("primal", "dual", "cg"):
+            tx = ggn_jax.ggn(
+                mlp_apply, damping=damping, damping_rule="nielsen", solver=solver,
+                weight_decay=decay, geodesic_acceleration=False, cg_tol=1e-13, cg_max_iters=500,
+                relative_damping_floor=0.0,
+            )
+            updates, state = tx.update(grads, tx.init(params), params, batch=batch)
+            assert bool(state.accepted), solver
+            assert rel_err(_flat(updates), expected) < 1e-7, solver
+            new = optax.apply_updates(params, updates)
+            regularised = float(mean_loss(new)) + 0.5 * decay * float(jnp.sum(_flat(new) ** 2))
+            assert float(state.loss) == pytest.approx(regularised, rel=1e-10)
+
+
+def test_weight_decay_in_fit_reaches_a_stationary_point_of_the_regularised_loss():
+    with jax.enable_x64(True):
+        params, batch = small_problem("squared_error", 5, n=12)
+        decay = 1e-2
+
+        def regularised(p):
+            loss = 0.5 * jnp.mean(jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2, 1))
+            return loss + 0.5 * decay * jnp.sum(_flat(p) ** 2)
+
+        result = ggn_jax.fit(
+            mlp_apply, params, batch, max_steps=200, tol=0.0, weight_decay=decay,
+            nonmonotone_window=0,
+        )
+        history = np.concatenate([[result.initial_loss], result.loss_history])
+        assert result.initial_loss == pytest.approx(float(regularised(params)), rel=1e-12)
+        assert np.all(np.diff(history) <= 1e-12 * history[:-1])  # monotone
+        assert float(jnp.linalg.norm(_flat(jax.grad(regularised)(result.params)))) < 1e-8
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual"])
+def test_weight_decay_chained_before_ggn_gives_bounded_steps_and_lowers_the_regularised_loss(
+    solver,
+):
+    """``chain(add_decayed_weights(ω), ggn)``: g = b + ωθ while G lacks ωI and
+    the gain ratio measures L alone; steps stay bounded and
+    L + ½ω‖θ‖² still falls (the ``weight_decay`` option is the exact form)."""
+    with jax.enable_x64(True):
+        n = 3 if solver == "dual" else 24
+        params, batch = small_problem("squared_error", 6, n=n)
+        decay = 1e-2
+
+        def regularised(p):
+            loss = 0.5 * jnp.mean(jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2, 1))
+            return loss + 0.5 * decay * jnp.sum(_flat(p) ** 2)
+
+        tx = optax.chain(optax.add_decayed_weights(decay), ggn_jax.ggn(mlp_apply, solver=solver))
+        state, start = tx.init(params), float(regularised(params))
+        mean_loss = lambda p: 0.5 * jnp.mean(jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2, 1))
+        for _ in range(15):
+            updates, state = tx.update(jax.grad(mean_loss)(params), state, params, batch=batch)
+            assert float(jnp.linalg.norm(_flat(updates))) < 10 * (1 + float(jnp.linalg.norm(_flat(params))))
+            params = optax.apply_updates(params, updates)
+        assert float(regularised(params)) < start

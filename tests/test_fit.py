@@ -61,13 +61,28 @@ def test_over_parameterised_regression_reaches_1e_20_within_30_steps():
 
 def test_accepted_steps_never_increase_the_loss_and_history_has_one_entry_per_step():
     params, batch = _over_parameterised(0)
-    result = ggn_jax.fit(mlp_apply, params, batch, max_steps=12, tol=0.0)
+    result = ggn_jax.fit(mlp_apply, params, batch, max_steps=12, tol=0.0, nonmonotone_window=0)
     assert result.steps == 12 and result.loss_history.shape == (12,)
     losses = np.concatenate([[result.initial_loss], result.loss_history])
     # Steps are accepted only if the loss falls, or moves by less than its
     # own round-off (64 eps relative).
     assert np.all(np.diff(losses) <= 64 * np.finfo(np.float64).eps * losses[:-1])
     assert not result.converged
+
+
+def test_nonmonotone_steps_stay_below_the_largest_recent_loss():
+    """The default on N·K < P: a step may raise the loss, but never above
+    the largest loss of the last M + 1 accepted iterates (M = 4), so every
+    fifth accepted iterate is lower than the one five before."""
+    params, batch = _over_parameterised(0)
+    result = ggn_jax.fit(mlp_apply, params, batch, max_steps=12, tol=0.0)
+    losses = np.concatenate([[result.initial_loss], result.loss_history])
+    accepted = np.concatenate([[True], result.log.accepted])
+    iterates = losses[accepted]
+    assert np.any(np.diff(iterates) > 0)  # this run does go up once
+    for k in range(1, len(iterates)):
+        window = iterates[max(0, k - 5):k]
+        assert iterates[k] <= window.max() * (1 + 1e-12)
 
 
 def test_a_second_fit_reuses_the_compiled_program():

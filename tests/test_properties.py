@@ -54,7 +54,7 @@ def test_each_solver_solves_the_damped_system(seed, loss, n, solver, damping_typ
     tx = ggn_jax.ggn(
         mlp_apply, loss, damping=0.1, damping_rule="fixed", solver=solver,
         damping_type=damping_type, cg_tol=1e-12 if dtype == np.float64 else 1e-6,
-        cg_max_iters=500,
+        cg_max_iters=500, geodesic_acceleration=False,
     )
     problem = bind_problem(mlp_apply, loss, params, batch)
     outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)

@@ -97,7 +97,7 @@ def test_failed_factorisation_gives_nan_not_a_wrong_step():
     # ...and the solver reports it as a failed factorisation.
     local = ggn_jax.solvers.LocalModel(None, None, None, None, None, ggn=indefinite)
     _, info = ggn_jax.solvers.Primal().solve(
-        None, None, local, None, jnp.ones(2), jnp.asarray(1e-12), None, None)
+        None, make_config(), local, None, jnp.ones(2), jnp.asarray(1e-12), None, None)
     assert int(info.status) == STATUS_FACTORISATION_FAILED
 
 

@@ -3,7 +3,7 @@
 A step of `ggn_jax.transform.ggn_step` reads as the algorithm:
 
     local, lin = solver.prepare(problem, config)        # λ-independent, at θ
-    λ          = damping rule (+ floor from solver.trace(local))
+    λ          = damping rule (floored by solver.trace(local) where not None)
     δ, info    = solver.solve(problem, config, local, lin, g, λ, D, warm start)
     J̄δ         = solver.along(problem, local, lin, δ)   # predicted decrease
     accept or reject by the gain ratio
@@ -162,7 +162,9 @@ class Solver:
         raise NotImplementedError
 
     def trace(self, local: LocalModel) -> jax.Array | None:
-        """tr(G) where it is at hand (for the relative damping floor)."""
+        """tr(G) where it is at hand, for the relative damping floor
+        λ ≥ c·eps·tr(G); None where the solver floors its matrix itself or
+        has no diagonal."""
         return None if local.diagonal is None else jnp.sum(local.diagonal)
 
     def diagonal(self, problem: Problem, config: Any, local: LocalModel) -> jax.Array:

@@ -25,21 +25,38 @@ from ggn_jax.solvers.base import (
 
 
 def solve_primal(
-    ggn: jax.Array, grad: jax.Array, damping: jax.Array, scale: jax.Array | None
+    ggn: jax.Array,
+    grad: jax.Array,
+    damping: jax.Array,
+    scale: jax.Array | None,
+    relative_floor: float | jax.Array = 0.0,
 ) -> jax.Array:
-    """δ = −(G + λD)⁻¹ g by Cholesky of the P×P matrix.
+    """δ = −(G + λD + F)⁻¹ g by Cholesky of the P×P matrix.
+
+    F = c·eps·P·diag(G) (c = ``relative_floor``) is the floor that keeps the
+    matrix factorable in floating point. In the Jacobi-scaled matrix
+    S G S (S = diag(G)^{-1/2}, unit diagonal, trace P) it adds c·eps·P to
+    every eigenvalue: above the round-off of a Cholesky of that matrix,
+    whose backward error is relative to its diagonal. Being relative to each
+    parameter's own curvature, F is invariant under a rescaling of the
+    parameters, unlike a floor on λ tied to tr(G), which the largest-scale
+    parameter dominates and which swamps the curvature of the small-scale
+    ones (Moré–Garbow–Hillstrom's "badly scaled" problems).
 
     Args:
       ggn: G, (P, P).
       grad: g, (P,).
       damping: λ > 0.
       scale: the diagonal of D (P,), or None for D = I.
+      relative_floor: c ≥ 0 of the floor F; 0 for none.
 
     Returns:
       δ, (P,); NaN where the factorisation failed.
     """
     p = grad.shape[0]
-    matrix = ggn + jnp.diag(damped_diagonal(p, damping, scale))
+    diagonal = damped_diagonal(p, damping, scale)
+    diagonal = diagonal + relative_floor * jnp.finfo(ggn.dtype).eps * p * jnp.diag(ggn)
+    matrix = ggn + jnp.diag(diagonal.astype(ggn.dtype))
     return -cho_solve(cho_factor(matrix, lower=True), grad)
 
 
@@ -61,8 +78,12 @@ class Primal(Solver):
         ggn = dense_ggn(local.jacobians, local.hessians)
         return local._replace(ggn=ggn, diagonal=jnp.diag(ggn)), None
 
+    def trace(self, local: LocalModel) -> None:
+        # The floor is per parameter, inside the solve (`solve_primal`).
+        return None
+
     def solve(self, problem, config, local: LocalModel, lin, grad, damping, scale, warm_start):
-        step = solve_primal(local.ggn, grad, damping, scale)
+        step = solve_primal(local.ggn, grad, damping, scale, config.relative_damping_floor)
         return step, direct_info(step)
 
     def along(self, problem, local, lin, step):
