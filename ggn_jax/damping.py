@@ -47,7 +47,8 @@ decrease. Since R never grows, the loss of every M+1-th iterate still
 falls. On exact learning this keeps the Gauss-Newton steps that overshoot
 once and then converge quadratically — the pure iteration of the paper —
 where a monotone test would reject them and raise λ. The rules adapt μ by
-ρ̃ = (R − L(θ + δ)) / predicted ≥ ρ.
+ρ on steps the monotone test accepts; a step accepted by the window alone
+is kept but μ grows by 1.5, so that such steps cannot cycle at a tiny λ.
 
 **Round-off.** Near a minimum the change of the loss is lost in round-off:
 in L itself (a few eps·|L|) and in the outputs, each computed to about

@@ -90,6 +90,8 @@ DYNAMIC_OPTIONS = (
 STATIC_INTEGER_DEFAULTS = {"cg_max_iters": 100, "max_dense": 4096, "max_jacobian": 2**26}
 # The window of non-monotone acceptance where it is on by default (squared error).
 DEFAULT_NONMONOTONE_WINDOW = 4
+# μ's factor after a step accepted by the window alone.
+WINDOW_GROWTH = 1.5
 
 # The allowed range of each numeric option: (test, what it says).
 _RANGES = {
@@ -160,8 +162,8 @@ class GGNConfig:
       min_gain_ratio, residual_exponent, marquardt_floor, cg_tol,
       cg_max_iters, cg_preconditioner, cg_warm_start_weight, cg_stop,
       relative_damping_floor, matmul_precision, curvature_samples,
-      max_dense, max_jacobian, nonmonotone_window: the keyword options of
-      `ggn`, with its
+      max_dense, max_jacobian, nonmonotone_window, geodesic_acceleration,
+      acceleration_ratio, weight_decay: the keyword options of `ggn`, with its
       defaults and meanings.
 
     Example:
@@ -599,6 +601,7 @@ def ggn_step(
     same_batch = jnp.abs(loss0 - state.loss) <= noise
     recent = jnp.where(same_batch, state.recent_losses, jnp.finfo(dtype).min).astype(dtype)
     reference_decrease = nonmonotone_reference(recent[:window], loss0) - trial_loss
+    monotone_accepted = accepted
     if config.damping_rule != "fixed" and window:
         accepted = accepted | (
             jnp.isfinite(trial_loss)
@@ -619,13 +622,19 @@ def ggn_step(
     step_norm2 = jnp.sum(velocity * velocity * (1 if scale is None else scale))
     roundoff_rho = jnp.where(damping * step_norm2 > curvature, 1.0, 0.5)
     rho = jnp.where(accepted & in_roundoff, roundoff_rho, gain_ratio(actual, predicted))
-    # The rule adapts μ by ρ̃ ≥ ρ, the gain measured from the reference.
-    rule_rho = jnp.where(
-        accepted & ~in_roundoff, jnp.maximum(rho, gain_ratio(reference_decrease, predicted)), rho
-    )
+    # A step taken only by the window is kept, but its model failed the
+    # monotone test: μ grows by WINDOW_GROWTH (ν untouched), so that a run
+    # of such steps cannot cycle between two losses at a tiny λ (measured:
+    # 1.5 breaks the cycles and costs exact learning the fewest steps).
+    window_only = accepted & ~monotone_accepted
     damping_scale, rejection_growth = update_damping(
-        config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
+        config.damping_rule, state.damping_scale, state.rejection_growth, rho, accepted,
         *config.damping_bounds(dtype),
+    )
+    damping_scale = jnp.where(
+        window_only,
+        jnp.clip(state.damping_scale * WINDOW_GROWTH, *config.damping_bounds(dtype)),
+        damping_scale,
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))
     new_loss = jnp.where(
