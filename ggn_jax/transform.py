@@ -90,8 +90,6 @@ DYNAMIC_OPTIONS = (
 STATIC_INTEGER_DEFAULTS = {"cg_max_iters": 100, "max_dense": 4096, "max_jacobian": 2**26}
 # The window of non-monotone acceptance where it is on by default (squared error).
 DEFAULT_NONMONOTONE_WINDOW = 4
-# μ's factor after a step accepted by the window alone.
-WINDOW_GROWTH = 1.5
 
 # The allowed range of each numeric option: (test, what it says).
 _RANGES = {
@@ -622,19 +620,9 @@ def ggn_step(
     step_norm2 = jnp.sum(velocity * velocity * (1 if scale is None else scale))
     roundoff_rho = jnp.where(damping * step_norm2 > curvature, 1.0, 0.5)
     rho = jnp.where(accepted & in_roundoff, roundoff_rho, gain_ratio(actual, predicted))
-    # A step taken only by the window is kept, but its model failed the
-    # monotone test: μ grows by WINDOW_GROWTH (ν untouched), so that a run
-    # of such steps cannot cycle between two losses at a tiny λ (measured:
-    # 1.5 breaks the cycles and costs exact learning the fewest steps).
-    window_only = accepted & ~monotone_accepted
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rho, accepted,
-        *config.damping_bounds(dtype),
-    )
-    damping_scale = jnp.where(
-        window_only,
-        jnp.clip(state.damping_scale * WINDOW_GROWTH, *config.damping_bounds(dtype)),
-        damping_scale,
+        *config.damping_bounds(dtype), window_only=accepted & ~monotone_accepted,
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))
     new_loss = jnp.where(

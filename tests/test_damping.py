@@ -284,3 +284,13 @@ def test_weight_decay_chained_before_ggn_gives_bounded_steps_and_lowers_the_regu
             assert float(jnp.linalg.norm(_flat(updates))) < 10 * (1 + float(jnp.linalg.norm(_flat(params))))
             params = optax.apply_updates(params, updates)
         assert float(regularised(params)) < start
+
+
+def test_a_step_accepted_by_the_window_alone_grows_mu():
+    # Kept, but the model failed: μ·1.5 whatever ρ says, ν back to 2; clipped.
+    mu, nu = update_damping("nielsen", A(1.0), A(8.0), A(0.9), A(True), 1e-12, 1e10,
+                            window_only=A(True))
+    assert float(mu) == 1.5 and float(nu) == 2.0
+    mu, _ = update_damping("residual", A(1e10), A(2.0), A(-1.0), A(True), 1e-12, 1e10,
+                           window_only=A(True))
+    assert float(mu) == 1e10
