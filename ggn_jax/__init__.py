@@ -9,6 +9,8 @@ from ggn_jax.analysis import CriticalPointReport as CriticalPointReport
 from ggn_jax.analysis import convergence_order as convergence_order
 from ggn_jax.analysis import critical_point as critical_point
 from ggn_jax.analysis import exact_learning_conditions as exact_learning_conditions
+from ggn_jax.blocks import Block as Block
+from ggn_jax.blocks import Blocks as Blocks
 from ggn_jax.curvature import ggn_matrix as ggn_matrix
 from ggn_jax.curvature import gram_matrix as gram_matrix
 from ggn_jax.damping import DAMPING_RULES as DAMPING_RULES
@@ -45,6 +47,8 @@ __all__ = [
     "SOLVER_NAMES",
     "StepLog",
     "Activation",
+    "Block",
+    "Blocks",
     "ConditionReport",
     "ConvergenceOrder",
     "CriticalPointReport",

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ggn_jax.curvature import dense_ggn, loss_hessians, per_sample_jacobians
+from ggn_jax.curvature import dense_ggn, loss_hessians, per_sample_jacobians, problem_jacobians
 from ggn_jax.losses import LossSpec
 from ggn_jax.models import ACTIVATIONS, MLP, Activation
 from ggn_jax.problem import bind_problem, mean_loss
@@ -340,7 +340,7 @@ def critical_point(
 
     value, grad = jax.value_and_grad(loss_at)(theta)
     hessian = np.asarray(jax.hessian(loss_at)(theta))
-    outputs, jac = per_sample_jacobians(problem.model, theta, problem.inputs)
+    outputs, jac = problem_jacobians(problem._replace(theta=theta))
     hessians = None if problem.loss.identity_hessian else loss_hessians(
         problem.loss, outputs, problem.targets
     )

@@ -33,6 +33,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 
 from ggn_jax import structure as structured
 from ggn_jax.losses import BoundLoss
-from ggn_jax.problem import FlatModel, Problem, bind_problem, per_sample_rows
+from ggn_jax.problem import FlatModel, Problem, bind_problem, per_sample_rows, segments_of
 
 
 def _one_sample(x):
@@ -201,21 +202,96 @@ def _structure_of(
     return structured.find_structure(leaf_model, leaves, inputs, names, purpose), leaves
 
 
-def problem_structure(problem: Problem, purpose: str = "gram") -> structured.Structure:
+class SegmentedStructure(NamedTuple):
+    """The structures of a problem stated in blocks, one per segment
+    (`ggn_jax.problem.Segment`), costed together."""
+
+    parts: tuple[structured.Structure, ...]
+
+    def gram_flops(self) -> float:
+        """Each block's own Gram plus the cross blocks, costed as if formed
+        from materialised Jacobians (an upper bound)."""
+        own = sum(part.gram_flops() for part in self.parts)
+        sizes = [part.num_samples * part.num_outputs for part in self.parts]
+        p = sum(math.prod(leaf.shape) for leaf in self.parts[0].leaves)
+        cross = sum(2.0 * a * b * p for i, a in enumerate(sizes) for b in sizes[i + 1:])
+        return own + 2 * cross
+
+    def diagonal_flops(self) -> float:
+        return sum(part.diagonal_flops() for part in self.parts)
+
+
+def materialised_entries(structure: structured.Structure | SegmentedStructure) -> int:
+    """How many numbers of per-sample Jacobian blocks the structured
+    products form: N·K·Σ|leaves that are not factored|, over the segments."""
+    parts = structure.parts if isinstance(structure, SegmentedStructure) else (structure,)
+    return sum(
+        part.num_samples * part.num_outputs
+        * sum(math.prod(leaf.shape) for leaf in part.leaves if leaf.mode != "factored")
+        for part in parts
+    )
+
+
+def problem_jacobians(problem: Problem) -> tuple[jax.Array, jax.Array]:
+    """Outputs (N, K) and per-sample Jacobians (N, K, P) at ``problem.theta``,
+    each block's by its own model on its own samples."""
+    parts = [per_sample_jacobians(s.model, problem.theta, s.inputs) for s in segments_of(problem)]
+    if len(parts) == 1:
+        return parts[0]
+    return (jnp.concatenate([o for o, _ in parts]), jnp.concatenate([j for _, j in parts]))
+
+
+def problem_structure(
+    problem: Problem, purpose: str = "gram"
+) -> structured.Structure | SegmentedStructure:
     """The per-leaf structure of the problem's model (`ggn_jax.structure`),
-    costed for ``purpose`` (``"gram"`` or ``"diagonal"``)."""
+    costed for ``purpose`` (``"gram"`` or ``"diagonal"``); for a problem in
+    blocks, a `SegmentedStructure` with one per block."""
     if problem.apply_fn is None:
         raise ValueError("this problem was not built by bind_problem: it has no apply_fn")
     params = problem.unravel(problem.theta)
-    return _structure_of(problem.apply_fn, params, problem.inputs, purpose)[0]
+    parts = tuple(
+        _structure_of(s.apply_fn, params, s.inputs, purpose)[0] for s in segments_of(problem)
+    )
+    return parts[0] if problem.segments is None else SegmentedStructure(parts)
 
 
 def structured_factors(
-    problem: Problem, structure: structured.Structure
-) -> structured.Factors:
-    """`ggn_jax.structure.sample_factors` at ``problem.theta``."""
+    problem: Problem, structure: structured.Structure | SegmentedStructure
+) -> structured.Factors | tuple[structured.Factors, ...]:
+    """`ggn_jax.structure.sample_factors` at ``problem.theta`` (a tuple, one
+    per block, for a `SegmentedStructure`)."""
     leaves = jax.tree_util.tree_leaves(problem.unravel(problem.theta))
+    if isinstance(structure, SegmentedStructure):
+        return tuple(
+            structured.sample_factors(part, leaves, s.inputs)
+            for part, s in zip(structure.parts, segments_of(problem))
+        )
     return structured.sample_factors(structure, leaves, problem.inputs)
+
+
+def structured_gram(
+    structure: structured.Structure | SegmentedStructure,
+    factors: structured.Factors | tuple[structured.Factors, ...],
+) -> jax.Array:
+    """J̄J̄ᵀ (NK, NK) from the factors; for blocks, each block's own Gram
+    on the diagonal and `ggn_jax.structure.cross_gram` off it."""
+    if not isinstance(structure, SegmentedStructure):
+        return structured.gram(structure, factors)
+    parts = structure.parts
+    n = sum(part.num_samples for part in parts)
+    rows = []
+    for a, (sa, fa) in enumerate(zip(parts, factors)):
+        row = []
+        for b, (sb, fb) in enumerate(zip(parts, factors)):
+            if a == b:
+                row.append(structured.gram(sa, fa) * sa.num_samples)
+            elif b > a:
+                row.append(structured.cross_gram(sa, fa, sb, fb))
+            else:
+                row.append(rows[b][a].T)
+        rows.append(row)
+    return jnp.block(rows) / n
 
 
 def structured_diagonal(problem: Problem, outputs: jax.Array | None = None) -> jax.Array:
@@ -224,11 +300,18 @@ def structured_diagonal(problem: Problem, outputs: jax.Array | None = None) -> j
     the factors' own outputs do."""
     structure = problem_structure(problem, "diagonal")
     factors = structured_factors(problem, structure)
-    outputs = factors.outputs if outputs is None else outputs
-    hessians = None if problem.loss.identity_hessian else loss_hessians(
-        problem.loss, outputs, problem.targets
-    )
-    return structured.diagonal(structure, factors, hessians)
+    if not isinstance(structure, SegmentedStructure):
+        structure, factors = (structure,), (factors,)
+    else:
+        structure = structure.parts
+    total = 0
+    for part, f, s in zip(structure, factors, segments_of(problem)):
+        o = f.outputs if outputs is None else outputs[s.start:s.stop]
+        hessians = None if problem.loss.identity_hessian else loss_hessians(
+            problem.loss, o, jax.tree_util.tree_map(lambda y: y[s.start:s.stop], problem.targets)
+        )
+        total = total + structured.diagonal(part, f, hessians) * part.num_samples
+    return total / problem.num_samples
 
 
 # --- public conveniences on pytrees -------------------------------------------
@@ -255,7 +338,7 @@ def ggn_matrix(apply_fn: Callable, loss: Any, params: Any, batch: tuple) -> jax.
       [[1.0, 1.0], [1.0, 2.0]]
     """
     problem = bind_problem(apply_fn, loss, params, batch)
-    outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+    outputs, jac = problem_jacobians(problem)
     hessians = None if problem.loss.identity_hessian else loss_hessians(
         problem.loss, outputs, problem.targets
     )
@@ -304,5 +387,9 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
       >>> int(jnp.linalg.matrix_rank(gram))
       8
     """
+    if callable(getattr(apply_fn, "bind_problem", None)):  # ggn_jax.Blocks
+        problem = apply_fn.bind_problem("squared_error", params, (inputs, None))
+        structure = problem_structure(problem)
+        return structured_gram(structure, structured_factors(problem, structure))
     structure, leaves = _structure_of(apply_fn, params, inputs)
     return structured.gram(structure, structured.sample_factors(structure, leaves, inputs))

@@ -92,6 +92,21 @@ def roundoff_noise(
     return jnp.where(jnp.isfinite(noise), noise, 64 * eps * jnp.abs(loss))
 
 
+def batch_fingerprint(batch, dtype) -> jax.Array:
+    """A number that identifies a batch: Σ_leaves Σ_j x_j·cos(φ·j) with φ
+    the golden ratio. The same arrays give the same bits in the same
+    program; another batch differs with probability one. (Comparing the
+    loss at θ with the last trial loss cannot tell: round-off in a PDE
+    residual, a cancellation of large terms, can exceed any fixed tolerance.)
+    """
+    total = jnp.zeros((), dtype)
+    for leaf in jax.tree_util.tree_leaves(batch):
+        flat = jnp.ravel(jnp.asarray(leaf)).astype(dtype)
+        weights = jnp.cos(0.6180339887498949 * jnp.arange(flat.size, dtype=dtype))
+        total = total + jnp.dot(flat, weights)
+    return total
+
+
 def nonmonotone_reference(recent: jax.Array, loss: jax.Array) -> jax.Array:
     """R = max(L(θ_k), recent losses); unused slots of ``recent`` hold a
     number below any loss (−inf, or the dtype's lowest)."""

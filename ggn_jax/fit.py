@@ -73,7 +73,12 @@ class FitResult(NamedTuple):
     """The outcome of `fit`.
 
     Attributes:
-      params: the final parameters, in the pytree structure given.
+      params: the parameters of the lowest loss reached (the initial ones
+        if no step lowered it), in the pytree structure given. With the
+        non-monotone acceptance of squared error (`ggn`'s
+        ``nonmonotone_window``) the last iterate can sit above an earlier
+        one; with monotone acceptance they are the last parameters.
+      last_params: the parameters after the last step.
       loss_history: (steps,) array, one entry per step: the loss after it
         (unchanged by a rejected step); the same as ``log.loss``.
       initial_loss: the loss at the initial parameters.
@@ -97,6 +102,7 @@ class FitResult(NamedTuple):
     converged: bool
     state: GGNState
     log: StepLog
+    last_params: Any = None
 
 
 def _empty_log(length: int, dtype) -> StepLog:
@@ -150,14 +156,16 @@ def _build(
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 
         def cond(carry):
-            _, _, state, _, step = carry
+            _, _, state, _, step, _ = carry
             return clean & (step < max_steps) & ~(state.loss <= tol)
 
         def body(carry):
-            theta, local, state, log, step = carry
+            theta, local, state, log, step, best = carry
             at_theta = problem._replace(theta=theta)
             update, state = ggn_step(config, at_theta, state, None, local)
             theta = theta + update
+            lower = state.accepted & (state.loss < best[1])
+            best = (jnp.where(lower, theta, best[0]), jnp.where(lower, state.loss, best[1]))
             if carried:
                 local = jax.lax.cond(
                     state.accepted,
@@ -166,12 +174,14 @@ def _build(
                 )
             if every:
                 report_from_device(step, every, state.loss, state.damping, state.rho)
-            return theta, local, state, _record(log, step, state), step + 1
+            return theta, local, state, _record(log, step, state), step + 1, best
 
-        theta, _, state, log, steps = jax.lax.while_loop(
-            cond, body, (problem.theta, local, state, log, jnp.zeros((), jnp.int32))
+        best = (problem.theta, state.loss)
+        theta, _, state, log, steps, best = jax.lax.while_loop(
+            cond, body, (problem.theta, local, state, log, jnp.zeros((), jnp.int32), best)
         )
-        return problem.unravel(theta), state, initial_loss, log, steps, non_finite
+        return (problem.unravel(best[0]), problem.unravel(theta), state, initial_loss, log,
+                steps, non_finite)
 
     return jax.jit(run)
 
@@ -221,7 +231,7 @@ def _cached_build(apply_fn, loss, config, max_steps, every):
 def fit(
     apply_fn: Callable,
     params: Any,
-    batch: tuple[Any, Any],
+    batch: tuple[Any, Any] | None = None,
     loss: LossSpec = "squared_error",
     *,
     max_steps: int = 100,
@@ -232,9 +242,11 @@ def fit(
     """Trains ``params`` on one batch with damped GGN steps until loss ≤ tol.
 
     Args:
-      apply_fn: ``apply_fn(params, inputs) -> outputs``.
+      apply_fn: ``apply_fn(params, inputs) -> outputs``, or a problem in
+        residual blocks (`ggn_jax.Blocks`).
       params: the initial parameter pytree.
-      batch: ``(inputs, targets)``, the whole training set.
+      batch: ``(inputs, targets)``, the whole training set; for `Blocks`
+        it may be left out (its own ``batch``).
       loss: a loss name or per-sample callable, as for `ggn`.
       max_steps: the most steps (accepted or rejected) to take.
       tol: stop once the mean loss is ≤ tol.
@@ -272,6 +284,8 @@ def fit(
     else:
         raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
     config = make_config(**options)
+    if batch is None and isinstance(getattr(apply_fn, "batch", None), tuple):
+        batch = apply_fn.batch  # ggn_jax.Blocks carries its own samples
     _check_labels(apply_fn, loss, params, batch)
     try:
         run = _cached_build(apply_fn, loss, config, max_steps, every)
@@ -280,7 +294,8 @@ def fit(
     bar = ProgressBar(max_steps, "ggn fit", enabled=every > 0)
     # Only a run that reports needs its callbacks routed (and waited for).
     with bar, active(bar) if every else contextlib.nullcontext():
-        result_params, state, initial_loss, log, steps, non_finite = run(params, batch, tol)
+        best_params, last_params, state, initial_loss, log, steps, non_finite = run(
+            params, batch, tol)
         # One transfer for everything the host needs (each sync costs tens of µs).
         steps, non_finite, log, initial_loss, final_loss = jax.device_get(
             (steps, non_finite, log, initial_loss, state.loss)
@@ -290,11 +305,12 @@ def fit(
     _raise_non_finite(non_finite, params, batch)
     log = StepLog(*(np.asarray(column[:steps]) for column in log))
     return FitResult(
-        result_params,
+        best_params,
         log.loss,
         float(initial_loss),
         steps,
         bool(final_loss <= tol),
         state,
         log,
+        last_params,
     )

@@ -41,6 +41,27 @@ def flat_model(apply_fn: Callable, unravel: Callable) -> FlatModel:
     return model
 
 
+class Segment(NamedTuple):
+    """A run of samples with a model of its own (a residual block,
+    `ggn_jax.blocks`): rows ``start:stop`` of the problem's outputs.
+
+    Attributes:
+      name: the block's name.
+      model: ``(θ, inputs) -> outputs (N_s, K)`` on the segment's samples.
+      inputs: its samples, leading axis N_s.
+      apply_fn: ``(params, inputs) -> outputs``, the same on pytrees (for
+        reading its structure).
+      start, stop: its rows in the concatenated outputs and targets.
+    """
+
+    name: str
+    model: FlatModel
+    inputs: Any
+    apply_fn: Callable
+    start: int
+    stop: int
+
+
 class Problem(NamedTuple):
     """A checked least-squares-like problem over flat parameters.
 
@@ -55,6 +76,10 @@ class Problem(NamedTuple):
       apply_fn: the user's ``apply_fn(params, inputs)``, for reading the
         model's structure per parameter leaf (`ggn_jax.structure`).
       treedef: the parameters' pytree structure.
+      segments: for a problem stated in blocks, one `Segment` per block
+        (the inputs are then a dict of the blocks' inputs, with different
+        sample counts); None for one model on one batch. Code that maps
+        over samples goes through `segments_of`.
     """
 
     model: FlatModel
@@ -67,6 +92,15 @@ class Problem(NamedTuple):
     num_outputs: int
     apply_fn: Callable | None = None
     treedef: Any = None
+    segments: tuple[Segment, ...] | None = None
+
+
+def segments_of(problem: Problem) -> tuple[Segment, ...]:
+    """The problem's runs of samples: its blocks, or the whole batch as one."""
+    if problem.segments is not None:
+        return problem.segments
+    return (Segment("batch", problem.model, problem.inputs, problem.apply_fn, 0,
+                    problem.num_samples),)
 
 
 def mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
@@ -169,6 +203,9 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
       params, model outputs whose leading axis is not N, or targets whose
       shape does not fit the outputs for the loss.
     """
+    bind_self = getattr(apply_fn, "bind_problem", None)
+    if callable(bind_self):  # a problem stated in blocks (ggn_jax.blocks) binds itself
+        return bind_self(loss, params, batch)
     check_params(params)
     inputs, targets, n = check_batch(batch)
     theta, unravel = ravel_pytree(params)

@@ -638,6 +638,59 @@ def gram(structure: Structure, factors: Factors) -> jax.Array:
     return total / n
 
 
+def leaf_block(structure: Structure, factors: Factors, index: int) -> jax.Array:
+    """J_i's block of one leaf, (N, K, *leaf shape): the stored block, or for
+    a factored leaf Σ_uses Σ_a A[c, a]·δ_k[a, f] formed from its factors."""
+    info = structure.leaves[index]
+    if info.mode != "factored":
+        return factors.blocks[index]
+    letters = "".join(_LETTERS[: len(info.shape)])
+    total = 0
+    for u in info.uses:
+        labels = structure.labels[u]
+        total = total + jnp.einsum(
+            f"i{labels.operand},ik{labels.result}->ik{letters}",
+            factors.operands[u], factors.sensitivities[structure.uses[u].site],
+        )
+    return total
+
+
+def cross_gram(
+    structure_a: Structure, factors_a: Factors, structure_b: Structure, factors_b: Factors
+) -> jax.Array:
+    """Σ_leaves J_i J_jᵀ for i in batch a and j in batch b of two models
+    over the same parameter leaves (two residual blocks), (N_a·K, N_b·K),
+    unnormalised and sample-major.
+
+    A leaf factored in both is paired use by use, as in `gram`; otherwise
+    both sides' blocks are formed (`leaf_block`) and multiplied.
+    """
+    na, nb, k = structure_a.num_samples, structure_b.num_samples, structure_a.num_outputs
+    total = jnp.zeros((na * k, nb * k), structure_a.dtype)
+    for index, (info_a, info_b) in enumerate(zip(structure_a.leaves, structure_b.leaves)):
+        if info_a.mode == "factored" and info_b.mode == "factored":
+            for u in info_a.uses:
+                for v in info_b.uses:
+                    la, lb = structure_a.labels[u], structure_b.labels[v]
+                    rename = _renaming(la, lb)
+                    operand_b = "".join(rename.get(c, c) for c in lb.operand)
+                    result_b = "".join(rename.get(c, c) for c in lb.result)
+                    term = jnp.einsum(
+                        f"i{la.operand},ik{la.result},j{operand_b},jl{result_b}->ikjl",
+                        factors_a.operands[u],
+                        factors_a.sensitivities[structure_a.uses[u].site],
+                        factors_b.operands[v],
+                        factors_b.sensitivities[structure_b.uses[v].site],
+                        optimize="optimal",
+                    )
+                    total = total + term.reshape(na * k, nb * k)
+        else:
+            rows_a = leaf_block(structure_a, factors_a, index).reshape(na * k, -1)
+            rows_b = leaf_block(structure_b, factors_b, index).reshape(nb * k, -1)
+            total = total + rows_a @ rows_b.T
+    return total
+
+
 def _weighting(hessians: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
     if hessians is None:
         return lambda s: s

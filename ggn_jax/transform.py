@@ -38,6 +38,7 @@ from ggn_jax.curvature import hessian_product, linearize
 from ggn_jax.damping import (
     DAMPING_RULES,
     accept_step,
+    batch_fingerprint,
     gain_ratio,
     nonmonotone_reference,
     remember_loss,
@@ -254,20 +255,23 @@ class GGNConfig:
         return self.nonmonotone_window
 
     def resolved_options(
-        self, outputs: jax.Array, num_params: int, squared_error: bool
+        self, outputs: jax.Array, num_params: int, squared_error: bool, blocks: bool = False
     ) -> tuple[int, bool]:
         """(window, acceleration) for outputs (N, K) of a model with P
         parameters, None (auto) resolved as measured in BENCHMARKS.md
-        ("Damping defaults"): the window for squared error (exact learning,
-        classic least squares, PINN residuals), monotone for other losses;
-        the acceleration where N·K < P, the regime of exact learning."""
+        ("Damping defaults", "Physics-informed fits"): the window for
+        squared error (exact learning, classic least squares, PINN
+        residuals), monotone for other losses; the acceleration where
+        N·K < P, the regime of exact learning, and for a problem in
+        residual blocks (``blocks``: PDE residuals, whose strong
+        nonlinearity in θ it corrects)."""
         over = outputs.size < num_params
         window = self.nonmonotone_window
         if window is None:
             window = DEFAULT_NONMONOTONE_WINDOW if squared_error else 0
         acceleration = self.geodesic_acceleration
         if acceleration is None:
-            acceleration = over
+            acceleration = over or blocks
         return window, acceleration
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
@@ -354,6 +358,9 @@ class GGNState(NamedTuple):
         steps' starting points, newest first, the dtype's lowest finite
         number where unused
         (M = ``nonmonotone_window``; see `ggn_jax.damping`).
+      batch_fingerprint: float (), `ggn_jax.damping.batch_fingerprint` of
+        the last step's batch (NaN before any step): the window's losses
+        are compared only on the batch they were measured on.
 
     Example:
       >>> import jax.numpy as jnp, ggn_jax
@@ -379,6 +386,7 @@ class GGNState(NamedTuple):
     last_step: jax.Array
     last_damping_option: jax.Array
     recent_losses: jax.Array
+    batch_fingerprint: jax.Array
 
     # Deprecated names (one release), from before issue 12.
     @property
@@ -415,6 +423,7 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         last_step=jnp.zeros_like(theta),
         last_damping_option=damping,
         recent_losses=jnp.full((config.window_size(),), jnp.finfo(dtype).min, dtype),
+        batch_fingerprint=jnp.asarray(jnp.nan, dtype),
     )
 
 
@@ -429,6 +438,12 @@ def curvature_problem(config: GGNConfig, problem: Problem) -> Problem:
     m = config.curvature_samples
     if m is None or m >= problem.num_samples:
         return problem
+    if problem.segments is not None:
+        raise ValueError(
+            "curvature_samples subsamples a batch's leading samples; a problem in blocks has "
+            "no single order of samples: leave curvature_samples at None, or pass fewer "
+            "points per block"
+        )
     return problem._replace(
         inputs=jax.tree_util.tree_map(lambda a: a[:m], problem.inputs),
         targets=jax.tree_util.tree_map(lambda a: a[:m], problem.targets),
@@ -568,7 +583,7 @@ def ggn_step(
     )
     velocity = step = step.astype(dtype)
     window, accelerate = config.resolved_options(
-        local.outputs, theta.size, loss.identity_hessian
+        local.outputs, theta.size, loss.identity_hessian, problem.segments is not None
     )
     if accelerate:
         step, _ = geodesic_acceleration(
@@ -594,9 +609,9 @@ def ggn_step(
         config.damping_rule, actual, predicted, config.min_gain_ratio, noise
     )
     # Non-monotone: measured from the largest recent loss, while the batch
-    # is the one those losses were measured on (the loss at θ is the one
-    # the last step left, up to round-off); a new batch starts afresh.
-    same_batch = jnp.abs(loss0 - state.loss) <= noise
+    # is the one those losses were measured on; a new batch starts afresh.
+    fingerprint = batch_fingerprint((problem.inputs, problem.targets), dtype)
+    same_batch = fingerprint == state.batch_fingerprint
     recent = jnp.where(same_batch, state.recent_losses, jnp.finfo(dtype).min).astype(dtype)
     reference_decrease = nonmonotone_reference(recent[:window], loss0) - trial_loss
     monotone_accepted = accepted
@@ -645,6 +660,7 @@ def ggn_step(
         last_step=jnp.where(accepted, step, state.last_step),
         last_damping_option=state.last_damping_option,
         recent_losses=remember_loss(recent, loss0, accepted),
+        batch_fingerprint=fingerprint,
     )
     return update, new_state
 
@@ -736,7 +752,10 @@ def ggn(
 
     Args:
       apply_fn: ``apply_fn(params, inputs) -> outputs`` of shape (N,) or
-        (N, ...); pure; ``params`` any pytree of float arrays.
+        (N, ...); pure; ``params`` any pytree of float arrays. Or a
+        least-squares problem in residual blocks (`ggn_jax.Blocks`): then
+        ``update`` may leave out ``batch`` (the blocks' own samples), and
+        ``jax.grad(blocks.loss)`` gives the gradients.
       loss: ``"squared_error"`` (½‖o − y‖²), ``"softmax_cross_entropy"``,
         ``"sigmoid_binary_cross_entropy"``, or a callable
         ``l(outputs, targets) -> scalar`` for one sample, convex in the
@@ -794,7 +813,8 @@ def ggn(
       geodesic_acceleration: add the second-order correction ½a of
         Transtrum & Sethna (2012) to each step (`ggn_jax.acceleration`):
         one more solve with the same matrix and a second-order jvp.
-        None (default): on where N·K < P, off elsewhere.
+        None (default): on where N·K < P and for residual blocks
+        (`ggn_jax.Blocks`), off elsewhere.
       acceleration_ratio: α; the correction is used only where
         2‖a‖ ≤ α‖δ‖.
       weight_decay: ω ≥ 0; minimise L + ½ω‖θ‖² exactly: the gradient gets

@@ -294,3 +294,16 @@ def test_a_step_accepted_by_the_window_alone_grows_mu():
     mu, _ = update_damping("residual", A(1e10), A(2.0), A(-1.0), A(True), 1e-12, 1e10,
                            window_only=A(True))
     assert float(mu) == 1e10
+
+
+def test_batch_fingerprint_tells_batches_apart_and_not_repeats():
+    from ggn_jax.damping import batch_fingerprint
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
+    y = jnp.arange(64)
+    f = jax.jit(lambda b: batch_fingerprint(b, jnp.float64))
+    assert f((x, y)) == f((x + 0.0, y.copy()))
+    assert f((x, y)) != f((x.at[17, 2].add(1e-12), y))  # one entry, by 1e-12
+    assert f((x, y)) != f((x, y.at[5].set(6)))          # one label
+    assert f((x, y)) != f((x[::-1], y))                   # the same samples reordered
+    assert bool(jnp.isnan(f((x.at[0, 0].set(jnp.nan), y))))  # never equal to itself

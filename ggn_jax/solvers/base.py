@@ -29,7 +29,7 @@ from ggn_jax.curvature import (
     Linearization,
     linearize,
     loss_hessians,
-    per_sample_jacobians,
+    problem_jacobians,
 )
 from ggn_jax.problem import Problem, mean_loss
 
@@ -199,7 +199,7 @@ def local_from_jacobians(problem: Problem) -> LocalModel:
     """A `LocalModel` with per-sample Jacobians J_i (N, K, P): the outputs
     come out of the same forward passes, the batch gradient is Σ J_iᵀ∇l_i/N."""
     loss, targets, n = problem.loss, problem.targets, problem.num_samples
-    outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+    outputs, jac = problem_jacobians(problem)
     hessians = None if loss.identity_hessian else loss_hessians(loss, outputs, targets)
     output_grads = jax.vmap(loss.grad)(outputs, targets)
     batch_grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n

@@ -22,7 +22,6 @@ which forms J_i for Marquardt's D = diag(G).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,12 +29,13 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve, lu_factor, lu_solve
 
-from ggn_jax import structure as structured
 from ggn_jax.curvature import (
     linearize,
+    materialised_entries,
     problem_structure,
     structured_diagonal,
     structured_factors,
+    structured_gram,
 )
 from ggn_jax.solvers.base import (
     LocalModel,
@@ -161,15 +161,14 @@ class Dual(Solver):
         if nk > config.max_dense:
             return shape
         structure = problem_structure(problem, "gram")
-        blocks = sum(math.prod(leaf.shape) for leaf in structure.leaves
-                     if leaf.mode != "factored")
-        return shape._replace(gram_flops=structure.gram_flops(), materialised=nk * blocks)
+        return shape._replace(gram_flops=structure.gram_flops(),
+                              materialised=materialised_entries(structure))
 
     def prepare(self, problem, config):
         structure = problem_structure(problem, "gram")
         factors = structured_factors(problem, structure)
         local, lin = local_from_linearization(problem)
-        return local._replace(gram=structured.gram(structure, factors)), lin
+        return local._replace(gram=structured_gram(structure, factors)), lin
 
     def trace(self, local: LocalModel) -> jax.Array:
         return hessian_trace(local.gram, local.hessians, local.outputs.shape[0])

@@ -1,0 +1,321 @@
+"""A least-squares problem stated as named blocks of residuals.
+
+Physics-informed fits, inverse problems and fits with constraints sum
+squared residuals of different kinds: a PDE residual on interior points, the
+boundary and initial conditions on their own points, observed data. Each
+`Block` has a residual function of (params, one sample), its own inputs,
+optional targets and a weight; `Blocks` collects them under names:
+
+    L(θ) = Σ_b w_b · (1/N_b) Σ_{i∈b} ½‖r_b(θ, x_i) − y_i‖²,
+
+a weighted sum of per-block **means** (each block's mean is over its own
+N_b samples, so adding points to one block does not shift the balance
+between blocks). With N = Σ_b N_b it is the library's mean squared error
+(1/N) Σ_i ½‖o_i − t_i‖² over all samples, with every residual of block b
+scaled by
+
+    s_b = √(w_b · N / N_b):     o_i = s_b·r_b(θ, x_i),   t_i = s_b·y_i,
+
+so the Gauss-Newton matrix is G = Σ_b (w_b/N_b) Σ_{i∈b} J_iᵀJ_i and the
+gradient, the step and the gain ratio are those of L. A weight multiplies
+its block's contribution to L, G and g exactly (and its residuals by
+√w_b); weights must be positive and finite.
+
+`Blocks` is itself the model: ``blocks(params, inputs)`` returns the scaled
+outputs (N, K), block after block in the order the blocks were given, with
+``inputs`` a dict of each block's inputs; ``blocks.batch`` is the matching
+``(inputs, targets)``. Each block's residual runs only on its own samples
+(a ``vmap`` per block, never a branch per sample). `ggn_jax.fit` and
+`ggn_jax.ggn` take a `Blocks` in place of ``apply_fn`` (the batch may then
+be left out), and the per-sample paths of the library (Jacobians, the
+structured Gram, diag(G)) run block by block through `Problem.segments`.
+
+Example:
+  A line through three points, with the intercept pinned to 0 by a block of
+  weight 100 (its residual is √100 times larger in the scaled outputs). The
+  normal equations of L = mean ½(ax + b − y)² + 100·½b² give a = 1.99280,
+  b = 1.4e-4:
+
+  >>> import jax, jax.numpy as jnp, ggn_jax
+  >>> jax.config.update("jax_enable_x64", True)
+  >>> line = lambda p, x: p["a"] * x + p["b"]
+  >>> blocks = ggn_jax.Blocks(
+  ...     data=ggn_jax.Block(line, jnp.array([1.0, 2.0, 3.0]), targets=jnp.array([2.0, 4.1, 5.9])),
+  ...     pin=ggn_jax.Block(lambda p, x: p["b"], jnp.zeros(1), weight=100.0),
+  ... )
+  >>> params = {"a": jnp.zeros(()), "b": jnp.zeros(())}
+  >>> result = ggn_jax.fit(blocks, params, max_steps=20)
+  >>> round(float(result.params["a"]), 4), abs(float(result.params["b"])) < 0.001
+  (1.9928, True)
+  >>> bool(jnp.isclose(result.loss_history[-1], blocks.loss(result.params)))
+  True
+  >>> jax.config.update("jax_enable_x64", False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from ggn_jax.losses import bind_loss
+from ggn_jax.problem import Problem, Segment, check_params
+
+Residual = Callable[[Any, Any], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Block:
+    """One block of residuals.
+
+    Attributes:
+      residual: ``residual(params, x) -> r`` for ONE sample ``x`` (no batch
+        axis): a scalar or an array of K values (any shape, flattened).
+      inputs: the block's samples, an array or pytree with leading axis N_b.
+      targets: y, (N_b,) or (N_b, *r's shape), or None for zero targets.
+      weight: w_b > 0, the block's factor in the loss (see the module).
+
+    Example:
+      >>> import jax.numpy as jnp, ggn_jax
+      >>> block = ggn_jax.Block(lambda p, x: p * x - 1.0, jnp.arange(1.0, 4.0), weight=2)
+      >>> block.weight
+      2.0
+    """
+
+    residual: Residual
+    inputs: Any
+    targets: Any = None
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if not callable(self.residual):
+            raise TypeError(f"Block.residual must be callable, got {type(self.residual).__name__}")
+        try:
+            weight = float(self.weight)
+        except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+            raise TypeError(
+                f"Block.weight must be a number (it fixes the scaling √w), got {self.weight!r}"
+            ) from None
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"Block.weight must be positive and finite, got {self.weight}")
+        object.__setattr__(self, "weight", weight)
+
+
+def _num_samples(tree: Any, what: str) -> int:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        raise ValueError(f"{what} holds no arrays")
+    dims = set()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        shape = jnp.shape(leaf)
+        if not shape:
+            raise ValueError(f"{what}{jax.tree_util.keystr(path)} is a scalar; block inputs "
+                             "need a leading sample axis")
+        dims.add(shape[0])
+    if len(dims) != 1:
+        raise ValueError(f"{what} leaves have different sample counts {sorted(dims)}")
+    (n,) = dims
+    if n == 0:
+        raise ValueError(f"{what} has no samples")
+    return n
+
+
+class Blocks:
+    """Named residual blocks: one least-squares problem (see the module).
+
+    Use it as ``apply_fn`` of `ggn_jax.fit` or `ggn_jax.ggn` (loss
+    ``"squared_error"``, the default); ``batch`` defaults to `batch`.
+    Hashable by identity, so `fit` compiles once per `Blocks` object and
+    batch shape; `with_inputs` makes a new one for resampled points.
+
+    Args:
+      blocks: a mapping ``{name: Block}`` (optional), and/or
+      **named: the blocks as keywords. The order given is the order of
+        the samples in the concatenated outputs.
+
+    Example:
+      Two blocks of a 1-D problem: the scaled outputs put the 3 interior
+      residuals first, each times √(w·N/N_b) = √(1·5/3):
+
+      >>> import jax.numpy as jnp, ggn_jax
+      >>> blocks = ggn_jax.Blocks(
+      ...     interior=ggn_jax.Block(lambda p, x: p * x, jnp.ones(3)),
+      ...     ends=ggn_jax.Block(lambda p, x: p - x, jnp.zeros(2), weight=4.0))
+      >>> blocks
+      Blocks(interior: N=3, w=1, ends: N=2, w=4)
+      >>> inputs, _ = blocks.batch
+      >>> [round(float(o), 3) for o in blocks(jnp.asarray(2.0), inputs).ravel()]
+      [2.582, 2.582, 2.582, 6.325, 6.325]
+      >>> float(blocks.loss(jnp.asarray(2.0)))  # 1·½·4 + 4·½·4
+      10.0
+    """
+
+    def __init__(self, blocks: Mapping[str, Block] | None = None, /, **named: Block):
+        merged = dict(blocks or {})
+        overlap = set(merged) & set(named)
+        if overlap:
+            raise ValueError(f"blocks named twice: {sorted(overlap)}")
+        merged.update(named)
+        if not merged:
+            raise ValueError("Blocks needs at least one Block")
+        for name, block in merged.items():
+            if not isinstance(block, Block):
+                raise TypeError(f"block {name!r} is a {type(block).__name__}, not a ggn_jax.Block")
+        self._blocks = merged
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._blocks)
+
+    def __getitem__(self, name: str) -> Block:
+        return self._blocks[name]
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{name}: N={_num_samples(b.inputs, name)}, w={b.weight:g}"
+            for name, b in self._blocks.items()
+        )
+        return f"Blocks({parts})"
+
+    @property
+    def batch(self) -> tuple[dict, dict]:
+        """``(inputs, targets)``: dicts of each block's inputs and targets
+        (None where a block has none)."""
+        return ({n: b.inputs for n, b in self._blocks.items()},
+                {n: b.targets for n, b in self._blocks.items()})
+
+    def with_inputs(self, inputs: Mapping[str, Any],
+                    targets: Mapping[str, Any] | None = None) -> Blocks:
+        """A copy with new samples for the blocks named in ``inputs``
+        (resampled collocation points, new data), with the targets given
+        for them in ``targets`` (zero where not given); the other blocks,
+        and every weight and residual, are kept."""
+        targets = {} if targets is None else dict(targets)
+        unknown = (set(inputs) | set(targets)) - set(self._blocks)
+        if unknown:
+            raise ValueError(f"unknown blocks {sorted(unknown)}; the blocks are {list(self.names)}")
+        if set(targets) - set(inputs):
+            raise ValueError("new targets need new inputs for the same blocks")
+        new = {}
+        for name, block in self._blocks.items():
+            if name in inputs:
+                block = dataclasses.replace(block, inputs=inputs[name],
+                                            targets=targets.get(name))
+            new[name] = block
+        return Blocks(new)
+
+    # --- the model over all blocks ------------------------------------------
+
+    def _sizes(self, inputs: Mapping[str, Any]) -> dict[str, int]:
+        if not isinstance(inputs, Mapping) or set(inputs) != set(self._blocks):
+            got = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
+            raise ValueError(f"block inputs must be a dict with the keys {list(self.names)}; "
+                             f"got {got}")
+        return {n: _num_samples(inputs[n], f"inputs[{n!r}]") for n in self.names}
+
+    def _scales(self, sizes: Mapping[str, int]) -> dict[str, float]:
+        total = sum(sizes.values())
+        return {n: math.sqrt(self._blocks[n].weight * total / sizes[n]) for n in self.names}
+
+    def _block_outputs(self, name: str, params: Any, x: Any) -> jax.Array:
+        residual = self._blocks[name].residual
+        r = jax.vmap(residual, in_axes=(None, 0))(params, x)
+        return r.reshape(r.shape[0], -1)
+
+    def __call__(self, params: Any, inputs: Mapping[str, Any]) -> jax.Array:
+        """The scaled outputs s_b·r_b(θ, x_i), (N, K), block after block."""
+        scales = self._scales(self._sizes(inputs))
+        return jnp.concatenate(
+            [scales[n] * self._block_outputs(n, params, inputs[n]) for n in self.names]
+        )
+
+    def residuals(self, params: Any, batch: tuple | None = None) -> dict[str, jax.Array]:
+        """Each block's unscaled residuals r_b(θ, x_i) − y_i, (N_b, K)."""
+        inputs, targets = self.batch if batch is None else batch
+        out = {}
+        for n in self.names:
+            r = self._block_outputs(n, params, inputs[n])
+            y = targets.get(n) if isinstance(targets, Mapping) else None
+            out[n] = r if y is None else r - jnp.reshape(y, r.shape).astype(r.dtype)
+        return out
+
+    def loss(self, params: Any, batch: tuple | None = None) -> jax.Array:
+        """L(θ) = Σ_b w_b·mean_b ½‖r − y‖², what `fit` minimises."""
+        return sum(
+            self._blocks[n].weight * 0.5 * jnp.mean(jnp.sum(r**2, axis=1))
+            for n, r in self.residuals(params, batch).items()
+        )
+
+    # --- the problem the library solves -------------------------------------
+
+    def bind_problem(self, loss: Any, params: Any, batch: tuple | None) -> Problem:
+        """The checked `Problem` with one `Segment` per block (called by
+        `ggn_jax.problem.bind_problem`)."""
+        if loss != "squared_error":
+            raise ValueError(
+                f"Blocks are a least-squares problem: the loss must be 'squared_error', got {loss!r}"
+            )
+        check_params(params)
+        if batch is None:
+            batch = self.batch
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError("a Blocks batch is a pair (inputs dict, targets dict); see Blocks.batch")
+        inputs, targets = batch
+        sizes = self._sizes(inputs)
+        if targets is None:
+            targets = {}
+        if not isinstance(targets, Mapping) or set(targets) - set(self._blocks):
+            raise ValueError(f"block targets must be a dict keyed by block names {list(self.names)}")
+        scales = self._scales(sizes)
+        theta, unravel = ravel_pytree(params)
+        dtype = theta.dtype
+        widths = {}
+        for n in self.names:
+            out = jax.eval_shape(lambda p, x, n=n: self._block_outputs(n, p, x), params, inputs[n])
+            widths[n] = out.shape[1]
+        if len(set(widths.values())) != 1:
+            raise ValueError(
+                "every block's residual needs the same number of values per sample, got "
+                + ", ".join(f"{n}: {k}" for n, k in widths.items())
+                + "; split a vector residual into blocks of its own or pad it"
+            )
+        k = widths[self.names[0]]
+        scaled_targets = []
+        for n in self.names:
+            y = targets.get(n)
+            if y is None:
+                scaled_targets.append(jnp.zeros((sizes[n], k), dtype))
+                continue
+            if jnp.size(y) != sizes[n] * k or jnp.shape(y)[0] != sizes[n]:
+                raise ValueError(
+                    f"targets[{n!r}] has shape {jnp.shape(y)}; block {n!r} has {sizes[n]} "
+                    f"samples of {k} residual value(s)"
+                )
+            scaled_targets.append(scales[n] * jnp.reshape(y, (sizes[n], k)).astype(dtype))
+
+        segments, start = [], 0
+        for n in self.names:
+            def apply_block(p, x, n=n):
+                return scales[n] * self._block_outputs(n, p, x)
+
+            def model_block(th, x, apply_block=apply_block):
+                return apply_block(unravel(th), x).astype(th.dtype)
+
+            segments.append(Segment(n, model_block, inputs[n], apply_block, start,
+                                    start + sizes[n]))
+            start += sizes[n]
+
+        def model(th, xs):
+            return jnp.concatenate([s.model(th, xs[s.name]) for s in segments])
+
+        total = sum(sizes.values())
+        return Problem(
+            model, theta, unravel, dict(inputs), jnp.concatenate(scaled_targets),
+            bind_loss("squared_error", (k,), target_sample_shape=(k,), integer_targets=False),
+            total, k, self, jax.tree_util.tree_structure(params), tuple(segments),
+        )

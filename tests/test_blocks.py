@@ -1,0 +1,252 @@
+"""Residual blocks against the same problem concatenated by hand, and
+against dense matrices built from each block's own Jacobian."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import mlp_apply, mlp_init, rel_err
+from jax.extend import core as jax_core
+from jax.flatten_util import ravel_pytree
+
+import ggn_jax
+from ggn_jax.curvature import problem_jacobians
+from ggn_jax.pde import laplacian
+from ggn_jax.problem import bind_problem
+from ggn_jax.solvers import solver_for
+from ggn_jax.transform import make_config
+
+W_INTERIOR, W_BOUNDARY = 1.0, 4.0
+
+
+def _u(params, x):
+    return mlp_apply(params, x[None])[0, 0]
+
+
+def _pde(params, x):
+    return -laplacian(lambda y: _u(params, y), "forward")(x) - jnp.cos(x[0]) * x[1]
+
+
+def _bc(params, x):
+    return _u(params, x)
+
+
+def _setup(n_int=7, n_bnd=5):
+    params = mlp_init(jax.random.PRNGKey(0), [2, 6, 1])
+    x_int = jax.random.uniform(jax.random.PRNGKey(1), (n_int, 2))
+    x_bnd = jax.random.uniform(jax.random.PRNGKey(2), (n_bnd, 2))
+    g = jnp.exp(x_bnd[:, 0])
+    blocks = ggn_jax.Blocks(
+        interior=ggn_jax.Block(_pde, x_int, weight=W_INTERIOR),
+        boundary=ggn_jax.Block(_bc, x_bnd, targets=g, weight=W_BOUNDARY),
+    )
+    # The same problem by hand: a flag column picks the residual, and each
+    # residual is scaled by √(w·N/N_b) so that the mean squared error over
+    # all N samples is the weighted sum of block means.
+    n = n_int + n_bnd
+    s_int, s_bnd = math.sqrt(W_INTERIOR * n / n_int), math.sqrt(W_BOUNDARY * n / n_bnd)
+    points = jnp.concatenate([x_int, x_bnd])
+    flags = jnp.concatenate([jnp.zeros(n_int), jnp.ones(n_bnd)])
+
+    def by_hand(p, inputs):
+        pts, flag = inputs
+        one = lambda x, f: jnp.where(f > 0, s_bnd * _bc(p, x), s_int * _pde(p, x))
+        return jax.vmap(one)(pts, flag)
+
+    hand_batch = ((points, flags), jnp.concatenate([jnp.zeros(n_int), s_bnd * g]))
+    return params, blocks, by_hand, hand_batch
+
+
+def _weighted_dense(params, blocks, damping):
+    """G = Σ_b (w_b/N_b) J_bᵀJ_b and g = Σ_b (w_b/N_b) J_bᵀ(r_b − y_b) from
+    jax.jacfwd of each block's raw residuals, and δ = −(G + λI)⁻¹g."""
+    theta, unravel = ravel_pytree(params)
+    inputs, targets = blocks.batch
+    g_mat, grad = 0, 0
+    for name in blocks.names:
+        block = blocks[name]
+        raw = lambda th, block=block, name=name: jax.vmap(
+            lambda x: block.residual(unravel(th), x))(inputs[name])
+        jac = jax.jit(jax.jacfwd(raw))(theta)
+        r = raw(theta) - (0 if targets[name] is None else targets[name])
+        scale = block.weight / jac.shape[0]
+        g_mat = g_mat + scale * jac.T @ jac
+        grad = grad + scale * jac.T @ r
+    step = -np.linalg.solve(np.asarray(g_mat) + damping * np.eye(theta.shape[0]), grad)
+    return g_mat, grad, step
+
+
+def test_loss_and_gradient_equal_the_hand_concatenated_problem():
+    params, blocks, by_hand, hand_batch = _setup()
+    hand_loss = lambda p: 0.5 * jnp.mean((by_hand(p, hand_batch[0]) - hand_batch[1]) ** 2)
+    assert rel_err(jax.jit(blocks.loss)(params), jax.jit(hand_loss)(params)) < 1e-12
+    g_blocks, g_hand = ravel_pytree(jax.jit(jax.grad(blocks.loss))(params))[0], ravel_pytree(
+        jax.jit(jax.grad(hand_loss))(params))[0]
+    assert rel_err(g_blocks, g_hand) < 1e-12
+    # The documented weighting: Σ_b w_b·mean_b ½(r − y)².
+    res = jax.jit(blocks.residuals)(params)
+    expected = sum(blocks[n].weight * 0.5 * np.mean(np.asarray(res[n]) ** 2) for n in blocks.names)
+    assert rel_err(blocks.loss(params), expected) < 1e-14
+    _, dense_grad, _ = _weighted_dense(params, blocks, 1.0)
+    assert rel_err(g_blocks, dense_grad) < 1e-12
+
+
+@pytest.mark.parametrize("solver,damping_type", [
+    ("primal", "levenberg"), ("dual", "levenberg"), ("dual", "marquardt"), ("cg", "levenberg")])
+def test_ggn_step_equals_hand_problem_and_dense_solve(solver, damping_type):
+    params, blocks, by_hand, hand_batch = _setup()
+    grads = jax.jit(jax.grad(blocks.loss))(params)
+    steps = []
+    for apply_fn, batch in ((blocks, None), (by_hand, hand_batch)):
+        tx = ggn_jax.ggn(apply_fn, solver=solver, damping_rule="fixed", damping=0.3,
+                         damping_type=damping_type, geodesic_acceleration=False, cg_tol=1e-13)
+        update, _ = jax.jit(lambda g, s, p, batch=batch, tx=tx: tx.update(g, s, p, batch=batch))(
+            grads, tx.init(params), params)
+        steps.append(ravel_pytree(update)[0])
+    assert rel_err(steps[0], steps[1]) < 1e-12
+    if damping_type == "marquardt":
+        return
+    # Each solver's proposal, accepted or not, against the dense solve.
+    _, dense_grad, dense_step = _weighted_dense(params, blocks, 0.3)
+    config = make_config(solver=solver, cg_tol=1e-13)
+    problem = bind_problem(blocks, "squared_error", params, None)
+    chosen = solver_for(solver, config)
+
+    @jax.jit
+    def propose(theta):
+        at = problem._replace(theta=theta)
+        local, lin = chosen.prepare(at, config)
+        return chosen.solve(at, config, local, lin, jnp.asarray(dense_grad), jnp.asarray(0.3),
+                            None, jnp.zeros_like(theta))[0]
+
+    proposal = propose(problem.theta)
+    assert rel_err(proposal, dense_step) < 1e-10
+
+
+def test_weights_scale_curvature_and_gradient_exactly():
+    params, blocks, _, _ = _setup()
+    problem = bind_problem(blocks, "squared_error", params, None)
+    _, jac = jax.jit(lambda th: problem_jacobians(problem._replace(theta=th)))(problem.theta)
+    n = problem.num_samples
+    g_blocks = np.einsum("nkp,nkq->pq", jac, jac) / n
+    g_dense, _, _ = _weighted_dense(params, blocks, 1.0)
+    assert rel_err(g_blocks, g_dense) < 1e-12
+    moved = blocks.with_inputs({"boundary": blocks["boundary"].inputs[:3]},
+                               {"boundary": blocks["boundary"].targets[:3]})
+    assert moved["boundary"].weight == W_BOUNDARY and moved["interior"] is blocks["interior"]
+    assert moved["boundary"].inputs.shape == (3, 2)
+    # Tripling the boundary weight adds 2·w·mean ½r² to the loss.
+    tripled = ggn_jax.Blocks(interior=blocks["interior"], boundary=ggn_jax.Block(
+        _bc, blocks["boundary"].inputs, blocks["boundary"].targets, 3 * W_BOUNDARY))
+    r = np.asarray(jax.jit(blocks.residuals)(params)["boundary"])
+    assert rel_err(jax.jit(tripled.loss)(params) - jax.jit(blocks.loss)(params),
+                   2 * W_BOUNDARY * 0.5 * np.mean(r**2)) < 1e-12
+
+
+def test_structured_gram_of_blocks_is_the_dense_one():
+    """Cross-block terms (an interior Laplacian residual against a plain
+    boundary value) from the factors equal J̄J̄ᵀ from jacfwd."""
+    params, blocks, _, _ = _setup(n_int=6, n_bnd=4)
+    inputs, _ = blocks.batch
+    gram = jax.jit(lambda p: ggn_jax.gram_matrix(blocks, p, inputs))(params)
+    problem = bind_problem(blocks, "squared_error", params, None)
+    flat = lambda th: problem.model(th, inputs).reshape(-1)
+    jac = jax.jit(jax.jacfwd(flat))(problem.theta)
+    assert rel_err(gram, jac @ jac.T / problem.num_samples) < 1e-12
+
+
+def _ops_with(jaxpr, primitive):
+    """The leading dims of every output of ``primitive`` in a jaxpr (nested)."""
+    dims = []
+
+    def walk(jp):
+        for eqn in jp.eqns:
+            if eqn.primitive.name == primitive:
+                dims.extend(v.aval.shape[0] if v.aval.shape else None for v in eqn.outvars)
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return dims
+
+
+def test_each_block_runs_only_on_its_own_samples():
+    """The interior residual is the only one with cos, the boundary one the
+    only with exp: in the batched model and in the per-sample Jacobians,
+    every cos has the interior's 7 rows and every exp the boundary's 5."""
+    params = mlp_init(jax.random.PRNGKey(0), [2, 4, 1])
+    blocks = ggn_jax.Blocks(
+        interior=ggn_jax.Block(lambda p, x: jnp.cos(_u(p, x)), jnp.ones((7, 2))),
+        boundary=ggn_jax.Block(lambda p, x: jnp.exp(_u(p, x)), jnp.ones((5, 2))),
+    )
+    problem = bind_problem(blocks, "squared_error", params, None)
+    batched = jax.make_jaxpr(problem.model)(problem.theta, problem.inputs)
+    assert set(_ops_with(batched, "cos")) == {7}
+    assert set(_ops_with(batched, "exp")) == {5}
+    per_sample = jax.make_jaxpr(lambda th: problem_jacobians(problem._replace(theta=th)))(
+        problem.theta)
+    assert _ops_with(per_sample, "cos") and set(_ops_with(per_sample, "cos")) <= {7}
+    assert _ops_with(per_sample, "exp") and set(_ops_with(per_sample, "exp")) <= {5}
+    # And the hand-flagged version evaluates both on all 12.
+    flagged = jax.make_jaxpr(lambda p, x, f: jax.vmap(
+        lambda xi, fi: jnp.where(fi > 0, jnp.exp(_u(p, xi)), jnp.cos(_u(p, xi))))(x, f))(
+        params, jnp.ones((12, 2)), jnp.ones(12))
+    assert set(_ops_with(flagged, "cos")) == {12}
+
+
+def test_fit_and_transform_take_blocks():
+    params, blocks, by_hand, hand_batch = _setup()
+    fitted = ggn_jax.fit(blocks, params, max_steps=30, tol=0.0)
+    by_hand_fit = ggn_jax.fit(by_hand, params, hand_batch, max_steps=30, tol=0.0)
+    # The same steps until round-off (the problem is over-parameterised:
+    # 12 residuals, 25 parameters, and the loss reaches ~1e-30).
+    above = fitted.loss_history > 1e-20
+    np.testing.assert_allclose(fitted.loss_history[above], by_hand_fit.loss_history[above],
+                               rtol=1e-6)
+    assert fitted.loss_history[-1] < 1e-3 * fitted.initial_loss
+    # An optax loop with jax.grad(blocks.loss) and no batch argument.
+    tx = ggn_jax.ggn(blocks)
+    state = tx.init(params)
+    p = params
+
+    @jax.jit
+    def step(p, state):
+        updates, state = tx.update(jax.grad(blocks.loss)(p), state, p)
+        return optax.apply_updates(p, updates), state
+
+    for _ in range(5):
+        p, state = step(p, state)
+    assert rel_err(state.loss, blocks.loss(p)) < 1e-12 or not bool(state.accepted)
+    assert float(blocks.loss(p)) < float(blocks.loss(params))
+    # Resampled points: the same transformation takes the new blocks' batch.
+    moved = blocks.with_inputs({"interior": blocks["interior"].inputs[::-1][:5] * 0.9})
+    grads = jax.grad(moved.loss)(p)
+    update, new_state = jax.jit(lambda g, s, q: tx.update(g, s, q, batch=moved.batch))(
+        grads, state, p)
+    assert new_state.batch_fingerprint != state.batch_fingerprint
+    if bool(new_state.accepted):
+        assert rel_err(new_state.loss, moved.loss(optax.apply_updates(p, update))) < 1e-10
+
+
+def test_bad_blocks_are_named():
+    params, blocks, _, _ = _setup()
+    with pytest.raises(ValueError, match="positive and finite"):
+        ggn_jax.Block(_bc, jnp.ones((3, 2)), weight=-1.0)
+    with pytest.raises(TypeError, match="not a ggn_jax.Block"):
+        ggn_jax.Blocks(a=(_bc, jnp.ones((3, 2))))
+    with pytest.raises(ValueError, match="must be 'squared_error'"):
+        ggn_jax.fit(blocks, params, loss="softmax_cross_entropy", max_steps=1)
+    with pytest.raises(ValueError, match="unknown blocks"):
+        blocks.with_inputs({"edge": jnp.ones((3, 2))})
+    wrong = blocks.with_inputs({"boundary": jnp.ones((5, 2))}, {"boundary": jnp.ones(4)})
+    with pytest.raises(ValueError, match=r"targets\['boundary'\] has shape \(4,\)"):
+        ggn_jax.fit(wrong, params, max_steps=1)
+    vector = ggn_jax.Blocks(a=ggn_jax.Block(lambda p, x: jnp.stack([_u(p, x)] * 2), jnp.ones((3, 2))),
+                            b=ggn_jax.Block(_bc, jnp.ones((3, 2))))
+    with pytest.raises(ValueError, match="same number of values per sample"):
+        ggn_jax.fit(vector, params, max_steps=1)
+    with pytest.raises(ValueError, match="no single order"):
+        ggn_jax.fit(blocks, params, max_steps=1, curvature_samples=3)
