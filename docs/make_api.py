@@ -3,7 +3,7 @@
     python docs/make_api.py
 
 The public names are those in ``ggn_jax.__all__`` and in the adapters
-module; constants, which cannot carry a docstring, are listed with their
+and pde modules; constants, which cannot carry a docstring, are listed with their
 values and a line each from ``CONSTANTS`` below. tests/test_docs.py checks
 that docs/API.md is what this script writes.
 """
@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import ggn_jax  # noqa: E402
 import ggn_jax.adapters  # noqa: E402
+import ggn_jax.pde  # noqa: E402
 
 CONSTANTS = {
     "ACTIVATIONS": "the built-in activations of `mlp`, by name",
@@ -27,7 +28,8 @@ CONSTANTS = {
     "SOLVER_NAMES": "the solver codes of `GGNState.solver` and `StepLog.solver`, by code",
 }
 MODULES = {"ggn_jax": list(ggn_jax.__all__), "ggn_jax.adapters": ["from_nnx", "from_equinox",
-                                                                  "Adapted"]}
+                                                                  "Adapted"],
+           "ggn_jax.pde": ["laplacian", "second_derivative", "folx_available"]}
 
 
 def public_objects() -> list[tuple[str, object]]:

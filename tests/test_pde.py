@@ -1,0 +1,58 @@
+"""Laplacians and second derivatives in x, against jax.hessian and by hand."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import mlp_apply, mlp_init, rel_err
+
+from ggn_jax.pde import folx_available, laplacian, second_derivative
+
+SHAPES = [[2, 16, 1], [5, 32, 32, 1], [3, 8, 8, 8, 2]]
+
+
+@pytest.mark.parametrize("sizes", SHAPES, ids=lambda s: "-".join(map(str, s)))
+@pytest.mark.parametrize("method", ["folx", "forward"])
+def test_laplacian_equals_trace_of_hessian(sizes, method):
+    if method == "folx":
+        pytest.importorskip("folx")
+    params = mlp_init(jax.random.PRNGKey(len(sizes)), sizes)
+    u = lambda x: mlp_apply(params, x[None])[0] if sizes[-1] > 1 else mlp_apply(params, x[None])[0, 0]
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, sizes[0]))
+    expected = jax.vmap(lambda xi: jnp.trace(jax.hessian(u)(xi), axis1=-2, axis2=-1))(x)
+    got = jax.jit(jax.vmap(laplacian(u, method)))(x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_laplacian_gradient_in_the_parameters_matches():
+    """The residual's θ-gradient (what the GGN differentiates) agrees."""
+    params = mlp_init(jax.random.PRNGKey(3), [2, 8, 1])
+    x = jnp.array([0.2, 0.9])
+    grads = {}
+    for method in ("hessian", "forward") + (("folx",) if folx_available() else ()):
+        f = lambda p, method=method: laplacian(lambda y: mlp_apply(p, y[None])[0, 0], method)(x)
+        grads[method] = jax.flatten_util.ravel_pytree(jax.grad(f)(params))[0]
+    for method, g in grads.items():
+        assert rel_err(g, grads["hessian"]) < 1e-12, method
+
+
+def test_by_hand_and_second_derivative():
+    u = lambda x: x[0] ** 3 * jnp.sin(x[1]) + jnp.exp(x[0] * x[1])
+    x = jnp.array([0.4, -1.3])
+    a, b = 0.4, -1.3
+    uxx = 6 * a * np.sin(b) + b**2 * np.exp(a * b)
+    uyy = -(a**3) * np.sin(b) + a**2 * np.exp(a * b)
+    for method in ("auto", "forward", "hessian"):
+        assert abs(float(laplacian(u, method)(x)) - (uxx + uyy)) < 1e-12
+    assert abs(float(second_derivative(u, x, jnp.array([1.0, 0.0]))) - uxx) < 1e-12
+    # Along a diagonal direction: vᵀ H v, with H by central differences.
+    v = jnp.array([0.6, 0.8])
+    h = 1e-4
+    fd = (u(x + h * v) - 2 * u(x) + u(x - h * v)) / h**2
+    assert abs(float(second_derivative(u, x, v)) - float(fd)) < 1e-6
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="unknown Laplacian method 'jet'"):
+        laplacian(jnp.sum, "jet")
