@@ -1,0 +1,110 @@
+"""The PINN benchmark: its problems are the PDEs they claim (checked on the
+exact solutions by finite differences), its ENGD peer takes the published
+step, and a smoke run writes its tables."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from helpers import rel_err
+from jax.flatten_util import ravel_pytree
+
+from benchmarks import pinn
+from benchmarks.pde_problems import PROBLEMS
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _fd_second(f, x, i, h=1e-3):
+    e = np.zeros_like(x)
+    e[i] = h
+    return (f(x + e) - 2 * f(x) + f(x - e)) / h**2
+
+
+def test_sources_match_the_exact_solutions_by_finite_differences():
+    """−Δu = f (Poisson), u_t = ¼u_xx (heat), −u″ + u³ = f (nonlinear) for
+    the exact u, with derivatives by central differences in numpy."""
+    pi = math.pi
+    x = np.array([0.31, 0.62])
+    u = lambda z: np.sin(pi * z[0]) * np.sin(pi * z[1])
+    lap = sum(_fd_second(u, x, i) for i in range(2))
+    assert abs(-lap - 2 * pi**2 * u(x)) < 1e-4
+    x5 = np.array([0.1, 0.3, 0.5, 0.7, 0.9])
+    u5 = lambda z: np.sum(np.sin(pi * z))
+    assert abs(-sum(_fd_second(u5, x5, i) for i in range(5)) - pi**2 * u5(x5)) < 1e-4
+    heat = PROBLEMS["heat"]()
+    z = np.array([0.4, 0.3])
+    exact = lambda w: float(heat.exact(jnp.asarray(w)))
+    u_t = (exact(z + [1e-5, 0]) - exact(z - [1e-5, 0])) / 2e-5
+    assert abs(u_t - 0.25 * _fd_second(exact, z, 1)) < 1e-5
+    # The problems' boundary and initial targets are the exact solution's.
+    for problem in (PROBLEMS["poisson5d"](), heat):
+        inputs, targets = problem.blocks.batch
+        for name in problem.blocks.names:
+            if targets[name] is not None:
+                np.testing.assert_allclose(jax.vmap(problem.exact)(inputs[name]),
+                                           targets[name], atol=1e-12)
+            elif name != "interior":
+                assert np.max(np.abs(jax.vmap(problem.exact)(inputs[name]))) < 1e-12
+
+
+def test_engd_step_is_the_least_squares_direction_with_the_best_grid_step():
+    problem = PROBLEMS["nonlinear"]()
+    params = problem.net.init(jax.random.PRNGKey(0), jnp.float64)
+    theta, unravel = ravel_pytree(params)
+    new = pinn.engd_method(problem, 1).steps(params)
+    # By hand: L = ½‖r̃‖², J = ∂r̃/∂θ by jacfwd of the whole vector.
+    weighted = pinn._weighted_residuals(problem.blocks)
+    r = lambda th: weighted(unravel(th))
+    jac = jax.jacfwd(r)(theta)
+    direction = np.linalg.pinv(np.asarray(jac.T @ jac)) @ np.asarray(jac.T @ r(theta))
+    losses = [float(0.5 * jnp.sum(r(theta - 0.5**k * direction) ** 2)) for k in range(31)]
+    expected = theta - 0.5 ** int(np.argmin(losses)) * direction
+    # The Gram is ill-conditioned (its condition number is near 1/eps), so
+    # two SVD-based least-squares solves agree only to a few digits.
+    assert rel_err(ravel_pytree(new)[0], expected) < 1e-4
+    assert rel_err(0.5 * jnp.sum(r(theta) ** 2), problem.blocks.loss(params)) < 1e-12
+
+
+def test_smoke_run_writes_tables(tmp_path):
+    config = {
+        "problem": {"name": "nonlinear"},
+        "run": {"seeds": [0]},
+        "optimizers": [
+            {"kind": "ggn", "label": "ggn", "chunk": 5, "max_steps": 500, "max_seconds": 100.0},
+            {"kind": "engd", "label": "engd", "chunk": 5, "max_steps": 500, "max_seconds": 100.0},
+            {"kind": "adam", "label": "adam", "learning_rates": [1e-3, 1e-2], "chunk": 50,
+             "max_steps": 5000, "max_seconds": 100.0},
+            {"kind": "lbfgs", "label": "lbfgs", "chunk": 20, "max_steps": 2000,
+             "max_seconds": 100.0},
+        ],
+    }
+    results = pinn.run(config, smoke=True)
+    assert set(results["summary"]) == {"ggn", "engd", "lbfgs", results["adam_best"]}
+    for name, seeds in results["summary"].items():
+        rows = results["runs"][name]["runs"][0]["rows"]
+        assert rows[0][0] == 0 and rows[-1][0] >= 5 and all(np.isfinite(r[2]) for r in rows)
+        # 'to 1e-4' is the first record at or below it, if any.
+        seconds, steps = seeds[0]["to_0.0001"]
+        hits = [row for row in rows if row[2] <= 1e-4]
+        assert (steps, seconds) == ((hits[0][0], hits[0][1]) if hits else (math.inf, math.inf))
+    text = pinn.markdown(results)
+    assert text.count("\n| ") == 2 + len(results["summary"])  # header, rule, rows
+    json.dumps(results, default=float)
+
+
+def test_every_pinn_config_names_a_problem_and_known_optimisers():
+    import glob
+    import tomllib
+
+    paths = sorted(glob.glob(os.path.join(ROOT, "configs", "pinn", "*.toml")))
+    assert len(paths) == 4
+    for path in paths:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+        assert config["problem"]["name"] in PROBLEMS
+        kinds = {spec["kind"] for spec in config["optimizers"]}
+        assert kinds == {"ggn", "engd", "adam", "lbfgs"}, path
