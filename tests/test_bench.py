@@ -24,8 +24,27 @@ BENCH_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "bench", "*.toml"
 MAY_FAIL = ("kfac",)
 
 
-@pytest.mark.parametrize("path", BENCH_CONFIGS, ids=os.path.basename)
-def test_every_config_runs_in_a_tiny_version(path, tmp_path):
+# One tiny run per kind of problem (the digits one with the CNN and
+# minibatches, the widest path): the other configs differ from these in
+# sizes and options only, and each still loads and validates, below.
+TINY_RUNS = ("classic_beale.toml", "digits_cnn_minibatch.toml", "over_parameterised.toml",
+             "paper_demo.toml", "wide_regression.toml")
+
+
+def test_every_config_loads_and_each_kind_has_a_tiny_run():
+    kinds = {}
+    for path in BENCH_CONFIGS:
+        config = load_bench_config(path)
+        problem = config["problem"]
+        kinds.setdefault(problem["kind"], []).append(os.path.basename(path))
+        assert config["optimizers"], path
+    for names in kinds.values():
+        assert set(names) & set(TINY_RUNS), names
+
+
+@pytest.mark.parametrize("path", [p for p in BENCH_CONFIGS if os.path.basename(p) in TINY_RUNS],
+                         ids=os.path.basename)
+def test_every_kind_of_config_runs_in_a_tiny_version(path, tmp_path):
     config = smoke(load_bench_config(path))
     payload = run_config(config, quiet=True)
     assert set(payload["results"]) == {spec["label"] for spec in config["optimizers"]}

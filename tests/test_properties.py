@@ -16,7 +16,7 @@ from ggn_jax.curvature import dense_ggn, loss_hessians, per_sample_jacobians
 from ggn_jax.problem import bind_problem
 
 SETTINGS = settings(
-    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 LOSSES = st.sampled_from(["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy"])
 
