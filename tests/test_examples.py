@@ -30,3 +30,10 @@ def test_equinox_pinn_solves_the_poisson_equation():
     # Against the exact solution sin(πx), on a grid 20× finer than the
     # collocation points.
     assert figures["error"] < 2e-6 and figures["loss"] < 1e-8
+
+
+def test_poisson2d_blocks_reach_1e_6_relative_error():
+    figures = _main("poisson2d")(max_steps=150)
+    # Relative L2 against sin(πx) sin(πy) on a 100×100 grid (the
+    # discretisation floor of the 30×30 collocation grid is about 1e-7).
+    assert figures["error"] < 2e-6 and figures["steps"] == 150
