@@ -33,7 +33,8 @@ import math
 import os
 import time
 import tomllib
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +76,6 @@ def ggn_method(problem: PDEProblem, chunk: int, **options: Any) -> Method:
 
 def _weighted_residuals(blocks: ggn_jax.Blocks) -> Callable:
     """θ ↦ r̃ with L = ½‖r̃‖²: each block's residuals times √(w_b/N_b)."""
-    inputs, targets = blocks.batch
 
     def residuals(params):
         parts = []
@@ -93,7 +93,7 @@ def engd_method(problem: PDEProblem, chunk: int, grid: int = 31) -> Method:
 
     def step(params):
         theta, unravel = ravel_pytree(params)
-        rows, values = [], []
+        rows = []
         for name in blocks.names:
             block = blocks[name]
             n_b = jax.tree_util.tree_leaves(inputs[name])[0].shape[0]

@@ -42,7 +42,13 @@ import jax.numpy as jnp
 
 from ggn_jax import structure as structured
 from ggn_jax.losses import BoundLoss
-from ggn_jax.problem import FlatModel, Problem, bind_problem, per_sample_rows, segments_of
+from ggn_jax.problem import (
+    FlatModel,
+    Problem,
+    bind_problem,
+    per_sample_rows,
+    segments_of,
+)
 
 
 def _one_sample(x):
@@ -308,7 +314,7 @@ def structured_diagonal(problem: Problem, outputs: jax.Array | None = None) -> j
     for part, f, s in zip(structure, factors, segments_of(problem)):
         o = f.outputs if outputs is None else outputs[s.start:s.stop]
         hessians = None if problem.loss.identity_hessian else loss_hessians(
-            problem.loss, o, jax.tree_util.tree_map(lambda y: y[s.start:s.stop], problem.targets)
+            problem.loss, o, jax.tree_util.tree_map(lambda y, s=s: y[s.start:s.stop], problem.targets)
         )
         total = total + structured.diagonal(part, f, hessians) * part.num_samples
     return total / problem.num_samples
