@@ -88,20 +88,29 @@ def _weighted_residuals(blocks: ggn_jax.Blocks) -> Callable:
 
 def engd_method(problem: PDEProblem, chunk: int, grid: int = 31) -> Method:
     blocks = problem.blocks
-    inputs, _ = blocks.batch
+    inputs, targets = blocks.batch
     etas = 0.5 ** jnp.arange(grid)
 
     def step(params):
         theta, unravel = ravel_pytree(params)
-        rows = []
+        rows, residuals = [], []
         for name in blocks.names:
             block = blocks[name]
             n_b = jax.tree_util.tree_leaves(inputs[name])[0].shape[0]
             scale = math.sqrt(block.weight / n_b)
-            one = lambda th, x, block=block: jnp.ravel(block.residual(unravel(th), x))
-            jac = jax.vmap(jax.jacrev(one), in_axes=(None, 0))(theta, inputs[name])
+
+            def one(th, x, block=block):
+                r = jnp.ravel(block.residual(unravel(th), x))
+                return r, r
+
+            # The residuals come out of the Jacobian's own forward pass.
+            jac, r = jax.vmap(jax.jacrev(one, has_aux=True), in_axes=(None, 0))(
+                theta, inputs[name])
+            if targets[name] is not None:
+                r = r - jnp.reshape(targets[name], r.shape).astype(r.dtype)
             rows.append(scale * jac.reshape(-1, theta.size))
-        residual = _weighted_residuals(blocks)(params)
+            residuals.append(scale * r.reshape(-1))
+        residual = jnp.concatenate(residuals)
         jac = jnp.concatenate(rows)
         gram, grad = jac.T @ jac, jac.T @ residual
         direction = jnp.linalg.lstsq(gram, grad)[0]
