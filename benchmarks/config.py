@@ -22,7 +22,7 @@ from benchmarks.optimizers import (
     PEER_MODULES,
     WHOLE_RUN_KINDS,
 )
-from benchmarks.problems import CLASSIC, PROBLEM_KINDS
+from benchmarks.problems import CLASSIC, CLASSIFICATION_KINDS, PROBLEM_KINDS
 from ggn_jax.config import REQUIRED, ConfigError, read_toml, validate, validate_table
 from ggn_jax.models import ACTIVATIONS
 
@@ -34,11 +34,11 @@ SCHEMA = {
         "sizes": ([int], []),  # the MLP's layer sizes (not for classic or cnn)
         "activation": (tuple(ACTIVATIONS), "tanh"),
         "init_scale": (("lecun", "standard"), "lecun"),
-        "num_samples": (int, 0),  # digits: 0 = the whole training split
+        "num_samples": (int, 0),  # digits: 0 = the whole training split; synthetic: all
         "teacher_sizes": ([int], [2, 3, 1]),
         "noise": (float, 0.0),
         "name": (tuple(CLASSIC), "rosenbrock"),  # classic only
-        "test_fraction": (float, 0.25),  # digits only
+        "test_fraction": (float, 0.25),  # digits and synthetic
         "data_seed": (int, 0),
     },
     "run": {
@@ -48,6 +48,7 @@ SCHEMA = {
         "max_steps": (int, 200),
         "max_seconds": (float, 120.0),  # per run, after which it stops
         "eval_every": (int, 10),  # steps per compiled chunk
+        "eval_stride": (int, 1),  # evaluate after every k-th step (k divides eval_every)
         "batch_size": (int, 0),  # 0: full batch
         "seeds": ([int], [0]),
         "repeats": (int, 3),
@@ -67,14 +68,18 @@ _GGN_FIELDS = {
     "damping_type": (("levenberg", "marquardt"), None),
     "cg_max_iters": (int, None),
     "cg_tol": (float, None),
-    "cg_preconditioner": (("diagonal", "none"), None),
+    "cg_preconditioner": (("diagonal", "kfac", "none"), None),
     "min_damping": (float, None),
     "curvature_samples": (int, None),
+    "momentum": (float, None),
+    "cross_batch_damping": (bool, None),
 }
+# Heavy-ball momentum chained after ggn_jax's step (optax.trace), for comparison.
+_GGN_STEP_FIELDS = {**_GGN_FIELDS, "heavy_ball": (float, None)}
 
 # The options each optimiser kind takes, beside kind and label.
 OPTIMIZER_FIELDS = {
-    "ggn": _GGN_FIELDS,
+    "ggn": _GGN_STEP_FIELDS,
     "ggn_fit": _GGN_FIELDS,
     "adam": {"learning_rate": (float, 1e-3)},
     "lbfgs": {"memory_size": (int, 10)},
@@ -107,9 +112,12 @@ def _check_consistency(config: dict, source: str) -> None:
     if problem["kind"] not in ("classic", "digits") and problem["num_samples"] < 1:
         raise ConfigError(f"{source}: problem.num_samples must be ≥ 1 for kind "
                           f"{problem['kind']!r}, got {problem['num_samples']}")
-    for name in ("max_steps", "eval_every", "repeats"):
+    for name in ("max_steps", "eval_every", "repeats", "eval_stride"):
         if run[name] < 1:
             raise ConfigError(f"{source}: run.{name} must be ≥ 1, got {run[name]}")
+    if run["eval_every"] % run["eval_stride"]:
+        raise ConfigError(f"{source}: run.eval_stride ({run['eval_stride']}) must divide "
+                          f"run.eval_every ({run['eval_every']})")
     if run["batch_size"] < 0 or problem["num_samples"] < 0:
         raise ConfigError(f"{source}: run.batch_size and problem.num_samples must be ≥ 0")
     if not 0.0 <= run["target_accuracy"] <= 1.0:
@@ -117,9 +125,9 @@ def _check_consistency(config: dict, source: str) -> None:
                           f"got {run['target_accuracy']}")
     if run["target_loss"] <= 0 and run["target_accuracy"] <= 0:
         raise ConfigError(f"{source}: give run.target_loss or run.target_accuracy (> 0)")
-    if run["target_accuracy"] > 0 and problem["kind"] != "digits":
+    if run["target_accuracy"] > 0 and problem["kind"] not in CLASSIFICATION_KINDS:
         raise ConfigError(f"{source}: run.target_accuracy needs a test split "
-                          f"(problem.kind = 'digits'), not {problem['kind']!r}")
+                          f"(problem.kind in {CLASSIFICATION_KINDS}), not {problem['kind']!r}")
     if not config["optimizers"]:
         raise ConfigError(f"{source}: no [[optimizers]]; allowed kinds: "
                           f"{', '.join(OPTIMIZER_FIELDS)}")
@@ -131,8 +139,8 @@ def _check_consistency(config: dict, source: str) -> None:
         if run["batch_size"] and spec["kind"] not in MINIBATCH_KINDS:
             raise ConfigError(f"{where} cannot take minibatches (run.batch_size > 0); "
                               f"kinds that can: {', '.join(MINIBATCH_KINDS)}")
-        if problem["kind"] == "digits" and spec["kind"] in LEAST_SQUARES_KINDS:
-            raise ConfigError(f"{where} is a least-squares solver; digits uses "
+        if problem["kind"] in CLASSIFICATION_KINDS and spec["kind"] in LEAST_SQUARES_KINDS:
+            raise ConfigError(f"{where} is a least-squares solver; {problem['kind']} uses "
                               "softmax cross-entropy")
         if spec["kind"] in WHOLE_RUN_KINDS and run["target_accuracy"] > 0:
             raise ConfigError(f"{where} runs to a loss target by itself; it cannot "
@@ -170,8 +178,8 @@ def smoke(config: dict) -> dict:
         problem["sizes"] = [sizes[0]] + [min(s, 6) for s in sizes[1:-1]] + [sizes[-1]]
     if problem["kind"] != "classic":
         problem["num_samples"] = min(problem["num_samples"] or 64, 64)
-    run.update(max_steps=4, eval_every=2, seeds=run["seeds"][:1], repeats=1,
-               max_seconds=30.0)
+    run.update(max_steps=4, eval_every=2, eval_stride=min(run["eval_stride"], 2),
+               seeds=run["seeds"][:1], repeats=1, max_seconds=30.0)
     if run["batch_size"]:
         run["batch_size"] = min(run["batch_size"], 16)
     return config

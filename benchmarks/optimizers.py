@@ -75,7 +75,8 @@ class WholeRunResult(NamedTuple):
 
 def _ggn_options(spec: dict) -> dict:
     names = ("solver", "damping_rule", "damping", "damping_type", "cg_max_iters", "cg_tol",
-             "cg_preconditioner", "min_damping", "curvature_samples")
+             "cg_preconditioner", "min_damping", "curvature_samples", "momentum",
+             "cross_batch_damping")
     return {name: spec[name] for name in names if spec.get(name) is not None}
 
 
@@ -96,8 +97,11 @@ def _gradient_stepper(problem: BenchProblem, tx: optax.GradientTransformation,
 
 
 def ggn_stepper(problem: BenchProblem, spec: dict) -> Stepper:
-    """ggn_jax's optax transformation, one `update` per step."""
+    """ggn_jax's optax transformation, one `update` per step (followed by
+    heavy-ball momentum, ``optax.trace``, where the spec asks for it)."""
     tx = ggn_jax.ggn(problem.apply_fn, problem.loss, **_ggn_options(spec))
+    if spec.get("heavy_ball") is not None:
+        tx = optax.chain(tx, optax.trace(decay=spec["heavy_ball"]))
     return _gradient_stepper(problem, tx, lambda batch: {"batch": batch})
 
 

@@ -82,7 +82,9 @@ CLASSIC = {
     ),
 }
 
-PROBLEM_KINDS = ("four_region", "teacher_student", "regression", "digits", "classic")
+PROBLEM_KINDS = ("four_region", "teacher_student", "regression", "digits", "synthetic", "classic")
+# The kinds with a test split, where a test accuracy can be the target.
+CLASSIFICATION_KINDS = ("digits", "synthetic")
 
 
 class BenchProblem(NamedTuple):
@@ -147,6 +149,32 @@ def _digits(test_fraction: float, split_seed: int, num_samples: int, dtype):
     if num_samples:
         x_train, y_train = x_train[:num_samples], y_train[:num_samples]
     as_x = lambda a: jnp.asarray(a, dtype)
+    as_y = lambda a: jnp.asarray(a, jnp.int32)
+    return (as_x(x_train), as_y(y_train)), (as_x(x_test), as_y(y_test))
+
+
+def _synthetic(num_samples: int, features: int, classes: int, test_fraction: float,
+               seed: int, dtype):
+    """scikit-learn's ``make_classification``: ``num_samples`` points in
+    ``features`` dimensions (half of them informative, a fifth redundant
+    combinations of those), ``classes`` classes of two Gaussian clusters
+    each; standardised on the training split, then a stratified split."""
+    try:
+        from sklearn.datasets import make_classification
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the synthetic problems need scikit-learn: pip install -e '.[bench]'"
+        ) from error
+    x, y = make_classification(
+        n_samples=num_samples, n_features=features, n_informative=features // 2,
+        n_redundant=features // 5, n_classes=classes, n_clusters_per_class=2,
+        random_state=seed,
+    )
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-12
+    as_x = lambda a: jnp.asarray((a - mean) / std, dtype)
     as_y = lambda a: jnp.asarray(a, jnp.int32)
     return (as_x(x_train), as_y(y_train)), (as_x(x_test), as_y(y_test))
 
@@ -226,12 +254,15 @@ def build_problem(spec: dict, dtype) -> BenchProblem:
                 apply, "softmax_cross_entropy",
                 lambda seed: init(jax.random.PRNGKey(seed), dtype), train, test, p,
             )
+    elif kind == "synthetic":
+        train, test = _synthetic(spec["num_samples"], spec["sizes"][0], spec["sizes"][-1],
+                                 spec["test_fraction"], spec["data_seed"], dtype)
     else:  # pragma: no cover - the config schema allows only PROBLEM_KINDS
         raise ValueError(f"unknown problem kind {kind!r}; allowed: {', '.join(PROBLEM_KINDS)}")
 
     net = mlp(spec["sizes"], spec["activation"])
     init_scale = spec["init_scale"]
-    loss = "softmax_cross_entropy" if kind == "digits" else "squared_error"
+    loss = "softmax_cross_entropy" if kind in CLASSIFICATION_KINDS else "squared_error"
     n, k, p = train[0].shape[0], net.sizes[-1], net.num_params
     layout = "-".join(map(str, net.sizes))
     return BenchProblem(

@@ -199,7 +199,8 @@ def run_stepper(problem: BenchProblem, spec: dict, run: dict, seed: int, quiet: 
             state, stacked = chunk(state, data)
             jax.block_until_ready(state)
             spent = time.perf_counter() - begin
-            chunk_losses, chunk_accs = (np.asarray(v) for v in evaluate(stacked))
+            chunk_losses, chunk_accs = _evaluate_chunk(evaluate, stacked, length,
+                                                       run.get("eval_stride", 1))
             elapsed = times[-1]
             losses += list(chunk_losses)
             accs += list(chunk_accs)
@@ -215,6 +216,19 @@ def run_stepper(problem: BenchProblem, spec: dict, run: dict, seed: int, quiet: 
         records.append(_trace_record(losses[:keep], accs[:keep], times[:keep], run,
                                      compile_s, memory))
     return _median_record(records)
+
+
+def _evaluate_chunk(evaluate, stacked, length: int, stride: int):
+    """Loss and accuracy after each step of a chunk; with a stride s > 1
+    only after every s-th step (the others NaN), for data sets whose
+    evaluation would cost more than the steps."""
+    if stride == 1:
+        return (np.asarray(v) for v in evaluate(stacked))
+    picked = jax.tree_util.tree_map(lambda a: a[stride - 1::stride], stacked)
+    losses, accs = np.full(length, np.nan), np.full(length, np.nan)
+    values = [np.asarray(v) for v in evaluate(picked)]
+    losses[stride - 1::stride], accs[stride - 1::stride] = values
+    return losses, accs
 
 
 def _median_record(records: list[dict]) -> dict:
@@ -388,8 +402,35 @@ def markdown(payload: dict) -> str:
                   f"{peers[fastest] / min(ours):.2f}× the time of the fastest ggn_jax row."]
     elif ours:
         lines += ["", "No peer reached the target."]
+    lines += _adam_sweep(payload, summaries)
     lines.append("")
     return "\n".join(lines)
+
+
+def _adam_sweep(payload: dict, summaries: dict) -> list[str]:
+    """Lines comparing each ggn_jax row with the best Adam rate, and with
+    Adam's sweep: the time of every rate's run (to the target, or all of
+    it where it missed), what a user without a known rate pays."""
+    adam = {label: s for label, s in summaries.items()
+            if s and payload["results"][label]["kind"] == "adam"}
+    reached = {label: s["time_to_target"] for label, s in adam.items() if s["time_to_target"]}
+    if len(adam) < 2 or not reached:
+        return []
+    best = min(reached, key=reached.get)
+    sweep = sum(s["time_to_target"] or s["run_s"] for s in adam.values())
+    summary = (f"Best Adam: {best}, {_fmt_time(reached[best])}. Adam with its sweep of "
+               f"{len(adam)} rates (each rate's run to the target, or in full where it "
+               f"missed): {_fmt_time(sweep)}.")
+    lines = ["", summary, "",
+             "| ggn_jax row | time ÷ best Adam's | time ÷ Adam's with its sweep |",
+             "| --- | ---: | ---: |"]
+    for label, s in summaries.items():
+        if s and payload["results"][label]["kind"].startswith("ggn"):
+            time = s["time_to_target"]
+            lines.append(f"| {label} | "
+                         + (f"{time / reached[best]:.2f}× | {time / sweep:.3f}× |" if time
+                            else "missed | missed |"))
+    return lines
 
 
 def plot(payload: dict, path: str) -> None:
@@ -408,12 +449,16 @@ def plot(payload: dict, path: str) -> None:
             continue
         trace = next(iter(entry["seeds"].values()))["trace"]
         loss = np.maximum(np.asarray(trace["loss"]), floor)
-        # Wall time on a log axis (the optimisers differ by orders of
-        # magnitude), so from the first step on.
-        axes[0].loglog(trace["time"][1:], loss[1:], label=label)
-        axes[1].semilogy(np.arange(loss.size), loss, label=label)
+        times, accs = np.asarray(trace["time"]), np.asarray(trace["accuracy"])
+        steps = np.arange(loss.size)
+        # Only the evaluated steps (run.eval_stride), from the first step on:
+        # wall time is on a log axis (the optimisers differ by orders of
+        # magnitude).
+        shown = np.isfinite(loss) & (steps > 0)
+        axes[0].loglog(times[shown], loss[shown], label=label)
+        axes[1].semilogy(steps[shown], loss[shown], label=label)
         if with_accuracy:
-            axes[2].semilogx(trace["time"][1:], trace["accuracy"][1:], label=label)
+            axes[2].semilogx(times[shown], accs[shown], label=label)
     axes[0].set(xlabel="wall time (s, compile excluded; log)", ylabel="mean training loss")
     axes[1].set(xlabel="steps", ylabel="mean training loss")
     if with_accuracy:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from ggn_jax.curvature import Linearization, hessian_product
 from ggn_jax.problem import Problem
-from ggn_jax.solvers.base import LocalModel, Solver
+from ggn_jax.solvers.base import LocalModel, Solver, pulled_back
 
 
 def second_directional_derivative(problem: Problem, step: jax.Array) -> jax.Array:
@@ -41,20 +41,6 @@ def second_directional_derivative(problem: Problem, step: jax.Array) -> jax.Arra
     model = lambda theta: problem.model(theta, problem.inputs)
     along = lambda theta: jax.jvp(model, (theta,), (step,))[1]
     return jax.jvp(along, (problem.theta,), (step,))[1]
-
-
-def _pulled_back(
-    problem: Problem, local: LocalModel, lin: Linearization | None, weights: jax.Array
-) -> jax.Array:
-    """Jᵀw/N (P,) for output weights w (N, K), from what the solver has."""
-    n = problem.num_samples
-    weights = weights.astype(local.outputs.dtype)
-    if local.jacobians is not None:
-        return jnp.einsum("nkp,nk->p", local.jacobians, weights) / n
-    if lin is not None:
-        return lin.vjp(weights) / n
-    _, vjp = jax.vjp(lambda theta: problem.model(theta, problem.inputs), problem.theta)
-    return vjp(weights)[0] / n
 
 
 def geodesic_acceleration(
@@ -79,7 +65,7 @@ def geodesic_acceleration(
     """
     curvature = second_directional_derivative(problem, velocity)
     weights = hessian_product(problem.loss, local.outputs, problem.targets, curvature)
-    grad = _pulled_back(problem, local, lin, weights)
+    grad = pulled_back(problem, local, lin, weights)
     factors = local.loss_factors
     if factors is not None:  # H_i = B_iB_iᵀ: the weights are B_i(B_iᵀ f'')
         factors = (factors[0], jnp.einsum("nka,nk->na", factors[0], curvature))

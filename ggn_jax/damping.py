@@ -50,6 +50,18 @@ where a monotone test would reject them and raise λ. The rules adapt μ by
 ρ on steps the monotone test accepts; a step accepted by the window alone
 is kept but μ grows by 1.5, so that such steps cannot cycle at a tiny λ.
 
+**Across minibatches** (``cross_batch_damping``). On a minibatch the gain
+ratio is measured on the samples the step was fitted to, so it cannot see
+a step that fits them too well. When the batch is new and the last step
+was accepted, the step also measures that last step on the fresh samples,
+ρ̃ = (L_new(θ − δ_prev) − L_new(θ)) / (its predicted decrease), a paired
+difference on one batch. Where ρ̃ < 0 (the last step raised the loss of
+samples it did not see) μ is updated as for ρ = 0, i.e. doubled under
+Nielsen's rule; otherwise ρ rules as above. (Using ρ̃ in place of ρ
+throughout was measured and rejected: for a small step ρ̃ is about the
+minibatch gradient's signal-to-noise ratio, well below ½, so μ grew without
+bound.)
+
 **Round-off.** Near a minimum the change of the loss is lost in round-off:
 in L itself (a few eps·|L|) and in the outputs, each computed to about
 eps·|o|, which moves the loss by |∂l/∂o|·eps·|o| per output
@@ -98,13 +110,14 @@ def batch_fingerprint(batch, dtype) -> jax.Array:
     program; another batch differs with probability one. (Comparing the
     loss at θ with the last trial loss cannot tell: round-off in a PDE
     residual, a cancellation of large terms, can exceed any fixed tolerance.)
+    A batch with a NaN or an overflow gets NaN, equal to no fingerprint.
     """
     total = jnp.zeros((), dtype)
     for leaf in jax.tree_util.tree_leaves(batch):
         flat = jnp.ravel(jnp.asarray(leaf)).astype(dtype)
         weights = jnp.cos(0.6180339887498949 * jnp.arange(flat.size, dtype=dtype))
         total = total + jnp.dot(flat, weights)
-    return total
+    return jnp.where(jnp.isfinite(total), total, jnp.nan)
 
 
 def nonmonotone_reference(recent: jax.Array, loss: jax.Array) -> jax.Array:

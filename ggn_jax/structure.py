@@ -697,17 +697,26 @@ def _weighting(hessians: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
     return lambda s: jnp.einsum("nkl,nl...->nk...", hessians, s)
 
 
-def diagonal(structure: Structure, factors: Factors, hessians: jax.Array | None = None) -> jax.Array:
+def diagonal(
+    structure: Structure,
+    factors: Factors,
+    hessians: jax.Array | None = None,
+    leaves: Sequence[int] | None = None,
+) -> jax.Array:
     """diag(G) = diag((1/N) Σ_i J_iᵀH_iJ_i), (P,) in ``ravel_pytree`` order.
 
     Args:
       structure, factors: from `find_structure` and `sample_factors`.
       hessians: H_i, (N, K, K), or None for H_i = I.
+      leaves: the indices of the leaves to compute (zeros elsewhere), or
+        None for all.
     """
     weighted = _weighting(hessians)
     parts = []
     for index, info in enumerate(structure.leaves):
-        if info.mode == "factored":
+        if leaves is not None and index not in leaves:
+            part = jnp.zeros(info.shape, structure.dtype)
+        elif info.mode == "factored":
             part = _factored_terms(structure, factors, index, "diagonal", weighted)
         else:
             block = factors.blocks[index]

@@ -47,6 +47,7 @@ from ggn_jax.damping import (
     update_damping,
 )
 from ggn_jax.losses import LossSpec, check_loss
+from ggn_jax.momentum import momentum_anchor, shifted_problem
 from ggn_jax.problem import Problem, bind_problem, check_params, mean_loss
 from ggn_jax.solvers import (
     CG_STOPS,
@@ -58,7 +59,7 @@ from ggn_jax.solvers import (
 from ggn_jax.solvers.base import failed
 
 DAMPING_TYPES = ("levenberg", "marquardt")
-CG_PRECONDITIONERS = ("diagonal", "none")
+CG_PRECONDITIONERS = ("diagonal", "kfac", "none")
 # "highest": float32 matrix products in full float32 even where the backend
 # would use TF32 or bf16 passes (GPU, TPU); "default": the backend's choice.
 MATMUL_PRECISIONS = ("highest", "default")
@@ -84,6 +85,7 @@ DYNAMIC_OPTIONS = (
     "relative_damping_floor",
     "acceleration_ratio",
     "weight_decay",
+    "momentum",
 )
 # Integer options that size the computation; None in `ggn`'s signature means
 # the default here (so that ``optax.inject_hyperparams``, which turns every
@@ -91,6 +93,24 @@ DYNAMIC_OPTIONS = (
 STATIC_INTEGER_DEFAULTS = {"cg_max_iters": 100, "max_dense": 4096, "max_jacobian": 2**26}
 # The window of non-monotone acceptance where it is on by default (squared error).
 DEFAULT_NONMONOTONE_WINDOW = 4
+# `ggn`'s defaults for a classification loss, where each update sees a new
+# minibatch and a step is worth a few GGN products, not an exact solve:
+# measured in BENCHMARKS.md, "Minibatch classification (issue 15)".
+CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
+CLASSIFICATION_DEFAULTS = {"cg_max_iters": 5, "cg_preconditioner": "none", "momentum": 0.0,
+                           "cross_batch_damping": True, "curvature_samples": 32}
+# ... and for every other loss.
+OTHER_DEFAULTS = {"cg_max_iters": None, "cg_preconditioner": "diagonal", "momentum": 0.0,
+                  "cross_batch_damping": False, "curvature_samples": None}
+
+
+def loss_defaults(loss: Any) -> dict[str, Any]:
+    """The options `ggn` resolves by its loss where they are left at None:
+    ``CLASSIFICATION_DEFAULTS`` for the named classification losses,
+    ``OTHER_DEFAULTS`` otherwise (a ``cg_max_iters`` of None is 100)."""
+    if isinstance(loss, str) and loss in CLASSIFICATION_LOSSES:
+        return dict(CLASSIFICATION_DEFAULTS)
+    return dict(OTHER_DEFAULTS)
 
 # The allowed range of each numeric option: (test, what it says).
 _RANGES = {
@@ -105,6 +125,7 @@ _RANGES = {
     "cg_warm_start_weight": (lambda v: 0 <= v <= 1, "lie in [0, 1]"),
     "acceleration_ratio": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
     "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "be finite and ≥ 0"),
+    "momentum": (lambda v: 0 <= v < 1, "lie in [0, 1)"),
 }
 
 
@@ -162,7 +183,8 @@ class GGNConfig:
       cg_max_iters, cg_preconditioner, cg_warm_start_weight, cg_stop,
       relative_damping_floor, matmul_precision, curvature_samples,
       max_dense, max_jacobian, nonmonotone_window, geodesic_acceleration,
-      acceleration_ratio, weight_decay: the keyword options of `ggn`, with its
+      acceleration_ratio, weight_decay, momentum, cross_batch_damping: the
+      keyword options of `ggn`, with its
       defaults and meanings.
 
     Example:
@@ -194,6 +216,8 @@ class GGNConfig:
     geodesic_acceleration: bool | None = None
     acceleration_ratio: float = 0.75
     weight_decay: float = 0.0
+    momentum: float = 0.0
+    cross_batch_damping: bool | None = None
 
     def __post_init__(self):
         _choice("damping_rule", self.damping_rule, DAMPING_RULES)
@@ -202,6 +226,14 @@ class GGNConfig:
         _choice("cg_preconditioner", self.cg_preconditioner, CG_PRECONDITIONERS)
         _choice("cg_stop", self.cg_stop, CG_STOPS)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+        cross = self.cross_batch_damping
+        if isinstance(cross, (np.ndarray, np.generic, jax.Array)) and np.ndim(cross) == 0:
+            if _is_traced(cross):
+                raise TypeError("cross_batch_damping picks a code path and cannot be traced")
+            object.__setattr__(self, "cross_batch_damping", bool(cross))
+        if self.cross_batch_damping not in (None, True, False):
+            raise TypeError("cross_batch_damping must be None (auto), True or False, got "
+                            f"{self.cross_batch_damping!r}")
         acceleration = self.geodesic_acceleration
         if _is_traced(acceleration):
             raise TypeError(
@@ -273,6 +305,14 @@ class GGNConfig:
         if acceleration is None:
             acceleration = over or blocks
         return window, acceleration
+
+    def resolved_cross_batch(self, squared_error: bool) -> bool:
+        """``cross_batch_damping`` with None (auto) resolved: off for
+        squared error, on for other losses (`ggn` passes its loss's
+        default, ``loss_defaults``)."""
+        if self.cross_batch_damping is None:
+            return not squared_error
+        return self.cross_batch_damping
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
         """[min, max] for λ; the default floor is 100 machine epsilons of dtype."""
@@ -359,8 +399,11 @@ class GGNState(NamedTuple):
         number where unused
         (M = ``nonmonotone_window``; see `ggn_jax.damping`).
       batch_fingerprint: float (), `ggn_jax.damping.batch_fingerprint` of
-        the last step's batch (NaN before any step): the window's losses
-        are compared only on the batch they were measured on.
+        the last step's batch (NaN before any step; the dtype's largest
+        number after a batch with a NaN or Inf): the window's losses are
+        compared only on the batch they were measured on.
+      last_predicted: float (), the decrease the model predicted for the
+        last step, if accepted (else 0), for ``cross_batch_damping``.
 
     Example:
       >>> import jax.numpy as jnp, ggn_jax
@@ -387,6 +430,7 @@ class GGNState(NamedTuple):
     last_damping_option: jax.Array
     recent_losses: jax.Array
     batch_fingerprint: jax.Array
+    last_predicted: jax.Array
 
     # Deprecated names (one release), from before issue 12.
     @property
@@ -424,6 +468,7 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         last_damping_option=damping,
         recent_losses=jnp.full((config.window_size(),), jnp.finfo(dtype).min, dtype),
         batch_fingerprint=jnp.asarray(jnp.nan, dtype),
+        last_predicted=jnp.zeros((), dtype),
     )
 
 
@@ -578,9 +623,23 @@ def ggn_step(
         if scale is not None:
             system_scale = (damping * scale + decay) / system_damping
 
+    # SPRING momentum: the damping pulls δ towards a = β·δ_prev
+    # (`ggn_jax.momentum`); solved as a + δ' on the shifted problem.
+    solve_local, solve_grad, anchor_step = local, grad, None
+    if _is_traced(config.momentum) or config.momentum > 0:
+        anchor_step = momentum_anchor(state.last_step, state.accepted, config.momentum)
+        anchor_step = anchor_step.astype(dtype)
+        solve_local, solve_grad = shifted_problem(
+            solver, curved, local, lin, grad, anchor_step
+        )
+        if decayed:
+            solve_grad = solve_grad + decay * anchor_step
     step, info = solver.solve(
-        curved, config, local, lin, grad, system_damping, system_scale, state.last_step
+        curved, config, solve_local, lin, solve_grad, system_damping, system_scale,
+        state.last_step,
     )
+    if anchor_step is not None:
+        step = step + anchor_step
     velocity = step = step.astype(dtype)
     window, accelerate = config.resolved_options(
         local.outputs, theta.size, loss.identity_hessian, problem.segments is not None
@@ -635,8 +694,27 @@ def ggn_step(
     step_norm2 = jnp.sum(velocity * velocity * (1 if scale is None else scale))
     roundoff_rho = jnp.where(damping * step_norm2 > curvature, 1.0, 0.5)
     rho = jnp.where(accepted & in_roundoff, roundoff_rho, gain_ratio(actual, predicted))
+    rule_rho = rho
+    if config.resolved_cross_batch(loss.identity_hessian):
+        # On a new batch, the last step's gain on it: did the step generalise?
+        last = state.last_step.astype(dtype)
+
+        def loss_before():
+            value = mean_loss(problem, problem.model(theta - last, problem.inputs))
+            if decayed:
+                value = value + 0.5 * decay * jnp.dot(theta - last, theta - last)
+            return value.astype(dtype)
+
+        # One forward pass, only where the batch is new (never in `fit`).
+        before = jax.lax.cond((~same_batch) & state.accepted, loss_before,
+                              lambda: loss0.astype(dtype))
+        cross_rho = gain_ratio(before - loss0, state.last_predicted)
+        usable = (~same_batch) & state.accepted & accepted & ~in_roundoff
+        # A step that raised the loss on fresh samples counts as a failure
+        # of the model (ρ = 0: μ doubles); the rest go by this batch's ρ.
+        rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, 0), rho)
     damping_scale, rejection_growth = update_damping(
-        config.damping_rule, state.damping_scale, state.rejection_growth, rho, accepted,
+        config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
         *config.damping_bounds(dtype), window_only=accepted & ~monotone_accepted,
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))
@@ -660,7 +738,11 @@ def ggn_step(
         last_step=jnp.where(accepted, step, state.last_step),
         last_damping_option=state.last_damping_option,
         recent_losses=remember_loss(recent, loss0, accepted),
-        batch_fingerprint=fingerprint,
+        # A batch with a NaN (never "the same batch") is stored finite, so
+        # that a fault leaves the state finite.
+        batch_fingerprint=jnp.where(jnp.isfinite(fingerprint), fingerprint,
+                                    jnp.finfo(dtype).max).astype(dtype),
+        last_predicted=jnp.where(accepted, predicted, 0).astype(dtype),
     )
     return update, new_state
 
@@ -722,7 +804,7 @@ def ggn(
     marquardt_floor: float = 1e-6,
     cg_tol: float = 1e-6,
     cg_max_iters: int | None = None,
-    cg_preconditioner: str = "diagonal",
+    cg_preconditioner: str | None = None,
     cg_warm_start_weight: float = 0.9,
     cg_stop: str = "residual",
     cg_warm_start: float | None = None,
@@ -735,6 +817,8 @@ def ggn(
     geodesic_acceleration: bool | None = None,
     acceleration_ratio: float = 0.75,
     weight_decay: float = 0.0,
+    momentum: float | None = None,
+    cross_batch_damping: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The damped generalised Gauss-Newton step, as an optax transformation.
 
@@ -782,8 +866,13 @@ def ggn(
       residual_exponent: δ ∈ [1, 2] of the residual rule.
       marquardt_floor: D ≥ floor·max(diag G).
       cg_tol, cg_max_iters: CG stops at ‖r‖ ≤ tol·‖g‖ or after that many
-        iterations (None: 100).
-      cg_preconditioner: ``"diagonal"`` (diag(G) + λD) or ``"none"``.
+        iterations (None: 5 for a classification loss, 100 otherwise; see
+        ``loss_defaults``).
+      cg_preconditioner: ``"diagonal"`` (diag(G) + λD), ``"kfac"`` (a
+        Kronecker-factored block per dense layer's weight, diag(G) for the
+        other leaves; `ggn_jax.curvature.kronecker_curvature`) or ``"none"``.
+        None: ``"none"`` for a classification loss, ``"diagonal"``
+        otherwise.
       cg_warm_start_weight: CG starts from this multiple of the last
         accepted step (0: a cold start). ``cg_warm_start``, its name
         before, is accepted with a ``DeprecationWarning``.
@@ -798,7 +887,8 @@ def ggn(
       matmul_precision: ``"highest"`` (default: full float32 products even
         where a GPU or TPU would use TF32 or bf16 passes) or ``"default"``.
       curvature_samples: build G from the first M samples of each batch
-        only (None: all of it); the loss, the gradient and the gain ratio
+        only (None: 32 for a classification loss, all of the batch
+        otherwise; a batch of M or fewer is used whole); the loss, the gradient and the gain ratio
         still use the whole batch. Cuts the cost of the curvature by N/M.
         Meant for minibatches, whose first M samples change every step: on
         a fixed batch the other samples only get gradient-like steps and
@@ -823,12 +913,24 @@ def ggn(
         before ``ggn`` with ``optax.add_decayed_weights`` changes the
         gradient but neither G nor the loss the gain ratio measures: it
         stays safe, but rejects more steps; see README.)
+      momentum: β ∈ [0, 1), SPRING momentum (`ggn_jax.momentum`): the
+        damping pulls the step towards β times the last step (when that
+        was accepted) instead of towards zero, (G + λD)δ = −g + λβDδ_prev.
+        Meant for minibatches: in the directions one minibatch does not
+        see, the step carries on as before. None (default): 0, off.
+      cross_batch_damping: on a new batch, also judge the last step by its
+        gain on these fresh samples (one forward pass at θ − δ_prev): if it
+        raised their loss, μ grows as after a failed step (ρ = 0). A step
+        that fits its own minibatch too well then gets a larger λ. None
+        (default): on for a classification loss, off otherwise. The
+        classification defaults (``CLASSIFICATION_DEFAULTS``) were chosen
+        by measurement: BENCHMARKS.md, "Minibatch classification".
 
     The numeric options in ``DYNAMIC_OPTIONS`` (``damping``, the damping
     bounds, ``min_gain_ratio``, ``residual_exponent``, ``marquardt_floor``,
     ``cg_tol``, ``cg_warm_start_weight``, ``relative_damping_floor``) may be
     scheduled or changed during training with ``optax.inject_hyperparams``
-    (also ``acceleration_ratio`` and ``weight_decay``);
+    (also ``acceleration_ratio``, ``weight_decay`` and ``momentum``);
     ``apply_fn`` (a callable, which optax would take for a schedule) must
     be named in its ``static_args``. A new ``damping`` restarts the rule's
     μ from that value (a schedule restarts it every step, so λ follows the
@@ -860,6 +962,15 @@ def ggn(
     loss = check_loss(loss)
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+    defaults = loss_defaults(loss)
+    cg_max_iters = defaults["cg_max_iters"] if cg_max_iters is None else cg_max_iters
+    if cg_preconditioner is None:
+        cg_preconditioner = defaults["cg_preconditioner"]
+    momentum = defaults["momentum"] if momentum is None else momentum
+    if cross_batch_damping is None:
+        cross_batch_damping = defaults["cross_batch_damping"]
+    if curvature_samples is None:
+        curvature_samples = defaults["curvature_samples"]
     if cg_warm_start is not None:  # the deprecated name wins over the default
         _deprecated("the option cg_warm_start", "cg_warm_start_weight")
         cg_warm_start_weight = cg_warm_start
@@ -887,6 +998,8 @@ def ggn(
         geodesic_acceleration=geodesic_acceleration,
         acceleration_ratio=acceleration_ratio,
         weight_decay=weight_decay,
+        momentum=momentum,
+        cross_batch_damping=cross_batch_damping,
     )
 
     def init_fn(params):

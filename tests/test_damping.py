@@ -307,3 +307,64 @@ def test_batch_fingerprint_tells_batches_apart_and_not_repeats():
     assert f((x, y)) != f((x, y.at[5].set(6)))          # one label
     assert f((x, y)) != f((x[::-1], y))                   # the same samples reordered
     assert bool(jnp.isnan(f((x.at[0, 0].set(jnp.nan), y))))  # never equal to itself
+
+
+def _classification_step(cross, last_step_sign):
+    """One softmax step on a fresh batch after a stored accepted step δ_prev
+    whose gain on this batch is known: last_step_sign = +1 makes θ − δ_prev
+    worse than θ on it (the last step helped), −1 better (it hurt)."""
+    params, batch = small_problem("softmax_cross_entropy", 3, n=16)
+    x, y = batch
+    theta, unravel = ravel_pytree(params)
+    mean = lambda th: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        mlp_apply(unravel(th), x), y))
+    g = jax.grad(mean)(theta)
+    previous = last_step_sign * -0.05 * g / jnp.linalg.norm(g)
+    tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", damping_rule="nielsen", damping=1.0,
+                     cross_batch_damping=cross)
+    state = tx.init(params)
+    state = state._replace(last_step=previous, accepted=jnp.array(True),
+                           last_predicted=jnp.asarray(1e-3), batch_fingerprint=jnp.asarray(1.0))
+    _, after = tx.update(unravel(g), state, params, batch=batch)
+    cross_gain = mean(theta - previous) - mean(theta)
+    return state, after, float(cross_gain)
+
+
+def test_cross_batch_damping_doubles_mu_after_a_step_that_hurt_fresh_samples():
+    state, after, gain = _classification_step(True, -1.0)
+    assert gain < 0 and bool(after.accepted)
+    assert float(after.damping_scale) == pytest.approx(2 * float(state.damping_scale), rel=1e-12)
+    # The same step without the rule: μ goes by this batch's own ρ.
+    state, plain, _ = _classification_step(False, -1.0)
+    rho = float(plain.rho)
+    factor = max(1 / 3, 1 - (2 * rho - 1) ** 3)
+    assert float(plain.damping_scale) == pytest.approx(factor * float(state.damping_scale),
+                                                       rel=1e-10)
+    assert factor < 2
+
+
+def test_cross_batch_damping_leaves_a_step_that_helped_to_the_batch_rule():
+    state, after, gain = _classification_step(True, 1.0)
+    assert gain > 0 and bool(after.accepted)
+    rho = float(after.rho)
+    factor = max(1 / 3, 1 - (2 * rho - 1) ** 3)
+    assert float(after.damping_scale) == pytest.approx(factor * float(state.damping_scale),
+                                                       rel=1e-10)
+
+
+def test_classification_defaults_take_a_short_unpreconditioned_cg_solve():
+    """ggn(apply_fn, "softmax_cross_entropy") takes at most 5 CG iterations;
+    an explicit option still wins; squared error keeps the long solve."""
+    params, batch = small_problem("softmax_cross_entropy", 4, n=64, sizes=(3, 16, 5))
+    grads = jax.grad(lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        mlp_apply(p, batch[0]), batch[1])))(params)
+    for options, cap in [({}, 5), ({"cg_max_iters": 7, "cg_tol": 1e-14}, 7)]:
+        tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver="cg", **options)
+        _, state = tx.update(grads, tx.init(params), params, batch=batch)
+        assert int(state.cg_iterations) == cap
+    params, batch = small_problem("squared_error", 4, n=64, sizes=(3, 16, 5))
+    grads = jax.grad(lambda p: 0.5 * jnp.mean(jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2,
+                                                      -1)))(params)
+    tx = ggn_jax.ggn(mlp_apply, solver="cg", cg_tol=1e-14)
+    _, state = tx.update(grads, tx.init(params), params, batch=batch)
+    assert int(state.cg_iterations) > 3

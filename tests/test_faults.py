@@ -47,6 +47,29 @@ def _finite(tree):
                if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
 
 
+def _injected(kind, fault, rows):
+    """The fault flags and gradient poison of the shared faults: NaN
+    outputs for ``rows``, +Inf outputs everywhere, a NaN gradient."""
+    if kind == "nan samples":
+        return fault.at[jnp.asarray(rows)].set(1), False
+    if kind == "inf outputs":
+        return jnp.full_like(fault, 2), False
+    return fault, kind == "nan gradient"
+
+
+def _poisonable_step(tx, loss_fn):
+    """A jitted optax step whose gradient is NaN where ``poison`` is set."""
+
+    @jax.jit
+    def step(params, state, batch, poison):
+        grads = jax.grad(loss_fn)(params, batch)
+        grads = jax.tree_util.tree_map(lambda g: jnp.where(poison, jnp.nan, g), grads)
+        updates, state = tx.update(grads, state, params, batch=batch)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
 def _train(solver, dtype, faults, max_steps=60):
     params, x, y = _problem(dtype)
     model = faulty(mlp_apply)
@@ -57,25 +80,14 @@ def _train(solver, dtype, faults, max_steps=60):
         inputs, targets = batch
         return 0.5 * jnp.mean(jnp.sum((model(params, inputs) - targets) ** 2, -1))
 
-    @jax.jit
-    def step(params, state, batch, poison):
-        grads = jax.grad(loss_fn)(params, batch)
-        grads = jax.tree_util.tree_map(lambda g: jnp.where(poison, jnp.nan, g), grads)
-        updates, state = tx.update(grads, state, params, batch=batch)
-        return optax.apply_updates(params, updates), state
+    step = _poisonable_step(tx, loss_fn)
 
     state = tx.init(params)
     clean_fault = jnp.zeros(x.shape[0], jnp.int32)
     for k in range(max_steps):
-        fault, targets, poison = clean_fault, y, False
-        kind = faults.get(k)
-        if kind == "nan samples":
-            fault = fault.at[jnp.array([3, 17])].set(1)
-        elif kind == "inf outputs":
-            fault = jnp.full_like(fault, 2)
-        elif kind == "nan gradient":
-            poison = True
-        elif kind == "overflow":
+        targets, kind = y, faults.get(k)
+        fault, poison = _injected(kind, clean_fault, [3, 17])
+        if kind == "overflow":
             targets = y.at[0, 0].set(huge)
         params, state = step(params, state, ((x, fault), targets), poison)
         assert _finite(params), f"non-finite params after step {k} ({kind})"
@@ -112,3 +124,53 @@ def test_a_duplicated_sample_makes_the_gram_matrix_singular_and_fit_still_conver
     assert result.converged, result.loss_history[-5:]
     assert _finite(result.params) and _finite(result.state)
     assert int(result.state.num_non_finite) == 0
+
+
+# The defaults (CG on a subsample, cross-batch damping) and the other new
+# paths: the sample-space solve and the K-FAC preconditioner, with momentum.
+MINIBATCH_VARIANTS = {
+    "defaults on a subsample": {"curvature_samples": 8},
+    "dual with SPRING momentum": {"solver": "dual", "momentum": 0.9},
+    "kfac-preconditioned cg with momentum": {"solver": "cg", "cg_preconditioner": "kfac",
+                                              "momentum": 0.5},
+}
+
+
+@pytest.mark.parametrize("options", list(MINIBATCH_VARIANTS.values()),
+                         ids=list(MINIBATCH_VARIANTS))
+def test_minibatch_classification_never_lets_a_fault_through(options):
+    """Softmax cross-entropy on a new minibatch every step, float32, with
+    the same faults injected: params and state stay finite, each fault is
+    one rejected step, and the training loss still falls."""
+    dtype = jnp.float32
+    key_x, key_p = jax.random.split(jax.random.PRNGKey(7))
+    x = jax.random.normal(key_x, (96, 4), dtype)
+    labels = jnp.argmax(x[:, :3] + 0.3 * x[:, 3:], -1).astype(jnp.int32)
+    params = mlp_init(key_p, [4, 16, 3], dtype)
+    model = faulty(mlp_apply)
+    tx = ggn_jax.ggn(model, "softmax_cross_entropy", **options)
+
+    def loss_fn(params, batch):
+        (inputs, fault), targets = batch
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+            model(params, (inputs, fault)), targets))
+
+    step = _poisonable_step(tx, loss_fn)
+
+    whole = ((x, jnp.zeros(96, jnp.int32)), labels)
+    start = float(loss_fn(params, whole))
+    state = tx.init(params)
+    faults = {2: "nan samples", 5: "inf outputs", 8: "nan gradient", 11: "nan input"}
+    for k in range(30):
+        rows = (jnp.arange(16) + 16 * k) % 96
+        inputs, targets, kind = x[rows], labels[rows], faults.get(k)
+        fault, poison = _injected(kind, jnp.zeros(16, jnp.int32), [3, 9])
+        if kind == "nan input":
+            inputs = inputs.at[0, 1].set(jnp.nan)
+        params, state = step(params, state, ((inputs, fault), targets), poison)
+        assert _finite(params), f"non-finite params after step {k} ({kind})"
+        assert _finite(state), f"non-finite state after step {k} ({kind})"
+        if kind is not None:
+            assert not bool(state.accepted), f"the {kind} step at {k} was accepted"
+    assert int(state.num_non_finite) == len(faults)
+    assert float(loss_fn(params, whole)) < 0.9 * start

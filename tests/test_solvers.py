@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import log_cosh, mlp_apply, reference_ggn, rel_err, small_problem
+from jax.flatten_util import ravel_pytree
 
 import ggn_jax
 from ggn_jax.curvature import (
@@ -249,3 +251,68 @@ def test_the_diagonal_preconditioner_saves_iterations_on_badly_scaled_curvature(
         _, state = tx.update(grads, tx.init(w), w, batch=(x, y))
         counts[preconditioner] = int(state.cg_iterations)
     assert counts["diagonal"] * 2 < counts["none"], counts
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "softmax_cross_entropy"])
+def test_kfac_preconditioned_cg_gives_the_dense_step(loss):
+    params, batch = small_problem(loss, 7, n=20)
+    reference, _ = reference_ggn(loss, params, batch)
+    problem = bind_problem(mlp_apply, loss, params, batch)
+    config = make_config(solver="cg", cg_preconditioner="kfac", cg_tol=1e-13, cg_max_iters=400)
+    cg = choose_solver(config, None)
+    local, lin = cg.prepare(problem, config)
+    lam = jnp.asarray(1e-2)
+    step, _ = cg.solve(problem, config, local, lin, local.batch_grad, lam, None,
+                          jnp.zeros_like(problem.theta))
+    expected = np.linalg.solve(np.asarray(reference) + 1e-2 * np.eye(reference.shape[0]),
+                               -np.asarray(local.batch_grad))
+    assert rel_err(step, expected) < 1e-8
+
+
+def test_kfac_is_exact_for_a_linear_layer_under_squared_error():
+    """o = x·W: G = (XᵀX/N) ⊗ I is its own K-FAC, so preconditioned CG
+    takes one iteration to the exact step."""
+    key = jax.random.PRNGKey(3)
+    x = jax.random.normal(key, (30, 4))
+    y = jax.random.normal(jax.random.PRNGKey(4), (30, 3))
+    w = jnp.zeros((4, 3))
+    apply_fn = lambda w, x: x @ w
+    tx = ggn_jax.ggn(apply_fn, solver="cg", cg_preconditioner="kfac", damping=1e-3,
+                     damping_rule="fixed", cg_tol=1e-10, cg_warm_start_weight=0.0)
+    grad = jax.grad(lambda w: 0.5 * jnp.mean(jnp.sum((apply_fn(w, x) - y) ** 2, -1)))(w)
+    update, state = tx.update(grad, tx.init(w), w, batch=(x, y))
+    assert int(state.cg_iterations) == 1
+    a = np.asarray(x.T @ x / 30)
+    expected = -np.linalg.solve(np.kron(a, np.eye(3)) + 1e-3 * np.eye(12), np.asarray(grad).ravel())
+    assert rel_err(update.ravel(), expected) < 1e-10
+
+
+def test_kfac_refuses_a_problem_in_blocks():
+    from ggn_jax import Block, Blocks
+
+    blocks = Blocks(data=Block(lambda w, x: jnp.tanh(x @ w), jnp.ones((5, 2)), jnp.zeros((5, 1))))
+    tx = ggn_jax.ggn(blocks, solver="cg", cg_preconditioner="kfac")
+    w = jnp.ones((2, 1))
+    with pytest.raises(ValueError, match="kfac.*blocks"):
+        tx.update(jax.grad(blocks.loss)(w), tx.init(w), w)
+
+
+def test_minibatch_dual_step_equals_primal_and_cg_on_the_same_minibatch():
+    """Softmax cross-entropy, a minibatch of 16 samples and 10 classes
+    (BK = 160 < P = 275), through the optax step of each solver."""
+    params, _ = small_problem("softmax_cross_entropy", 8, sizes=(6, 15, 10))
+    x = jax.random.normal(jax.random.PRNGKey(11), (64, 6))
+    labels = jax.random.randint(jax.random.PRNGKey(12), (64,), 0, 10)
+    batch = (x[16:32], labels[16:32])
+    grads = jax.grad(lambda p: jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(mlp_apply(p, batch[0]), batch[1])))(params)
+    steps = {}
+    for solver in ("dual", "primal", "cg"):
+        tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver=solver, damping=1e-3,
+                         damping_rule="fixed", relative_damping_floor=0.0,
+                         geodesic_acceleration=False, cg_max_iters=2000, cg_tol=1e-15)
+        update, state = tx.update(grads, tx.init(params), params, batch=batch)
+        assert bool(state.accepted)
+        steps[solver] = ravel_pytree(update)[0]
+    assert rel_err(steps["dual"], steps["primal"]) < 1e-8
+    assert rel_err(steps["dual"], steps["cg"]) < 1e-8

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ggn_jax.curvature import (
+    KroneckerCurvature,
     Linearization,
     linearize,
     loss_hessians,
@@ -66,6 +67,8 @@ class LocalModel(NamedTuple):
       diagonal: diag(G), (P,), where the solver has it, else None.
       loss_factors: (B_i (N, K, K), r_i (N, K)) with B_iB_iᵀ = H_i and
         B_ir_i = ∇_o l_i where the loss has them (`BoundLoss.factor`).
+      kronecker: the K-FAC curvature (`ggn_jax.curvature.KroneckerCurvature`)
+        for CG's ``kfac`` preconditioner, else None.
     """
 
     outputs: jax.Array
@@ -78,6 +81,7 @@ class LocalModel(NamedTuple):
     gram: jax.Array | None = None
     diagonal: jax.Array | None = None
     loss_factors: tuple[jax.Array, jax.Array] | None = None
+    kronecker: KroneckerCurvature | None = None
 
 
 class SolveInfo(NamedTuple):
@@ -238,3 +242,18 @@ def jacobian_along(local: LocalModel, step: jax.Array) -> jax.Array:
 def damped_diagonal(n: int, damping: jax.Array, scale: jax.Array | None) -> jax.Array:
     """λD as a vector: λ·1 or λ·scale."""
     return damping * (jnp.ones((n,), dtype=damping.dtype) if scale is None else scale)
+
+
+def pulled_back(
+    problem: Problem, local: LocalModel, lin: Linearization | None, weights: jax.Array
+) -> jax.Array:
+    """J̄ᵀw = Σ_i J_iᵀw_i/N (P,) for output weights w (N, K), from what the
+    solver has: its per-sample Jacobians, its linearisation, or one vjp."""
+    n = problem.num_samples
+    weights = weights.astype(local.outputs.dtype)
+    if local.jacobians is not None:
+        return jnp.einsum("nkp,nk->p", local.jacobians, weights) / n
+    if lin is not None:
+        return lin.vjp(weights) / n
+    _, vjp = jax.vjp(lambda theta: problem.model(theta, problem.inputs), problem.theta)
+    return vjp(weights)[0] / n
