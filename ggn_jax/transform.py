@@ -217,7 +217,7 @@ class GGNConfig:
     acceleration_ratio: float = 0.75
     weight_decay: float = 0.0
     momentum: float = 0.0
-    cross_batch_damping: bool | None = None
+    cross_batch_damping: bool = False
 
     def __post_init__(self):
         _choice("damping_rule", self.damping_rule, DAMPING_RULES)
@@ -227,12 +227,14 @@ class GGNConfig:
         _choice("cg_stop", self.cg_stop, CG_STOPS)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         cross = self.cross_batch_damping
-        if isinstance(cross, (np.ndarray, np.generic, jax.Array)) and np.ndim(cross) == 0:
+        if cross is None:  # None: the default
+            object.__setattr__(self, "cross_batch_damping", False)
+        elif isinstance(cross, (np.ndarray, np.generic, jax.Array)) and np.ndim(cross) == 0:
             if _is_traced(cross):
                 raise TypeError("cross_batch_damping picks a code path and cannot be traced")
             object.__setattr__(self, "cross_batch_damping", bool(cross))
-        if self.cross_batch_damping not in (None, True, False):
-            raise TypeError("cross_batch_damping must be None (auto), True or False, got "
+        if self.cross_batch_damping not in (True, False):
+            raise TypeError("cross_batch_damping must be None (the default), True or False, got "
                             f"{self.cross_batch_damping!r}")
         acceleration = self.geodesic_acceleration
         if _is_traced(acceleration):
@@ -305,14 +307,6 @@ class GGNConfig:
         if acceleration is None:
             acceleration = over or blocks
         return window, acceleration
-
-    def resolved_cross_batch(self, squared_error: bool) -> bool:
-        """``cross_batch_damping`` with None (auto) resolved: off for
-        squared error, on for other losses (`ggn` passes its loss's
-        default, ``loss_defaults``)."""
-        if self.cross_batch_damping is None:
-            return not squared_error
-        return self.cross_batch_damping
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
         """[min, max] for λ; the default floor is 100 machine epsilons of dtype."""
@@ -695,7 +689,7 @@ def ggn_step(
     roundoff_rho = jnp.where(damping * step_norm2 > curvature, 1.0, 0.5)
     rho = jnp.where(accepted & in_roundoff, roundoff_rho, gain_ratio(actual, predicted))
     rule_rho = rho
-    if config.resolved_cross_batch(loss.identity_hessian):
+    if config.cross_batch_damping:
         # On a new batch, the last step's gain on it: did the step generalise?
         last = state.last_step.astype(dtype)
 
@@ -962,19 +956,16 @@ def ggn(
     loss = check_loss(loss)
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
-    defaults = loss_defaults(loss)
-    cg_max_iters = defaults["cg_max_iters"] if cg_max_iters is None else cg_max_iters
-    if cg_preconditioner is None:
-        cg_preconditioner = defaults["cg_preconditioner"]
-    momentum = defaults["momentum"] if momentum is None else momentum
-    if cross_batch_damping is None:
-        cross_batch_damping = defaults["cross_batch_damping"]
-    if curvature_samples is None:
-        curvature_samples = defaults["curvature_samples"]
+    by_loss = {"cg_max_iters": cg_max_iters, "cg_preconditioner": cg_preconditioner,
+               "momentum": momentum, "cross_batch_damping": cross_batch_damping,
+               "curvature_samples": curvature_samples}
+    by_loss = {name: default if by_loss[name] is None else by_loss[name]
+               for name, default in loss_defaults(loss).items()}
     if cg_warm_start is not None:  # the deprecated name wins over the default
         _deprecated("the option cg_warm_start", "cg_warm_start_weight")
         cg_warm_start_weight = cg_warm_start
     config = make_config(
+        **by_loss,
         damping=damping,
         damping_rule=damping_rule,
         damping_type=damping_type,
@@ -985,21 +976,16 @@ def ggn(
         residual_exponent=residual_exponent,
         marquardt_floor=marquardt_floor,
         cg_tol=cg_tol,
-        cg_max_iters=cg_max_iters,
-        cg_preconditioner=cg_preconditioner,
         cg_warm_start_weight=cg_warm_start_weight,
         cg_stop=cg_stop,
         relative_damping_floor=relative_damping_floor,
         matmul_precision=matmul_precision,
-        curvature_samples=curvature_samples,
         max_dense=max_dense,
         max_jacobian=max_jacobian,
         nonmonotone_window=nonmonotone_window,
         geodesic_acceleration=geodesic_acceleration,
         acceleration_ratio=acceleration_ratio,
         weight_decay=weight_decay,
-        momentum=momentum,
-        cross_batch_damping=cross_batch_damping,
     )
 
     def init_fn(params):
