@@ -1,4 +1,4 @@
-"""Timing and problem helpers shared by the benchmark scripts.
+"""Timing and problem helpers shared by the developers' micro-benchmarks.
 
 Timings are medians over repeats after a warm-up call, with
 ``block_until_ready``; compile time is the first call's time less the median.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -17,16 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ggn_jax.models import mlp
-
-
-def machine() -> str:
-    """A one-line description of where the numbers came from."""
-    device = jax.devices()[0]
-    return (
-        f"{platform.machine()} {os.cpu_count()} cores, {device.platform} "
-        f"({device.device_kind}), jax {jax.__version__}, python {platform.python_version()}"
-    )
+from ggn_jax.bench.common import machine  # noqa: F401  (re-exported for the scripts)
+from ggn_jax.paper.models import mlp
 
 
 def block(tree: Any) -> Any:

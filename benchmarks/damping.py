@@ -42,8 +42,8 @@ import numpy as np
 
 import ggn_jax
 from benchmarks.common import machine, write_results
-from ggn_jax.data import four_region, teacher_student
-from ggn_jax.models import mlp
+from ggn_jax.paper.data import four_region, teacher_student
+from ggn_jax.paper.models import mlp
 
 VARIANTS = {
     "defaults": {},

@@ -27,7 +27,7 @@ POINTS = 1024
 
 
 def measure(sizes, methods) -> dict:
-    net = ggn_jax.mlp(sizes, "tanh")
+    net = ggn_jax.paper.mlp(sizes, "tanh")
     params = net.init(jax.random.PRNGKey(0), jnp.float64)
     x = jax.random.uniform(jax.random.PRNGKey(1), (POINTS, sizes[0]), jnp.float64)
     u = lambda p, y: net.apply(p, y[None])[0, 0]

@@ -34,7 +34,7 @@ def _large(preconditioner: str) -> dict:
 
     import ggn_jax
 
-    net = ggn_jax.mlp([16, 1000, 1000, 4], "tanh")
+    net = ggn_jax.paper.mlp([16, 1000, 1000, 4], "tanh")
     params = net.init(jax.random.PRNGKey(0), jnp.float32)
     x = jax.random.normal(jax.random.PRNGKey(1), (256, 16), jnp.float32)
     y = jax.random.normal(jax.random.PRNGKey(2), (256, 4), jnp.float32)
@@ -82,7 +82,7 @@ def _sharded_child() -> None:
     import ggn_jax
 
     jax.config.update("jax_enable_x64", True)
-    net = ggn_jax.mlp([4, 32, 32, 2], "tanh")
+    net = ggn_jax.paper.mlp([4, 32, 32, 2], "tanh")
     params = net.init(jax.random.PRNGKey(0), jnp.float64)
     x = jax.random.normal(jax.random.PRNGKey(1), (4096, 4), jnp.float64)
     y = jax.random.normal(jax.random.PRNGKey(2), (4096, 2), jnp.float64)

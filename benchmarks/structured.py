@@ -49,7 +49,7 @@ def _mlp(sizes, dtype, seed=0):
 
     import ggn_jax
 
-    net = ggn_jax.mlp(sizes, "tanh")
+    net = ggn_jax.paper.mlp(sizes, "tanh")
     return net, net.init(jax.random.PRNGKey(seed), dtype)
 
 

@@ -2,8 +2,8 @@
 
     python docs/make_api.py
 
-The public names are those in ``ggn_jax.__all__`` and in the adapters
-and pde modules; constants, which cannot carry a docstring, are listed with their
+The public names are those in ``ggn_jax.__all__``, ``ggn_jax.paper.__all__``
+and in the adapters and pde modules; constants, which cannot carry a docstring, are listed with their
 values and a line each from ``CONSTANTS`` below. tests/test_docs.py checks
 that docs/API.md is what this script writes.
 """
@@ -27,7 +27,9 @@ CONSTANTS = {
     "SOLVERS": "the values of the `solver` option",
     "SOLVER_NAMES": "the solver codes of `GGNState.solver` and `StepLog.solver`, by code",
 }
-MODULES = {"ggn_jax": list(ggn_jax.__all__), "ggn_jax.adapters": ["from_nnx", "from_equinox",
+MODULES = {"ggn_jax": [n for n in ggn_jax.__all__ if n != "paper"],
+           "ggn_jax.paper": list(ggn_jax.paper.__all__),
+           "ggn_jax.adapters": ["from_nnx", "from_equinox",
                                                                   "Adapted"],
            "ggn_jax.pde": ["laplacian", "second_derivative", "folx_available"]}
 
@@ -59,9 +61,10 @@ def render() -> str:
         "",
     ]
     for name, what in CONSTANTS.items():
-        value = getattr(ggn_jax, name)
+        module = "ggn_jax.paper" if name in ggn_jax.paper.__all__ else "ggn_jax"
+        value = getattr(sys.modules[module], name)
         shown = list(value) if isinstance(value, dict) and name == "ACTIVATIONS" else value
-        lines.append(f"- `ggn_jax.{name}`: {what}: `{shown!r}`")
+        lines.append(f"- `{module}.{name}`: {what}: `{shown!r}`")
     lines.append("")
     for qualified, obj in public_objects():
         if qualified.split(".")[-1] in CONSTANTS:

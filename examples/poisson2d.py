@@ -25,7 +25,7 @@ from ggn_jax.pde import laplacian  # noqa: E402
 
 
 def main(max_steps: int = 150, seed: int = 0) -> dict:
-    net = ggn_jax.mlp([2, 32, 1], "tanh")
+    net = ggn_jax.paper.mlp([2, 32, 1], "tanh")
     exact = lambda p: jnp.sin(jnp.pi * p[0]) * jnp.sin(jnp.pi * p[1])
     u = lambda params, p: net.apply(params, p[None])[0, 0]  # one point p = (x, y)
 

@@ -1,32 +1,24 @@
 """ggn_jax: neural-network training with the damped generalised Gauss-Newton method.
 
-The public names, one per line; everything else is internal.
+The public names of the optimiser, one per line; everything else is
+internal. The paper's tools are in `ggn_jax.paper`, the benchmark runner in
+`ggn_jax.bench` (imported on use: it needs the ``bench`` extra's peers).
 """
 
-from ggn_jax.analysis import ConditionReport as ConditionReport
-from ggn_jax.analysis import ConvergenceOrder as ConvergenceOrder
-from ggn_jax.analysis import CriticalPointReport as CriticalPointReport
-from ggn_jax.analysis import convergence_order as convergence_order
-from ggn_jax.analysis import critical_point as critical_point
-from ggn_jax.analysis import exact_learning_conditions as exact_learning_conditions
+import importlib as _importlib
+import warnings as _warnings
+
+from ggn_jax import paper as paper
 from ggn_jax.blocks import Block as Block
 from ggn_jax.blocks import Blocks as Blocks
 from ggn_jax.curvature import ggn_matrix as ggn_matrix
 from ggn_jax.curvature import gram_matrix as gram_matrix
 from ggn_jax.damping import DAMPING_RULES as DAMPING_RULES
-from ggn_jax.data import Dataset as Dataset
-from ggn_jax.data import four_region as four_region
-from ggn_jax.data import four_region_labels as four_region_labels
-from ggn_jax.data import teacher_student as teacher_student
 from ggn_jax.fit import FitResult as FitResult
 from ggn_jax.fit import StepLog as StepLog
 from ggn_jax.fit import fit as fit
+from ggn_jax.fit import lower_fit as lower_fit
 from ggn_jax.losses import NAMED_LOSSES as NAMED_LOSSES
-from ggn_jax.models import ACTIVATIONS as ACTIVATIONS
-from ggn_jax.models import MLP as MLP
-from ggn_jax.models import Activation as Activation
-from ggn_jax.models import bent_identity as bent_identity
-from ggn_jax.models import mlp as mlp
 from ggn_jax.sharding import data_mesh as data_mesh
 from ggn_jax.sharding import replicate as replicate
 from ggn_jax.sharding import shard_batch as shard_batch
@@ -36,39 +28,45 @@ from ggn_jax.transform import GGNConfig as GGNConfig
 from ggn_jax.transform import GGNState as GGNState
 from ggn_jax.transform import ggn as ggn
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# The paper's names lived at the top level in 0.1; they stay here as aliases
+# of `ggn_jax.paper` for 0.2, with a warning, and go in 0.3.
+_MOVED_TO_PAPER = frozenset(paper.__all__)
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_PAPER:
+        _warnings.warn(
+            f"ggn_jax.{name} has moved to ggn_jax.paper.{name}; the old name goes "
+            "in 0.3",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(paper, name)
+    if name == "bench":  # a subpackage, imported on first use
+        return _importlib.import_module("ggn_jax.bench")
+    raise AttributeError(f"module 'ggn_jax' has no attribute {name!r}")
+
 
 __all__ = [
-    "ACTIVATIONS",
     "DAMPING_RULES",
-    "MLP",
     "NAMED_LOSSES",
     "SOLVERS",
     "SOLVER_NAMES",
-    "StepLog",
-    "Activation",
     "Block",
     "Blocks",
-    "ConditionReport",
-    "ConvergenceOrder",
-    "CriticalPointReport",
-    "Dataset",
     "FitResult",
     "GGNConfig",
     "GGNState",
-    "bent_identity",
-    "convergence_order",
-    "critical_point",
+    "StepLog",
     "data_mesh",
-    "exact_learning_conditions",
     "fit",
-    "four_region",
-    "four_region_labels",
     "ggn",
     "ggn_matrix",
     "gram_matrix",
-    "mlp",
+    "lower_fit",
+    "paper",
     "replicate",
     "shard_batch",
-    "teacher_student",
 ]

@@ -3,7 +3,8 @@
     ggn-jax demo                  the paper's four-region experiment (the main job)
     ggn-jax demo --landscape      fraction of runs reaching exact learning vs width
     ggn-jax analyze --config F    conditions and critical-point report for a config
-    ggn-jax bench NAME            the benchmark configs/bench/NAME.toml (from a checkout)
+    ggn-jax bench --list          the shipped benchmark configs
+    ggn-jax bench NAME|--all      benchmarks against the peers (ggn-jax bench --help)
 
 Results go to ``results/`` (JSON and PNG plots; plots need matplotlib).
 """
@@ -102,7 +103,7 @@ def _demo(args: argparse.Namespace) -> int:
     _float64()
     import numpy as np
 
-    from ggn_jax.experiments import paper_demo
+    from ggn_jax.paper.experiments import paper_demo
 
     if args.landscape:
         return _landscape(args)
@@ -139,7 +140,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _landscape(args: argparse.Namespace) -> int:
-    from ggn_jax.experiments import width_landscape
+    from ggn_jax.paper.experiments import width_landscape
 
     start = time.perf_counter()
     result = width_landscape(runs=args.runs, progress=not args.quiet)
@@ -183,11 +184,11 @@ def _analyze(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
-    from ggn_jax.analysis import critical_point, exact_learning_conditions
     from ggn_jax.config import ANALYZE_SCHEMA, ConfigError, load_config
-    from ggn_jax.data import four_region, teacher_student
     from ggn_jax.fit import fit
-    from ggn_jax.models import mlp
+    from ggn_jax.paper.analysis import critical_point, exact_learning_conditions
+    from ggn_jax.paper.data import four_region, teacher_student
+    from ggn_jax.paper.models import mlp
 
     try:
         config = load_config(args.config, ANALYZE_SCHEMA)
@@ -237,32 +238,6 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    """Runs benchmarks/run.py on configs/bench/NAME.toml (or a path)."""
-    path = args.name
-    if not os.path.isfile(path):
-        path = os.path.join("configs", "bench", f"{args.name}.toml")
-    if not os.path.isfile(path):
-        shipped = sorted(n[:-5] for n in os.listdir(os.path.join("configs", "bench"))
-                         if n.endswith(".toml")) if os.path.isdir("configs/bench") else []
-        print(f"error: no benchmark config {args.name!r} (looked for {path}); "
-              f"available here: {', '.join(shipped) or 'none (run from a checkout)'}",
-              file=sys.stderr)
-        return 2
-    if os.path.isfile(os.path.join("benchmarks", "run.py")) and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        from benchmarks.run import main as bench_main
-    except ImportError as error:
-        print(f"error: ggn-jax bench runs from a checkout of the repository, which holds "
-              f"benchmarks/ and configs/ ({error})", file=sys.stderr)
-        return 2
-    argv = ["--config", path] + (["--device", args.device] if args.device else [])
-    argv += (["--smoke"] if args.smoke else []) + (["--quiet"] if args.quiet else [])
-    argv += ["--out-dir", args.out_dir] if args.out_dir else []
-    return bench_main(argv)
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -285,13 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     analyze = commands.add_parser("analyze", help="conditions and critical point for a config")
     analyze.add_argument("--config", required=True)
     analyze.set_defaults(run=_analyze)
-    bench = commands.add_parser("bench", help="a benchmark config (run from a checkout)")
-    bench.add_argument("name", help="NAME of configs/bench/NAME.toml, or a path")
-    bench.add_argument("--device", default=None, help="cpu, gpu or tpu")
-    bench.add_argument("--smoke", action="store_true", help="a tiny version")
-    bench.add_argument("--quiet", action="store_true", help="no progress bars")
-    bench.add_argument("--out-dir", default=None)
-    bench.set_defaults(run=_bench)
+    # `bench` has its own parser (ggn_jax.bench.suite); listed here for --help.
+    commands.add_parser("bench", add_help=False,
+                        help="benchmarks against the peers: --list, NAME ..., --all, --device")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from ggn_jax.bench.suite import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -467,7 +467,7 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
 
       >>> import jax, jax.numpy as jnp, ggn_jax
       >>> from jax.flatten_util import ravel_pytree
-      >>> net = ggn_jax.mlp([2, 3, 2])
+      >>> net = ggn_jax.paper.mlp([2, 3, 2])
       >>> params = net.init(jax.random.PRNGKey(0))
       >>> x = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
       >>> gram = ggn_jax.gram_matrix(net.apply, params, x)

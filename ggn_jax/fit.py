@@ -228,6 +228,44 @@ def _cached_build(apply_fn, loss, config, max_steps, every):
     return _build(apply_fn, loss, config, max_steps, every)
 
 
+def lower_fit(
+    apply_fn: Callable,
+    params: Any,
+    batch: tuple[Any, Any] | None = None,
+    loss: LossSpec = "squared_error",
+    *,
+    max_steps: int = 100,
+    tol: float = 1e-20,
+    **options: Any,
+) -> jax.stages.Lowered:
+    """`fit`'s whole loop for these arguments, lowered but neither compiled
+    nor run: ``.compile()`` it to time the compilation apart, or to read
+    XLA's memory (``memory_analysis()``) and FLOP (``cost_analysis()``)
+    estimates of the program `fit` runs.
+
+    Args:
+      apply_fn, params, batch, loss, max_steps, tol, **options: as for `fit`.
+
+    Returns:
+      A ``jax.stages.Lowered``; ``.compile()`` gives the program that `fit`
+      would run on these arguments (compiling it does not seed `fit`'s own
+      cache).
+
+    Example:
+      >>> import jax.numpy as jnp, ggn_jax
+      >>> apply_fn = lambda p, x: x @ p
+      >>> x, y = jnp.eye(3), jnp.ones(3)
+      >>> compiled = ggn_jax.lower_fit(apply_fn, jnp.zeros(3), (x, y), max_steps=5).compile()
+      >>> compiled.memory_analysis() is None or compiled.memory_analysis().temp_size_in_bytes >= 0
+      True
+    """
+    loss = check_loss(loss)
+    config = make_config(**options)
+    if batch is None and isinstance(getattr(apply_fn, "batch", None), tuple):
+        batch = apply_fn.batch
+    return _build(apply_fn, loss, config, max_steps, 0).lower(params, batch, tol)
+
+
 def fit(
     apply_fn: Callable,
     params: Any,

@@ -115,3 +115,13 @@ def start_sharded_steps() -> subprocess.Popen:
 
 def background_processes() -> list[subprocess.Popen]:
     return list(_BACKGROUND.values())
+
+
+def jit_update(tx):
+    """``tx.update`` as one jitted program, called like ``tx.update``.
+
+    Eager calls dispatch and compile op by op; one program compiles in
+    about a third of the time for the ggn step (and runs the same maths).
+    """
+    step = jax.jit(lambda g, s, p, b: tx.update(g, s, p, batch=b))
+    return lambda g, s, p, batch=None: step(g, s, p, batch)

@@ -18,7 +18,7 @@ import ggn_jax  # noqa: E402
 
 
 def problem(dtype):
-    net = ggn_jax.mlp([4, 16, 16, 3], "tanh")
+    net = ggn_jax.paper.mlp([4, 16, 16, 3], "tanh")
     params = net.init(jax.random.PRNGKey(0), dtype)
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 4), dtype)
     y = jax.random.normal(jax.random.PRNGKey(2), (64, 3), dtype)

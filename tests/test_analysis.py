@@ -15,23 +15,23 @@ def test_convergence_order_recovers_synthetic_orders(q, c):
     errors = [0.1]
     while errors[-1] > 1e-200 and len(errors) < 60:
         errors.append(c * errors[-1] ** q)
-    estimate = ggn_jax.convergence_order(np.array(errors), floor=1e-250)
+    estimate = ggn_jax.paper.convergence_order(np.array(errors), floor=1e-250)
     assert estimate.order == pytest.approx(q, rel=1e-9)
     assert estimate.constant == pytest.approx(c, rel=1e-6)
 
 
 def test_convergence_order_drops_round_off_and_takes_iterates():
     errors = [1e-1, 1e-2, 1e-4, 1e-8, 1e-16, 3e-17, 2e-17]  # the tail is round-off
-    estimate = ggn_jax.convergence_order(errors, floor=1e-15)
+    estimate = ggn_jax.paper.convergence_order(errors, floor=1e-15)
     assert estimate.order == pytest.approx(2.0) and estimate.steps == (1, 2)  # the last two pairs
     limit = np.array([1.0, -2.0])
     direction = np.array([0.6, 0.8])
     iterates = np.stack([limit + e * direction for e in [1e-1, 1e-2, 1e-4, 1e-8, 0.0]])
-    assert ggn_jax.convergence_order(iterates).order == pytest.approx(2.0, rel=1e-6)
-    assert np.isnan(ggn_jax.convergence_order([1e-1, 1e-2]).order)
+    assert ggn_jax.paper.convergence_order(iterates).order == pytest.approx(2.0, rel=1e-6)
+    assert np.isnan(ggn_jax.paper.convergence_order([1e-1, 1e-2]).order)
     # Sequences that do not converge over the last steps get no order.
-    assert np.isnan(ggn_jax.convergence_order([1.0, 2.0, 4.0, 8.0]).order)
-    assert np.isnan(ggn_jax.convergence_order([0.1, 0.01, 0.1, 0.001]).order)
+    assert np.isnan(ggn_jax.paper.convergence_order([1.0, 2.0, 4.0, 8.0]).order)
+    assert np.isnan(ggn_jax.paper.convergence_order([0.1, 0.01, 0.1, 0.001]).order)
 
 
 # --- critical_point on constructed examples ---------------------------------
@@ -42,7 +42,7 @@ def test_saddle_of_a_two_layer_linear_network():
     Hessian [[0, −1], [−1, 0]]·mean(x²): a saddle."""
     apply_fn = lambda p, x: p[0] * p[1] * x[:, 0]
     x = jnp.array([[1.0], [2.0]])
-    report = ggn_jax.critical_point(apply_fn, jnp.zeros(2), (x, x[:, 0]))
+    report = ggn_jax.paper.critical_point(apply_fn, jnp.zeros(2), (x, x[:, 0]))
     assert report.kind == "saddle"
     assert report.num_negative == 1 and report.num_positive == 1
     np.testing.assert_allclose(report.eigenvalues, [-2.5, 2.5], rtol=1e-12)
@@ -55,23 +55,23 @@ def test_non_global_minimum_of_a_cubic():
     that is not global."""
     apply_fn = lambda w, x: (w[0] ** 3 - 3 * w[0]) * x[:, 0]  # noqa: E731
     batch = (jnp.ones((1, 1)), jnp.array([-3.0]))
-    report = ggn_jax.critical_point(apply_fn, jnp.array([1.0]), batch)
+    report = ggn_jax.paper.critical_point(apply_fn, jnp.array([1.0]), batch)
     assert report.kind == "minimum (not exact learning)"
     assert report.loss == pytest.approx(0.5)
     np.testing.assert_allclose(report.eigenvalues, [6.0], rtol=1e-12)
     root = np.roots([1, 0, -3, 3]).real[np.abs(np.roots([1, 0, -3, 3]).imag) < 1e-9][0]
-    global_report = ggn_jax.critical_point(apply_fn, jnp.array([root]), batch)
+    global_report = ggn_jax.paper.critical_point(apply_fn, jnp.array([root]), batch)
     assert global_report.kind == "global minimum (exact learning)"
     # w = −1 is a maximum: L″ = 0 + 5·(−6) = −30.
-    assert ggn_jax.critical_point(apply_fn, jnp.array([-1.0]), batch).kind == "saddle"
-    assert ggn_jax.critical_point(apply_fn, jnp.array([0.3]), batch).kind == "not critical"
+    assert ggn_jax.paper.critical_point(apply_fn, jnp.array([-1.0]), batch).kind == "saddle"
+    assert ggn_jax.paper.critical_point(apply_fn, jnp.array([0.3]), batch).kind == "not critical"
 
 
 def test_a_flat_critical_point_is_called_degenerate():
     """o = w³ against y = 1 at w = 0: L′ = 3w²(w³ − 1) = 0 and L″ = 0, an
     inflection point that a second-order test cannot classify."""
     apply_fn = lambda w, x: w[0] ** 3 * x[:, 0]  # noqa: E731
-    report = ggn_jax.critical_point(apply_fn, jnp.array([0.0]), (jnp.ones((1, 1)), jnp.ones(1)))
+    report = ggn_jax.paper.critical_point(apply_fn, jnp.array([0.0]), (jnp.ones((1, 1)), jnp.ones(1)))
     assert report.kind == "degenerate (second-order test inconclusive)"
     assert report.num_zero == 1
 
@@ -79,8 +79,8 @@ def test_a_flat_critical_point_is_called_degenerate():
 @pytest.fixture(scope="module")
 def paper_fit():
     """The paper's network [2, 10, 10, 4] fitted to T = 10 four-region samples."""
-    net = ggn_jax.mlp([2, 10, 10, 4], "bent_identity")
-    data = ggn_jax.four_region(jax.random.PRNGKey(100), 10, jnp.float64)
+    net = ggn_jax.paper.mlp([2, 10, 10, 4], "bent_identity")
+    data = ggn_jax.paper.four_region(jax.random.PRNGKey(100), 10, jnp.float64)
     params = net.init(jax.random.PRNGKey(1), jnp.float64, scale="standard")
     result = ggn_jax.fit(
         net.apply, params, (data.inputs, data.targets), max_steps=60, tol=1e-30
@@ -91,7 +91,7 @@ def paper_fit():
 def test_exact_learning_minimum_of_the_paper_network(paper_fit):
     net, data, _, result = paper_fit
     assert float(result.state.loss) < 1e-28
-    report = ggn_jax.critical_point(net.apply, result.params, (data.inputs, data.targets))
+    report = ggn_jax.paper.critical_point(net.apply, result.params, (data.inputs, data.targets))
     assert report.kind == "global minimum (exact learning)"
     assert report.ggn_gap < 1e-8
     # P − T·K = 184 − 40 zero eigenvalues: the solution manifold's tangent space.
@@ -101,7 +101,7 @@ def test_exact_learning_minimum_of_the_paper_network(paper_fit):
 
 def test_condition_report_on_the_paper_network(paper_fit):
     net, data, params, _ = paper_fit
-    report = ggn_jax.exact_learning_conditions(net, params, data.inputs)
+    report = ggn_jax.paper.exact_learning_conditions(net, params, data.inputs)
     assert report.holds and report.width_holds and report.derivative_holds
     assert report.derivative_inf == 0.5 and not report.derivative_sampled
     assert report.hidden_rank == 10 and np.isfinite(report.hidden_condition)
@@ -111,21 +111,21 @@ def test_condition_report_on_the_paper_network(paper_fit):
 
 def test_condition_report_flags_what_fails():
     # Too narrow: 3 hidden units (+ bias) cannot give rank 10.
-    net = ggn_jax.mlp([2, 3, 4], "tanh")
-    data = ggn_jax.four_region(jax.random.PRNGKey(0), 10, jnp.float64)
+    net = ggn_jax.paper.mlp([2, 3, 4], "tanh")
+    data = ggn_jax.paper.four_region(jax.random.PRNGKey(0), 10, jnp.float64)
     params = net.init(jax.random.PRNGKey(0), jnp.float64)
-    report = ggn_jax.exact_learning_conditions(net, params, data.inputs)
+    report = ggn_jax.paper.exact_learning_conditions(net, params, data.inputs)
     assert not report.width_holds and not report.hidden_rank_holds
     assert report.hidden_rank == 4 and report.jacobian_rank < 40
     assert not report.derivative_holds  # tanh′ → 0 at infinity
     assert not report.holds and "FAILS" in report.summary()
     # A custom activation is sampled: ReLU's derivative is zero on half the line.
-    relu = ggn_jax.Activation("relu", jax.nn.relu, lambda t: (t > 0).astype(t.dtype), 0.0, 1.0)
-    net = ggn_jax.MLP((2, 12, 4), relu)
-    report = ggn_jax.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
+    relu = ggn_jax.paper.Activation("relu", jax.nn.relu, lambda t: (t > 0).astype(t.dtype), 0.0, 1.0)
+    net = ggn_jax.paper.MLP((2, 12, 4), relu)
+    report = ggn_jax.paper.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
     assert report.derivative_sampled and report.derivative_inf == 0.0
     # A custom tanh: the declared infimum 0 counts, though no sample is 0.
-    custom = ggn_jax.Activation("tanh", jnp.tanh, lambda t: 1 - jnp.tanh(t) ** 2, 0.0, 1.0)
-    net = ggn_jax.MLP((2, 12, 4), custom)
-    report = ggn_jax.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
+    custom = ggn_jax.paper.Activation("tanh", jnp.tanh, lambda t: 1 - jnp.tanh(t) ** 2, 0.0, 1.0)
+    net = ggn_jax.paper.MLP((2, 12, 4), custom)
+    report = ggn_jax.paper.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
     assert report.derivative_sampled and not report.derivative_holds

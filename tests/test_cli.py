@@ -29,7 +29,7 @@ def test_demo_writes_its_table_json_and_plot(tmp_path, capsys):
 
 
 def test_landscape_runs_small(tmp_path, capsys, monkeypatch):
-    from ggn_jax import experiments
+    from ggn_jax.paper import experiments
 
     original = experiments.width_landscape
     monkeypatch.setattr(

@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import mlp_apply, mlp_init, reference_ggn, rel_err, small_problem
+from helpers import (
+    jit_update,
+    mlp_apply,
+    mlp_init,
+    reference_ggn,
+    rel_err,
+    small_problem,
+)
 from jax.flatten_util import ravel_pytree
 
 import ggn_jax
@@ -106,8 +113,8 @@ def test_roundoff_noise_counts_the_outputs_round_off():
 
 
 def _teacher_student(seed, width):
-    from ggn_jax.data import teacher_student
-    from ggn_jax.models import mlp
+    from ggn_jax.paper.data import teacher_student
+    from ggn_jax.paper.models import mlp
 
     net = mlp([3, width, 1], "tanh")
     data = teacher_student(jax.random.PRNGKey(77), 24, [3, 4, 1], "tanh", dtype=jnp.float64)
@@ -116,8 +123,8 @@ def _teacher_student(seed, width):
 
 
 def _paper_demo(seed):
-    from ggn_jax.data import four_region
-    from ggn_jax.models import mlp
+    from ggn_jax.paper.data import four_region
+    from ggn_jax.paper.models import mlp
 
     net = mlp([2, 10, 10, 4], "bent_identity")
     data = four_region(jax.random.PRNGKey(0), 10, jnp.float64)
@@ -233,7 +240,7 @@ def test_weight_decay_step_is_the_regularised_gauss_newton_step():
                 weight_decay=decay, geodesic_acceleration=False, cg_tol=1e-13, cg_max_iters=500,
                 relative_damping_floor=0.0,
             )
-            updates, state = tx.update(grads, tx.init(params), params, batch=batch)
+            updates, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
             assert bool(state.accepted), solver
             assert rel_err(_flat(updates), expected) < 1e-7, solver
             new = optax.apply_updates(params, updates)
@@ -279,8 +286,9 @@ def test_weight_decay_chained_before_ggn_gives_bounded_steps_and_lowers_the_regu
         tx = optax.chain(optax.add_decayed_weights(decay), ggn_jax.ggn(mlp_apply, solver=solver))
         state, start = tx.init(params), float(regularised(params))
         mean_loss = lambda p: 0.5 * jnp.mean(jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2, 1))
+        update = jit_update(tx)
         for _ in range(15):
-            updates, state = tx.update(jax.grad(mean_loss)(params), state, params, batch=batch)
+            updates, state = update(jax.grad(mean_loss)(params), state, params, batch=batch)
             assert float(jnp.linalg.norm(_flat(updates))) < 10 * (1 + float(jnp.linalg.norm(_flat(params))))
             params = optax.apply_updates(params, updates)
         assert float(regularised(params)) < start
@@ -325,7 +333,7 @@ def _classification_step(cross, last_step_sign):
     state = tx.init(params)
     state = state._replace(last_step=previous, accepted=jnp.array(True),
                            last_predicted=jnp.asarray(1e-3), batch_fingerprint=jnp.asarray(1.0))
-    _, after = tx.update(unravel(g), state, params, batch=batch)
+    _, after = jit_update(tx)(unravel(g), state, params, batch=batch)
     cross_gain = mean(theta - previous) - mean(theta)
     return state, after, float(cross_gain)
 
@@ -360,11 +368,11 @@ def test_classification_defaults_take_a_short_unpreconditioned_cg_solve():
         mlp_apply(p, batch[0]), batch[1])))(params)
     for options, cap in [({}, 5), ({"cg_max_iters": 7, "cg_tol": 1e-14}, 7)]:
         tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver="cg", **options)
-        _, state = tx.update(grads, tx.init(params), params, batch=batch)
+        _, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
         assert int(state.cg_iterations) == cap
     params, batch = small_problem("squared_error", 4, n=64, sizes=(3, 16, 5))
     grads = jax.grad(lambda p: 0.5 * jnp.mean(jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2,
                                                       -1)))(params)
     tx = ggn_jax.ggn(mlp_apply, solver="cg", cg_tol=1e-14)
-    _, state = tx.update(grads, tx.init(params), params, batch=batch)
+    _, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
     assert int(state.cg_iterations) > 3

@@ -31,12 +31,12 @@ POINTS = [
 
 @pytest.mark.parametrize("point, label", POINTS)
 def test_four_region_rule_on_hand_picked_points(point, label):
-    assert int(ggn_jax.four_region_labels(jnp.array([point]))[0]) == label
+    assert int(ggn_jax.paper.four_region_labels(jnp.array([point]))[0]) == label
 
 
 def test_four_region_sample_is_seeded_uniform_and_one_hot():
-    a = ggn_jax.four_region(jax.random.PRNGKey(3), 2000, jnp.float64)
-    b = ggn_jax.four_region(jax.random.PRNGKey(3), 2000, jnp.float64)
+    a = ggn_jax.paper.four_region(jax.random.PRNGKey(3), 2000, jnp.float64)
+    b = ggn_jax.paper.four_region(jax.random.PRNGKey(3), 2000, jnp.float64)
     np.testing.assert_array_equal(a.inputs, b.inputs)
     assert float(jnp.min(a.inputs)) >= -4 and float(jnp.max(a.inputs)) <= 4
     np.testing.assert_array_equal(jnp.argmax(a.targets, axis=1), a.labels)
@@ -49,13 +49,13 @@ def test_four_region_sample_is_seeded_uniform_and_one_hot():
 
 
 def test_teacher_student_targets_come_from_the_teacher():
-    data = ggn_jax.teacher_student(jax.random.PRNGKey(0), 50, [3, 5, 2], dtype=jnp.float64)
+    data = ggn_jax.paper.teacher_student(jax.random.PRNGKey(0), 50, [3, 5, 2], dtype=jnp.float64)
     assert data.inputs.shape == (50, 3) and data.targets.shape == (50, 2)
-    noisy = ggn_jax.teacher_student(jax.random.PRNGKey(0), 50, [3, 5, 2], noise=0.1, dtype=jnp.float64)
+    noisy = ggn_jax.paper.teacher_student(jax.random.PRNGKey(0), 50, [3, 5, 2], noise=0.1, dtype=jnp.float64)
     np.testing.assert_array_equal(noisy.inputs, data.inputs)
     assert 0.05 < float(jnp.std(noisy.targets - data.targets)) < 0.2
     # A student of the teacher's shape gets close: the targets are realisable.
-    net = ggn_jax.mlp([3, 5, 2], "tanh")
+    net = ggn_jax.paper.mlp([3, 5, 2], "tanh")
     student = net.init(jax.random.PRNGKey(1), jnp.float64)
     result = ggn_jax.fit(net.apply, student, (data.inputs, data.targets), max_steps=300, tol=1e-20)
     assert float(result.state.loss) < 1e-6

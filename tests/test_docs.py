@@ -36,8 +36,9 @@ def test_every_public_name_has_args_returns_and_an_example(name, obj):
 def test_every_constant_is_described():
     import ggn_jax
 
-    constants = [n for n in ggn_jax.__all__ if not callable(getattr(ggn_jax, n))
-                 or isinstance(getattr(ggn_jax, n), dict)]
+    constants = [n for module in (ggn_jax, ggn_jax.paper) for n in module.__all__
+                 if not (callable(getattr(module, n)) or inspect.ismodule(getattr(module, n)))
+                 or isinstance(getattr(module, n), dict)]
     assert sorted(constants) == sorted(make_api.CONSTANTS)
 
 

@@ -13,7 +13,7 @@ from ggn_jax.solvers import SOLVER_CODES
 
 # Moré, Garbow & Hillstrom (1981): residuals, start, the known minimiser
 # (None where the test relies on scipy's) and ½‖r‖² at the minimum.
-from benchmarks.problems import CLASSIC  # noqa: E402
+from ggn_jax.bench.problems import CLASSIC  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(CLASSIC))
@@ -271,7 +271,7 @@ _DETERMINISM_SCRIPT = """
 import hashlib, jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp, numpy as np, optax, ggn_jax
-net = ggn_jax.mlp([4, 16, 2], "tanh")
+net = ggn_jax.paper.mlp([4, 16, 2], "tanh")
 params = net.init(jax.random.PRNGKey(0))
 x = jax.random.normal(jax.random.PRNGKey(1), (24, 4))
 y = jax.random.normal(jax.random.PRNGKey(2), (24, 2))

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 import ggn_jax
-from ggn_jax.models import ACTIVATIONS, bent_identity_derivative
+from ggn_jax.paper.models import ACTIVATIONS, bent_identity_derivative
 
 
 def test_bent_identity_matches_its_formula_and_finite_differences():
     t = jnp.linspace(-20.0, 20.0, 401)
     np.testing.assert_allclose(
-        ggn_jax.bent_identity(t), 0.5 * (np.sqrt(np.asarray(t) ** 2 + 1) - 1) + np.asarray(t),
+        ggn_jax.paper.bent_identity(t), 0.5 * (np.sqrt(np.asarray(t) ** 2 + 1) - 1) + np.asarray(t),
         rtol=1e-14,
     )
     h = 1e-6
-    fd = (ggn_jax.bent_identity(t + h) - ggn_jax.bent_identity(t - h)) / (2 * h)
+    fd = (ggn_jax.paper.bent_identity(t + h) - ggn_jax.paper.bent_identity(t - h)) / (2 * h)
     np.testing.assert_allclose(bent_identity_derivative(t), fd, rtol=1e-8)
     assert float(jnp.min(bent_identity_derivative(t))) > 0.5
     assert float(jnp.max(bent_identity_derivative(t))) < 1.5
@@ -34,7 +34,7 @@ def test_declared_derivatives_and_their_bounds(name):
 
 
 def test_mlp_shapes_and_parameter_count():
-    net = ggn_jax.mlp([2, 10, 10, 4])
+    net = ggn_jax.paper.mlp([2, 10, 10, 4])
     params = net.init(jax.random.PRNGKey(0), jnp.float64, scale="standard")
     assert [w.shape for w, _ in params] == [(2, 10), (10, 10), (10, 4)]
     assert sum(w.size + b.size for w, b in params) == net.num_params == 184
@@ -45,7 +45,7 @@ def test_mlp_shapes_and_parameter_count():
 
 
 def test_lecun_init_scales_by_fan_in():
-    net = ggn_jax.mlp([400, 300, 1], "tanh")
+    net = ggn_jax.paper.mlp([400, 300, 1], "tanh")
     params = net.init(jax.random.PRNGKey(0), jnp.float64)
     assert float(jnp.std(params[0][0])) == pytest.approx(1 / 20, rel=0.02)
     assert float(jnp.max(jnp.abs(params[0][1]))) == 0.0
@@ -53,8 +53,8 @@ def test_lecun_init_scales_by_fan_in():
 
 def test_bad_model_arguments():
     with pytest.raises(ValueError, match="unknown activation 'relu6'"):
-        ggn_jax.mlp([2, 3, 1], "relu6")
+        ggn_jax.paper.mlp([2, 3, 1], "relu6")
     with pytest.raises(ValueError, match="at least two positive widths"):
-        ggn_jax.mlp([2])
+        ggn_jax.paper.mlp([2])
     with pytest.raises(ValueError, match="unknown scale"):
-        ggn_jax.mlp([2, 1]).init(jax.random.PRNGKey(0), scale="xavier")
+        ggn_jax.paper.mlp([2, 1]).init(jax.random.PRNGKey(0), scale="xavier")

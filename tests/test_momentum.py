@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import mlp_apply, reference_ggn, rel_err, small_problem
+from helpers import jit_update, mlp_apply, reference_ggn, rel_err, small_problem
 from jax.flatten_util import ravel_pytree
 
 import ggn_jax
@@ -34,10 +34,11 @@ def _two_steps(loss, solver, beta, n, damping=1e-2):
         geodesic_acceleration=False, relative_damping_floor=0.0, cg_tol=1e-14, cg_max_iters=500,
     )
     state = tx.init(params)
-    update, state = tx.update(_grad(loss, params, batch), state, params, batch=batch)
+    step = jit_update(tx)
+    update, state = step(_grad(loss, params, batch), state, params, batch=batch)
     assert bool(state.accepted)
     params = optax.apply_updates(params, update)
-    update_2, state = tx.update(_grad(loss, params, batch_2), state, params, batch=batch_2)
+    update_2, state = step(_grad(loss, params, batch_2), state, params, batch=batch_2)
     return ravel_pytree(update_2)[0], ravel_pytree(update)[0], params, batch_2
 
 
@@ -86,8 +87,8 @@ def test_no_momentum_after_a_rejected_step():
     # A rejected step with a stored last step: as if an accepted step came first.
     state = state._replace(last_step=jnp.ones_like(state.last_step), accepted=jnp.array(False))
     grads = _grad("squared_error", params, batch)
-    update, _ = tx.update(grads, state, params, batch=batch)
-    plain, _ = plain_tx.update(grads, plain_tx.init(params), params, batch=batch)
+    update, _ = jit_update(tx)(grads, state, params, batch=batch)
+    plain, _ = jit_update(plain_tx)(grads, plain_tx.init(params), params, batch=batch)
     assert rel_err(ravel_pytree(update)[0], ravel_pytree(plain)[0]) < 1e-12
 
 

@@ -9,11 +9,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from helpers import rel_err
 from jax.flatten_util import ravel_pytree
 
-from benchmarks import pinn
-from benchmarks.pde_problems import PROBLEMS
+from ggn_jax.bench import pinn
+from ggn_jax.bench.pde_problems import PROBLEMS
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -98,13 +99,28 @@ def test_smoke_run_writes_tables(tmp_path):
 
 def test_every_pinn_config_names_a_problem_and_known_optimisers():
     import glob
-    import tomllib
 
-    paths = sorted(glob.glob(os.path.join(ROOT, "configs", "pinn", "*.toml")))
+    paths = sorted(glob.glob(os.path.join(ROOT, "ggn_jax", "bench", "configs", "pinn", "*.toml")))
     assert len(paths) == 4
     for path in paths:
-        with open(path, "rb") as f:
-            config = tomllib.load(f)
+        config = pinn.load_pinn_config(path)
         assert config["problem"]["name"] in PROBLEMS
         kinds = {spec["kind"] for spec in config["optimizers"]}
         assert kinds == {"ggn", "engd", "adam", "lbfgs"}, path
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[problem]\nname = "wave"\n', r"p.toml: problem.name = 'wave'; allowed: 'poisson2d'"),
+    ('[problem]\nname = "heat"\n[[optimizers]]\nkind = "sgd"\n',
+     r"optimizers\[0\].kind = 'sgd'; allowed: 'ggn', 'engd'"),
+    ('[problem]\nname = "heat"\n[[optimizers]]\nkind = "ggn"\nlabel = "g"\n',
+     r"optimizers\[0\].chunk is required"),
+    ('[problem]\nname = "heat"\n', r"give \[\[optimizers\]\] tables"),
+])
+def test_a_bad_pinn_config_names_the_file_and_field(tmp_path, text, message):
+    from ggn_jax.config import ConfigError
+
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        pinn.load_pinn_config(str(path))

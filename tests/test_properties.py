@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from helpers import mlp_apply, mlp_init, targets_for
+from helpers import jit_update, mlp_apply, mlp_init, targets_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +63,7 @@ def test_each_solver_solves_the_damped_system(seed, loss, n, solver, damping_typ
     grads = jax.grad(
         lambda th: jnp.mean(jax.vmap(problem.loss.value)(problem.model(th, problem.inputs), problem.targets))
     )(problem.theta)
-    updates, state = tx.update(problem.unravel(grads), tx.init(params), params, batch=batch)
+    updates, state = jit_update(tx)(problem.unravel(grads), tx.init(params), params, batch=batch)
     if not bool(state.accepted):  # a non-finite trial loss: nothing to check
         return
     step = np.asarray(jax.flatten_util.ravel_pytree(updates)[0], np.float64)
@@ -113,7 +113,7 @@ def test_linear_model_step_is_the_damped_least_squares_solution(seed, n, p, damp
     apply_fn = lambda w, x: x @ w  # noqa: E731
     tx = ggn_jax.ggn(apply_fn, damping=damping, damping_rule="fixed")
     grads = jax.grad(lambda w: 0.5 * jnp.mean((x @ w - y) ** 2))(w)
-    updates, state = tx.update(grads, tx.init(w), w, batch=(x, y))
+    updates, state = jit_update(tx)(grads, tx.init(w), w, batch=(x, y))
     xn, yn, wn = (np.asarray(a) for a in (x, y, w))
     expected = -np.linalg.solve(xn.T @ xn / n + damping * np.eye(p), xn.T @ (xn @ wn - yn) / n)
     np.testing.assert_allclose(updates, expected, rtol=1e-8, atol=1e-12)

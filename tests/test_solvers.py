@@ -5,7 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import log_cosh, mlp_apply, reference_ggn, rel_err, small_problem
+from helpers import (
+    jit_update,
+    log_cosh,
+    mlp_apply,
+    reference_ggn,
+    rel_err,
+    small_problem,
+)
 from jax.flatten_util import ravel_pytree
 
 import ggn_jax
@@ -248,7 +255,7 @@ def test_the_diagonal_preconditioner_saves_iterations_on_badly_scaled_curvature(
                          damping_rule="fixed", damping=1e-6, cg_tol=1e-10, cg_max_iters=500)
         w = jnp.zeros((12, 1))
         grads = jax.grad(lambda w: 0.5 * jnp.mean((apply_fn(w, x) - y) ** 2))(w)
-        _, state = tx.update(grads, tx.init(w), w, batch=(x, y))
+        _, state = jit_update(tx)(grads, tx.init(w), w, batch=(x, y))
         counts[preconditioner] = int(state.cg_iterations)
     assert counts["diagonal"] * 2 < counts["none"], counts
 
@@ -280,7 +287,7 @@ def test_kfac_is_exact_for_a_linear_layer_under_squared_error():
     tx = ggn_jax.ggn(apply_fn, solver="cg", cg_preconditioner="kfac", damping=1e-3,
                      damping_rule="fixed", cg_tol=1e-10, cg_warm_start_weight=0.0)
     grad = jax.grad(lambda w: 0.5 * jnp.mean(jnp.sum((apply_fn(w, x) - y) ** 2, -1)))(w)
-    update, state = tx.update(grad, tx.init(w), w, batch=(x, y))
+    update, state = jit_update(tx)(grad, tx.init(w), w, batch=(x, y))
     assert int(state.cg_iterations) == 1
     a = np.asarray(x.T @ x / 30)
     expected = -np.linalg.solve(np.kron(a, np.eye(3)) + 1e-3 * np.eye(12), np.asarray(grad).ravel())
@@ -311,7 +318,7 @@ def test_minibatch_dual_step_equals_primal_and_cg_on_the_same_minibatch():
         tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver=solver, damping=1e-3,
                          damping_rule="fixed", relative_damping_floor=0.0,
                          geodesic_acceleration=False, cg_max_iters=2000, cg_tol=1e-15)
-        update, state = tx.update(grads, tx.init(params), params, batch=batch)
+        update, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
         assert bool(state.accepted)
         steps[solver] = ravel_pytree(update)[0]
     assert rel_err(steps["dual"], steps["primal"]) < 1e-8

@@ -343,7 +343,7 @@ def test_minibatch_training_on_digits_reaches_95_percent():
         digits.data / 16.0, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
     x_tr, x_te = jnp.asarray(x_tr, jnp.float32), jnp.asarray(x_te, jnp.float32)
     y_tr, y_te = jnp.asarray(y_tr), jnp.asarray(y_te)
-    net = ggn_jax.mlp([64, 32, 10], "tanh")
+    net = ggn_jax.paper.mlp([64, 32, 10], "tanh")
     params = net.init(jax.random.PRNGKey(0), jnp.float32)
     tx = ggn_jax.ggn(net.apply, "softmax_cross_entropy", solver="cg", cg_max_iters=20,
                      cg_preconditioner="none")
@@ -372,7 +372,7 @@ def test_the_cg_path_holds_no_nk_by_p_array():
     """Memory on the matrix-free path, by XLA's count of the compiled step:
     going from N = 256 to 1024 samples adds far less than the (ΔN)·K·P
     floats a dense Jacobian would (the diagonal comes in chunks of 32)."""
-    net = ggn_jax.mlp([16, 256, 256, 4], "tanh")  # P = 71,172, K = 4
+    net = ggn_jax.paper.mlp([16, 256, 256, 4], "tanh")  # P = 71,172, K = 4
     params = net.init(jax.random.PRNGKey(0), jnp.float32)
 
     def temp_bytes(n, preconditioner):

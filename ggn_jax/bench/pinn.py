@@ -1,0 +1,372 @@
+"""PINN benchmark: ggn_jax against ENGD, Adam and L-BFGS on PDEs with known solutions.
+
+    ggn-jax bench pinn/poisson2d [--smoke]
+
+Every optimiser runs on the same `ggn_jax.bench.pde_problems` problem from the
+same initial parameters (one per seed), in jitted chunks of its own steps;
+between chunks (untimed) the relative L2 and H1 errors against the exact
+solution are recorded with the seconds and steps so far. Compilation is
+done before the clock starts. Reported per optimiser: error against time
+and against steps, the time and steps to relative L2 ≤ 1e-4, 1e-5 and
+1e-6, and the time each needs to reach the ENGD peer's final error.
+
+The peers:
+
+* ``ggn``: ``ggn_jax.ggn(blocks)`` with its defaults, as an optax loop with
+  ``jax.grad(blocks.loss)``.
+* ``engd``: energy natural gradient descent as published (Müller &
+  Zeinhofer, *Achieving high accuracy with PINNs via energy natural
+  gradient descent*, ICML 2023), written here: the Gram matrix JᵀJ of the
+  weighted residual Jacobian, the direction by a least-squares solve
+  (pseudo-inverse), and a grid line search over η = 2⁻ᵏ, k = 0…30, keeping
+  the η of least loss (all 31 losses evaluated at once).
+* ``adam``: optax.adam, each learning rate of a sweep; the best (lowest
+  final L2) is reported, the others are kept in the JSON.
+* ``lbfgs``: optax.lbfgs with its zoom line search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+import ggn_jax
+from ggn_jax.bench.common import machine
+from ggn_jax.bench.pde_problems import PROBLEMS, PDEProblem
+from ggn_jax.config import REQUIRED, ConfigError, read_toml, validate_table
+
+THRESHOLDS = (1e-4, 1e-5, 1e-6)
+
+
+class Method(NamedTuple):
+    """``init(params) -> state``, ``steps(state) -> state`` (one chunk,
+    jitted), ``params(state)``."""
+
+    init: Callable
+    steps: Callable
+    params: Callable
+
+
+def _chunk(step: Callable, length: int) -> Callable:
+    return jax.jit(lambda state: jax.lax.fori_loop(0, length, lambda _, s: step(s), state))
+
+
+def ggn_method(problem: PDEProblem, chunk: int, **options: Any) -> Method:
+    blocks = problem.blocks
+    tx = ggn_jax.ggn(blocks, **options)
+
+    def step(state):
+        params, opt_state = state
+        updates, opt_state = tx.update(jax.grad(blocks.loss)(params), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return Method(lambda p: (p, tx.init(p)), _chunk(step, chunk), lambda s: s[0])
+
+
+def _weighted_residuals(blocks: ggn_jax.Blocks) -> Callable:
+    """θ ↦ r̃ with L = ½‖r̃‖²: each block's residuals times √(w_b/N_b)."""
+
+    def residuals(params):
+        parts = []
+        for name, r in blocks.residuals(params).items():
+            parts.append(math.sqrt(blocks[name].weight / r.shape[0]) * r.reshape(-1))
+        return jnp.concatenate(parts)
+
+    return residuals
+
+
+def engd_method(problem: PDEProblem, chunk: int, grid: int = 31) -> Method:
+    blocks = problem.blocks
+    inputs, targets = blocks.batch
+    etas = 0.5 ** jnp.arange(grid)
+
+    def step(params):
+        theta, unravel = ravel_pytree(params)
+        rows, residuals = [], []
+        for name in blocks.names:
+            block = blocks[name]
+            n_b = jax.tree_util.tree_leaves(inputs[name])[0].shape[0]
+            scale = math.sqrt(block.weight / n_b)
+
+            def one(th, x, block=block):
+                r = jnp.ravel(block.residual(unravel(th), x))
+                return r, r
+
+            # The residuals come out of the Jacobian's own forward pass.
+            jac, r = jax.vmap(jax.jacrev(one, has_aux=True), in_axes=(None, 0))(
+                theta, inputs[name])
+            if targets[name] is not None:
+                r = r - jnp.reshape(targets[name], r.shape).astype(r.dtype)
+            rows.append(scale * jac.reshape(-1, theta.size))
+            residuals.append(scale * r.reshape(-1))
+        residual = jnp.concatenate(residuals)
+        jac = jnp.concatenate(rows)
+        gram, grad = jac.T @ jac, jac.T @ residual
+        direction = jnp.linalg.lstsq(gram, grad)[0]
+        losses = jax.vmap(lambda eta: blocks.loss(unravel(theta - eta * direction)))(etas)
+        losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+        best = jnp.argmin(losses)
+        return unravel(theta - etas[best] * direction)
+
+    return Method(lambda p: p, _chunk(step, chunk), lambda s: s)
+
+
+def adam_method(problem: PDEProblem, chunk: int, learning_rate: float) -> Method:
+    tx = optax.adam(learning_rate)
+    loss = problem.blocks.loss
+
+    def step(state):
+        params, opt_state = state
+        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return Method(lambda p: (p, tx.init(p)), _chunk(step, chunk), lambda s: s[0])
+
+
+def lbfgs_method(problem: PDEProblem, chunk: int, memory_size: int = 10) -> Method:
+    tx = optax.lbfgs(memory_size=memory_size)
+    loss = problem.blocks.loss
+
+    def step(state):
+        params, opt_state = state
+        value, grads = optax.value_and_grad_from_state(loss)(params, state=opt_state)
+        updates, opt_state = tx.update(grads, opt_state, params, value=value, grad=grads,
+                                       value_fn=loss)
+        return optax.apply_updates(params, updates), opt_state
+
+    return Method(lambda p: (p, tx.init(p)), _chunk(step, chunk), lambda s: s[0])
+
+
+def trace(problem: PDEProblem, method: Method, params0: Any, max_steps: int,
+          max_seconds: float, chunk: int) -> list[tuple[int, float, float, float]]:
+    """[(steps, seconds, L2, H1)], from the start, one entry per chunk."""
+    state = method.init(params0)
+    jax.block_until_ready(method.steps(state))  # compile, off the clock
+    l2, h1 = problem.errors(params0)
+    rows = [(0, 0.0, l2, h1)]
+    seconds, steps = 0.0, 0
+    while steps < max_steps and seconds < max_seconds:
+        start = time.perf_counter()
+        state = jax.block_until_ready(method.steps(state))
+        seconds += time.perf_counter() - start
+        steps += chunk
+        l2, h1 = problem.errors(method.params(state))
+        rows.append((steps, seconds, l2, h1))
+        if not math.isfinite(l2):
+            break
+    return rows
+
+
+def first_reaching(rows, threshold: float) -> tuple[float, float]:
+    """(seconds, steps) at the first record with L2 ≤ threshold, or (inf, inf)."""
+    for steps, seconds, l2, _ in rows:
+        if l2 <= threshold:
+            return seconds, steps
+    return math.inf, math.inf
+
+
+# The fields of a PINN config's [[optimizers]] table, by kind.
+_COMMON = {"kind": (str, REQUIRED), "label": (str, REQUIRED), "chunk": (int, REQUIRED),
+           "max_steps": (int, REQUIRED), "max_seconds": (float, REQUIRED)}
+OPTIMIZER_FIELDS = {
+    "ggn": {},
+    "engd": {"grid": (int, 31)},
+    "adam": {"learning_rates": ([float], REQUIRED)},
+    "lbfgs": {"memory_size": (int, 10)},
+}
+
+
+def load_pinn_config(path: str) -> dict:
+    """Reads and checks a PINN config; every error names the file, the
+    field and what is allowed (`ggn_jax.config.ConfigError`)."""
+    raw = dict(read_toml(path))
+    optimizers = raw.pop("optimizers", [])
+    unknown = sorted(set(raw) - {"problem", "run"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; allowed: "
+                          "problem, run, optimizers")
+    config = {
+        "problem": validate_table(raw.get("problem", {}),
+                                  {"name": (tuple(PROBLEMS), REQUIRED)}, path, "problem"),
+        "run": validate_table(raw.get("run", {}), {"seeds": ([int], [0])}, path, "run"),
+    }
+    if not isinstance(optimizers, list) or not optimizers:
+        raise ConfigError(f"{path}: give [[optimizers]] tables; kinds: "
+                          f"{', '.join(OPTIMIZER_FIELDS)}")
+    config["optimizers"] = []
+    for index, given in enumerate(optimizers):
+        table = f"optimizers[{index}]"
+        kind = validate_table({"kind": given.get("kind")} if isinstance(given, dict) else given,
+                              {"kind": (tuple(OPTIMIZER_FIELDS), REQUIRED)}, path, table)["kind"]
+        spec = validate_table(given, {**_COMMON, **OPTIMIZER_FIELDS[kind]}, path, table)
+        if spec["chunk"] < 1 or spec["max_steps"] < 1:
+            raise ConfigError(f"{path}: {table}.chunk and .max_steps must be ≥ 1")
+        config["optimizers"].append(spec)
+    return config
+
+
+def write(results: dict, out_dir: str, with_plot: bool = False) -> dict[str, str]:
+    """DIR/pinn_NAME.json and .md (and .png with ``with_plot`` where matplotlib
+    is installed); returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"pinn_{results['problem']}")
+    paths = {"json": stem + ".json", "markdown": stem + ".md"}
+    with open(paths["json"], "w") as f:
+        json.dump(results, f, default=float)
+    with open(paths["markdown"], "w") as f:
+        f.write(markdown(results))
+    if with_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return paths
+        paths["plot"] = stem + ".png"
+        plot(results, paths["plot"])
+    return paths
+
+
+def run(config: dict, smoke: bool = False) -> dict:
+    """Every optimiser of a checked config (`load_pinn_config`) on every
+    seed, in float64; ``smoke`` takes 2% of the budgets and one seed."""
+    jax.config.update("jax_enable_x64", True)
+    problem = PROBLEMS[config["problem"]["name"]]()
+    settings = config["run"]
+    seeds = settings["seeds"][:1] if smoke else settings["seeds"]
+    scale = 0.02 if smoke else 1.0
+    results = {"problem": problem.name, "machine": machine(), "smoke": smoke, "runs": {}}
+    for spec in config["optimizers"]:
+        spec = dict(spec)
+        kind, label = spec.pop("kind"), spec.pop("label")
+        chunk = spec.pop("chunk")
+        max_steps = max(chunk, int(spec.pop("max_steps") * scale))
+        max_seconds = spec.pop("max_seconds") * scale
+        variants = {label: spec}
+        if kind == "adam":
+            rates = spec.pop("learning_rates")
+            variants = {f"{label} lr={lr:g}": {"learning_rate": lr} for lr in rates}
+        for name, options in variants.items():
+            runs = []
+            for seed in seeds:
+                params0 = problem.net.init(jax.random.PRNGKey(seed), jnp.float64)
+                maker = {"ggn": ggn_method, "engd": engd_method, "adam": adam_method,
+                         "lbfgs": lbfgs_method}[kind]
+                rows = trace(problem, maker(problem, chunk, **options), params0, max_steps,
+                             max_seconds, chunk)
+                runs.append({"seed": seed, "rows": rows})
+                steps, seconds, l2, h1 = rows[-1]
+                print(f"{problem.name} {name} seed {seed}: L2 {l2:.2e} H1 {h1:.2e} after "
+                      f"{steps} steps, {seconds:.1f} s", flush=True)
+            results["runs"][name] = {"kind": kind, "runs": runs}
+    results["adam_best"] = _best_adam(results)
+    results["summary"] = summary(results)
+    return results
+
+
+def _best_adam(results: dict) -> str | None:
+    adams = {name: np.median([r["rows"][-1][2] for r in run["runs"]])
+             for name, run in results["runs"].items() if run["kind"] == "adam"}
+    return min(adams, key=adams.get) if adams else None
+
+
+def summary(results: dict) -> dict:
+    """Per reported optimiser (Adam: the best rate) and seed: final L2/H1,
+    (seconds, steps) to each threshold and to the ENGD peer's final L2."""
+    reported = [n for n, r in results["runs"].items()
+                if r["kind"] != "adam" or n == results["adam_best"]]
+    engd = next((n for n in reported if results["runs"][n]["kind"] == "engd"), None)
+    out = {}
+    for name in reported:
+        per_seed = []
+        for k, run_ in enumerate(results["runs"][name]["runs"]):
+            rows = run_["rows"]
+            entry = {"seed": run_["seed"], "final_l2": rows[-1][2], "final_h1": rows[-1][3],
+                     "steps": rows[-1][0], "seconds": rows[-1][1]}
+            for t in THRESHOLDS:
+                entry[f"to_{t:g}"] = first_reaching(rows, t)
+            if engd is not None:
+                target = results["runs"][engd]["runs"][k]["rows"][-1][2]
+                entry["engd_final_l2"] = target
+                entry["to_engd_final"] = first_reaching(rows, target)
+            per_seed.append(entry)
+        out[name] = per_seed
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = [f"PINN `{results['problem']}` on {results['machine']}", "",
+             "| optimiser | seed | final L2 | final H1 | steps | s | s (steps) to 1e-4 | to 1e-5 "
+             "| to 1e-6 | s (steps) to ENGD's final L2 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    fmt = lambda pair: "–" if math.isinf(pair[0]) else f"{pair[0]:.2f} ({pair[1]})"
+    for name, seeds in results["summary"].items():
+        for e in seeds:
+            lines.append(
+                f"| {name} | {e['seed']} | {e['final_l2']:.1e} | {e['final_h1']:.1e} | "
+                f"{e['steps']} | {e['seconds']:.1f} | "
+                + " | ".join(fmt(e[f"to_{t:g}"]) for t in THRESHOLDS)
+                + f" | {fmt(e['to_engd_final']) if 'to_engd_final' in e else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in results["summary"]:
+        for k, run_ in enumerate(results["runs"][name]["runs"]):
+            rows = np.array(run_["rows"], dtype=float)
+            label = name if k == 0 else None
+            color = f"C{list(results['summary']).index(name)}"
+            axes[0].loglog(np.maximum(rows[:, 1], 1e-3), rows[:, 2], color=color, label=label,
+                           alpha=0.8)
+            axes[1].semilogy(rows[:, 0], rows[:, 2], color=color, label=label, alpha=0.8)
+    axes[0].set_xlabel("seconds")
+    axes[1].set_xlabel("steps")
+    axes[1].set_xscale("symlog", linthresh=10)
+    for ax in axes:
+        ax.set_ylabel("relative L2 error")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"PINN {results['problem']}: every seed, {results['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    """``python -m ggn_jax.bench.pinn --config NAME_OR_PATH`` (the same as
+    ``ggn-jax bench pinn/NAME``), with ``--plot PATH`` for the error plot."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="pinn/NAME or a TOML file")
+    parser.add_argument("--smoke", action="store_true", help="2%% of the budgets, one seed")
+    parser.add_argument("--out", default=os.path.join("results", "bench"))
+    parser.add_argument("--plot", default=None, help="write the error plot here")
+    args = parser.parse_args(argv)
+    from ggn_jax.bench.catalog import resolve
+
+    name = args.config if args.config.startswith("pinn/") or os.path.isfile(args.config) \
+        else f"pinn/{args.config}"
+    config = load_pinn_config(resolve(name))
+    results = run(config, smoke=args.smoke)
+    write(results, args.out)
+    print(markdown(results))
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""``ggn-jax bench`` as a whole (`ggn_jax.bench.suite`, `.summary`,
+`.catalog`): a user's own TOML by path, the summary table against the JSON
+rows, interruption, the listing and the errors."""
+
+import json
+import os
+import statistics
+
+import pytest
+
+from ggn_jax.bench import catalog, suite
+from ggn_jax.bench import run as bench_run
+
+# A user's own config: small enough to run in full, with ggn_jax rows and
+# peers that reach the target and one that may not.
+USER_CONFIG = """
+[problem]
+kind = "teacher_student"
+num_samples = 16
+sizes = [2, 8, 1]
+teacher_sizes = [2, 3, 1]
+
+[run]
+target_loss = 1e-4
+max_steps = 40
+eval_every = 5
+seeds = [0, 1]
+repeats = 3
+
+[output]
+plots = false
+
+[[optimizers]]
+kind = "ggn"
+label = "ggn_jax"
+
+[[optimizers]]
+kind = "ggn_fit"
+label = "ggn_jax fit"
+
+[[optimizers]]
+kind = "scipy_trf"
+label = "scipy trf"
+
+[[optimizers]]
+kind = "adam"
+label = "adam 1e-2"
+learning_rate = 1e-2
+"""
+
+
+@pytest.fixture
+def user_config(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(USER_CONFIG)
+    return str(path)
+
+
+def _median_times(payload):
+    """Per label, the median over the seeds that reached the target of the
+    time to it (None where none did), read off the raw JSON rows."""
+    out = {}
+    for label, entry in payload["results"].items():
+        reached = [r["time_to_target"] for r in entry.get("seeds", {}).values() if r["reached"]]
+        out[label] = statistics.median(reached) if reached else None
+    return out
+
+
+def test_the_summary_ratio_is_the_one_computed_from_the_json_rows(user_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert suite.main([user_config, "--quiet", "--repeats", "1", "--max-seconds", "20",
+                       "--out-dir", str(out)]) == 0
+    payload = json.loads((out / "mine.json").read_text())
+    assert (payload["run"]["repeats"], payload["run"]["max_seconds"]) == (1, 20.0)
+    row = json.loads((out / "summary.json").read_text())["rows"][0]
+    times = _median_times(payload)
+    kinds = {label: entry["kind"] for label, entry in payload["results"].items()}
+    ours = {k: t for k, t in times.items() if t is not None and kinds[k].startswith("ggn")}
+    peers = {k: t for k, t in times.items() if t is not None and not kinds[k].startswith("ggn")}
+    assert ours and peers, times  # the config is chosen so that both reach it
+    best_ours, best_peer = min(ours, key=ours.get), min(peers, key=peers.get)
+    assert (row["ggn_row"], row["peer_row"]) == (best_ours, best_peer)
+    assert row["speedup"] == pytest.approx(peers[best_peer] / ours[best_ours], rel=1e-12)
+    printed = capsys.readouterr().out
+    assert f"{peers[best_peer] / ours[best_ours]:.2f}×" in printed
+    assert (out / "summary.md").read_text() in printed
+    # The device and the curvature rate are recorded with the rows.
+    assert payload["device"]["platform"] == "cpu" and payload["device"]["jax"]
+    rate = payload["curvature_rate"]
+    assert rate["what"].startswith("Gram matrix") and rate["seconds"] > 0
+    assert rate["flops"] is None or rate["flop_s"] == pytest.approx(rate["flops"] / rate["seconds"])
+
+
+def test_an_interrupted_run_keeps_its_finished_rows(user_config, tmp_path, monkeypatch):
+    real = bench_run.run_whole_optimizer
+
+    def interrupted_at_scipy(problem, spec, run, seed):
+        if spec["kind"] == "scipy_trf":
+            raise KeyboardInterrupt
+        return real(problem, spec, run, seed)
+
+    monkeypatch.setattr(bench_run, "run_whole_optimizer", interrupted_at_scipy)
+    out = tmp_path / "out"
+    assert suite.main([user_config, "--quiet", "--repeats", "1", "--out-dir", str(out)]) == 130
+    payload = json.loads((out / "mine.json").read_text())
+    assert payload["interrupted"] == "scipy trf"
+    assert list(payload["results"]) == ["ggn_jax", "ggn_jax fit"]  # the finished rows
+    for entry in payload["results"].values():
+        assert set(entry["seeds"]) == {"0", "1"}
+    assert "**Interrupted** in 'scipy trf'" in (out / "mine.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"][0]["interrupted"] == "scipy trf"
+    assert "(interrupted)" in (out / "summary.md").read_text()
+
+
+def test_list_names_every_shipped_config(capsys):
+    assert suite.main(["--list"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed] == catalog.shipped()
+    assert len(printed) == len(catalog.shipped()) >= 17
+
+
+def test_every_config_is_checked_before_any_runs(user_config, tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(USER_CONFIG.replace('kind = "adam"', 'kind = "sgd"'))
+    out = tmp_path / "out"
+    assert suite.main([user_config, str(bad), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: optimizers[3].kind = 'sgd'; allowed: 'ggn'" in err
+    assert not out.exists()  # nothing ran
+    with pytest.raises(SystemExit):
+        suite.main([])  # neither a name nor --all
+    assert suite.main([user_config, "--repeats", "0"]) == 2
+    assert "--repeats ≥ 1" in capsys.readouterr().err
+    assert suite.main(["classic_beale", "--device", "tpu", "--out-dir", str(out)]) == 2
+    assert "--device tpu: JAX has no such device here" in capsys.readouterr().err
+
+
+def test_a_shipped_name_resolves_to_a_file_in_the_package():
+    path = catalog.resolve("pinn/poisson2d")
+    assert os.path.isfile(path) and path.endswith(os.path.join("configs", "pinn", "poisson2d.toml"))
+    assert catalog.resolve("over_parameterised.toml") == catalog.resolve("over_parameterised")
+    with pytest.raises(FileNotFoundError, match="not one of the shipped configs"):
+        catalog.resolve("mnist")
