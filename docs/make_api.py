@@ -44,10 +44,25 @@ def public_objects() -> list[tuple[str, object]]:
 
 
 def _signature(name: str, obj: object) -> str:
+    """The call signature, annotations shown as written (NamedTuples under
+    ``from __future__ import annotations`` hold them as ForwardRefs)."""
     try:
-        return f"{name}{inspect.signature(obj)}"
+        signature = inspect.signature(obj)
     except (TypeError, ValueError):
         return name
+    plain = lambda a: a.__forward_arg__ if hasattr(a, "__forward_arg__") else a
+    signature = signature.replace(
+        parameters=[p.replace(annotation=plain(p.annotation))
+                    for p in signature.parameters.values()],
+        return_annotation=plain(signature.return_annotation),
+    )
+    return f"{name}{signature}".replace("'", "")
+
+
+def _methods(cls: type) -> list[tuple[str, object]]:
+    """A class's own public methods that carry a docstring of their own."""
+    return [(n, m) for n, m in vars(cls).items()
+            if not n.startswith("_") and inspect.isfunction(m) and m.__doc__]
 
 
 def render() -> str:
@@ -72,6 +87,11 @@ def render() -> str:
         kind = "class" if inspect.isclass(obj) else "function"
         lines += [f"## `{qualified}` ({kind})", "", "```text",
                   _signature(qualified, obj), "", inspect.getdoc(obj), "```", ""]
+        if inspect.isclass(obj):
+            for method_name, method in _methods(obj):
+                lines += [f"### `{qualified}.{method_name}` (method)", "", "```text",
+                          _signature(f"{qualified}.{method_name}", method), "",
+                          inspect.getdoc(method), "```", ""]
     return "\n".join(lines)
 
 

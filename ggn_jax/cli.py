@@ -246,7 +246,9 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ggn-jax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ggn-jax", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="the paper's four-region experiment")
     demo.add_argument("--seeds", type=_positive_int, default=10, help="seeds (demo)")
@@ -254,11 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="Adam and gradient-descent steps (demo)")
     demo.add_argument("--landscape", action="store_true", help="run the width landscape instead")
     demo.add_argument("--runs", type=_positive_int, default=20, help="inits per width (landscape)")
-    demo.add_argument("--out", default="results")
+    demo.add_argument("--out", default="results",
+                      help="folder for the JSON and the plots (default: results)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_demo)
     analyze = commands.add_parser("analyze", help="conditions and critical point for a config")
-    analyze.add_argument("--config", required=True)
+    analyze.add_argument("--config", required=True,
+                         help="a TOML file, e.g. configs/analyze/paper_demo.toml")
     analyze.set_defaults(run=_analyze)
     # `bench` has its own parser (ggn_jax.bench.suite); listed here for --help.
     commands.add_parser("bench", add_help=False,

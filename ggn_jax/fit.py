@@ -335,11 +335,11 @@ def fit(
         best_params, last_params, state, initial_loss, log, steps, non_finite = run(
             params, batch, tol)
         # One transfer for everything the host needs (each sync costs tens of µs).
-        steps, non_finite, log, initial_loss, final_loss = jax.device_get(
-            (steps, non_finite, log, initial_loss, state.loss)
+        steps, non_finite, log, initial_loss, final_loss, damping, rho = jax.device_get(
+            (steps, non_finite, log, initial_loss, state.loss, state.damping, state.rho)
         )
         steps = int(steps)
-        bar.update(steps, loss=final_loss)
+        bar.update(steps, loss=final_loss, damping=damping, rho=rho)
     _raise_non_finite(non_finite, params, batch)
     log = StepLog(*(np.asarray(column[:steps]) for column in log))
     return FitResult(

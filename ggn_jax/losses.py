@@ -180,9 +180,13 @@ def _check_target_shape(name, sample_shape, target_sample_shape, integer_targets
             )
         return
     if target_sample_shape != sample_shape:
+        hint = ""
+        if name == "softmax_cross_entropy" and target_sample_shape == ():
+            hint = ("; class labels must be integers (targets.astype(jnp.int32)), or "
+                    "give one-hot or probability targets of the outputs' shape")
         raise ValueError(
             f"{name}: targets must have the per-sample shape of the outputs "
-            f"{sample_shape}, got per-sample target shape {target_sample_shape}"
+            f"{sample_shape}, got per-sample target shape {target_sample_shape}{hint}"
         )
 
 

@@ -10,6 +10,7 @@ the form `ggn_jax.curvature` and `ggn_jax.solvers` expect.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -130,6 +131,13 @@ def check_params(params: Any) -> None:
 
 
 def _leading_dims(tree: Any, what: str) -> set[int]:
+    if isinstance(tree, (list, tuple)) and tree and all(
+            isinstance(x, (int, float, bool, list, tuple)) for x in tree):
+        # A Python list of numbers (or of lists) is a pytree of scalars.
+        raise TypeError(
+            f"batch {what} is a Python {type(tree).__name__} of numbers; pass an array "
+            f"with the samples on the first axis, e.g. jnp.asarray({what})"
+        )
     dims = set()
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         shape = jnp.shape(leaf)
@@ -194,6 +202,26 @@ def check_labels(loss: LossSpec, targets: Any, num_classes: int) -> None:
         )
 
 
+def _warn_if_data_is_finer(dtype, inputs: Any, targets: Any) -> None:
+    """float32 params with float64 data compute in float32, the params'
+    dtype, and so reach only float32's accuracy: say so, naming both."""
+    finer = sorted({
+        str(jnp.result_type(leaf))
+        for leaf in jax.tree_util.tree_leaves((inputs, targets))
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        and jnp.finfo(jnp.result_type(leaf)).bits > jnp.finfo(dtype).bits
+    })
+    if finer:
+        warnings.warn(
+            f"params are {jnp.dtype(dtype)} but the batch holds {', '.join(finer)} data: "
+            f"the step is computed in {jnp.dtype(dtype)} (the params' dtype), with its "
+            f"accuracy. For {finer[-1]} accuracy cast the params, e.g. "
+            f"jax.tree_util.tree_map(lambda a: a.astype(jnp.{finer[-1]}), params); "
+            f"to silence this, cast the data to {jnp.dtype(dtype)}",
+            stacklevel=3,
+        )
+
+
 def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> Problem:
     """Checks the pieces of a problem and flattens the parameters.
 
@@ -209,6 +237,7 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
     check_params(params)
     inputs, targets, n = check_batch(batch)
     theta, unravel = ravel_pytree(params)
+    _warn_if_data_is_finer(theta.dtype, inputs, targets)
     out = jax.eval_shape(apply_fn, params, inputs)
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(

@@ -28,6 +28,7 @@ class ProgressBar:
       desc: the label in front of it.
       enabled: False draws nothing (every method is then a no-op).
       stream: where to draw (stderr by default).
+      unit: what the steps count, shown beside the count ("step", "run", …).
 
     Example:
       >>> import io
@@ -39,9 +40,10 @@ class ProgressBar:
     """
 
     def __init__(
-        self, total: int, desc: str, enabled: bool = True, stream: TextIO | None = None
+        self, total: int, desc: str, enabled: bool = True, stream: TextIO | None = None,
+        unit: str = "step",
     ):
-        self.total, self.desc, self.enabled = total, desc, enabled
+        self.total, self.desc, self.enabled, self.unit = total, desc, enabled, unit
         self.stream = sys.stderr if stream is None else stream
         self.position = 0
         self._bar = None
@@ -51,7 +53,7 @@ class ProgressBar:
             except ImportError:  # plain lines instead
                 tqdm = None
             if tqdm is not None:
-                self._bar = tqdm(total=total, desc=desc, unit="step", file=self.stream,
+                self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream,
                                  dynamic_ncols=True)
 
     def update(self, position: int, **figures: float) -> None:
@@ -60,11 +62,13 @@ class ProgressBar:
             return
         text = {name: f"{float(value):.3g}" for name, value in figures.items()}
         if self._bar is not None:
-            self._bar.update(position - self.position)
+            # The figures first: update() redraws, and must show these.
             self._bar.set_postfix(text, refresh=False)
+            self._bar.update(position - self.position)
         else:
             shown = " ".join(f"{name}={value}" for name, value in text.items())
-            print(f"{self.desc}: {position}/{self.total} {shown}", file=self.stream)
+            print(f"{self.desc}: {position}/{self.total} {self.unit}s {shown}".rstrip(),
+                  file=self.stream)
         self.position = position
 
     def close(self) -> None:

@@ -156,13 +156,18 @@ def _dynamic_number(name: str, value: Any) -> Any:
 def _static_integer(
     name: str, value: Any, expected: str = "a positive integer", minimum: int = 1
 ) -> int:
-    """An option that sizes the computation, as a Python int."""
-    if _is_traced(value):
+    """An option that sizes the computation, as a Python int.
+
+    A JAX array is refused whether traced or not: it is what
+    ``optax.inject_hyperparams`` makes of every option, and under ``jit``
+    it could not size anything; refusing it eagerly too keeps the two alike.
+    """
+    if isinstance(value, jax.Array):
         raise TypeError(
-            f"{name} sizes the computation and cannot be traced; with "
+            f"{name} sizes the computation and cannot be a JAX array (traced or not); with "
             f"optax.inject_hyperparams pass static_args=('apply_fn', {name!r})"
         )
-    if isinstance(value, (jax.Array, np.ndarray, np.generic)) and np.ndim(value) == 0:
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
         if jnp.issubdtype(value.dtype, jnp.integer):
             value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -398,6 +403,17 @@ class GGNState(NamedTuple):
         compared only on the batch they were measured on.
       last_predicted: float (), the decrease the model predicted for the
         last step, if accepted (else 0), for ``cross_batch_damping``.
+      gradient_mismatch: float (), ‖g − b‖/‖b‖ at the last step: how far
+        the gradient handed to ``update`` (g) was from ggn's own gradient
+        of its mean loss on the batch (b = J̄ᵀē, without weight decay). 0
+        where they agree (and always in `fit`); ≈ 1 for the gradient of
+        the mean of ‖o − y‖² without the ½ (g = 2b), ≈ N − 1 for a summed
+        loss. A chain that clips or decays g on purpose shows its effect
+        here too.
+      step_length: float (), how much shorter the last step was than the
+        damped solve for the g handed in: 1/c for g = c·b with c > 1 (the
+        solve is then for b), times α* = −bᵀδ/δᵀGδ where that is < 1 (a
+        g that over-scales the step otherwise); 1 when g is b or shorter.
 
     Example:
       >>> import jax.numpy as jnp, ggn_jax
@@ -425,6 +441,8 @@ class GGNState(NamedTuple):
     recent_losses: jax.Array
     batch_fingerprint: jax.Array
     last_predicted: jax.Array
+    gradient_mismatch: jax.Array
+    step_length: jax.Array
 
     # Deprecated names (one release), from before issue 12.
     @property
@@ -463,6 +481,8 @@ def init_state(config: GGNConfig, theta: jax.Array) -> GGNState:
         recent_losses=jnp.full((config.window_size(),), jnp.finfo(dtype).min, dtype),
         batch_fingerprint=jnp.asarray(jnp.nan, dtype),
         last_predicted=jnp.zeros((), dtype),
+        gradient_mismatch=jnp.zeros((), dtype),
+        step_length=jnp.ones((), dtype),
     )
 
 
@@ -601,7 +621,23 @@ def ggn_step(
     # The batch gradient b enters the model's predicted decrease even when a
     # chain hands in a different g (clipped, with weight decay): the gain
     # ratio measures the loss, whose local model is built on b.
+    incoming = grad is not None
     grad = batch_grad if grad is None else grad
+    mismatch = (
+        jnp.linalg.norm(grad - batch_grad)
+        / jnp.maximum(jnp.linalg.norm(batch_grad), jnp.finfo(dtype).tiny)
+    ).astype(dtype) if incoming else jnp.zeros((), dtype)
+    gradient_scale = jnp.ones((), dtype)
+    if incoming:
+        # g = c·b with c > 1 is b under another convention of the loss (the
+        # mean of ‖o − y‖² without the ½: c = 2; a summed loss: c = N): the
+        # solve would give c times the GN step, which the gain ratio rejects.
+        # Solve for g/c = b instead. c < 1 (a clipped g) is left as it is.
+        c = jnp.dot(grad, batch_grad) / jnp.maximum(
+            jnp.dot(batch_grad, batch_grad), jnp.finfo(dtype).tiny)
+        parallel = jnp.linalg.norm(grad - c * batch_grad) <= 1e-3 * jnp.linalg.norm(grad)
+        gradient_scale = jnp.where(parallel & (c > 1), c, 1.0).astype(dtype)
+        grad = grad / gradient_scale
     scale, size = _scaling(config, solver, curved, local)
     # Weight decay ω: the objective is F = L + ½ω‖θ‖², its gradient b + ωθ,
     # its GGN G + ωI; ω joins λD in the system, but not in the rule.
@@ -635,6 +671,27 @@ def ggn_step(
     if anchor_step is not None:
         step = step + anchor_step
     velocity = step = step.astype(dtype)
+    # The model's curvature along the step, δᵀGδ = mean_i (J_iδ)ᵀH_i(J_iδ).
+    j_step = solver.along(curved, local, lin, velocity)
+    curvature = jnp.sum(
+        j_step * hessian_product(loss, local.outputs, curved.targets, j_step)
+    ) / curved.num_samples
+    if decayed:
+        curvature = curvature + decay * jnp.dot(velocity, velocity)
+    step_length = 1.0 / gradient_scale
+    if incoming and anchor_step is None:
+        # Any other g that over-scales the step (one not parallel to b,
+        # such as g + ωθ from weight decay chained before ggn): the model's
+        # best length along δ, α* = −bᵀδ / δᵀGδ, is ≥ 1 whenever g = b (an
+        # exact or CG solve of the damped system), so min(1, α*) leaves
+        # those steps alone and only shortens the over-long ones.
+        slope = -jnp.dot(batch_grad, velocity)
+        best = slope / curvature
+        shorten = (slope > 0) & (curvature > 0) & (best < 0.999)
+        alpha = jnp.where(shorten, best, 1.0).astype(dtype)
+        velocity = step = velocity * alpha
+        curvature = curvature * alpha**2
+        step_length = step_length * alpha
     window, accelerate = config.resolved_options(
         local.outputs, theta.size, loss.identity_hessian, problem.segments is not None
     )
@@ -642,15 +699,9 @@ def ggn_step(
         step, _ = geodesic_acceleration(
             solver, curved, config, local, lin, velocity, system_damping, system_scale
         )
-    # The model's predicted decrease, with δᵀGδ = mean_i (J_iδ)ᵀH_i(J_iδ),
-    # at the velocity: the acceleration cancels the outputs' second-order
-    # term, so the model of the accelerated step is the velocity's.
-    j_step = solver.along(curved, local, lin, velocity)
-    curvature = jnp.sum(
-        j_step * hessian_product(loss, local.outputs, curved.targets, j_step)
-    ) / curved.num_samples
-    if decayed:
-        curvature = curvature + decay * jnp.dot(velocity, velocity)
+    # The model's predicted decrease at the velocity: the acceleration
+    # cancels the outputs' second-order term, so the model of the
+    # accelerated step is the velocity's.
     predicted = -jnp.dot(batch_grad, velocity) - 0.5 * curvature
     trial_loss = mean_loss(problem, problem.model(theta + step, problem.inputs))
     if decayed:
@@ -737,8 +788,28 @@ def ggn_step(
         batch_fingerprint=jnp.where(jnp.isfinite(fingerprint), fingerprint,
                                     jnp.finfo(dtype).max).astype(dtype),
         last_predicted=jnp.where(accepted, predicted, 0).astype(dtype),
+        # NaN where the data or g was (the step is rejected): the last value.
+        gradient_mismatch=jnp.where(jnp.isfinite(mismatch), mismatch,
+                                    state.gradient_mismatch).astype(dtype),
+        step_length=jnp.where(jnp.isfinite(step_length), step_length, 1.0).astype(dtype),
     )
     return update, new_state
+
+
+def _check_state(state: Any, params: Any) -> None:
+    """The state must be this transformation's, made for these params."""
+    if not hasattr(state, "last_step"):
+        raise TypeError(
+            f"state is a {type(state).__name__}, not ggn's GGNState: pass the state that "
+            "tx.init(params) returned (inside an optax.chain, the chain's own state)"
+        )
+    size = sum(int(np.prod(jnp.shape(leaf), dtype=int))
+               for leaf in jax.tree_util.tree_leaves(params))
+    if state.last_step.shape != (size,):
+        raise ValueError(
+            f"the state was made for {state.last_step.shape[0]} parameters, but params have "
+            f"{size}: call tx.init(params) for these parameters"
+        )
 
 
 def _check_grads(grads: Any, params: Any) -> None:
@@ -993,11 +1064,13 @@ def ggn(
         theta, _ = ravel_pytree(params)
         return init_state(config, theta)
 
-    def update_fn(updates, state, params=None, *, batch=None, **extra_args):
+    def update_fn(updates, state, params=None, batch=None, **extra_args):
+        # ``batch`` may come by position too: update(grads, state, params, batch).
         del extra_args  # other members' arguments in an optax.chain
         if params is None:
             raise ValueError("ggn's update needs params: update(grads, state, params, batch=...)")
         _check_grads(updates, params)
+        _check_state(state, params)
         problem = bind_problem(apply_fn, loss, params, batch)
         grad, _ = ravel_pytree(updates)
         step, state = ggn_step(config, problem, state, grad.astype(problem.theta.dtype))

@@ -58,3 +58,20 @@ def test_bad_model_arguments():
         ggn_jax.paper.mlp([2])
     with pytest.raises(ValueError, match="unknown scale"):
         ggn_jax.paper.mlp([2, 1]).init(jax.random.PRNGKey(0), scale="xavier")
+
+
+def test_init_follows_x64_and_takes_an_explicit_dtype():
+    """tests/conftest.py turns x64 on: the default is float64 here, the
+    float of `jnp.zeros(())`; in a process without x64 it is float32."""
+    import subprocess
+    import sys
+
+    net = ggn_jax.paper.mlp([2, 3, 1])
+    leaves = jax.tree_util.tree_leaves(net.init(jax.random.PRNGKey(0)))
+    assert {leaf.dtype for leaf in leaves} == {jnp.dtype("float64")}
+    leaves = jax.tree_util.tree_leaves(net.init(jax.random.PRNGKey(0), jnp.float32))
+    assert {leaf.dtype for leaf in leaves} == {jnp.dtype("float32")}
+    code = ("import jax, ggn_jax; p = ggn_jax.paper.mlp([2, 3, 1]).init(jax.random.PRNGKey(0));"
+            "print(p[0][0].dtype)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "float32"

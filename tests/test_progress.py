@@ -14,7 +14,38 @@ def test_without_tqdm_the_bar_prints_plain_lines(monkeypatch):
     stream = io.StringIO()
     with ProgressBar(4, "fit", stream=stream) as bar:
         bar.update(2, loss=0.5, damping=1e-3)
-    assert stream.getvalue() == "fit: 2/4 loss=0.5 damping=0.001\n"
+    assert stream.getvalue() == "fit: 2/4 steps loss=0.5 damping=0.001\n"
+    stream = io.StringIO()
+    with ProgressBar(12, "paper demo", stream=stream, unit="run") as bar:
+        bar.update(11)
+    assert stream.getvalue() == "paper demo: 11/12 runs\n"
+
+
+def test_each_redraw_shows_the_figures_of_its_own_update(monkeypatch):
+    """tqdm redraws inside update(); the figures must be set before it, or
+    every line shows the previous report's."""
+    drawn = []
+
+    class FakeTqdm:
+        def __init__(self, **kwargs):
+            self.postfix = None
+
+        def set_postfix(self, figures, refresh=True):
+            self.postfix = dict(figures)
+
+        def update(self, n):
+            drawn.append(self.postfix)
+
+        def close(self):
+            pass
+
+    fake = type(sys)("tqdm.auto")
+    fake.tqdm = FakeTqdm
+    monkeypatch.setitem(sys.modules, "tqdm.auto", fake)
+    with ProgressBar(40, "fit") as bar:
+        bar.update(20, loss=0.5)
+        bar.update(40, loss=0.25)
+    assert drawn == [{"loss": "0.5"}, {"loss": "0.25"}]
 
 
 def test_with_tqdm_the_bar_shows_position_and_figures():

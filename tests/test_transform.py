@@ -1,5 +1,7 @@
 """The optax transformation: the step, chains, jit, dtypes, faults and bad input."""
 
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,12 +10,15 @@ import optax
 import pytest
 from helpers import (
     dtype_tol,
+    jit_update,
+    log_cosh,
     mlp_apply,
     mlp_init,
     reference_ggn,
     rel_err,
     small_problem,
 )
+from jax.flatten_util import ravel_pytree
 
 import ggn_jax
 from ggn_jax.solvers import SOLVER_CODES
@@ -38,7 +43,7 @@ def test_update_is_the_damped_gauss_newton_step(solver):
         mlp_apply, damping=damping, damping_rule="nielsen", solver=solver, cg_tol=1e-13,
         cg_max_iters=500, geodesic_acceleration=False,
     )
-    updates, state = tx.update(grads, tx.init(params), params, batch=batch)
+    updates, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
     expected = np.linalg.solve(reference + damping * np.eye(len(reference)), -_flat(grads))
     assert bool(state.accepted)
     assert rel_err(_flat(updates), expected) < 1e-8
@@ -64,7 +69,7 @@ def test_chain_with_clipping_before_and_a_scale_after(solver):
         optax.scale(0.5),
     )
     state = tx.init(params)
-    updates, state = tx.update(grads, state, params, batch=batch)
+    updates, state = jit_update(tx)(grads, state, params, batch=batch)
     clipped = _flat(grads) * max_norm / jnp.linalg.norm(_flat(grads))
     expected = 0.5 * np.linalg.solve(reference + np.eye(len(reference)), -clipped)
     assert rel_err(_flat(updates), expected) < 1e-8
@@ -104,7 +109,7 @@ def test_float32_matches_float64_to_a_dtype_tolerance(solver):
             cg_max_iters=500,
         )
         grads = jax.grad(_mean_loss)(params, batch)
-        updates, state = tx.update(grads, tx.init(params), params, batch=batch)
+        updates, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
         results[name] = _flat(updates)
         leaves = jax.tree_util.tree_leaves((updates, state))
         floats = [leaf for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)]
@@ -248,7 +253,7 @@ def test_weight_decay_before_the_step_is_honoured_by_every_solver(solver):
             cg_max_iters=500, geodesic_acceleration=False,
         ),
     )
-    updates, _ = tx.update(grads, tx.init(params), params, batch=batch)
+    updates, _ = jit_update(tx)(grads, tx.init(params), params, batch=batch)
     g = _flat(grads) + 0.1 * _flat(params)
     expected = np.linalg.solve(reference + damping * np.eye(len(reference)), -g)
     if np.allclose(_flat(updates), 0):
@@ -406,7 +411,7 @@ def test_curvature_from_a_subsample_with_the_full_gradient(solver):
     tx = ggn_jax.ggn(mlp_apply, damping=damping, damping_rule="nielsen", solver=solver,
                      curvature_samples=4, cg_tol=1e-13, cg_max_iters=500,
                      geodesic_acceleration=False)
-    updates, state = tx.update(grads, tx.init(params), params, batch=batch)
+    updates, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
     assert bool(state.accepted)
     np.testing.assert_allclose(_flat(updates), expected, rtol=1e-8, atol=1e-12)
     # The loss it reports is the whole batch's.
@@ -492,10 +497,12 @@ def test_injected_bounds_clip_the_adaptive_damping():
 def test_sizing_options_cannot_be_injected():
     params, batch = small_problem("squared_error", 6, n=6)
     tx = _injected(cg_max_iters=10)
-    state = tx.init(params)  # concrete at init
     grads = jax.grad(_mean_loss)(params, batch)
+    # Refused alike eagerly (a concrete array) and under jit (traced).
     with pytest.raises(TypeError, match="cg_max_iters sizes the computation.*static_args"):
-        jax.jit(lambda g, s, p: tx.update(g, s, p, batch=batch))(grads, state, params)
+        tx.init(params)
+    with pytest.raises(TypeError, match="cg_max_iters sizes the computation.*static_args"):
+        jax.jit(tx.init)(params)
     tx = optax.inject_hyperparams(ggn_jax.ggn, static_args=("apply_fn", "cg_max_iters"))(
         mlp_apply, cg_max_iters=10, solver="cg"
     )
@@ -561,3 +568,107 @@ def test_deprecated_names_still_work_with_a_warning():
     assert result.converged
     with pytest.raises(TypeError, match="not both"):
         ggn_jax.fit(apply_fn, jnp.zeros(3), (x, y), cg_warm_start=0.5, cg_warm_start_weight=0.5)
+
+
+# The gradient handed to `update` under the conventions a user may write:
+# (name, c) with g = c·b, b the gradient of ggn's own mean loss. K = 3
+# outputs, N = 6 samples; optax's elementwise losses averaged over N·K give
+# c = 1/K (softmax's optax loss is the right one).
+def _per_sample_loss(loss):
+    if loss == "squared_error":
+        return lambda o, y: 0.5 * jnp.sum((o - y) ** 2, -1)
+    if loss == "softmax_cross_entropy":
+        return optax.softmax_cross_entropy_with_integer_labels
+    if loss == "sigmoid_binary_cross_entropy":
+        return lambda o, y: jnp.sum(optax.sigmoid_binary_cross_entropy(o, y), -1)
+    return jax.vmap(loss)
+
+
+def _optax_mean(loss):
+    """The loss a user writes with optax's own functions, and its c."""
+    if loss == "squared_error":
+        return lambda o, y: jnp.mean(optax.l2_loss(o, y)), 1 / 3
+    if loss == "softmax_cross_entropy":
+        return lambda o, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(o, y)), 1.0
+    if loss == "sigmoid_binary_cross_entropy":
+        return lambda o, y: jnp.mean(optax.sigmoid_binary_cross_entropy(o, y)), 1 / 3
+    return lambda o, y: jnp.mean(optax.log_cosh(o, y)), 1 / 3
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "softmax_cross_entropy",
+                                  "sigmoid_binary_cross_entropy", log_cosh],
+                         ids=["squared", "softmax", "sigmoid", "callable"])
+def test_a_gradient_of_another_scaling_converges_as_the_right_one_or_is_reported(loss):
+    n, steps = 6, 6
+    params, batch = small_problem(loss, 5, n=n, sizes=(2, 6, 3))  # NK = 18 < P = 39
+    per_sample = _per_sample_loss(loss)
+    optax_loss, optax_c = _optax_mean(loss)
+    conventions = {
+        "right": (lambda o, y: jnp.mean(per_sample(o, y)), 1.0),
+        "times two": (lambda o, y: 2 * jnp.mean(per_sample(o, y)), 2.0),
+        "summed": (lambda o, y: jnp.sum(per_sample(o, y)), float(n)),
+        "optax": (optax_loss, optax_c),
+    }
+    runs = {}
+    tx = ggn_jax.ggn(mlp_apply, loss)
+    update = jit_update(tx)  # one program for every convention
+    for name, (user_loss, c) in conventions.items():
+        state, p = tx.init(params), params
+        grad_fn = jax.grad(lambda q, f=user_loss: f(mlp_apply(q, batch[0]), batch[1]))
+        losses = []
+        for _ in range(steps):
+            u, state = update(grad_fn(p), state, p, batch=batch)
+            p = optax.apply_updates(p, u)
+            losses.append(float(state.loss))
+            # The mismatch ‖g − b‖/‖b‖ = |c − 1| is in the state, every step.
+            assert float(state.gradient_mismatch) == pytest.approx(abs(c - 1), abs=1e-8), name
+        runs[name] = np.array(losses), c, float(state.step_length)
+    right = runs["right"][0]
+    assert right[-1] < 0.75 * right[0]
+    for name, (losses, c, length) in runs.items():
+        if c >= 1:  # solved for g/c = b: the same trajectory
+            shown = right > 1e-12
+            np.testing.assert_allclose(losses[shown], right[shown], rtol=1e-6, err_msg=name)
+            assert length == pytest.approx(1 / c, rel=1e-9), name
+        else:  # a shorter step (as a clipped one): it still descends, reported
+            assert losses[-1] < losses[0] and length == 1.0, name
+
+
+def test_first_hour_mistakes_get_messages_that_name_the_fix():
+    params, batch = small_problem("squared_error", 1, n=5, sizes=(3, 4, 2))
+    tx = ggn_jax.ggn(mlp_apply)
+    state = tx.init(params)
+    grads = jax.grad(_mean_loss)(params, batch)
+    # A Python list as the inputs.
+    with pytest.raises(TypeError, match=r"batch inputs is a Python list of numbers; pass an "
+                                        r"array .* jnp.asarray\(inputs\)"):
+        tx.update(grads, state, params, batch=(np.asarray(batch[0]).tolist(), batch[1]))
+    # The batch by position works as by keyword.
+    by_keyword, _ = jit_update(tx)(grads, state, params, batch=batch)
+    by_position, _ = jax.jit(lambda g, s, p, b: tx.update(g, s, p, b))(grads, state, params, batch)
+    assert rel_err(ravel_pytree(by_position)[0], ravel_pytree(by_keyword)[0]) == 0
+    # A state made for other parameters.
+    other = tx.init(small_problem("squared_error", 1, n=5, sizes=(3, 2, 2))[0])
+    with pytest.raises(ValueError, match=r"the state was made for 14 parameters, but params "
+                                         r"have 26: call tx.init\(params\)"):
+        tx.update(grads, other, params, batch=batch)
+    # Float class labels for softmax cross-entropy.
+    labels = jnp.asarray([0.0, 1.0, 1.0, 0.0, 1.0])
+    soft = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy")
+    with pytest.raises(ValueError, match=r"got per-sample target shape \(\); class labels must "
+                                         r"be integers \(targets.astype\(jnp.int32\)\)"):
+        soft.update(grads, soft.init(params), params, batch=(batch[0], labels))
+
+
+def test_float32_params_with_float64_data_warn_naming_both_dtypes():
+    params, batch = small_problem("squared_error", 1, n=5, sizes=(3, 4, 2))
+    params32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    tx = ggn_jax.ggn(mlp_apply)
+    grads = jax.grad(_mean_loss)(params32, batch)
+    with pytest.warns(UserWarning, match=r"params are float32 but the batch holds float64 data: "
+                                         r"the step is computed in float32"):
+        update, _ = jit_update(tx)(grads, tx.init(params32), params32, batch=batch)
+    assert ravel_pytree(update)[0].dtype == jnp.float32
+    with warnings.catch_warnings():  # float64 params: promoted data, no warning
+        warnings.simplefilter("error")
+        jit_update(tx)(jax.grad(_mean_loss)(params, batch), tx.init(params), params, batch=batch)

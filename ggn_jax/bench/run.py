@@ -370,8 +370,9 @@ def _run_optimizer(problem: BenchProblem, spec: dict, run: dict, quiet: bool) ->
     module = PEER_MODULES[spec["kind"]]
     if module is not None and importlib.util.find_spec(module) is None:
         print(f"[{label}] skipped: {module} is not installed", file=sys.stderr)
+        extra = "kfac" if module == "kfac_jax" else "bench"
         return {"kind": spec["kind"], "skipped": f"{module} is not installed "
-                "(pip install 'ggn_jax[bench]')"}
+                f"(pip install 'ggn_jax[{extra}]')"}
     per_seed = {}
     for seed in run["seeds"]:
         if quiet is False:

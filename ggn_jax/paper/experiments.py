@@ -188,7 +188,7 @@ def paper_demo(
         "geodesic_acceleration": False,
     }
     results = []
-    bar = ProgressBar(seeds + 2, "paper demo", enabled=progress)
+    bar = ProgressBar(seeds + 2, "paper demo", enabled=progress, unit="run")
     for seed, params in enumerate(inits):
         conditions = exact_learning_conditions(net, params, data.inputs)
         runs = {}
@@ -274,7 +274,7 @@ def width_landscape(
     data = four_region(jax.random.PRNGKey(data_seed), num_samples, jnp.float64)
     batch = (data.inputs, data.targets)
     ggn_fraction, adam_fraction, conditions_fraction, adam_median = [], [], [], []
-    bar = ProgressBar(len(widths), "width landscape", enabled=progress)
+    bar = ProgressBar(len(widths), "width landscape", enabled=progress, unit="width")
     for width in widths:
         net = mlp([2, width, 4], "bent_identity")
         inits = [

@@ -159,15 +159,26 @@ class MLP(NamedTuple):
     sizes: tuple[int, ...]
     activation: Activation
 
-    def init(self, key: jax.Array, dtype=jnp.float32, scale: str = "lecun") -> Params:
+    def init(self, key: jax.Array, dtype=None, scale: str = "lecun") -> Params:
         """Random parameters.
 
         Args:
           key: a PRNG key.
-          dtype: the parameters' dtype.
+          dtype: the parameters' dtype; by default JAX's default float:
+            float64 with ``jax_enable_x64`` on, else float32.
           scale: ``"lecun"`` (W ~ N(0, 1/fan_in), b = 0) or ``"standard"``
             (W and b ~ N(0, 1), the paper's demo).
+
+        Returns:
+          A list of ``(W, b)`` pairs, one per layer.
+
+        Example:
+          >>> import jax, ggn_jax
+          >>> params = ggn_jax.paper.mlp([2, 3, 1]).init(jax.random.PRNGKey(0))
+          >>> [w.shape for w, _ in params], params[0][0].dtype == jax.numpy.zeros(()).dtype
+          ([(2, 3), (3, 1)], True)
         """
+        dtype = jnp.zeros(()).dtype if dtype is None else dtype
         if scale not in ("lecun", "standard"):
             raise ValueError(f"unknown scale {scale!r}; allowed: lecun, standard")
         params = []
