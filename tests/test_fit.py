@@ -192,10 +192,11 @@ def _flat(tree):
 def test_float32_params_with_float64_data_and_numpy_options_stay_float32(solver):
     params, batch = _over_parameterised(3)
     params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
-    result = ggn_jax.fit(
-        mlp_apply, params, batch, max_steps=5, tol=0.0, solver=solver,
-        min_damping=np.float64(1e-6), cg_warm_start_weight=np.float64(0.9),
-    )
+    with pytest.warns(UserWarning, match="params are float32 but the batch holds float64"):
+        result = ggn_jax.fit(
+            mlp_apply, params, batch, max_steps=5, tol=0.0, solver=solver,
+            min_damping=np.float64(1e-6), cg_warm_start_weight=np.float64(0.9),
+        )
     leaves = jax.tree_util.tree_leaves((result.params, result.state))
     assert all(leaf.dtype != jnp.float64 for leaf in leaves)
     assert result.loss_history[-1] < result.initial_loss
