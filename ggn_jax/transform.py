@@ -636,7 +636,9 @@ def ggn_step(
         c = jnp.dot(grad, batch_grad) / jnp.maximum(
             jnp.dot(batch_grad, batch_grad), jnp.finfo(dtype).tiny)
         parallel = jnp.linalg.norm(grad - c * batch_grad) <= 1e-3 * jnp.linalg.norm(grad)
-        gradient_scale = jnp.where(parallel & (c > 1), c, 1.0).astype(dtype)
+        # (c within 1e-3 of 1 is the right convention up to round-off: left
+        # alone, so that the step is bit for bit the one for b itself.)
+        gradient_scale = jnp.where(parallel & (c > 1 + 1e-3), c, 1.0).astype(dtype)
         grad = grad / gradient_scale
     scale, size = _scaling(config, solver, curved, local)
     # Weight decay ω: the objective is F = L + ½ω‖θ‖², its gradient b + ωθ,
