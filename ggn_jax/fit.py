@@ -228,6 +228,21 @@ def _cached_build(apply_fn, loss, config, max_steps, every):
     return _build(apply_fn, loss, config, max_steps, every)
 
 
+def _checked_inputs(apply_fn, params, batch, loss, max_steps, tol, options):
+    """`fit`'s and `lower_fit`'s argument checks: the bound loss name, the
+    config, and the batch (a `Blocks` problem's own where none is given)."""
+    loss = check_loss(loss)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or math.isnan(tol):
+        raise ValueError(f"tol must be a number, got {tol!r}")
+    config = make_config(**options)
+    if batch is None and isinstance(getattr(apply_fn, "batch", None), tuple):
+        batch = apply_fn.batch  # ggn_jax.Blocks carries its own samples
+    _check_labels(apply_fn, loss, params, batch)
+    return loss, config, batch
+
+
 def lower_fit(
     apply_fn: Callable,
     params: Any,
@@ -259,10 +274,8 @@ def lower_fit(
       >>> compiled.memory_analysis() is None or compiled.memory_analysis().temp_size_in_bytes >= 0
       True
     """
-    loss = check_loss(loss)
-    config = make_config(**options)
-    if batch is None and isinstance(getattr(apply_fn, "batch", None), tuple):
-        batch = apply_fn.batch
+    loss, config, batch = _checked_inputs(apply_fn, params, batch, loss, max_steps, tol,
+                                          options)
     return _build(apply_fn, loss, config, max_steps, 0).lower(params, batch, tol)
 
 
@@ -310,21 +323,14 @@ def fit(
       >>> bool(result.log.accepted[-1]), int(result.log.solver[0])  # 1: dual
       (True, 1)
     """
-    loss = check_loss(loss)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or math.isnan(tol):
-        raise ValueError(f"tol must be a number, got {tol!r}")
     if isinstance(progress, bool):
         every = int(progress)
     elif isinstance(progress, int) and progress >= 0:
         every = progress
     else:
         raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
-    config = make_config(**options)
-    if batch is None and isinstance(getattr(apply_fn, "batch", None), tuple):
-        batch = apply_fn.batch  # ggn_jax.Blocks carries its own samples
-    _check_labels(apply_fn, loss, params, batch)
+    loss, config, batch = _checked_inputs(apply_fn, params, batch, loss, max_steps, tol,
+                                          options)
     try:
         run = _cached_build(apply_fn, loss, config, max_steps, every)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache
