@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -113,8 +116,71 @@ def start_sharded_steps() -> subprocess.Popen:
     return _BACKGROUND["sharded"]
 
 
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+CONTINUES = "# continues the block above"
+
+
+def readme_programs() -> list[tuple[int, str]]:
+    """The README's Python blocks as programs: (line of the block, source).
+
+    A block whose first line is ``CONTINUES`` is appended to the program of
+    the block before it, and that program is then not listed on its own (the
+    longer one runs it too)."""
+    with open(README) as f:
+        lines = f.read().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == "```python":
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+            body = [line[indent:] for line in lines[i + 1:end]]
+            blocks.append((i + 1, "\n".join(body) + "\n"))
+            i = end
+        i += 1
+    programs: list[tuple[int, str]] = []
+    for line, body in blocks:
+        if body.startswith(CONTINUES):
+            if not programs:
+                raise ValueError(f"README line {line}: the first block continues none")
+            _, before = programs.pop()
+            body = before + "\n" + body
+        programs.append((line, body))
+    return programs
+
+
+def start_readme_programs() -> dict[int, subprocess.Popen]:
+    """Every README program in a fresh process of its own, in a scratch
+    directory, all at once (started once per session; conftest.py starts
+    them when test_readme is collected). Keyed by the README line."""
+    if "readme" not in _BACKGROUND_GROUPS:
+        scratch = tempfile.mkdtemp(prefix="ggn_jax_readme_")
+        atexit.register(shutil.rmtree, scratch, True)
+        unset = ("XLA_FLAGS", "JAX_ENABLE_X64")  # the blocks set their own
+        env = {k: v for k, v in os.environ.items() if k not in unset}
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        group = {}
+        for line, source in readme_programs():
+            cwd = os.path.join(scratch, f"block_{line}")
+            os.makedirs(cwd)
+            path = os.path.join(cwd, "block.py")
+            with open(path, "w") as f:
+                f.write(source)
+            group[line] = subprocess.Popen(
+                [sys.executable, path], cwd=cwd, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, env=env)
+        _BACKGROUND_GROUPS["readme"] = group
+    return _BACKGROUND_GROUPS["readme"]
+
+
+_BACKGROUND_GROUPS: dict[str, dict[int, subprocess.Popen]] = {}
+
+
 def background_processes() -> list[subprocess.Popen]:
-    return list(_BACKGROUND.values())
+    processes = list(_BACKGROUND.values())
+    for group in _BACKGROUND_GROUPS.values():
+        processes += list(group.values())
+    return processes
 
 
 def jit_update(tx):
