@@ -2,9 +2,10 @@
 
 scikit-learn's 8×8 digits (1797 images, 10 classes, pixels scaled to
 [0, 1]), a 64-64-10 tanh network written with ``flax.linen``, softmax
-cross-entropy, minibatches of 64 and the matrix-free CG solver (20 products
-per step). ``model.apply`` is the ``apply_fn`` as it is: no adapter. Three
-epochs print ``test accuracy 96.2%``, in float32. This is a README block.
+cross-entropy, minibatches of 64 and ggn's classification defaults (CG
+with 5 products per step, curvature from 32 samples of each batch).
+``model.apply`` is the ``apply_fn`` as it is: no adapter. Three epochs
+print ``test accuracy 96.9%``, in float32. This is a README block.
 
     pip install "ggn_jax[examples]"   # flax, scikit-learn
     python examples/flax_digits.py
@@ -33,8 +34,7 @@ x_train, x_test = jnp.asarray(x_train, jnp.float32), jnp.asarray(x_test, jnp.flo
 
 model = Classifier()
 params = model.init(jax.random.PRNGKey(0), x_train[:1])
-tx = ggn_jax.ggn(model.apply, "softmax_cross_entropy", solver="cg", cg_max_iters=20,
-                 cg_preconditioner="none")
+tx = ggn_jax.ggn(model.apply, "softmax_cross_entropy")  # the classification defaults
 state = tx.init(params)
 
 def loss_fn(params, x, y):

@@ -86,6 +86,8 @@ class FitResult(NamedTuple):
       converged: whether the loss reached ``tol``.
       state: the final `GGNState` (damping, rejected-step count, …).
       log: the `StepLog` of every step.
+      loss: (a property) the loss at ``params``, the lowest reached:
+        the least of ``initial_loss`` and ``loss_history``.
 
     Example:
       >>> import jax.numpy as jnp, ggn_jax
@@ -93,6 +95,8 @@ class FitResult(NamedTuple):
       >>> result = ggn_jax.fit(lambda w, x: x @ w, jnp.zeros((1, 1)), (x, 2 * x), tol=1e-12)
       >>> bool(result.converged), result.steps <= 5, result.params.round(4).tolist()
       (True, True, [[2.0]])
+      >>> result.loss <= 1e-12
+      True
     """
 
     params: Any
@@ -103,6 +107,13 @@ class FitResult(NamedTuple):
     state: GGNState
     log: StepLog
     last_params: Any = None
+
+    @property
+    def loss(self) -> float:
+        """The loss at ``params``: the lowest reached (a rejected or
+        non-finite step leaves the history's entry at the loss before it)."""
+        history = np.asarray(self.loss_history, dtype=float)
+        return float(min([self.initial_loss, *history[np.isfinite(history)]]))
 
 
 def _empty_log(length: int, dtype) -> StepLog:

@@ -13,8 +13,9 @@ def test_demo_writes_its_table_json_and_plot(tmp_path, capsys):
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, out
-    # The progress bar goes to stderr: 2 seeds and 2 baselines.
-    assert "paper demo" in captured.err and "4/4" in captured.err
+    # The progress bar goes to stderr: 2 seeds and 2 baselines, so named.
+    assert "paper demo (2 seeds, then Adam and GD)" in captured.err
+    assert "4/4" in captured.err
     assert "| seed | pure GGN" in out and "global minimum (exact learning)" in out
     with open(tmp_path / "demo.json") as f:
         payload = json.load(f)

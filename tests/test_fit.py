@@ -96,8 +96,12 @@ def test_a_second_fit_reuses_the_compiled_program():
     ggn_jax.fit(apply_fn, params, batch, max_steps=3)
     count = len(traces)
     other, _ = _over_parameterised(1)
-    ggn_jax.fit(apply_fn, other, batch, max_steps=3, tol=1e-3)
+    result = ggn_jax.fit(apply_fn, other, batch, max_steps=3, tol=1e-3)
     assert len(traces) == count
+    # result.loss is the loss at result.params, computed here by hand.
+    residual = np.asarray(mlp_apply(result.params, batch[0])) - np.asarray(batch[1])
+    assert result.loss == pytest.approx(0.5 * np.mean(np.sum(residual**2, -1)), rel=1e-9)
+    assert 0 < result.loss <= result.initial_loss
     ggn_jax.fit(apply_fn, other, batch, max_steps=4)  # a new loop length compiles anew
     assert len(traces) > count
 

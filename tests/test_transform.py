@@ -338,41 +338,6 @@ def test_float32_singular_curvature_is_factored_thanks_to_the_relative_floor(sol
         assert float(state.damping) > 1e-6
 
 
-def test_minibatch_training_on_digits_reaches_95_percent():
-    """A new minibatch every update, curvature and gain ratio on that batch."""
-    datasets = pytest.importorskip("sklearn.datasets")
-    from sklearn.model_selection import train_test_split
-
-    digits = datasets.load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        digits.data / 16.0, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
-    x_tr, x_te = jnp.asarray(x_tr, jnp.float32), jnp.asarray(x_te, jnp.float32)
-    y_tr, y_te = jnp.asarray(y_tr), jnp.asarray(y_te)
-    net = ggn_jax.paper.mlp([64, 32, 10], "tanh")
-    params = net.init(jax.random.PRNGKey(0), jnp.float32)
-    tx = ggn_jax.ggn(net.apply, "softmax_cross_entropy", solver="cg", cg_max_iters=20,
-                     cg_preconditioner="none")
-    state = tx.init(params)
-
-    def loss(params, batch):
-        logits = net.apply(params, batch[0])
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]))
-
-    @jax.jit
-    def step(params, state, batch):
-        updates, state = tx.update(jax.grad(loss)(params, batch), state, params, batch=batch)
-        return optax.apply_updates(params, updates), state
-
-    order = np.random.default_rng(0).permutation(x_tr.shape[0])
-    for epoch in range(3):
-        for i in range(0, x_tr.shape[0] - 63, 64):
-            index = order[i:i + 64]
-            params, state = step(params, state, (x_tr[index], y_tr[index]))
-    accuracy = float(jnp.mean(jnp.argmax(net.apply(params, x_te), -1) == y_te))
-    assert accuracy >= 0.95, accuracy
-    assert np.all(np.isfinite(_flat(params)))
-
-
 def test_the_cg_path_holds_no_nk_by_p_array():
     """Memory on the matrix-free path, by XLA's count of the compiled step:
     going from N = 256 to 1024 samples adds far less than the (ΔN)·K·P
