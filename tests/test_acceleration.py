@@ -38,16 +38,22 @@ def test_acceleration_solves_the_damped_system_on_the_second_derivative():
         accel = np.linalg.solve(
             np.asarray(g_dense) + 0.3 * np.eye(theta.size), -np.asarray(j_full).T @ curvature / n
         )
+        def accelerated(name, config):  # one compiled program (eager dispatch is slow)
+            solver = solver_for(name, config)
+
+            def run():
+                local, lin = solver.prepare(problem, config)
+                return geodesic_acceleration(solver, problem, config, local, lin, v, damping,
+                                             None)
+
+            return jax.jit(run)()
+
         for name in ("dual", "primal"):
             config = make_config(solver=name, relative_damping_floor=0.0, acceleration_ratio=1e9)
-            solver = solver_for(name, config)
-            local, lin = solver.prepare(problem, config)
-            step, used = geodesic_acceleration(
-                solver, problem, config, local, lin, v, damping, None
-            )
+            step, used = accelerated(name, config)
             assert bool(used)
             assert rel_err(step, np.asarray(v) + 0.5 * accel) < 1e-8, name
             # A correction larger than α‖v‖/2 is not taken.
             strict = make_config(solver=name, acceleration_ratio=1e-12)
-            step, used = geodesic_acceleration(solver, problem, strict, local, lin, v, damping, None)
+            step, used = accelerated(name, strict)
             assert not bool(used) and rel_err(step, v) == 0
