@@ -108,8 +108,8 @@ def start_sharded_steps() -> subprocess.Popen:
     """The sharded_steps.py process on 4 host devices, started once (its
     stdout is JSON); conftest.py starts it when test_sharding is collected."""
     if "sharded" not in _BACKGROUND:
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                   JAX_PLATFORMS="cpu")
+        flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+        env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
         _BACKGROUND["sharded"] = subprocess.Popen(
             [sys.executable, SHARDED_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env)
