@@ -166,11 +166,23 @@ def start_readme_programs() -> dict[int, subprocess.Popen]:
             path = os.path.join(cwd, "block.py")
             with open(path, "w") as f:
                 f.write(source)
-            group[line] = subprocess.Popen(
-                [sys.executable, path], cwd=cwd, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, env=env)
+            # Output to files, not pipes: nobody reads a pipe until the test
+            # runs, and a full one would stall the program.
+            with open(os.path.join(cwd, "stdout"), "w") as out, \
+                    open(os.path.join(cwd, "stderr"), "w") as err:
+                group[line] = subprocess.Popen(
+                    [sys.executable, path], cwd=cwd, stdout=out, stderr=err, env=env)
         _BACKGROUND_GROUPS["readme"] = group
     return _BACKGROUND_GROUPS["readme"]
+
+
+def readme_program_output(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    """Waits for a process from `start_readme_programs`: (exit status,
+    stdout, stderr)."""
+    returncode = process.wait(timeout=timeout)
+    cwd = os.path.dirname(process.args[1])
+    with open(os.path.join(cwd, "stdout")) as out, open(os.path.join(cwd, "stderr")) as err:
+        return returncode, out.read(), err.read()
 
 
 _BACKGROUND_GROUPS: dict[str, dict[int, subprocess.Popen]] = {}

@@ -25,7 +25,7 @@ import os
 import re
 
 import pytest
-from helpers import readme_programs, start_readme_programs
+from helpers import readme_program_output, readme_programs, start_readme_programs
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -76,10 +76,8 @@ def outputs():
     """{README line of the block: stdout} once every program has finished."""
     results = {}
     for line, process in start_readme_programs().items():
-        out, err = process.communicate(timeout=900)
-        assert process.returncode == 0, (
-            f"README block at line {line} failed as pasted:\n{err[-4000:]}"
-        )
+        returncode, out, err = readme_program_output(process, timeout=900)
+        assert returncode == 0, f"README block at line {line} failed as pasted:\n{err[-4000:]}"
         results[line] = out
     return results
 
