@@ -4,13 +4,18 @@ Run: ``python -m benchmarks.damping [--seeds 20] [--classic]``.
 
 Two kinds of problem, both in float64 with `ggn_jax.fit`:
 
-* **Exact learning** (N·K < P, zero loss reachable), four families, each over
-  ``--seeds`` initialisations (seeds 100, 101, …; the tests use others):
-  teacher–student at two student widths (3-[10]-1 and 3-[40]-1 tanh, N = 24,
-  teacher 3-[4]-1), the paper's four-region demo (2-[10]-[10]-4 bent
-  identity, T = 10, standard-normal weights) and a wide single-hidden-layer
-  regression (2-[256]-1 tanh, N = 32, y = sin 2x₁·cos x₂). Steps (accepted
-  or rejected) to mean loss ≤ 1e-20, at most 60.
+* **Exact learning** (N·K < P, zero loss reachable), eight families, each
+  over ``--seeds`` initialisations (seeds 100, 101, …; the tests use
+  others): teacher–student at two student widths (3-[10]-1 and 3-[40]-1
+  tanh, N = 24, teacher 3-[4]-1), the paper's four-region demo
+  (2-[10]-[10]-4 bent identity, T = 10, standard-normal weights) and a wide
+  single-hidden-layer regression (2-[256]-1 tanh, N = 32, y = sin 2x₁·cos
+  x₂); then four added after the defaults of issue 13 were first chosen,
+  to check them on problems they were not chosen on: a teacher–student
+  fit with two outputs (4-[20]-2 tanh, N = 16), a deeper net (2-[16]-[16]-1
+  tanh, N = 40, y = tanh 3x₁x₂ + 0.3x₁), the demo on another draw of the
+  four-region data, and a softplus student of a tanh teacher (3-[30]-3,
+  N = 20). Steps (accepted or rejected) to mean loss ≤ 1e-20, at most 60.
 * **Classic least squares** (``--classic``): the Moré–Garbow–Hillstrom
   problems and badly scaled regressions of `benchmarks.classic`, from
   1, 10 and 100 times the standard start, 1000 steps. A run counts as solved
@@ -47,8 +52,9 @@ from ggn_jax.paper.models import mlp
 
 VARIANTS = {
     "defaults": {},
-    "monotone, no acceleration (issue-12 rule)": {
-        "nonmonotone_window": 0, "geodesic_acceleration": False,
+    "δ = 1 (residual_exponent=1, the default before)": {"residual_exponent": 1.0},
+    "monotone, no acceleration, δ = 1 (issue-12 rule)": {
+        "nonmonotone_window": 0, "geodesic_acceleration": False, "residual_exponent": 1.0,
     },
     "no acceleration": {"geodesic_acceleration": False},
     "monotone": {"nonmonotone_window": 0},
@@ -79,11 +85,40 @@ def _wide():
     return net, (x, y), "lecun"
 
 
+def _two_outputs():
+    net = mlp([4, 20, 2], "tanh")
+    data = teacher_student(jax.random.PRNGKey(3), 16, [4, 5, 2], "tanh", dtype=jnp.float64)
+    return net, (data.inputs, data.targets), "lecun"
+
+
+def _deep():
+    net = mlp([2, 16, 16, 1], "tanh")
+    x = jax.random.uniform(jax.random.PRNGKey(8), (40, 2), jnp.float64, -1, 1)
+    y = jnp.tanh(3 * x[:, :1] * x[:, 1:]) + 0.3 * x[:, :1]
+    return net, (x, y), "lecun"
+
+
+def _demo_other_data():
+    net = mlp([2, 10, 10, 4], "bent_identity")
+    data = four_region(jax.random.PRNGKey(11), 10, jnp.float64)
+    return net, (data.inputs, data.targets), "standard"
+
+
+def _softplus():
+    net = mlp([3, 30, 3], "softplus")
+    data = teacher_student(jax.random.PRNGKey(21), 20, [3, 6, 3], "tanh", dtype=jnp.float64)
+    return net, (data.inputs, data.targets), "lecun"
+
+
 FAMILIES = {
     "teacher–student 3-[10]-1": lambda: _teacher_student(10),
     "teacher–student 3-[40]-1": lambda: _teacher_student(40),
     "paper demo 2-[10]-[10]-4": _demo,
     "wide 2-[256]-1": _wide,
+    "teacher–student 4-[20]-2": _two_outputs,
+    "deep 2-[16]-[16]-1": _deep,
+    "paper demo, other data": _demo_other_data,
+    "softplus 3-[30]-3": _softplus,
 }
 
 
@@ -109,7 +144,7 @@ def exact_learning(seeds: int, max_steps: int = 60, target: float = 1e-20):
     return results
 
 
-def classic(variants=("defaults", "marquardt scaling")):
+def classic(variants=("defaults", "δ = 1 (residual_exponent=1, the default before)")):
     """{variant: [(problem, factor, solved, cost)]} and scipy's [(…)]."""
     from benchmarks.classic import PROBLEMS, scipy_reference, starts
 
@@ -169,7 +204,7 @@ def _poisson():
     return net, residuals, ((points, on_boundary), jnp.zeros(1020)), error
 
 
-PINN_VARIANTS = ("defaults", "monotone", "no acceleration", "monotone, no acceleration (issue-12 rule)")
+PINN_VARIANTS = ("defaults", "δ = 1 (residual_exponent=1, the default before)")
 
 
 def pinn(seeds=(0, 1, 2), lengths=(100, 300, 1000)):

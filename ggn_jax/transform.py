@@ -43,6 +43,7 @@ from ggn_jax.damping import (
     nonmonotone_reference,
     remember_loss,
     roundoff_noise,
+    scale_ceiling,
     step_damping,
     update_damping,
 )
@@ -98,10 +99,14 @@ DEFAULT_NONMONOTONE_WINDOW = 4
 # measured in BENCHMARKS.md, "Minibatch classification (issue 15)".
 CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
 CLASSIFICATION_DEFAULTS = {"cg_max_iters": 5, "cg_preconditioner": "none", "momentum": 0.0,
-                           "cross_batch_damping": True, "curvature_samples": 32}
-# ... and for every other loss.
+                           "cross_batch_damping": True, "curvature_samples": 32,
+                           "residual_exponent": 1.0}
+# ... and for every other loss. The residual rule's δ = 2 (λ = μ‖r‖², the
+# choice of Yamashita & Fukushima 2001) was measured against δ = 1 on exact
+# learning, the classic set and a PINN: BENCHMARKS.md, "Damping defaults".
 OTHER_DEFAULTS = {"cg_max_iters": None, "cg_preconditioner": "diagonal", "momentum": 0.0,
-                  "cross_batch_damping": False, "curvature_samples": None}
+                  "cross_batch_damping": False, "curvature_samples": None,
+                  "residual_exponent": 2.0}
 
 
 def loss_defaults(loss: Any) -> dict[str, Any]:
@@ -205,7 +210,7 @@ class GGNConfig:
     min_damping: float | None = None
     max_damping: float = 1e12
     min_gain_ratio: float = 1e-4
-    residual_exponent: float = 1.0
+    residual_exponent: float = 2.0
     marquardt_floor: float = 1e-6
     cg_tol: float = 1e-6
     cg_max_iters: int = 100
@@ -760,9 +765,12 @@ def ggn_step(
         # A step that raised the loss on fresh samples counts as a failure
         # of the model (ρ = 0: μ doubles); the rest go by this batch's ρ.
         rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, 0), rho)
+    min_damping, max_damping = config.damping_bounds(dtype)
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
-        *config.damping_bounds(dtype), window_only=accepted & ~monotone_accepted,
+        min_damping, scale_ceiling(config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)),
+                                   config.residual_exponent, max_damping),
+        window_only=accepted & ~monotone_accepted,
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))
     new_loss = jnp.where(
@@ -867,7 +875,7 @@ def ggn(
     min_damping: float | None = None,
     max_damping: float = 1e12,
     min_gain_ratio: float = 1e-4,
-    residual_exponent: float = 1.0,
+    residual_exponent: float | None = None,
     marquardt_floor: float = 1e-6,
     cg_tol: float = 1e-6,
     cg_max_iters: int | None = None,
@@ -911,8 +919,9 @@ def ggn(
         ``"sigmoid_binary_cross_entropy"``, or a callable
         ``l(outputs, targets) -> scalar`` for one sample, convex in the
         outputs (else G need not be positive semi-definite).
-      damping: initial μ, > 0: the first λ is μ·√(2L) under the default
-        ``residual`` rule and μ under the others. λ is in units of the mean
+      damping: initial μ, > 0: the first λ is μ·(2L)^{δ/2} under the
+        default ``residual`` rule (μ·2L for squared error) and μ under the
+        others. λ is in units of the mean
         loss's curvature (eigenvalues of G); 1e-3 suits most problems, since
         the rule adapts it within a few steps.
       damping_rule: ``"residual"`` (default: λ = μ‖r‖^δ, locally quadratic
@@ -930,7 +939,11 @@ def ggn(
       min_damping, max_damping: bounds on λ; the default floor is 100·eps of
         the parameters' dtype.
       min_gain_ratio: η; steps with ρ ≤ η are rejected (not for ``fixed``).
-      residual_exponent: δ ∈ [1, 2] of the residual rule.
+      residual_exponent: δ ∈ [1, 2] of the residual rule, λ = μ‖r‖^δ.
+        None (default): 1 for a classification loss (the minibatch
+        defaults were measured with it), 2 otherwise (λ = μ‖r‖², which
+        falls with the loss itself; measured in BENCHMARKS.md, "Damping
+        defaults").
       marquardt_floor: D ≥ floor·max(diag G).
       cg_tol, cg_max_iters: CG stops at ‖r‖ ≤ tol·‖g‖ or after that many
         iterations (None: 5 for a classification loss, 100 otherwise; see
@@ -1031,7 +1044,8 @@ def ggn(
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
     by_loss = {"cg_max_iters": cg_max_iters, "cg_preconditioner": cg_preconditioner,
                "momentum": momentum, "cross_batch_damping": cross_batch_damping,
-               "curvature_samples": curvature_samples}
+               "curvature_samples": curvature_samples,
+               "residual_exponent": residual_exponent}
     by_loss = {name: default if by_loss[name] is None else by_loss[name]
                for name, default in loss_defaults(loss).items()}
     if cg_warm_start is not None:  # the deprecated name wins over the default
@@ -1046,7 +1060,6 @@ def ggn(
         min_damping=min_damping,
         max_damping=max_damping,
         min_gain_ratio=min_gain_ratio,
-        residual_exponent=residual_exponent,
         marquardt_floor=marquardt_floor,
         cg_tol=cg_tol,
         cg_warm_start_weight=cg_warm_start_weight,

@@ -202,8 +202,10 @@ def test_fit_and_transform_take_blocks():
     fitted = ggn_jax.fit(blocks, params, max_steps=12, tol=0.0)
     by_hand_fit = ggn_jax.fit(by_hand, params, hand_batch, max_steps=12, tol=0.0)
     # The same steps until round-off (the problem is over-parameterised:
-    # 12 residuals, 25 parameters, and the loss reaches ~1e-30).
-    above = fitted.loss_history > 1e-20
+    # 12 residuals, 25 parameters, and the loss reaches ~1e-30). In the
+    # quadratic phase each step squares the loss and with it the relative
+    # round-off difference of the two sums, so the last steps are left out.
+    above = fitted.loss_history > 1e-16
     np.testing.assert_allclose(fitted.loss_history[above], by_hand_fit.loss_history[above],
                                rtol=1e-6)
     assert fitted.loss_history[-1] < 1e-3 * fitted.initial_loss

@@ -48,8 +48,8 @@ EXPECTED = {
         lambda m: _number(m[1]) < 1e-7 and int(m[2]) == 300,
     # inject_hyperparams: the λ set between two steps is the one used.
     r"^λ of the second step: (\S+)$": lambda m: _number(m[1]) == 0.5,
-    # Line search: "loss 2e-01 -> 5e-04 in 10 steps".
-    r"^line search: loss (\S+) -> (\S+) in 10 steps$":
+    # Line search: "loss 2e-01 -> 1e-04 in 20 steps".
+    r"^line search: loss (\S+) -> (\S+) in 20 steps$":
         lambda m: _number(m[2]) < 1e-2 * _number(m[1]),
     # Checkpoints, both ways: "resumed bit for bit: True".
     r"^numpy: resumed bit for bit: (\w+)$": lambda m: m[1] == "True",
