@@ -72,9 +72,9 @@ def _teacher_student(width):
     return net, (data.inputs, data.targets), "lecun"
 
 
-def _demo():
+def _demo(data_seed=0):
     net = mlp([2, 10, 10, 4], "bent_identity")
-    data = four_region(jax.random.PRNGKey(0), 10, jnp.float64)
+    data = four_region(jax.random.PRNGKey(data_seed), 10, jnp.float64)
     return net, (data.inputs, data.targets), "standard"
 
 
@@ -98,12 +98,6 @@ def _deep():
     return net, (x, y), "lecun"
 
 
-def _demo_other_data():
-    net = mlp([2, 10, 10, 4], "bent_identity")
-    data = four_region(jax.random.PRNGKey(11), 10, jnp.float64)
-    return net, (data.inputs, data.targets), "standard"
-
-
 def _softplus():
     net = mlp([3, 30, 3], "softplus")
     data = teacher_student(jax.random.PRNGKey(21), 20, [3, 6, 3], "tanh", dtype=jnp.float64)
@@ -117,7 +111,7 @@ FAMILIES = {
     "wide 2-[256]-1": _wide,
     "teacher–student 4-[20]-2": _two_outputs,
     "deep 2-[16]-[16]-1": _deep,
-    "paper demo, other data": _demo_other_data,
+    "paper demo, other data": lambda: _demo(11),
     "softplus 3-[30]-3": _softplus,
 }
 
