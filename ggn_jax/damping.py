@@ -44,8 +44,10 @@ Rules (μ is the state's ``damping_scale``):
 * ``fixed``: λ = μ never changes and every finite step is accepted: the
   pure GGN iteration of Shen (2018) with a tiny λ and step size 1.
 
-λ is clipped to [``min_damping``, ``max_damping``]; ν is capped so that a long
-run of rejections cannot overflow it.
+λ is clipped to [``min_damping``, λ_max]; by default `ggn` passes λ_max =
+10¹²·max(1, tr(G)), since λ is measured in the units of G and an absolute
+cap can sit below G's largest eigenvalue. ν is capped so that a long run of
+rejections cannot overflow it.
 
 **Non-monotone acceptance** (Grippo, Lampariello & Lucidi 1986; for trust
 regions Toint 1997). With a window of M > 0, the actual decrease is measured

@@ -117,6 +117,9 @@ def loss_defaults(loss: Any) -> dict[str, Any]:
         return dict(CLASSIFICATION_DEFAULTS)
     return dict(OTHER_DEFAULTS)
 
+# The default ceiling of λ, relative to max(1, tr(G)) (`damping_ceiling`).
+DEFAULT_MAX_DAMPING = 1e12
+
 # The allowed range of each numeric option: (test, what it says).
 _RANGES = {
     "damping": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
@@ -208,7 +211,7 @@ class GGNConfig:
     damping_type: str = "levenberg"
     solver: str = "auto"
     min_damping: float | None = None
-    max_damping: float = 1e12
+    max_damping: float | None = None
     min_gain_ratio: float = 1e-4
     residual_exponent: float = 2.0
     marquardt_floor: float = 1e-6
@@ -261,7 +264,7 @@ class GGNConfig:
             )
         for name in DYNAMIC_OPTIONS:
             value = getattr(self, name)
-            if value is None and name == "min_damping":
+            if value is None and name in ("min_damping", "max_damping"):
                 continue
             value = _dynamic_number(name, value)
             object.__setattr__(self, name, value)
@@ -287,7 +290,7 @@ class GGNConfig:
 
     def _check_order(self, low: str, high: str) -> None:
         a, b = getattr(self, low), getattr(self, high)
-        if a is None or _is_traced(a) or _is_traced(b):
+        if a is None or b is None or _is_traced(a) or _is_traced(b):
             return
         if a > b:
             raise ValueError(f"{low} ({a}) exceeds {high} ({b})")
@@ -319,14 +322,18 @@ class GGNConfig:
         return window, acceleration
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
-        """[min, max] for λ; the default floor is 100 machine epsilons of dtype."""
+        """[min, max] for λ before the curvature is known: the default floor
+        is 100 machine epsilons of dtype; the default ceiling (None) is
+        ``DEFAULT_MAX_DAMPING`` here and relative to tr(G) in a step
+        (`damping_ceiling`)."""
         info = jnp.finfo(dtype)
         low = 100 * float(info.eps) if self.min_damping is None else self.min_damping
+        high = DEFAULT_MAX_DAMPING if self.max_damping is None else self.max_damping
         # Keep λ·(anything of order one) finite in the dtype.
         ceiling = float(info.max) ** 0.5
-        if _is_traced(self.max_damping):
-            return low, jnp.minimum(self.max_damping, ceiling)
-        return low, min(self.max_damping, ceiling)
+        if _is_traced(high):
+            return low, jnp.minimum(high, ceiling)
+        return low, min(high, ceiling)
 
 
 # Options renamed in issue 12, accepted for one release with a warning.
@@ -553,12 +560,36 @@ def _scaling(
     return scale, jnp.sum(diagonal / scale)
 
 
+def damping_ceiling(config: GGNConfig, size: jax.Array | None, dtype) -> jax.Array:
+    """The largest λ, finite in the dtype: ``max_damping`` where it is set;
+    by default (None) ``DEFAULT_MAX_DAMPING``·max(1, tr(G)).
+
+    λ is measured in the units of G, so a fixed ceiling is not
+    scale-invariant: where the curvature of one parameter is 10¹³ (a rate
+    constant multiplying x in the thousands), a λ of 10¹² cannot shorten
+    the step along it, and every step is rejected for good
+    (exp_saturation ×100 of the classic set, BENCHMARKS.md). Relative to
+    tr(G) (≥ λ_max(G)) the default ceiling means the same on every scale;
+    it never falls below 10¹². Without a trace (``cg`` with no diagonal)
+    it is 10¹². A ``max_damping`` the user sets is an absolute bound.
+    """
+    _, max_damping = config.damping_bounds(dtype)
+    max_damping = jnp.asarray(max_damping, dtype)
+    if size is None or config.max_damping is not None:
+        return max_damping
+    size = jnp.asarray(size, dtype)
+    relative = max_damping * jnp.where(jnp.isfinite(size), jnp.maximum(size, 1), 1)
+    return jnp.minimum(relative, jnp.sqrt(jnp.finfo(dtype).max)).astype(dtype)
+
+
 def _damping_for_step(
-    config: GGNConfig, state: GGNState, loss: jax.Array, size: jax.Array | None, dtype
+    config: GGNConfig, state: GGNState, loss: jax.Array, size: jax.Array | None,
+    max_damping: jax.Array, dtype,
 ) -> tuple[jax.Array, GGNState]:
-    """λ for this step by the damping rule, floored; and the state with μ
-    restarted where the ``damping`` option changed."""
-    min_damping, max_damping = config.damping_bounds(dtype)
+    """λ for this step by the damping rule, floored (``size``: tr(G) for the
+    floor) and capped at ``max_damping`` (`damping_ceiling`); and the state
+    with μ restarted where the ``damping`` option changed."""
+    min_damping, _ = config.damping_bounds(dtype)
     # A changed ``damping`` option (optax.inject_hyperparams) restarts μ.
     option = jnp.asarray(config.damping, dtype)
     restart = option != state.last_damping_option
@@ -653,7 +684,11 @@ def ggn_step(
     if decayed:
         loss0 = loss0 + 0.5 * decay * jnp.dot(theta, theta)
         grad, batch_grad = grad + decay * theta, batch_grad + decay * theta
-    damping, state = _damping_for_step(config, state, loss0, size, dtype)
+    # The ceiling of λ in the units of the system's curvature.
+    ceiling = damping_ceiling(
+        config, size if scale is not None else solver.curvature_trace(local), dtype
+    )
+    damping, state = _damping_for_step(config, state, loss0, size, ceiling, dtype)
     system_damping, system_scale = damping, scale
     if decayed:
         system_damping = damping + decay
@@ -765,7 +800,8 @@ def ggn_step(
         # A step that raised the loss on fresh samples counts as a failure
         # of the model (ρ = 0: μ doubles); the rest go by this batch's ρ.
         rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, 0), rho)
-    min_damping, max_damping = config.damping_bounds(dtype)
+    min_damping, _ = config.damping_bounds(dtype)
+    max_damping = ceiling
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
         min_damping, scale_ceiling(config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)),
@@ -873,7 +909,7 @@ def ggn(
     damping_type: str = "levenberg",
     solver: str = "auto",
     min_damping: float | None = None,
-    max_damping: float = 1e12,
+    max_damping: float | None = None,
     min_gain_ratio: float = 1e-4,
     residual_exponent: float | None = None,
     marquardt_floor: float = 1e-6,
@@ -937,7 +973,11 @@ def ggn(
         (matrix side) or ``max_jacobian`` (entries of the per-sample
         Jacobians they form).
       min_damping, max_damping: bounds on λ; the default floor is 100·eps of
-        the parameters' dtype.
+        the parameters' dtype. The default ceiling (None) is relative to
+        the curvature, λ ≤ 10¹²·max(1, tr(G)) where the solver has tr(G)
+        (all but ``cg`` without a diagonal), so that it stays above G's
+        eigenvalues on any scale (`damping_ceiling`); a number is an
+        absolute bound.
       min_gain_ratio: η; steps with ρ ≤ η are rejected (not for ``fixed``).
       residual_exponent: δ ∈ [1, 2] of the residual rule, λ = μ‖r‖^δ.
         None (default): 1 for a classification loss (the minibatch

@@ -451,7 +451,9 @@ def test_a_damping_schedule_sets_lambda_every_step():
 
 def test_injected_bounds_clip_the_adaptive_damping():
     params, batch = small_problem("squared_error", 6, n=6)
-    tx = _injected(damping=1.0, damping_rule="nielsen", solver="primal")
+    # (max_damping is injectable where it is given a number: None, the
+    # relative default, is a static argument to optax.)
+    tx = _injected(damping=1.0, max_damping=1e12, damping_rule="nielsen", solver="primal")
     state = tx.init(params)
     grads = jax.grad(_mean_loss)(params, batch)
     state.hyperparams["max_damping"] = jnp.asarray(1e-3)
@@ -637,3 +639,40 @@ def test_float32_params_with_float64_data_warn_naming_both_dtypes():
     with warnings.catch_warnings():  # float64 params: promoted data, no warning
         warnings.simplefilter("error")
         jit_update(tx)(jax.grad(_mean_loss)(params, batch), tx.init(params), params, batch=batch)
+
+
+def test_default_damping_ceiling_is_1e12_times_the_trace_where_it_exceeds_one():
+    from ggn_jax.transform import damping_ceiling
+
+    config = ggn_jax.GGNConfig()  # max_damping None: relative to tr(G)
+    with jax.enable_x64(True):
+        f64 = jnp.float64
+        assert float(damping_ceiling(config, jnp.asarray(1e13, f64), f64)) == pytest.approx(1e25)
+        assert float(damping_ceiling(config, jnp.asarray(0.5, f64), f64)) == 1e12
+        assert float(damping_ceiling(config, None, f64)) == 1e12
+        assert float(damping_ceiling(config, jnp.asarray(jnp.inf, f64), f64)) == 1e12
+        # A max_damping the user sets is an absolute bound.
+        fixed = ggn_jax.GGNConfig(max_damping=1e12)
+        assert float(damping_ceiling(fixed, jnp.asarray(1e13, f64), f64)) == 1e12
+    # float32: kept to √(largest float32) ≈ 1.8e19, so that λ·O(1) is finite.
+    top = float(np.sqrt(np.finfo(np.float32).max))
+    ceiling = float(damping_ceiling(config, jnp.asarray(1e20, jnp.float32), jnp.float32))
+    assert ceiling == pytest.approx(top, rel=1e-6)
+
+
+def test_lambda_rises_past_max_damping_where_the_curvature_is_larger():
+    # r = c·(e^θ − 1), c = 1e9, from θ = −5: the Gauss-Newton step is
+    # −(1 − e^{−θ}) ≈ +147, far into the exponential, and to shorten it to a
+    # step the loss accepts λ must be of G's order, c²e^{−10} ≈ 4.5e13 >
+    # max_damping = 1e12 (by hand). With the ceiling relative to tr(G) it
+    # gets there and the fit converges to θ = 0.
+    with jax.enable_x64(True):
+        c = 1e9
+        apply_fn = lambda theta, x: c * (jnp.exp(theta[0]) - 1.0) * jnp.ones((1, 1)) + 0 * x
+        batch = (jnp.zeros((1, 1)), jnp.zeros((1, 1)))
+        trace0 = (c * np.exp(-5.0)) ** 2
+        assert trace0 > 1e12
+        result = ggn_jax.fit(apply_fn, jnp.array([-5.0]), batch, max_steps=200, tol=0.0)
+        assert float(jnp.max(result.log.damping)) > 1e12
+        assert float(jnp.max(result.log.damping)) <= 1e12 * trace0 * (1 + 1e-9)
+        assert abs(float(result.params[0])) < 1e-8

@@ -171,6 +171,14 @@ class Solver:
         has no diagonal."""
         return None if local.diagonal is None else jnp.sum(local.diagonal)
 
+    def curvature_trace(self, local: LocalModel) -> jax.Array | None:
+        """tr(G) wherever it is at hand, also where the solver floors its
+        matrix itself: the scale of the damping's ceiling (None: unknown)."""
+        size = self.trace(local)
+        if size is None and local.diagonal is not None:
+            size = jnp.sum(local.diagonal)
+        return size
+
     def diagonal(self, problem: Problem, config: Any, local: LocalModel) -> jax.Array:
         """diag(G) (P,) for Marquardt scaling."""
         return local.diagonal
