@@ -801,11 +801,10 @@ def ggn_step(
         # of the model (ρ = 0: μ doubles); the rest go by this batch's ρ.
         rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, 0), rho)
     min_damping, _ = config.damping_bounds(dtype)
-    max_damping = ceiling
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
         min_damping, scale_ceiling(config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)),
-                                   config.residual_exponent, max_damping),
+                                   config.residual_exponent, ceiling),
         window_only=accepted & ~monotone_accepted,
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))
