@@ -100,13 +100,13 @@ DEFAULT_NONMONOTONE_WINDOW = 4
 CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
 CLASSIFICATION_DEFAULTS = {"cg_max_iters": 5, "cg_preconditioner": "none", "momentum": 0.0,
                            "cross_batch_damping": True, "curvature_samples": 32,
-                           "residual_exponent": 1.0}
+                           "residual_exponent": 1.0, "geodesic_acceleration": False}
 # ... and for every other loss. The residual rule's δ = 2 (λ = μ‖r‖², the
 # choice of Yamashita & Fukushima 2001) was measured against δ = 1 on exact
 # learning, the classic set and a PINN: BENCHMARKS.md, "Damping defaults".
 OTHER_DEFAULTS = {"cg_max_iters": None, "cg_preconditioner": "diagonal", "momentum": 0.0,
                   "cross_batch_damping": False, "curvature_samples": None,
-                  "residual_exponent": 2.0}
+                  "residual_exponent": 2.0, "geodesic_acceleration": None}
 
 
 def loss_defaults(loss: Any) -> dict[str, Any]:
@@ -1022,8 +1022,11 @@ def ggn(
       geodesic_acceleration: add the second-order correction ½a of
         Transtrum & Sethna (2012) to each step (`ggn_jax.acceleration`):
         one more solve with the same matrix and a second-order jvp.
-        None (default): on where N·K < P and for residual blocks
-        (`ggn_jax.Blocks`), off elsewhere.
+        None (default): off for a classification loss (on minibatches
+        it cost 1.3–1.7× the time to a test accuracy, BENCHMARKS.md
+        "Geodesic acceleration on minibatch classification"); otherwise
+        on where N·K < P and for residual blocks (`ggn_jax.Blocks`), off
+        elsewhere.
       acceleration_ratio: α; the correction is used only where
         2‖a‖ ≤ α‖δ‖.
       weight_decay: ω ≥ 0; minimise L + ½ω‖θ‖² exactly: the gradient gets
@@ -1084,7 +1087,8 @@ def ggn(
     by_loss = {"cg_max_iters": cg_max_iters, "cg_preconditioner": cg_preconditioner,
                "momentum": momentum, "cross_batch_damping": cross_batch_damping,
                "curvature_samples": curvature_samples,
-               "residual_exponent": residual_exponent}
+               "residual_exponent": residual_exponent,
+               "geodesic_acceleration": geodesic_acceleration}
     by_loss = {name: default if by_loss[name] is None else by_loss[name]
                for name, default in loss_defaults(loss).items()}
     if cg_warm_start is not None:  # the deprecated name wins over the default
@@ -1108,7 +1112,6 @@ def ggn(
         max_dense=max_dense,
         max_jacobian=max_jacobian,
         nonmonotone_window=nonmonotone_window,
-        geodesic_acceleration=geodesic_acceleration,
         acceleration_ratio=acceleration_ratio,
         weight_decay=weight_decay,
     )

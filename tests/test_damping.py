@@ -378,3 +378,27 @@ def test_classification_defaults_take_a_short_unpreconditioned_cg_solve():
     tx = ggn_jax.ggn(mlp_apply, solver="cg", cg_tol=1e-14)
     _, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
     assert int(state.cg_iterations) > 3
+
+
+def test_classification_defaults_take_the_damped_step_without_acceleration():
+    """With N·K < P (where other losses turn the geodesic correction on) the
+    default classification step is the plain damped GGN step, against the
+    dense −(G + λI)⁻¹g from jacfwd and jax.hessian."""
+    with jax.enable_x64(True):
+        params, batch = small_problem("softmax_cross_entropy", 8, n=4, sizes=(3, 8, 4))
+        theta = ravel_pytree(params)[0]
+        assert batch[0].shape[0] * 4 < theta.size  # N·K = 16 < P = 68
+
+        def mean_loss(p):
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+                mlp_apply(p, batch[0]), batch[1]))
+
+        grads = jax.grad(mean_loss)(params)
+        tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver="primal",
+                         damping=0.5, damping_rule="nielsen", curvature_samples=4)
+        updates, state = jit_update(tx)(grads, tx.init(params), params, batch=batch)
+        reference, _ = reference_ggn("softmax_cross_entropy", params, batch)
+        damping = float(state.damping)
+        expected = np.linalg.solve(reference + damping * np.eye(theta.size), -_flat(grads))
+        assert bool(state.accepted)
+        assert rel_err(_flat(updates), expected) < 1e-8

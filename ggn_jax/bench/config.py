@@ -73,6 +73,7 @@ _GGN_FIELDS = {
     "curvature_samples": (int, None),
     "momentum": (float, None),
     "cross_batch_damping": (bool, None),
+    "geodesic_acceleration": (bool, None),
 }
 # Heavy-ball momentum chained after ggn_jax's step (optax.trace), for comparison.
 _GGN_STEP_FIELDS = {**_GGN_FIELDS, "heavy_ball": (float, None)}
