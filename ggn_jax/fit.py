@@ -210,11 +210,10 @@ def _build(
             since = jnp.where(lower, 0, since + state.accepted.astype(jnp.int32))
             revert = ~monotone & (since >= WATCHDOG_STEPS)
             theta = jnp.where(revert, best[0], theta)
-            state = state._replace(
-                loss=jnp.where(revert, best[1], state.loss),
-                recent_losses=jnp.where(revert, unused, state.recent_losses),
-            )
+            state = state._replace(loss=jnp.where(revert, best[1], state.loss))
             monotone = monotone | revert
+            # (revert implies an accepted step: the local model is rebuilt at
+            # the parameters gone back to.)
             if carried:
                 local = jax.lax.cond(
                     state.accepted,
