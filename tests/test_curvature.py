@@ -15,6 +15,7 @@ from jax.flatten_util import ravel_pytree
 from ggn_jax import ggn_matrix, gram_matrix
 from ggn_jax.curvature import (
     ggn_diagonal,
+    jacobian_cross_product,
     ggn_matvec,
     linearize,
     per_sample_jacobians,
@@ -31,6 +32,21 @@ def test_dense_ggn_equals_full_jacobian_reference(loss):
         params, batch = small_problem(loss, seed)
         reference, _ = reference_ggn(loss, params, batch)
         assert rel_err(ggn_matrix(mlp_apply, loss, params, batch), reference) < 1e-10
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.float64, 1e-13)])
+def test_jacobian_cross_product_equals_numpy_in_either_form(dtype, tol):
+    # float64 takes the einsum, float32 the matrix product: both against
+    # numpy's JᵀJ and JᵀO of the flattened (NK, P) rows, in float64.
+    rng = np.random.RandomState(4)
+    for n, k, p in [(30, 1, 7), (12, 3, 20)]:
+        jac, other = rng.standard_normal((2, n, k, p))
+        flat, flat_other = jac.reshape(-1, p), other.reshape(-1, p)
+        got = jacobian_cross_product(jnp.asarray(jac, dtype))
+        assert got.dtype == dtype and got.shape == (p, p)
+        assert rel_err(np.asarray(got, np.float64), flat.T @ flat) < tol
+        got = jacobian_cross_product(jnp.asarray(jac, dtype), jnp.asarray(other, dtype))
+        assert rel_err(np.asarray(got, np.float64), flat.T @ flat_other) < tol
 
 
 def test_gram_equals_full_jacobian_reference():
