@@ -10,6 +10,7 @@ from helpers import mlp_apply, mlp_init
 import ggn_jax
 import ggn_jax.progress
 from ggn_jax.solvers import SOLVER_CODES
+from ggn_jax.transform import DEFAULT_NONMONOTONE_WINDOW
 
 # Moré, Garbow & Hillstrom (1981): residuals, start, the known minimiser
 # (None where the test relies on scipy's) and ½‖r‖² at the minimum.
@@ -72,8 +73,9 @@ def test_accepted_steps_never_increase_the_loss_and_history_has_one_entry_per_st
 
 def test_nonmonotone_steps_stay_below_the_largest_recent_loss():
     """The default on N·K < P: a step may raise the loss, but never above
-    the largest loss of the last M + 1 accepted iterates (M = 4), so every
-    fifth accepted iterate is lower than the one five before."""
+    the largest loss of the last M + 1 accepted iterates (M =
+    DEFAULT_NONMONOTONE_WINDOW), so every (M + 1)-th accepted iterate is
+    lower than the one M + 1 before."""
     params, batch = _over_parameterised(0)
     # δ = 1: a run whose window does accept a rise (the default δ = 2
     # happens to descend monotonically on this one).
@@ -84,7 +86,7 @@ def test_nonmonotone_steps_stay_below_the_largest_recent_loss():
     iterates = losses[accepted]
     assert np.any(np.diff(iterates) > 0)  # this run does go up once
     for k in range(1, len(iterates)):
-        window = iterates[max(0, k - 5):k]
+        window = iterates[max(0, k - DEFAULT_NONMONOTONE_WINDOW - 1):k]
         assert iterates[k] <= window.max() * (1 + 1e-12)
 
 
