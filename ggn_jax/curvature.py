@@ -92,8 +92,7 @@ def jacobian_cross_product(jac: jax.Array, other: jax.Array | None = None) -> ja
     other = jac if other is None else other
     if jac.dtype == jnp.float64:
         return jnp.einsum("nkp,nkq->pq", jac, other)
-    size = jac.shape[-1]
-    return jac.reshape(-1, size).T @ other.reshape(-1, other.shape[-1])
+    return jac.reshape(-1, jac.shape[-1]).T @ other.reshape(-1, other.shape[-1])
 
 
 def dense_ggn(jac: jax.Array, hessians: jax.Array | None) -> jax.Array:

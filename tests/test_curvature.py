@@ -15,8 +15,8 @@ from jax.flatten_util import ravel_pytree
 from ggn_jax import ggn_matrix, gram_matrix
 from ggn_jax.curvature import (
     ggn_diagonal,
-    jacobian_cross_product,
     ggn_matvec,
+    jacobian_cross_product,
     linearize,
     per_sample_jacobians,
 )
