@@ -132,6 +132,26 @@ def test_an_interrupted_run_keeps_its_finished_rows(user_config, tmp_path, monke
     assert "(interrupted)" in (out / "summary.md").read_text()
 
 
+def test_select_runs_only_the_optimisers_whose_label_matches(user_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert suite.main([user_config, "--quiet", "--repeats", "1", "--select", "^ggn_jax$|adam",
+                       "--out-dir", str(out)]) == 0
+    payload = json.loads((out / "mine.json").read_text())
+    assert list(payload["results"]) == ["ggn_jax", "adam 1e-2"]
+    assert [spec["label"] for spec in payload["optimizers"]] == ["ggn_jax", "adam 1e-2"]
+    # A PINN config is filtered the same way (checked before it would run).
+    kind, config = suite._load("pinn/poisson2d", smoke=True, select="ENGD")
+    assert kind == "pinn" and [s["label"] for s in config["optimizers"]] == [
+        "ENGD (Müller & Zeinhofer 2023)"]
+    capsys.readouterr()
+    assert suite.main([user_config, "--select", "sgd", "--out-dir", str(out / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--select 'sgd' matches no optimiser; its labels: 'ggn_jax', 'ggn_jax fit'" in err
+    assert suite.main([user_config, "--select", "(", "--out-dir", str(out / "x")]) == 2
+    assert "--select '(' is not a regular expression" in capsys.readouterr().err
+    assert not (out / "x").exists()
+
+
 def test_list_names_every_shipped_config(capsys):
     assert suite.main(["--list"]) == 0
     printed = capsys.readouterr().out.splitlines()

@@ -4,6 +4,8 @@
     ggn-jax bench NAME [NAME ...]          those configs (or TOML files by path)
     ggn-jax bench --all --device gpu       every config, on the GPU
     ggn-jax bench --all --max-seconds 10   every config, each run cut at 10 s
+    ggn-jax bench NAME --select 'defaults|Adam'
+                                           only the optimisers whose label matches
 
 Every config is validated before the first one runs. Each writes its JSON,
 Markdown and plot under ``--out-dir`` as it goes (`ggn_jax.bench.run`);
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -42,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="cap every run's wall time at this (a quick look at --all)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per seed, instead of each config's own")
+    parser.add_argument("--select", default=None, metavar="REGEX",
+                        help="only the optimisers whose label matches this regular "
+                             "expression (re.search); each config must keep at least one")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--out-dir", default=DEFAULT_OUT,
                         help=f"where results go (default: {DEFAULT_OUT})")
@@ -49,21 +55,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(name: str, smoke: bool, max_seconds: float | None = None,
-          repeats: int | None = None):
-    """(kind, config) of a name or path, with the run limits of the command
-    line applied; raises FileNotFoundError or ConfigError with the file,
-    the field and the allowed values."""
+          repeats: int | None = None, select: str | None = None):
+    """(kind, config) of a name or path, with the run limits and the
+    optimiser selection of the command line applied; raises
+    FileNotFoundError or ConfigError with the file, the field and the
+    allowed values."""
     from ggn_jax.bench.config import load_bench_config
     from ggn_jax.bench.config import smoke as smoke_config
     from ggn_jax.bench.pinn import load_pinn_config
 
     path = catalog.resolve(name)
     if catalog.is_pinn(name) or _looks_pinn(path):
-        config = load_pinn_config(path)
+        config = _selected(load_pinn_config(path), name, select)
         for spec in config["optimizers"]:
             spec["max_seconds"] = min(spec["max_seconds"], max_seconds or float("inf"))
         return "pinn", config
-    config = load_bench_config(path)
+    config = _selected(load_bench_config(path), name, select)
     if name in catalog.shipped():
         config["output"]["name"] = name
     config = smoke_config(config) if smoke else config
@@ -71,6 +78,20 @@ def _load(name: str, smoke: bool, max_seconds: float | None = None,
     run["max_seconds"] = min(run["max_seconds"], max_seconds or float("inf"))
     run["repeats"] = repeats or run["repeats"]
     return "bench", config
+
+
+def _selected(config: dict, name: str, select: str | None) -> dict:
+    """``config`` with only the optimisers whose label ``select`` matches."""
+    if select is None:
+        return config
+    from ggn_jax.config import ConfigError
+
+    labels = [spec["label"] for spec in config["optimizers"]]
+    kept = [spec for spec in config["optimizers"] if re.search(select, spec["label"])]
+    if not kept:
+        raise ConfigError(f"{name}: --select {select!r} matches no optimiser; its labels: "
+                          + ", ".join(repr(label) for label in labels))
+    return {**config, "optimizers": kept}
 
 
 def _looks_pinn(path: str) -> bool:
@@ -98,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         if (args.max_seconds is not None and args.max_seconds <= 0) or \
                 (args.repeats is not None and args.repeats < 1):
             raise ConfigError("--max-seconds must be > 0 and --repeats ≥ 1")
-        configs = [(name, *_load(name, args.smoke, args.max_seconds, args.repeats))
-                   for name in names]
+        if args.select is not None:
+            try:
+                re.compile(args.select)
+            except re.error as error:
+                raise ConfigError(f"--select {args.select!r} is not a regular expression: "
+                                  f"{error}") from None
+        configs = [(name, *_load(name, args.smoke, args.max_seconds, args.repeats,
+                                 args.select)) for name in names]
     except (FileNotFoundError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
