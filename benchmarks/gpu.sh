@@ -20,9 +20,10 @@
 # PINN and the regressions), only the optimisers whose label matches
 # SELECT (default: the defaults, every peer and Adam's sweep, not the
 # variants measured on the CPU), with each run cut at MAX_SECONDS (default
-# 5) and one timed repeat, and stops
-# the whole run with SIGINT at BUDGET_SECONDS (default 480): the runner
-# then keeps every finished row and still writes the summary. Set
+# 5) and one timed repeat, and stops the whole run with SIGINT at
+# BUDGET_SECONDS (default 480): the runner then keeps every finished row
+# and still writes the summary (on the H200, 490 s reached the seventh
+# config; BENCHMARKS.md "On an NVIDIA H200"). Set
 # CONFIGS=--all for everything on a machine with time to spare, and
 # DEVICE=cpu to try the script without a GPU. What comes back from $OUT (at
 # most 8 files): gpu.txt (the card and JAX), the summary table, the log,
