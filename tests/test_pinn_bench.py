@@ -70,6 +70,21 @@ def test_engd_step_is_the_least_squares_direction_with_the_best_grid_step():
     assert rel_err(0.5 * jnp.sum(r(theta) ** 2), problem.blocks.loss(params)) < 1e-12
 
 
+def test_engd_parts_give_the_jacobian_and_gram_of_the_weighted_residuals():
+    # The parts `benchmarks.step_parts` times one by one are ENGD's own:
+    # J̃ against jacfwd of the whole weighted residual vector.
+    problem = PROBLEMS["heat"]()
+    params = problem.net.init(jax.random.PRNGKey(1), jnp.float64)
+    theta, unravel = ravel_pytree(params)
+    parts = pinn.engd_parts(problem, params)
+    jac, residual = parts.jacobian(theta)
+    weighted = pinn._weighted_residuals(problem.blocks)
+    expected = jax.jacfwd(lambda th: weighted(unravel(th)))(theta)
+    assert rel_err(jac, expected) < 1e-12
+    assert rel_err(residual, weighted(params)) < 1e-12
+    assert rel_err(parts.gram(jac), np.asarray(expected).T @ np.asarray(expected)) < 1e-12
+
+
 def test_smoke_run_writes_tables(tmp_path):
     config = {
         "problem": {"name": "nonlinear"},
