@@ -45,6 +45,7 @@ from ggn_jax.damping import (
     roundoff_noise,
     scale_ceiling,
     step_damping,
+    step_growth_factor,
     update_damping,
 )
 from ggn_jax.losses import LossSpec, check_loss
@@ -87,6 +88,7 @@ DYNAMIC_OPTIONS = (
     "acceleration_ratio",
     "weight_decay",
     "momentum",
+    "step_growth",
 )
 # Integer options that size the computation; None in `ggn`'s signature means
 # the default here (so that ``optax.inject_hyperparams``, which turns every
@@ -98,6 +100,12 @@ STATIC_INTEGER_DEFAULTS = {"cg_max_iters": 100, "max_dense": 4096, "max_jacobian
 # (heat), exact learning and the classic set solved the same
 # (BENCHMARKS.md, "Window of 8").
 DEFAULT_NONMONOTONE_WINDOW = 8
+# The bound on a step's growth where it is on by default (squared error with
+# N·K < P): a step at most twice as long as the last accepted one. On exact
+# learning the worst step counts of the deep (34 → 24) and softplus (16 →
+# 11) families fell, the other families' medians and worst stayed within a
+# step (BENCHMARKS.md, "A bound on the step's growth").
+DEFAULT_STEP_GROWTH = 2.0
 # `ggn`'s defaults for a classification loss, where each update sees a new
 # minibatch and a step is worth a few GGN products, not an exact solve:
 # measured in BENCHMARKS.md, "Minibatch classification (issue 15)".
@@ -138,6 +146,7 @@ _RANGES = {
     "acceleration_ratio": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
     "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "be finite and ≥ 0"),
     "momentum": (lambda v: 0 <= v < 1, "lie in [0, 1)"),
+    "step_growth": (lambda v: v >= 1, "be ≥ 1 (inf for no bound)"),
 }
 
 
@@ -200,7 +209,8 @@ class GGNConfig:
       cg_max_iters, cg_preconditioner, cg_warm_start_weight, cg_stop,
       relative_damping_floor, matmul_precision, curvature_samples,
       max_dense, max_jacobian, nonmonotone_window, geodesic_acceleration,
-      acceleration_ratio, weight_decay, momentum, cross_batch_damping: the
+      acceleration_ratio, weight_decay, momentum, cross_batch_damping,
+      step_growth: the
       keyword options of `ggn`, with its
       defaults and meanings.
 
@@ -235,6 +245,7 @@ class GGNConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0
     cross_batch_damping: bool = False
+    step_growth: float | None = None
 
     def __post_init__(self):
         _choice("damping_rule", self.damping_rule, DAMPING_RULES)
@@ -268,7 +279,7 @@ class GGNConfig:
             )
         for name in DYNAMIC_OPTIONS:
             value = getattr(self, name)
-            if value is None and name in ("min_damping", "max_damping"):
+            if value is None and name in ("min_damping", "max_damping", "step_growth"):
                 continue
             value = _dynamic_number(name, value)
             object.__setattr__(self, name, value)
@@ -324,6 +335,18 @@ class GGNConfig:
         if acceleration is None:
             acceleration = over or blocks
         return window, acceleration
+
+    def resolved_step_growth(
+        self, outputs: jax.Array, num_params: int, squared_error: bool
+    ) -> Any:
+        """c of the bound ‖δ_k‖ ≤ c·‖δ_prev‖ (`ggn_jax.damping.step_growth_factor`),
+        None (auto) resolved: ``DEFAULT_STEP_GROWTH`` for squared error
+        where N·K < P (exact learning, where it was measured), no bound
+        (inf) elsewhere."""
+        if self.step_growth is not None:
+            return self.step_growth
+        over = outputs.size < num_params
+        return DEFAULT_STEP_GROWTH if (over and squared_error) else math.inf
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
         """[min, max] for λ before the curvature is known: the default floor
@@ -429,7 +452,9 @@ class GGNState(NamedTuple):
       step_length: float (), how much shorter the last step was than the
         damped solve for the g handed in: 1/c for g = c·b with c > 1 (the
         solve is then for b), times α* = −bᵀδ/δᵀGδ where that is < 1 (a
-        g that over-scales the step otherwise); 1 when g is b or shorter.
+        g that over-scales the step otherwise), times the factor of the
+        bound on the step's growth where it bound (``step_growth``); 1 when
+        g is b or shorter and the bound did not bind.
 
     Example:
       >>> import jax.numpy as jnp, ggn_jax
@@ -741,6 +766,17 @@ def ggn_step(
     window, accelerate = config.resolved_options(
         local.outputs, theta.size, loss.identity_hessian, problem.segments is not None
     )
+    fingerprint = batch_fingerprint((problem.inputs, problem.targets), dtype)
+    same_batch = fingerprint == state.batch_fingerprint
+    growth = config.resolved_step_growth(local.outputs, theta.size, loss.identity_hessian)
+    if _is_traced(growth) or growth < math.inf:
+        # At most c times the last accepted step's length (`step_growth_factor`).
+        t = step_growth_factor(jnp.linalg.norm(velocity),
+                               jnp.linalg.norm(state.last_step.astype(dtype)),
+                               jnp.asarray(growth, dtype), same_batch)
+        velocity = step = velocity * t
+        curvature = curvature * t**2
+        step_length = step_length * t
     if accelerate:
         step, _ = geodesic_acceleration(
             solver, curved, config, local, lin, velocity, system_damping, system_scale
@@ -760,8 +796,6 @@ def ggn_step(
     )
     # Non-monotone: measured from the largest recent loss, while the batch
     # is the one those losses were measured on; a new batch starts afresh.
-    fingerprint = batch_fingerprint((problem.inputs, problem.targets), dtype)
-    same_batch = fingerprint == state.batch_fingerprint
     recent = jnp.where(same_batch, state.recent_losses, jnp.finfo(dtype).min).astype(dtype)
     reference_decrease = nonmonotone_reference(recent[:window], loss0) - trial_loss
     monotone_accepted = accepted
@@ -933,6 +967,7 @@ def ggn(
     weight_decay: float = 0.0,
     momentum: float | None = None,
     cross_batch_damping: bool | None = None,
+    step_growth: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The damped generalised Gauss-Newton step, as an optax transformation.
 
@@ -1051,12 +1086,19 @@ def ggn(
         (default): on for a classification loss, off otherwise. The
         classification defaults (``CLASSIFICATION_DEFAULTS``) were chosen
         by measurement: BENCHMARKS.md, "Minibatch classification".
+      step_growth: c ≥ 1; on the same batch a step longer than c times the
+        last accepted step is shortened along its direction to that length
+        (`ggn_jax.damping`, "A bound on the step's growth"); inf: no bound.
+        None (default): 2 for squared error where N·K < P (exact
+        learning: BENCHMARKS.md, "A bound on the step's growth"), no
+        bound elsewhere.
 
     The numeric options in ``DYNAMIC_OPTIONS`` (``damping``, the damping
     bounds, ``min_gain_ratio``, ``residual_exponent``, ``marquardt_floor``,
     ``cg_tol``, ``cg_warm_start_weight``, ``relative_damping_floor``) may be
     scheduled or changed during training with ``optax.inject_hyperparams``
-    (also ``acceleration_ratio``, ``weight_decay`` and ``momentum``);
+    (also ``acceleration_ratio``, ``weight_decay``, ``momentum`` and
+    ``step_growth``);
     ``apply_fn`` (a callable, which optax would take for a schedule) must
     be named in its ``static_args``. A new ``damping`` restarts the rule's
     μ from that value (a schedule restarts it every step, so λ follows the
@@ -1118,6 +1160,7 @@ def ggn(
         nonmonotone_window=nonmonotone_window,
         acceleration_ratio=acceleration_ratio,
         weight_decay=weight_decay,
+        step_growth=step_growth,
     )
 
     def init_fn(params):

@@ -25,6 +25,7 @@ from ggn_jax.damping import (
     remember_loss,
     roundoff_noise,
     step_damping,
+    step_growth_factor,
     update_damping,
 )
 
@@ -307,6 +308,77 @@ def test_a_step_accepted_by_the_window_alone_grows_mu():
     mu, _ = update_damping("residual", A(1e10), A(2.0), A(-1.0), A(True), 1e-12, 1e10,
                            window_only=A(True))
     assert float(mu) == 1e10
+
+
+def test_step_growth_factor_bounds_the_step_to_c_times_the_last():
+    t = lambda step, last, c=2.0, same=True: float(
+        step_growth_factor(A(step), A(last), A(c), A(same)))
+    assert t(10.0, 2.0) == pytest.approx(0.4)  # ‖tδ‖ = 4 = 2·2
+    assert t(3.0, 2.0) == 1.0  # within the bound
+    assert t(10.0, 2.0, same=False) == 1.0  # a new batch lifts it
+    assert t(10.0, 0.0) == 1.0  # no accepted step yet
+    assert t(10.0, 2.0, c=float("inf")) == 1.0
+    assert t(float("nan"), 2.0) == 1.0 and t(float("inf"), 2.0) == 1.0
+
+
+def _over_parameterised(n=8):
+    # N·K = 8 < P = 51: the default bound (c = 2) is on here.
+    params = mlp_init(jax.random.PRNGKey(4), [3, 10, 1])
+    x = jax.random.normal(jax.random.PRNGKey(5), (n, 3))
+    return params, (x, jnp.sin(2 * x[:, :1]) + x[:, 1:2] * x[:, 2:])
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_a_bound_step_is_the_free_step_shortened_to_twice_the_last(solver):
+    params, batch = _over_parameterised()
+    grad = lambda b: jax.grad(lambda p: 0.5 * jnp.mean((mlp_apply(p, b[0]) - b[1]) ** 2))(params)
+
+    def update(step_growth, last, second=batch):
+        tx = ggn_jax.ggn(mlp_apply, solver=solver, geodesic_acceleration=False,
+                         step_growth=step_growth)
+        state = tx.init(params)
+        # One step on the batch, then a made-up tiny last step: the next
+        # step on the same batch would be far longer than twice it.
+        _, state = jit_update(tx)(grad(batch), state, params, batch=batch)
+        state = state._replace(last_step=last)
+        update, state = jit_update(tx)(grad(second), state, params, batch=second)
+        return ravel_pytree(update)[0], state
+
+    last = jnp.full((51,), 1e-6)
+    free, free_state = update(float("inf"), last)
+    bound, bound_state = update(2.0, last)
+    default, _ = update(None, last)
+    assert bool(free_state.accepted) and bool(bound_state.accepted)
+    t = 2 * jnp.linalg.norm(last) / jnp.linalg.norm(free)
+    assert float(t) < 1e-3  # the bound binds
+    assert rel_err(bound, t * free) < 1e-10
+    assert float(bound_state.step_length) == pytest.approx(float(t), rel=1e-10)
+    assert rel_err(default, bound) < 1e-12  # the default here: c = 2
+    # A new batch lifts the bound: the step is the free one.
+    other = (batch[0] + 0.1, batch[1])
+    free_other, other_state = update(float("inf"), last, other)
+    bound_other, _ = update(2.0, last, other)
+    assert bool(other_state.accepted) and float(jnp.linalg.norm(free_other)) > 1e-3
+    assert rel_err(bound_other, free_other) < 1e-12
+
+
+def test_the_default_puts_no_bound_where_n_k_is_at_least_p():
+    # N·K = 64 ≥ P = 51: classic least squares, PINNs; the bound is off.
+    params, batch = _over_parameterised(n=64)
+    grad = jax.grad(lambda p: 0.5 * jnp.mean((mlp_apply(p, batch[0]) - batch[1]) ** 2))
+    runs = []
+    for step_growth in (None, float("inf")):
+        # The fixed rule takes every finite step, so both second steps count.
+        tx = ggn_jax.ggn(mlp_apply, damping_rule="fixed", step_growth=step_growth)
+        state = tx.init(params)
+        first, state = jit_update(tx)(grad(params), state, params, batch=batch)
+        after = optax.apply_updates(params, first)
+        state = state._replace(last_step=jnp.full((51,), 1e-6))
+        update, state = jit_update(tx)(grad(after), state, after, batch=batch)
+        assert bool(state.accepted)
+        runs.append(ravel_pytree(update)[0])
+    assert float(jnp.linalg.norm(runs[0])) > 1e-3
+    assert bool(jnp.all(runs[0] == runs[1]))
 
 
 def test_batch_fingerprint_tells_batches_apart_and_not_repeats():

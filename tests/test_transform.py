@@ -176,6 +176,7 @@ def test_state_is_a_pytree_of_arrays_with_the_contract_fields():
         ({"damping": jnp.ones(2)}, ValueError, r"damping must be a scalar, got an array of shape \(2,\)"),
         ({"cg_tol": jnp.array(1 + 1j)}, TypeError, "cg_tol must be a real number"),
         ({"max_damping": jnp.array(-1.0)}, ValueError, "max_damping must be finite and > 0"),
+        ({"step_growth": 0.5}, ValueError, r"step_growth must be ≥ 1 \(inf for no bound\)"),
     ],
 )
 def test_bad_options_fail_at_construction(kwargs, error, message):
