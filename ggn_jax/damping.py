@@ -65,9 +65,10 @@ is kept but μ grows by 1.5, so that such steps cannot cycle at a tiny λ.
 batch, a step longer than c times the last accepted step is shortened
 along its direction to that length, ‖δ_k‖ ≤ c·‖δ_prev‖, before the gain
 ratio is measured (the model's decrease is that of the shortened step).
-It is the growth half of the step bound of a trust region (Moré 1978,
-whose bound Δ follows the last step's length), put on top of the damping
-rule. On exact learning a very successful step lowers L by orders of
+It is the growth half of the step bound of a trust region, put on top of
+the damping rule: Moré's Levenberg-Marquardt (*The Levenberg-Marquardt
+algorithm: implementation and theory*, 1978; MINPACK) sets its bound to
+Δ = 2‖Dδ‖ after a good step, the c = 2 taken here by default. On exact learning a very successful step lowers L by orders of
 magnitude; with δ = 2 the next λ = μ·2L then falls as far, and the next
 Gauss-Newton step overshoots the quadratic model by a large factor (ρ of
 −10³ to −10⁷ on a 2-[16]-[16]-1 net), which the window accepts and the
