@@ -9,8 +9,9 @@ of the price of an iteration. This script splits an ENGD iteration into the
 four parts of `ggn_jax.bench.pinn.engd_parts` (the weighted residual
 Jacobian J̃ from per-sample reverse-mode Jacobians, the Gram matrix J̃ᵀJ̃,
 the least-squares solve ``jnp.linalg.lstsq`` and the grid line search of 31
-loss evaluations in one ``vmap``) and times each alone, with a Cholesky
-solve of the same Gram matrix beside the least-squares one, and times
+loss evaluations in one ``vmap``) and times each alone, with ggn_jax's
+own Cholesky solve of the same Gram matrix (`ggn_jax.solvers.primal.
+solve_primal`) beside the least-squares one, and times
 whole iterations of both optimisers (the benchmark's own chunked loops, 10
 iterations a chunk), all at the initial parameters of seed 0, in float64.
 Medians of 5 repeats after a compile; one part's time includes its launch.
@@ -26,26 +27,26 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
-from jax.scipy.linalg import cho_factor, cho_solve  # noqa: E402
 
 from benchmarks.common import machine, timed, write_results  # noqa: E402
 from ggn_jax.bench.pde_problems import PROBLEMS  # noqa: E402
 from ggn_jax.bench.pinn import engd_method, engd_parts, ggn_method  # noqa: E402
+from ggn_jax.solvers.primal import solve_primal  # noqa: E402
 
 CHUNK = 10
 
 
 def _cholesky(gram, grad):
-    scaled = gram + 1e-12 * jnp.trace(gram) * jnp.eye(gram.shape[0], dtype=gram.dtype)
-    return cho_solve(cho_factor(scaled, lower=True), grad)
+    """ggn_jax's primal solve of the same system, λ = 1e-12 and its floor."""
+    return solve_primal(gram, grad, jnp.asarray(1e-12, gram.dtype), None, 10.0)
 
 
 def measure(name: str) -> dict:
     """{part: milliseconds} for one problem."""
     problem = PROBLEMS[name]()
     params = problem.net.init(jax.random.PRNGKey(0), jnp.float64)
-    theta, _ = ravel_pytree(params)
-    parts = engd_parts(problem, params)
+    theta, unravel = ravel_pytree(params)
+    parts = engd_parts(problem, unravel)
     jacobian, gram, direction, line_search, cholesky = (
         jax.jit(f) for f in (parts.jacobian, parts.gram, parts.direction,
                              parts.line_search, _cholesky))
@@ -56,7 +57,7 @@ def measure(name: str) -> dict:
         "J̃ (per-sample jacrev)": timed(lambda: jacobian(theta), 5)[1],
         "J̃ᵀJ̃": timed(lambda: gram(jac), 5)[1],
         "lstsq(J̃ᵀJ̃, g)": timed(lambda: direction(matrix, grad), 5)[1],
-        "Cholesky solve of J̃ᵀJ̃ + εI (for comparison)": timed(lambda: cholesky(matrix, grad), 5)[1],
+        "Cholesky solve (ggn_jax's primal, for comparison)": timed(lambda: cholesky(matrix, grad), 5)[1],
         "line search, 31 losses": timed(lambda: line_search(theta, move), 5)[1],
     }
     for label, method in (("ENGD iteration", engd_method(problem, CHUNK)),

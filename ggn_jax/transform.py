@@ -318,15 +318,18 @@ class GGNConfig:
 
     def resolved_options(
         self, outputs: jax.Array, num_params: int, squared_error: bool, blocks: bool = False
-    ) -> tuple[int, bool]:
-        """(window, acceleration) for outputs (N, K) of a model with P
-        parameters, None (auto) resolved as measured in BENCHMARKS.md
-        ("Damping defaults", "Physics-informed fits"): the window for
-        squared error (exact learning, classic least squares, PINN
-        residuals), monotone for other losses; the acceleration where
-        N·K < P, the regime of exact learning, and for a problem in
-        residual blocks (``blocks``: PDE residuals, whose strong
-        nonlinearity in θ it corrects)."""
+    ) -> tuple[int, bool, Any]:
+        """(window, acceleration, step growth c) for outputs (N, K) of a
+        model with P parameters, None (auto) resolved as measured in
+        BENCHMARKS.md ("Damping defaults", "Physics-informed fits", "A
+        bound on the step's growth"): the window for squared error (exact
+        learning, classic least squares, PINN residuals), monotone for
+        other losses; the acceleration where N·K < P, the regime of exact
+        learning, and for a problem in residual blocks (``blocks``: PDE
+        residuals, whose strong nonlinearity in θ it corrects); the bound
+        ‖δ_k‖ ≤ c·‖δ_prev‖ (`ggn_jax.damping.step_growth_factor`) with
+        ``DEFAULT_STEP_GROWTH`` for squared error where N·K < P, none (inf)
+        elsewhere."""
         over = outputs.size < num_params
         window = self.nonmonotone_window
         if window is None:
@@ -334,19 +337,10 @@ class GGNConfig:
         acceleration = self.geodesic_acceleration
         if acceleration is None:
             acceleration = over or blocks
-        return window, acceleration
-
-    def resolved_step_growth(
-        self, outputs: jax.Array, num_params: int, squared_error: bool
-    ) -> Any:
-        """c of the bound ‖δ_k‖ ≤ c·‖δ_prev‖ (`ggn_jax.damping.step_growth_factor`),
-        None (auto) resolved: ``DEFAULT_STEP_GROWTH`` for squared error
-        where N·K < P (exact learning, where it was measured), no bound
-        (inf) elsewhere."""
-        if self.step_growth is not None:
-            return self.step_growth
-        over = outputs.size < num_params
-        return DEFAULT_STEP_GROWTH if (over and squared_error) else math.inf
+        growth = self.step_growth
+        if growth is None:
+            growth = DEFAULT_STEP_GROWTH if (over and squared_error) else math.inf
+        return window, acceleration, growth
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
         """[min, max] for λ before the curvature is known: the default floor
@@ -763,12 +757,11 @@ def ggn_step(
         velocity = step = velocity * alpha
         curvature = curvature * alpha**2
         step_length = step_length * alpha
-    window, accelerate = config.resolved_options(
+    window, accelerate, growth = config.resolved_options(
         local.outputs, theta.size, loss.identity_hessian, problem.segments is not None
     )
     fingerprint = batch_fingerprint((problem.inputs, problem.targets), dtype)
     same_batch = fingerprint == state.batch_fingerprint
-    growth = config.resolved_step_growth(local.outputs, theta.size, loss.identity_hessian)
     if _is_traced(growth) or growth < math.inf:
         # At most c times the last accepted step's length (`step_growth_factor`).
         t = step_growth_factor(jnp.linalg.norm(velocity),

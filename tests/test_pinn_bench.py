@@ -76,7 +76,7 @@ def test_engd_parts_give_the_jacobian_and_gram_of_the_weighted_residuals():
     problem = PROBLEMS["heat"]()
     params = problem.net.init(jax.random.PRNGKey(1), jnp.float64)
     theta, unravel = ravel_pytree(params)
-    parts = pinn.engd_parts(problem, params)
+    parts = pinn.engd_parts(problem, unravel)
     jac, residual = parts.jacobian(theta)
     weighted = pinn._weighted_residuals(problem.blocks)
     expected = jax.jacfwd(lambda th: weighted(unravel(th)))(theta)

@@ -90,20 +90,20 @@ def _weighted_residuals(blocks: ggn_jax.Blocks) -> Callable:
 class EngdParts(NamedTuple):
     """The four parts of an ENGD iteration, each a pure function, so that
     `benchmarks.step_parts` can time them one by one; `engd_method` chains
-    them. θ is the flat parameter vector (``unravel`` gives the pytree)."""
+    them. θ is the flat parameter vector."""
 
-    unravel: Callable
     jacobian: Callable  # θ -> (J̃, r̃): weighted residual Jacobian and residuals
     gram: Callable  # J̃ -> J̃ᵀJ̃
     direction: Callable  # (J̃ᵀJ̃, J̃ᵀr̃) -> the least-squares solution
     line_search: Callable  # (θ, direction) -> θ − η*·direction
 
 
-def engd_parts(problem: PDEProblem, params: Any, grid: int = 31) -> EngdParts:
+def engd_parts(problem: PDEProblem, unravel: Callable, grid: int = 31) -> EngdParts:
+    """The parts, for flat parameters that ``unravel`` turns into the
+    network's pytree (`jax.flatten_util.ravel_pytree`)."""
     blocks = problem.blocks
     inputs, targets = blocks.batch
     etas = 0.5 ** jnp.arange(grid)
-    _, unravel = ravel_pytree(params)
 
     def jacobian(theta):
         rows, residuals = [], []
@@ -139,16 +139,16 @@ def engd_parts(problem: PDEProblem, params: Any, grid: int = 31) -> EngdParts:
         losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
         return theta - etas[jnp.argmin(losses)] * step
 
-    return EngdParts(unravel, jacobian, gram, direction, line_search)
+    return EngdParts(jacobian, gram, direction, line_search)
 
 
 def engd_method(problem: PDEProblem, chunk: int, grid: int = 31) -> Method:
     def step(params):
-        parts = engd_parts(problem, params, grid)
-        theta, _ = ravel_pytree(params)
+        theta, unravel = ravel_pytree(params)
+        parts = engd_parts(problem, unravel, grid)
         jac, residual = parts.jacobian(theta)
         move = parts.direction(parts.gram(jac), jac.T @ residual)
-        return parts.unravel(parts.line_search(theta, move))
+        return unravel(parts.line_search(theta, move))
 
     return Method(lambda p: p, _chunk(step, chunk), lambda s: s)
 
