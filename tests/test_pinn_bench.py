@@ -85,6 +85,36 @@ def test_engd_parts_give_the_jacobian_and_gram_of_the_weighted_residuals():
     assert rel_err(parts.gram(jac), np.asarray(expected).T @ np.asarray(expected)) < 1e-12
 
 
+def test_engd_cholesky_solve_is_the_floored_normal_equations():
+    # solve="cholesky" solves (J̃ᵀJ̃ + eps·tr(J̃ᵀJ̃)·I + c·eps·P·diag(J̃ᵀJ̃)) d
+    # = J̃ᵀr̃ (c = CHOLESKY_FLOOR): the matrix is ill conditioned, so the
+    # check is the backward error, ‖Ad − g‖ against eps·‖A‖·‖d‖ (numpy's
+    # product); where the Gram is well conditioned, d is the published
+    # ENGD's least-squares direction and numpy's solve.
+    problem = PROBLEMS["nonlinear"]()
+    params = problem.net.init(jax.random.PRNGKey(0), jnp.float64)
+    theta, unravel = ravel_pytree(params)
+    parts = pinn.engd_parts(problem, unravel, solve="cholesky")
+    jac, residual = parts.jacobian(theta)
+    gram, grad = np.asarray(parts.gram(jac)), np.asarray(jac.T @ residual)
+    eps, p = np.finfo(np.float64).eps, gram.shape[0]
+    matrix = gram + np.diag(eps * np.trace(gram) + pinn.CHOLESKY_FLOOR * eps * p * np.diag(gram))
+    d = np.asarray(parts.direction(jnp.asarray(gram), jnp.asarray(grad)))
+    backward = np.linalg.norm(matrix @ d - grad) / (np.linalg.norm(matrix, 2) * np.linalg.norm(d))
+    assert backward < 1e3 * np.finfo(np.float64).eps
+    # Without the floor the same d is not a solution: the floor is applied.
+    assert np.linalg.norm(gram @ d - grad) > 10 * np.linalg.norm(matrix @ d - grad)
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    well = q @ np.diag(np.logspace(0, 3, 20)) @ q.T
+    b = rng.standard_normal(20)
+    published = pinn.engd_parts(problem, unravel).direction
+    for direction in (parts.direction, published):
+        assert rel_err(direction(jnp.asarray(well), jnp.asarray(b)), np.linalg.solve(well, b)) < 1e-10
+    with pytest.raises(ValueError, match="solve must be one of"):
+        pinn.engd_parts(problem, unravel, solve="qr")
+
+
 def test_smoke_run_writes_tables(tmp_path):
     config = {
         "problem": {"name": "nonlinear"},

@@ -18,8 +18,17 @@ The peers:
   Zeinhofer, *Achieving high accuracy with PINNs via energy natural
   gradient descent*, ICML 2023), written here: the Gram matrix JᵀJ of the
   weighted residual Jacobian, the direction by a least-squares solve
-  (pseudo-inverse), and a grid line search over η = 2⁻ᵏ, k = 0…30, keeping
-  the η of least loss (all 31 losses evaluated at once).
+  (pseudo-inverse: ``jnp.linalg.lstsq``, as the authors' own JAX code
+  solves it), and a grid line search over η = 2⁻ᵏ, k = 0…30, keeping the η
+  of least loss (all 31 losses evaluated at once). ``solve = "cholesky"``
+  replaces the least-squares solve by a Cholesky factorisation of the same
+  Gram matrix G with λ = eps·tr(G) and ggn_jax's relative floor
+  (`ggn_jax.solvers.primal.solve_primal`), falling back to lstsq where the
+  factorisation fails: the same direction where G is well conditioned, at
+  a fraction of the price of an SVD on a GPU (``benchmarks/step_parts.py``),
+  so that ggn_jax is also measured against an ENGD whose solve costs what
+  its own does. That λ damps the directions the pseudo-inverse keeps: on
+  Poisson 2-D this variant ends 10–100× less accurate (BENCHMARKS.md).
 * ``adam``: optax.adam, each learning rate of a sweep; the best (lowest
   final L2) is reported, the others are kept in the JSON.
 * ``lbfgs``: optax.lbfgs with its zoom line search.
@@ -46,6 +55,13 @@ from ggn_jax.bench.common import machine
 from ggn_jax.bench.pde_problems import PROBLEMS, PDEProblem
 from ggn_jax.config import REQUIRED, ConfigError, read_toml, validate_table
 from ggn_jax.curvature import jacobian_cross_product
+from ggn_jax.solvers.primal import solve_primal
+
+# How the ENGD peer solves for its direction: "lstsq" as published, or a
+# Cholesky factorisation with the floor c·eps·P·diag(G) (c = CHOLESKY_FLOOR,
+# `solve_primal`'s relative floor at ggn's default).
+ENGD_SOLVES = ("lstsq", "cholesky")
+CHOLESKY_FLOOR = 10.0
 
 THRESHOLDS = (1e-4, 1e-5, 1e-6)
 
@@ -98,9 +114,13 @@ class EngdParts(NamedTuple):
     line_search: Callable  # (θ, direction) -> θ − η*·direction
 
 
-def engd_parts(problem: PDEProblem, unravel: Callable, grid: int = 31) -> EngdParts:
+def engd_parts(problem: PDEProblem, unravel: Callable, grid: int = 31,
+               solve: str = "lstsq") -> EngdParts:
     """The parts, for flat parameters that ``unravel`` turns into the
-    network's pytree (`jax.flatten_util.ravel_pytree`)."""
+    network's pytree (`jax.flatten_util.ravel_pytree`); ``solve`` is
+    ``"lstsq"`` (as published) or ``"cholesky"``."""
+    if solve not in ENGD_SOLVES:
+        raise ValueError(f"solve must be one of {ENGD_SOLVES}, got {solve!r}")
     blocks = problem.blocks
     inputs, targets = blocks.batch
     etas = 0.5 ** jnp.arange(grid)
@@ -132,7 +152,15 @@ def engd_parts(problem: PDEProblem, unravel: Callable, grid: int = 31) -> EngdPa
         return jacobian_cross_product(jac[:, None])
 
     def direction(gram_matrix, grad):
-        return jnp.linalg.lstsq(gram_matrix, grad)[0]
+        lstsq = lambda: jnp.linalg.lstsq(gram_matrix, grad)[0]
+        if solve == "cholesky":
+            # λ = eps·tr(G) with the relative floor; lstsq where the
+            # factorisation still fails. (With the floor alone it failed on
+            # 74–99% of iterations: J̃ᵀJ̃ is indefinite in round-off.)
+            damping = jnp.finfo(gram_matrix.dtype).eps * jnp.trace(gram_matrix)
+            move = -solve_primal(gram_matrix, grad, damping, None, CHOLESKY_FLOOR)
+            return jax.lax.cond(jnp.all(jnp.isfinite(move)), lambda: move, lstsq)
+        return lstsq()
 
     def line_search(theta, step):
         losses = jax.vmap(lambda eta: blocks.loss(unravel(theta - eta * step)))(etas)
@@ -142,10 +170,11 @@ def engd_parts(problem: PDEProblem, unravel: Callable, grid: int = 31) -> EngdPa
     return EngdParts(jacobian, gram, direction, line_search)
 
 
-def engd_method(problem: PDEProblem, chunk: int, grid: int = 31) -> Method:
+def engd_method(problem: PDEProblem, chunk: int, grid: int = 31,
+                solve: str = "lstsq") -> Method:
     def step(params):
         theta, unravel = ravel_pytree(params)
-        parts = engd_parts(problem, unravel, grid)
+        parts = engd_parts(problem, unravel, grid, solve)
         jac, residual = parts.jacobian(theta)
         move = parts.direction(parts.gram(jac), jac.T @ residual)
         return unravel(parts.line_search(theta, move))
@@ -212,7 +241,7 @@ _COMMON = {"kind": (str, REQUIRED), "label": (str, REQUIRED), "chunk": (int, REQ
            "max_steps": (int, REQUIRED), "max_seconds": (float, REQUIRED)}
 OPTIMIZER_FIELDS = {
     "ggn": {},
-    "engd": {"grid": (int, 31)},
+    "engd": {"grid": (int, 31), "solve": (ENGD_SOLVES, "lstsq")},
     "adam": {"learning_rates": ([float], REQUIRED)},
     "lbfgs": {"memory_size": (int, 10)},
 }
