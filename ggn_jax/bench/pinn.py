@@ -28,7 +28,7 @@ The peers:
   a fraction of the price of an SVD on a GPU (``benchmarks/step_parts.py``),
   so that ggn_jax is also measured against an ENGD whose solve costs what
   its own does. That λ damps the directions the pseudo-inverse keeps: on
-  Poisson 2-D this variant ends 10–100× less accurate (BENCHMARKS.md).
+  Poisson 2-D this variant ends 14–130× less accurate (BENCHMARKS.md).
 * ``adam``: optax.adam, each learning rate of a sweep; the best (lowest
   final L2) is reported, the others are kept in the JSON.
 * ``lbfgs``: optax.lbfgs with its zoom line search.
@@ -58,8 +58,8 @@ from ggn_jax.curvature import jacobian_cross_product
 from ggn_jax.solvers.primal import solve_primal
 
 # How the ENGD peer solves for its direction: "lstsq" as published, or a
-# Cholesky factorisation with the floor c·eps·P·diag(G) (c = CHOLESKY_FLOOR,
-# `solve_primal`'s relative floor at ggn's default).
+# Cholesky factorisation of G + eps·tr(G)·I with the floor c·eps·P·diag(G)
+# (c = CHOLESKY_FLOOR, `solve_primal`'s relative floor at ggn's default).
 ENGD_SOLVES = ("lstsq", "cholesky")
 CHOLESKY_FLOOR = 10.0
 
