@@ -46,8 +46,13 @@ Rules (μ is the state's ``damping_scale``):
 
 λ is clipped to [``min_damping``, λ_max]; by default `ggn` passes λ_max =
 10¹²·max(1, tr(G)), since λ is measured in the units of G and an absolute
-cap can sit below G's largest eigenvalue. ν is capped so that a long run of
-rejections cannot overflow it.
+cap can sit below G's largest eigenvalue. μ is kept between the values
+whose λ are those bounds (`scale_floor`, `scale_ceiling`): for the
+residual rule, min_damping/‖r‖^δ and λ_max/‖r‖^δ. A floor of μ at
+min_damping itself would hold λ at 10⁻¹⁴·2L on a loss that starts huge
+(targets of 10⁸ from θ = 0: λ ≥ 5·10³, and a linear least-squares fit
+stalled after 80 steps). ν is capped so that a long run of rejections
+cannot overflow it.
 
 **Non-monotone acceptance** (Grippo, Lampariello & Lucidi 1986; for trust
 regions Toint 1997). With a window of M > 0, the actual decrease is measured
@@ -226,6 +231,27 @@ def scale_ceiling(
     ceiling = jnp.sqrt(jnp.finfo(residual_norm.dtype).max)
     cap = max_damping / jnp.where(usable, weight, 1)
     return jnp.clip(jnp.where(usable, cap, max_damping), max_damping, ceiling)
+
+
+def scale_floor(
+    rule: str, residual_norm: jax.Array, exponent: float, min_damping: jax.Array | float
+) -> jax.Array:
+    """The smallest μ worth keeping: the one whose λ is ``min_damping``.
+
+    For the residual rule that is min_damping/‖r‖^δ where ‖r‖^δ > 1: on a
+    loss that starts huge (residuals of 10⁷, L ≈ 10¹⁵), a floor of μ at
+    min_damping would hold λ = μ·‖r‖^δ at 10⁻¹⁴·10¹⁵ whatever the curvature,
+    and every step would be a short gradient step. λ itself is still
+    clipped to min_damping (`step_damping`).
+    """
+    min_damping = jnp.asarray(min_damping, residual_norm.dtype)
+    if rule != "residual":
+        return min_damping
+    weight = residual_norm**exponent
+    usable = jnp.isfinite(weight) & (weight > 1)
+    tiny = jnp.finfo(residual_norm.dtype).tiny
+    floor = min_damping / jnp.where(usable, weight, 1)
+    return jnp.maximum(floor, tiny / jnp.finfo(residual_norm.dtype).eps)
 
 
 def step_growth_factor(

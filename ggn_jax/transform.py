@@ -44,6 +44,7 @@ from ggn_jax.damping import (
     remember_loss,
     roundoff_noise,
     scale_ceiling,
+    scale_floor,
     step_damping,
     step_growth_factor,
     update_damping,
@@ -834,8 +835,10 @@ def ggn_step(
     min_damping, _ = config.damping_bounds(dtype)
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
-        min_damping, scale_ceiling(config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)),
-                                   config.residual_exponent, ceiling),
+        scale_floor(config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)),
+                    config.residual_exponent, min_damping),
+        scale_ceiling(config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)),
+                      config.residual_exponent, ceiling),
         window_only=accepted & ~monotone_accepted,
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))

@@ -24,6 +24,7 @@ from ggn_jax.damping import (
     nonmonotone_reference,
     remember_loss,
     roundoff_noise,
+    scale_floor,
     step_damping,
     step_growth_factor,
     update_damping,
@@ -319,6 +320,37 @@ def test_step_growth_factor_bounds_the_step_to_c_times_the_last():
     assert t(10.0, 0.0) == 1.0  # no accepted step yet
     assert t(10.0, 2.0, c=float("inf")) == 1.0
     assert t(float("nan"), 2.0) == 1.0 and t(float("inf"), 2.0) == 1.0
+
+
+def test_scale_floor_is_the_mu_whose_lambda_is_min_damping():
+    floor = lambda rule, r, delta=2.0: float(scale_floor(rule, A(r), delta, 1e-14))
+    assert floor("residual", 1e4) == pytest.approx(1e-22)  # 1e-14 / (1e4)²
+    assert floor("residual", 1e4, 1.0) == pytest.approx(1e-18)
+    assert floor("residual", 0.5) == 1e-14  # ‖r‖^δ < 1: min_damping itself
+    assert floor("residual", float("inf")) == 1e-14
+    assert floor("nielsen", 1e4) == floor("martens", 1e4) == 1e-14
+    # Kept normal in the dtype, however large the residual.
+    assert floor("residual", 1e200) > 0
+
+
+@pytest.mark.parametrize("damping_type", ["levenberg", "marquardt"])
+def test_a_fit_whose_residuals_start_huge_reaches_the_least_squares_solution(damping_type):
+    """Targets of 1e8 from θ = 0: L ≈ 10¹⁷. With μ floored at min_damping
+    (100·eps) λ = μ·2L stayed ≥ 5·10³ and the fit stalled (relative error
+    0.79 with Levenberg, 1.01 with Marquardt after 80 steps); μ's floor is
+    min_damping/2L, so λ falls with the curvature's needs. Against numpy's
+    least squares."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        matrix = rng.standard_normal((30, 4)) * np.array([1.0, 10.0, 100.0, 1000.0])
+        targets = 1e8 * rng.standard_normal(30)
+        expected = np.linalg.lstsq(matrix, targets, rcond=None)[0]
+        result = ggn_jax.fit(
+            lambda theta, inputs: (jnp.asarray(matrix) @ theta)[None], jnp.zeros(4),
+            (jnp.zeros((1, 1)), jnp.asarray(targets)[None]), max_steps=60, tol=0.0,
+            damping_type=damping_type,
+        )
+        assert np.max(np.abs(np.asarray(result.params) - expected) / np.abs(expected)) < 1e-10
 
 
 def _over_parameterised(n=8):
