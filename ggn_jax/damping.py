@@ -38,9 +38,9 @@ Rules (μ is the state's ``damping_scale``):
   worst step count on every family measured and the median on most, and
   it took a Poisson PINN 2–4× further in 1000 steps (BENCHMARKS.md,
   "Damping defaults"). Since λ then starts at μ·2L, a fit whose loss
-  starts huge (residuals of 10⁶) starts from a huge λ: Levenberg's μ
-  falls to it within a few dozen steps, Marquardt scaling may not
-  (`residual_exponent=1` there).
+  starts huge (residuals of 10⁶–10⁸) starts from a huge λ, and μ needs a
+  few dozen steps to bring it down (μ's floor, below, lets it go as far
+  as that takes).
 * ``fixed``: λ = μ never changes and every finite step is accepted: the
   pure GGN iteration of Shen (2018) with a tiny λ and step size 1.
 
