@@ -28,7 +28,7 @@ The peers:
   a fraction of the price of an SVD on a GPU (``benchmarks/step_parts.py``),
   so that ggn_jax is also measured against an ENGD whose solve costs what
   its own does. That λ damps the directions the pseudo-inverse keeps: on
-  Poisson 2-D this variant ends 14–130× less accurate (BENCHMARKS.md).
+  Poisson 2-D this variant ends 14–160× less accurate (BENCHMARKS.md).
 * ``adam``: optax.adam, each learning rate of a sweep; the best (lowest
   final L2) is reported, the others are kept in the JSON.
 * ``lbfgs``: optax.lbfgs with its zoom line search.
