@@ -47,7 +47,7 @@ Rules (μ is the state's ``damping_scale``):
 λ is clipped to [``min_damping``, λ_max]; by default `ggn` passes λ_max =
 10¹²·max(1, tr(G)), since λ is measured in the units of G and an absolute
 cap can sit below G's largest eigenvalue. μ is kept between the values
-whose λ are those bounds (`scale_floor`, `scale_ceiling`): for the
+whose λ are those bounds (`scale_bounds`): for the
 residual rule, min_damping/‖r‖^δ and λ_max/‖r‖^δ. A floor of μ at
 min_damping itself would hold λ at 10⁻¹⁴·2L on a loss that starts huge
 (targets of 10⁸ from θ = 0: λ ≥ 5·10³, and a linear least-squares fit
@@ -213,45 +213,39 @@ def step_damping(
     return jnp.clip(damping, min_damping, max_damping)
 
 
-def scale_ceiling(
-    rule: str, residual_norm: jax.Array, exponent: float, max_damping: jax.Array | float
-) -> jax.Array:
-    """The largest μ worth keeping: the one whose λ is ``max_damping``.
+def scale_bounds(
+    rule: str,
+    residual_norm: jax.Array,
+    exponent: float,
+    min_damping: jax.Array | float,
+    max_damping: jax.Array | float,
+) -> tuple[jax.Array, jax.Array]:
+    """[μ_min, μ_max]: the μ whose λ are ``min_damping`` and ``max_damping``.
 
-    For the residual rule that is max_damping/‖r‖^δ, not max_damping
-    itself: near a zero residual ‖r‖^δ is tiny (with δ = 2, 2L), and a cap
-    of μ at max_damping would cap λ at max_damping·‖r‖^δ, too small to stop
-    the rejections next to a singular minimum. Kept finite in the dtype.
+    For the residual rule, λ = μ·‖r‖^δ, so the bounds are min_damping/‖r‖^δ
+    and max_damping/‖r‖^δ; the floor only ever falls below min_damping
+    (‖r‖^δ > 1) and the ceiling only ever rises above max_damping
+    (‖r‖^δ < 1). Near a zero residual ‖r‖^δ is tiny (with δ = 2, 2L), and
+    a cap of μ at max_damping would cap λ at max_damping·‖r‖^δ, too small
+    to stop the rejections next to a singular minimum. On a loss that
+    starts huge (residuals of 10⁷, L ≈ 10¹⁵), a floor of μ at min_damping
+    would hold λ at 10⁻¹⁴·10¹⁵ whatever the curvature, and every step would
+    be a short gradient step. λ itself is still clipped to the bounds
+    (`step_damping`). Both are kept finite and normal in the dtype. Other
+    rules: the bounds themselves.
     """
-    max_damping = jnp.asarray(max_damping, residual_norm.dtype)
+    dtype = residual_norm.dtype
+    low = jnp.asarray(min_damping, dtype)
+    high = jnp.asarray(max_damping, dtype)
     if rule != "residual":
-        return max_damping
+        return low, high
     weight = residual_norm**exponent
     usable = jnp.isfinite(weight) & (weight > 0)
-    ceiling = jnp.sqrt(jnp.finfo(residual_norm.dtype).max)
-    cap = max_damping / jnp.where(usable, weight, 1)
-    return jnp.clip(jnp.where(usable, cap, max_damping), max_damping, ceiling)
-
-
-def scale_floor(
-    rule: str, residual_norm: jax.Array, exponent: float, min_damping: jax.Array | float
-) -> jax.Array:
-    """The smallest μ worth keeping: the one whose λ is ``min_damping``.
-
-    For the residual rule that is min_damping/‖r‖^δ where ‖r‖^δ > 1: on a
-    loss that starts huge (residuals of 10⁷, L ≈ 10¹⁵), a floor of μ at
-    min_damping would hold λ = μ·‖r‖^δ at 10⁻¹⁴·10¹⁵ whatever the curvature,
-    and every step would be a short gradient step. λ itself is still
-    clipped to min_damping (`step_damping`).
-    """
-    min_damping = jnp.asarray(min_damping, residual_norm.dtype)
-    if rule != "residual":
-        return min_damping
-    weight = residual_norm**exponent
-    usable = jnp.isfinite(weight) & (weight > 1)
-    tiny = jnp.finfo(residual_norm.dtype).tiny
-    floor = min_damping / jnp.where(usable, weight, 1)
-    return jnp.maximum(floor, tiny / jnp.finfo(residual_norm.dtype).eps)
+    weight = jnp.where(usable, weight, 1)
+    info = jnp.finfo(dtype)
+    floor = jnp.maximum(jnp.minimum(low / weight, low), info.tiny / info.eps)
+    ceiling = jnp.clip(high / weight, high, jnp.sqrt(info.max))
+    return floor, ceiling
 
 
 def step_growth_factor(

@@ -43,8 +43,7 @@ from ggn_jax.damping import (
     nonmonotone_reference,
     remember_loss,
     roundoff_noise,
-    scale_ceiling,
-    scale_floor,
+    scale_bounds,
     step_damping,
     step_growth_factor,
     update_damping,
@@ -833,13 +832,13 @@ def ggn_step(
         # of the model (ρ = 0: μ doubles); the rest go by this batch's ρ.
         rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, 0), rho)
     min_damping, _ = config.damping_bounds(dtype)
+    scale_min, scale_max = scale_bounds(
+        config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)), config.residual_exponent,
+        min_damping, ceiling,
+    )
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
-        scale_floor(config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)),
-                    config.residual_exponent, min_damping),
-        scale_ceiling(config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)),
-                      config.residual_exponent, ceiling),
-        window_only=accepted & ~monotone_accepted,
+        scale_min, scale_max, window_only=accepted & ~monotone_accepted,
     )
     update = jnp.where(accepted, step, jnp.zeros_like(step))
     new_loss = jnp.where(

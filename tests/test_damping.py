@@ -24,7 +24,7 @@ from ggn_jax.damping import (
     nonmonotone_reference,
     remember_loss,
     roundoff_noise,
-    scale_floor,
+    scale_bounds,
     step_damping,
     step_growth_factor,
     update_damping,
@@ -323,7 +323,7 @@ def test_step_growth_factor_bounds_the_step_to_c_times_the_last():
 
 
 def test_scale_floor_is_the_mu_whose_lambda_is_min_damping():
-    floor = lambda rule, r, delta=2.0: float(scale_floor(rule, A(r), delta, 1e-14))
+    floor = lambda rule, r, delta=2.0: float(scale_bounds(rule, A(r), delta, 1e-14, 1e12)[0])
     assert floor("residual", 1e4) == pytest.approx(1e-22)  # 1e-14 / (1e4)²
     assert floor("residual", 1e4, 1.0) == pytest.approx(1e-18)
     assert floor("residual", 0.5) == 1e-14  # ‖r‖^δ < 1: min_damping itself
