@@ -1,6 +1,7 @@
 """The damping table: steps and time to target per rule and option.
 
-Run: ``python -m benchmarks.damping [--seeds 20] [--classic]``.
+Run: ``python -m benchmarks.damping [--seeds 20] [--classic [--perturbed S]]
+[--pinn]``.
 
 Two kinds of problem, both in float64 with `ggn_jax.fit`:
 
@@ -21,7 +22,10 @@ Two kinds of problem, both in float64 with `ggn_jax.fit`:
   1, 10 and 100 times the standard start, 1000 steps. A run counts as solved
   when its cost matches the best known one (relative 1e-8, or ≤ 1e-20 for
   zero-residual problems); scipy ``least_squares(method="lm")`` with the same
-  exact Jacobian runs next to it.
+  exact Jacobian runs next to it. The defaults run beside
+  ``geodesic_acceleration=False``, the defaults before the acceleration was
+  on where N·K ≥ P. With ``--perturbed S`` every run starts three times
+  from x₀·(1 + S·z) instead (BENCHMARKS.md used S = 10⁻¹⁰ and 10⁻²).
 
 * **A Poisson PINN** (``--pinn``), non-zero residuals and ill-conditioned:
   −Δu = 2π² sin πx sin πy on the unit square, u = 0 on its boundary, a
@@ -138,8 +142,14 @@ def exact_learning(seeds: int, max_steps: int = 60, target: float = 1e-20):
     return results
 
 
-def classic(variants=("defaults", "δ = 1 (residual_exponent=1, the default before)")):
-    """{variant: [(problem, factor, solved, cost)]} and scipy's [(…)]."""
+def classic(variants=("defaults", "δ = 1 (residual_exponent=1, the default before)"),
+            perturbation: float = 0.0, copies: int = 1):
+    """{variant: [(problem, factor, solved, cost)]} and scipy's [(…)].
+
+    With ``perturbation`` s > 0 each run starts ``copies`` times from
+    x₀·(1 + s·z), z standard normal (numpy seed 1 per run), scipy from the
+    same starts: a family of starts around each standard one.
+    """
     from benchmarks.classic import PROBLEMS, scipy_reference, starts
 
     def solved(cost, best):
@@ -149,21 +159,26 @@ def classic(variants=("defaults", "δ = 1 (residual_exponent=1, the default befo
     rows["scipy lm"] = []
     for name, problem in PROBLEMS.items():
         best = problem.reference_cost
-        for factor, x0 in starts(problem):
-            reference = scipy_reference(problem, x0, "lm")
-            rows["scipy lm"].append((name, factor, solved(reference["cost"], best),
-                                     reference["cost"]))
-            m = problem.residual(jnp.asarray(x0)).shape[0]
-            for variant in variants:
-                result = ggn_jax.fit(
-                    lambda theta, inputs, p=problem: p.residual(theta)[None], jnp.asarray(x0),
-                    (jnp.zeros((1, 1)), jnp.zeros((1, m))), max_steps=1000, tol=0.0,
-                    **VARIANTS[variant],
-                )
-                # The lowest loss reached (fit returns its parameters).
-                cost = float(np.min(result.loss_history))
-                rows[variant].append((name, factor, solved(cost, best), cost))
-            print(name, factor, {v: r[-1][2] for v, r in rows.items()}, flush=True)
+        for factor, standard in starts(problem):
+            noise = np.random.RandomState(1)
+            for _ in range(copies):
+                x0 = standard
+                if perturbation:
+                    x0 = standard * (1 + perturbation * noise.standard_normal(standard.shape))
+                reference = scipy_reference(problem, x0, "lm")
+                rows["scipy lm"].append((name, factor, solved(reference["cost"], best),
+                                         reference["cost"]))
+                m = problem.residual(jnp.asarray(x0)).shape[0]
+                for variant in variants:
+                    result = ggn_jax.fit(
+                        lambda theta, inputs, p=problem: p.residual(theta)[None],
+                        jnp.asarray(x0), (jnp.zeros((1, 1)), jnp.zeros((1, m))),
+                        max_steps=1000, tol=0.0, **VARIANTS[variant],
+                    )
+                    # The lowest loss reached (fit returns its parameters).
+                    cost = float(np.min(result.loss_history))
+                    rows[variant].append((name, factor, solved(cost, best), cost))
+                print(name, factor, {v: r[-1][2] for v, r in rows.items()}, flush=True)
     return rows
 
 
@@ -224,6 +239,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--classic", action="store_true", help="also the classic set")
+    parser.add_argument("--perturbed", type=float, default=0.0, metavar="S",
+                        help="the classic set from 3 starts x0·(1 + S·z) per run")
     parser.add_argument("--pinn", action="store_true", help="also the Poisson PINN")
     args = parser.parse_args(argv)
     payload = {"machine": machine(), "exact_learning": exact_learning(args.seeds)}
@@ -246,9 +263,11 @@ def main(argv=None):
         steps = payload["exact_learning"]["defaults"][family][0]
         lines.append(f"- {family}, defaults: {' '.join(map(str, steps))}")
     if args.classic:
-        rows = classic()
+        copies = 3 if args.perturbed else 1
+        rows = classic(("defaults", "no acceleration"), args.perturbed, copies)
         payload["classic"] = rows
-        lines += ["", "Classic least squares (38 problems × 3 starts): runs solved.", "",
+        where = f", {copies} starts x0·(1 + {args.perturbed:g}·z) each" if args.perturbed else ""
+        lines += ["", f"Classic least squares (38 problems × 3 starts{where}): runs solved.", "",
                   "| method | solved | of which scipy lm also solved | missed where scipy solved |",
                   "| --- | ---: | ---: | --- |"]
         scipy_ok = {(n, f) for n, f, ok, _ in rows["scipy lm"] if ok}

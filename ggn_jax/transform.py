@@ -106,6 +106,17 @@ DEFAULT_NONMONOTONE_WINDOW = 8
 # 11) families fell, the other families' medians and worst stayed within a
 # step (BENCHMARKS.md, "A bound on the step's growth").
 DEFAULT_STEP_GROWTH = 2.0
+# The bound α of geodesic acceleration (the correction is taken where
+# 2‖a‖ ≤ α‖δ_v‖): Transtrum & Sethna's 0.75 where N·K < P and for residual
+# blocks, and a stricter 0.25 where the acceleration is on by default for
+# squared error with N·K ≥ P. There 0.75 carried osborne1 ×100 of the
+# classic set to a stationary point where one exponential has died out (0 of
+# 20 perturbed starts solved, scipy lm 20); 0.25 solves every one of the 77
+# standard runs that scipy lm solves. Where N·K < P 0.25 cost exact learning
+# steps, and on the Poisson PINN in blocks it ended 3–400× less accurate
+# after 200 steps (BENCHMARKS.md, "Geodesic acceleration where N·K ≥ P").
+DEFAULT_ACCELERATION_RATIO = 0.75
+OVERDETERMINED_ACCELERATION_RATIO = 0.25
 # `ggn`'s defaults for a classification loss, where each update sees a new
 # minibatch and a step is worth a few GGN products, not an exact solve:
 # measured in BENCHMARKS.md, "Minibatch classification (issue 15)".
@@ -241,7 +252,7 @@ class GGNConfig:
     max_jacobian: int = 2**26
     nonmonotone_window: int | None = None
     geodesic_acceleration: bool | None = None
-    acceleration_ratio: float = 0.75
+    acceleration_ratio: float | None = None
     weight_decay: float = 0.0
     momentum: float = 0.0
     cross_batch_damping: bool = False
@@ -279,7 +290,9 @@ class GGNConfig:
             )
         for name in DYNAMIC_OPTIONS:
             value = getattr(self, name)
-            if value is None and name in ("min_damping", "max_damping", "step_growth"):
+            if value is None and name in (
+                "min_damping", "max_damping", "step_growth", "acceleration_ratio"
+            ):
                 continue
             value = _dynamic_number(name, value)
             object.__setattr__(self, name, value)
@@ -318,29 +331,36 @@ class GGNConfig:
 
     def resolved_options(
         self, outputs: jax.Array, num_params: int, squared_error: bool, blocks: bool = False
-    ) -> tuple[int, bool, Any]:
-        """(window, acceleration, step growth c) for outputs (N, K) of a
-        model with P parameters, None (auto) resolved as measured in
-        BENCHMARKS.md ("Damping defaults", "Physics-informed fits", "A
-        bound on the step's growth"): the window for squared error (exact
-        learning, classic least squares, PINN residuals), monotone for
-        other losses; the acceleration where N·K < P, the regime of exact
-        learning, and for a problem in residual blocks (``blocks``: PDE
-        residuals, whose strong nonlinearity in θ it corrects); the bound
-        ‖δ_k‖ ≤ c·‖δ_prev‖ (`ggn_jax.damping.step_growth_factor`) with
-        ``DEFAULT_STEP_GROWTH`` for squared error where N·K < P, none (inf)
-        elsewhere."""
+    ) -> tuple[int, bool, Any, Any]:
+        """(window, acceleration, its ratio α, step growth c) for outputs
+        (N, K) of a model with P parameters, None (auto) resolved as
+        measured in BENCHMARKS.md ("Damping defaults", "Physics-informed
+        fits", "A bound on the step's growth", "Geodesic acceleration where
+        N·K ≥ P"): the window for squared error (exact learning, classic
+        least squares, PINN residuals), monotone for other losses; the
+        acceleration for squared error, for any loss where N·K < P (the
+        regime of exact learning) and for a problem in residual blocks
+        (``blocks``: PDE residuals, whose strong nonlinearity in θ it
+        corrects), with α = ``DEFAULT_ACCELERATION_RATIO`` there and the
+        stricter ``OVERDETERMINED_ACCELERATION_RATIO`` for squared error
+        where N·K ≥ P; the bound ‖δ_k‖ ≤ c·‖δ_prev‖
+        (`ggn_jax.damping.step_growth_factor`) with ``DEFAULT_STEP_GROWTH``
+        for squared error where N·K < P, none (inf) elsewhere."""
         over = outputs.size < num_params
         window = self.nonmonotone_window
         if window is None:
             window = DEFAULT_NONMONOTONE_WINDOW if squared_error else 0
         acceleration = self.geodesic_acceleration
         if acceleration is None:
-            acceleration = over or blocks
+            acceleration = over or blocks or squared_error
+        ratio = self.acceleration_ratio
+        if ratio is None:
+            ratio = (DEFAULT_ACCELERATION_RATIO if (over or blocks)
+                     else OVERDETERMINED_ACCELERATION_RATIO)
         growth = self.step_growth
         if growth is None:
             growth = DEFAULT_STEP_GROWTH if (over and squared_error) else math.inf
-        return window, acceleration, growth
+        return window, acceleration, ratio, growth
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
         """[min, max] for λ before the curvature is known: the default floor
@@ -757,7 +777,7 @@ def ggn_step(
         velocity = step = velocity * alpha
         curvature = curvature * alpha**2
         step_length = step_length * alpha
-    window, accelerate, growth = config.resolved_options(
+    window, accelerate, ratio, growth = config.resolved_options(
         local.outputs, theta.size, loss.identity_hessian, problem.segments is not None
     )
     fingerprint = batch_fingerprint((problem.inputs, problem.targets), dtype)
@@ -772,7 +792,7 @@ def ggn_step(
         step_length = step_length * t
     if accelerate:
         step, _ = geodesic_acceleration(
-            solver, curved, config, local, lin, velocity, system_damping, system_scale
+            solver, curved, config, local, lin, velocity, system_damping, system_scale, ratio
         )
     # The model's predicted decrease at the velocity: the acceleration
     # cancels the outputs' second-order term, so the model of the
@@ -958,7 +978,7 @@ def ggn(
     max_jacobian: int | None = None,
     nonmonotone_window: int | None = None,
     geodesic_acceleration: bool | None = None,
-    acceleration_ratio: float = 0.75,
+    acceleration_ratio: float | None = None,
     weight_decay: float = 0.0,
     momentum: float | None = None,
     cross_batch_damping: bool | None = None,
@@ -1059,10 +1079,14 @@ def ggn(
         None (default): off for a classification loss (on minibatches
         it cost 1.3–1.7× the time to a test accuracy, BENCHMARKS.md
         "Geodesic acceleration on minibatch classification"); otherwise
-        on where N·K < P and for residual blocks (`ggn_jax.Blocks`), off
-        elsewhere.
-      acceleration_ratio: α; the correction is used only where
-        2‖a‖ ≤ α‖δ‖.
+        on for squared error, for any loss where N·K < P and for residual
+        blocks (`ggn_jax.Blocks`), off elsewhere (another loss with
+        N·K ≥ P).
+      acceleration_ratio: α > 0; the correction is used only where
+        2‖a‖ ≤ α‖δ‖. None (default): 0.75 where N·K < P and for residual
+        blocks, 0.25 elsewhere (on the classic least-squares set 0.75 lost
+        a run that 0.25 solves; BENCHMARKS.md, "Geodesic acceleration
+        where N·K ≥ P").
       weight_decay: ω ≥ 0; minimise L + ½ω‖θ‖² exactly: the gradient gets
         ωθ, the system G + (λ + ω)I, and the gain ratio and
         ``state.loss`` measure the regularised loss. (Decay chained

@@ -44,7 +44,7 @@ def test_acceleration_solves_the_damped_system_on_the_second_derivative():
             def run():
                 local, lin = solver.prepare(problem, config)
                 return geodesic_acceleration(solver, problem, config, local, lin, v, damping,
-                                             None)
+                                             None, config.acceleration_ratio)
 
             return jax.jit(run)()
 
