@@ -111,7 +111,7 @@ DEFAULT_STEP_GROWTH = 2.0
 # blocks, and a stricter 0.25 where the acceleration is on by default for
 # squared error with N·K ≥ P. There 0.75 carried osborne1 ×100 of the
 # classic set to a stationary point where one exponential has died out (0 of
-# 20 perturbed starts solved, scipy lm 20); 0.25 solves every one of the 77
+# 20 starts around the standard one solved, scipy lm 20); 0.25 solves every one of the 77
 # standard runs that scipy lm solves. Where N·K < P 0.25 cost exact learning
 # steps, and on the Poisson PINN in blocks it ended 3–400× less accurate
 # after 200 steps (BENCHMARKS.md, "Geodesic acceleration where N·K ≥ P").

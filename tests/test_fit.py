@@ -71,6 +71,29 @@ def test_accepted_steps_never_increase_the_loss_and_history_has_one_entry_per_st
     assert not result.converged
 
 
+def test_params_are_the_solution_not_a_round_off_draw_of_the_lowest_loss():
+    """A linear least-squares fit (Moré–Garbow–Hillstrom's "linear function,
+    full rank", from 10× its start): the minimum loss 2.5 is reached to
+    round-off within a few steps, after which iterates up to √eps apart in
+    θ have losses that differ by round-off only. The parameters returned
+    are numpy's least-squares solution to round-off (the first iterate at
+    the lowest recorded loss was 1.3e-8 away)."""
+    from benchmarks.classic import PROBLEMS, starts
+
+    problem = PROBLEMS["linear_full_rank_n5_m10"]
+    x0 = jnp.asarray(dict(starts(problem))[10])
+    jacobian = np.asarray(jax.jacfwd(problem.residual)(x0))
+    offset = np.asarray(problem.residual(jnp.zeros_like(x0)))
+    expected = np.linalg.lstsq(jacobian, -offset, rcond=None)[0]
+    m = offset.shape[0]
+    result = ggn_jax.fit(lambda x, _: problem.residual(x)[None], x0,
+                         (jnp.zeros((1, 1)), jnp.zeros((1, m))), max_steps=30, tol=0.0)
+    assert np.linalg.norm(np.asarray(result.params) - expected) <= 1e-13 * np.linalg.norm(expected)
+    # Its loss is the lowest reached, to round-off.
+    loss = float(0.5 * jnp.sum(problem.residual(jnp.asarray(result.params)) ** 2))
+    assert loss <= result.loss * (1 + 64 * np.finfo(np.float64).eps)
+
+
 def test_nonmonotone_steps_stay_below_the_largest_recent_loss():
     """The default on N·K < P: a step may raise the loss, but never above
     the largest loss of the last M + 1 accepted iterates (M =
