@@ -239,7 +239,9 @@ def _build(
             band = state.accepted & ~below & (state.loss <= best[2] + tie)
 
             def gradients():
-                old = jnp.where(jnp.isnan(best[3]), gradient_norm(best[0]), best[3])
+                # The kept parameters' gradient, once per stay in the band.
+                old = jax.lax.cond(jnp.isnan(best[3]), lambda: gradient_norm(best[0]),
+                                   lambda: best[3])
                 return gradient_norm(theta), old
 
             new, old = jax.lax.cond(band, gradients, lambda: (best[3], best[3]))
