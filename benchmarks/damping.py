@@ -181,7 +181,7 @@ def classic(variants=("defaults", "δ = 1 (residual_exponent=1, the default befo
                     )
                     # The lowest loss reached (fit returns its parameters).
                     lowest = np.minimum.accumulate(np.asarray(result.loss_history))
-                    hits = np.flatnonzero([solved(c) for c in lowest])
+                    hits = np.flatnonzero(solved(lowest))
                     steps = int(hits[0]) + 1 if hits.size else None
                     rows[variant].append((name, factor, copy, steps is not None,
                                           float(lowest[-1]), steps))

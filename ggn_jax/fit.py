@@ -193,6 +193,11 @@ def _build(
         # rejected step re-solves with it instead of differentiating again.
         solver = resolve_solver(config, problem)
         carried = solver.reusable and curvature_problem(config, problem) is problem
+        def regularised(loss, theta):  # the objective is L + ½ω‖θ‖²
+            if config.weight_decay:
+                return loss + 0.5 * config.weight_decay * jnp.dot(theta, theta)
+            return loss
+
         if carried:
             local, _ = solver.prepare(problem, config)
             initial_loss = local.loss
@@ -200,22 +205,15 @@ def _build(
             local = None
             outputs = problem.model(problem.theta, problem.inputs)
             initial_loss = mean_loss(problem, outputs)
-        if config.weight_decay:  # the objective is L + ½ω‖θ‖²
-            initial_loss = initial_loss + 0.5 * config.weight_decay * jnp.dot(
-                problem.theta, problem.theta
-            )
+        initial_loss = regularised(initial_loss, problem.theta)
         log = _empty_log(max(max_steps, 1), dtype)
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 
         unused = jnp.full_like(state.recent_losses, jnp.finfo(dtype).min)
 
         def gradient_norm(theta):
-            def objective(th):
-                value = mean_loss(problem, problem.model(th, problem.inputs))
-                if config.weight_decay:
-                    value = value + 0.5 * config.weight_decay * jnp.dot(th, th)
-                return value
-
+            objective = lambda th: regularised(
+                mean_loss(problem, problem.model(th, problem.inputs)), th)
             return jnp.linalg.norm(jax.grad(objective)(theta)).astype(dtype)
 
         def cond(carry):
