@@ -431,6 +431,25 @@ def test_batch_fingerprint_tells_batches_apart_and_not_repeats():
     assert bool(jnp.isnan(f((x.at[0, 0].set(jnp.nan), y))))  # never equal to itself
 
 
+def test_batch_fingerprint_of_a_long_batch_is_its_folded_weighted_sum():
+    """Past FINGERPRINT_PERIOD entries the weights repeat: against the sum
+    written out in numpy, and two batches that differ in one sample of
+    thousands still differ."""
+    from ggn_jax.damping import FINGERPRINT_PERIOD, batch_fingerprint
+
+    m = FINGERPRINT_PERIOD
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (3000, 5)))  # 15 000 > m
+    weights = np.cos(0.6180339887498949 * (np.arange(x.size) % m))
+    f = jax.jit(lambda b: batch_fingerprint(b, jnp.float64))
+    assert float(f((x,))) == pytest.approx(float(x.ravel() @ weights), rel=1e-12)
+    swapped = x.copy()
+    swapped[[10, 2000]] = swapped[[2000, 10]]   # two samples trade places
+    assert f((x,)) != f((swapped,))
+    nudged = x.copy()
+    nudged[2999, 4] += 1e-12                    # the last entry, by 1e-12
+    assert f((x,)) != f((nudged,))
+
+
 def _classification_step(cross, last_step_sign):
     """One softmax step on a fresh batch after a stored accepted step δ_prev
     whose gain on this batch is known: last_step_sign = +1 makes θ − δ_prev
