@@ -132,6 +132,10 @@ OTHER_DEFAULTS = {"cg_max_iters": None, "cg_preconditioner": "diagonal", "moment
                   "residual_exponent": 2.0, "geodesic_acceleration": None}
 
 
+# The options `ggn` takes as None and resolves by the loss.
+BY_LOSS_OPTIONS = tuple(CLASSIFICATION_DEFAULTS)
+
+
 def loss_defaults(loss: Any) -> dict[str, Any]:
     """The options `ggn` resolves by its loss where they are left at None:
     ``CLASSIFICATION_DEFAULTS`` for the named classification losses,
@@ -388,8 +392,9 @@ def _deprecated(old: str, new: str) -> None:
 def make_config(**options: Any) -> GGNConfig:
     """A `GGNConfig` from keyword options; unknown names fail, listing the allowed.
 
-    ``None`` for ``cg_max_iters``, ``max_dense`` or ``max_jacobian`` means
-    its default. A deprecated name (``DEPRECATED_OPTIONS``) is accepted
+    ``None`` for ``cg_max_iters``, ``max_dense`` or ``max_jacobian``, and
+    for an option that `ggn` resolves by its loss (``BY_LOSS_OPTIONS``),
+    means the `GGNConfig` default. A deprecated name (``DEPRECATED_OPTIONS``) is accepted
     with a ``DeprecationWarning``.
     """
     for old, new in DEPRECATED_OPTIONS.items():
@@ -409,6 +414,11 @@ def make_config(**options: Any) -> GGNConfig:
     for name, default in STATIC_INTEGER_DEFAULTS.items():
         if options.get(name, default) is None:
             options[name] = default
+    # The options `ggn` resolves by its loss where they are None: here (as
+    # in `fit`, which takes no loss defaults) None is GGNConfig's default.
+    for name in BY_LOSS_OPTIONS:
+        if name in options and options[name] is None:
+            del options[name]
     return GGNConfig(**options)
 
 

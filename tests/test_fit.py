@@ -163,6 +163,21 @@ def test_fit_rejects_bad_arguments():
         ggn_jax.fit(mlp_apply, params, batch, progress=-2)
 
 
+def test_options_ggn_resolves_by_loss_take_none_in_fit_as_their_default():
+    """`ggn` takes None for the loss-resolved options; so does `fit`, where
+    None is the plain default (it was a TypeError): the same trajectory."""
+    from ggn_jax.transform import BY_LOSS_OPTIONS
+
+    params, batch = _over_parameterised(0)
+    plain = ggn_jax.fit(mlp_apply, params, batch, max_steps=5)
+    given = ggn_jax.fit(mlp_apply, params, batch, max_steps=5,
+                        **{name: None for name in BY_LOSS_OPTIONS})
+    np.testing.assert_array_equal(given.loss_history, plain.loss_history)
+    np.testing.assert_array_equal(given.log.damping, plain.log.damping)
+    with pytest.raises(ValueError, match="unknown damping_rule None"):  # not a by-loss option
+        ggn_jax.fit(mlp_apply, params, batch, damping_rule=None)
+
+
 @pytest.mark.parametrize(
     "options",
     [
