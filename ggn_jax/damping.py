@@ -153,9 +153,9 @@ def batch_fingerprint(batch, dtype) -> jax.Array:
     overflow gets NaN, equal to no fingerprint.
 
     The weights are a constant of m numbers; a leaf longer than m is folded
-    into rows of m, one matrix-vector product. (The cosines of every index,
-    computed on each call, took 21 ms a call on a batch of 40 000 × 100 on
-    one CPU core, this 1.2 ms; BENCHMARKS.md.)
+    into rows of m for one matrix-vector product. (Computing the cosines of
+    every index on each call took 21 ms a call on a batch of 40 000 × 100 on
+    one CPU core; this takes 1.2 ms. BENCHMARKS.md.)
     """
     total = jnp.zeros((), dtype)
     for leaf in jax.tree_util.tree_leaves(batch):

@@ -394,8 +394,8 @@ def make_config(**options: Any) -> GGNConfig:
 
     ``None`` for ``cg_max_iters``, ``max_dense`` or ``max_jacobian``, and
     for an option that `ggn` resolves by its loss (``BY_LOSS_OPTIONS``),
-    means the `GGNConfig` default. A deprecated name (``DEPRECATED_OPTIONS``) is accepted
-    with a ``DeprecationWarning``.
+    means the `GGNConfig` default. A deprecated name
+    (``DEPRECATED_OPTIONS``) is accepted with a ``DeprecationWarning``.
     """
     for old, new in DEPRECATED_OPTIONS.items():
         if old in options:
