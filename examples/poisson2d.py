@@ -8,9 +8,10 @@ interior mean + 4 × boundary mean. Each is a `ggn_jax.Block`; the
 Laplacian in x is `ggn_jax.pde.laplacian` (folx's forward Laplacian where
 folx is installed). 150 `fit` steps with the defaults (under a second of
 steps on a laptop CPU, plus compilation) reach a relative L2 error of
-about 1e-6 on a 100×100 grid (the discretisation floor of the 30×30
-collocation grid is about 1e-7); Adam needs far longer for 1e-4
-(BENCHMARKS.md, "Physics-informed fits"). This is a README block.
+1e-8 on a 100×100 grid from this initialisation; from each of 20 it is
+below 1e-6 within 101 steps (BENCHMARKS.md, "The last iterate of an
+optax loop"). Adam does not reach 1e-4 in 30 s (BENCHMARKS.md,
+"Physics-informed fits"). This is a README block.
 
     python examples/poisson2d.py
 """
