@@ -8,10 +8,10 @@ interior mean + 4 × boundary mean. Each is a `ggn_jax.Block`; the
 Laplacian in x is `ggn_jax.pde.laplacian` (folx's forward Laplacian where
 folx is installed). 150 `fit` steps with the defaults (under a second of
 steps on a laptop CPU, plus compilation) reach a relative L2 error of
-1e-8 on a 100×100 grid from this initialisation; from each of 20 it is
-below 1e-6 within 101 steps (BENCHMARKS.md, "The last iterate of an
-optax loop"). Adam does not reach 1e-4 in 30 s (BENCHMARKS.md,
-"Physics-informed fits"). This is a README block.
+8e-9 on a 100×100 grid from this initialisation, and below 1e-6 from
+each of 20 (BENCHMARKS.md, "A watchdog of 64 steps"). Adam does not reach
+1e-4 in 30 s (BENCHMARKS.md, "Physics-informed fits"). This is a README
+block.
 
     python examples/poisson2d.py
 """
