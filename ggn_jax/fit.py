@@ -57,6 +57,7 @@ from ggn_jax.transform import (
     ggn_step,
     init_state,
     make_config,
+    regularised_loss,
     resolve_solver,
 )
 
@@ -197,11 +198,6 @@ def _build(
         # rejected step re-solves with it instead of differentiating again.
         solver = resolve_solver(config, problem)
         carried = solver.reusable and curvature_problem(config, problem) is problem
-        def regularised(loss, theta):  # the objective is L + ½ω‖θ‖²
-            if config.weight_decay:
-                return loss + 0.5 * config.weight_decay * jnp.dot(theta, theta)
-            return loss
-
         if carried:
             local, _ = solver.prepare(problem, config)
             initial_loss = local.loss
@@ -209,15 +205,15 @@ def _build(
             local = None
             outputs = problem.model(problem.theta, problem.inputs)
             initial_loss = mean_loss(problem, outputs)
-        initial_loss = regularised(initial_loss, problem.theta)
+        initial_loss = regularised_loss(config, initial_loss, problem.theta)
         log = _empty_log(max(max_steps, 1), dtype)
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 
         unused = jnp.full_like(state.recent_losses, jnp.finfo(dtype).min)
 
         def gradient_norm(theta):
-            objective = lambda th: regularised(
-                mean_loss(problem, problem.model(th, problem.inputs)), th)
+            objective = lambda th: regularised_loss(
+                config, mean_loss(problem, problem.model(th, problem.inputs)), th)
             return jnp.linalg.norm(jax.grad(objective)(theta)).astype(dtype)
 
         def cond(carry):

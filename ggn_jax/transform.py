@@ -667,6 +667,15 @@ def _damping_for_step(
     return damping, state
 
 
+def regularised_loss(config: GGNConfig, loss: jax.Array, theta: jax.Array) -> jax.Array:
+    """The objective under weight decay ω, L + ½ω‖θ‖²; L itself where ω = 0
+    (``config.weight_decay``, a Python number or a traced one)."""
+    decay = config.weight_decay
+    if _is_traced(decay) or decay > 0:
+        return loss + 0.5 * decay * jnp.dot(theta, theta)
+    return loss
+
+
 @_at_config_precision
 def ggn_step(
     config: GGNConfig,
@@ -734,8 +743,8 @@ def ggn_step(
     # its GGN G + ωI; ω joins λD in the system, but not in the rule.
     decay = config.weight_decay
     decayed = _is_traced(decay) or decay > 0
+    loss0 = regularised_loss(config, loss0, theta)
     if decayed:
-        loss0 = loss0 + 0.5 * decay * jnp.dot(theta, theta)
         grad, batch_grad = grad + decay * theta, batch_grad + decay * theta
     # The ceiling of λ in the units of the system's curvature.
     ceiling = damping_ceiling(
@@ -808,9 +817,8 @@ def ggn_step(
     # cancels the outputs' second-order term, so the model of the
     # accelerated step is the velocity's.
     predicted = -jnp.dot(batch_grad, velocity) - 0.5 * curvature
-    trial_loss = mean_loss(problem, problem.model(theta + step, problem.inputs))
-    if decayed:
-        trial_loss = trial_loss + 0.5 * decay * jnp.dot(theta + step, theta + step)
+    trial_loss = regularised_loss(
+        config, mean_loss(problem, problem.model(theta + step, problem.inputs)), theta + step)
     actual = loss0 - trial_loss
 
     noise = roundoff_noise(loss0, local.outputs, local.output_grads)
@@ -849,9 +857,7 @@ def ggn_step(
 
         def loss_before():
             value = mean_loss(problem, problem.model(theta - last, problem.inputs))
-            if decayed:
-                value = value + 0.5 * decay * jnp.dot(theta - last, theta - last)
-            return value.astype(dtype)
+            return regularised_loss(config, value, theta - last).astype(dtype)
 
         # One forward pass, only where the batch is new (never in `fit`).
         before = jax.lax.cond((~same_batch) & state.accepted, loss_before,
