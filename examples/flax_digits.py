@@ -37,14 +37,10 @@ params = model.init(jax.random.PRNGKey(0), x_train[:1])
 tx = ggn_jax.ggn(model.apply, "softmax_cross_entropy")  # the classification defaults
 state = tx.init(params)
 
-def loss_fn(params, x, y):
-    logits = model.apply(params, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
 @jax.jit
 def step(params, state, x, y):
-    grads = jax.grad(loss_fn)(params, x, y)
-    updates, state = tx.update(grads, state, params, batch=(x, y))
+    # None: ggn takes the batch gradient it computes itself (no jax.grad here)
+    updates, state = tx.update(None, state, params, batch=(x, y))
     return optax.apply_updates(params, updates), state
 
 rng = np.random.default_rng(0)

@@ -1142,7 +1142,11 @@ def ggn(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
       ``(grads, state, params, *, batch=(inputs, targets))``; its state is a
-      `GGNState`.
+      `GGNState`. ``grads`` may be None: the step then takes the batch
+      gradient b it computes itself (from its linearisation of the whole
+      batch, or one reverse pass where G is subsampled), which saves the
+      loop its own ``jax.grad``; as the first member of an ``optax.chain``
+      it gets the None and hands its step on.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, ggn_jax
@@ -1208,11 +1212,12 @@ def ggn(
         del extra_args  # other members' arguments in an optax.chain
         if params is None:
             raise ValueError("ggn's update needs params: update(grads, state, params, batch=...)")
-        _check_grads(updates, params)
+        if updates is not None:
+            _check_grads(updates, params)
         _check_state(state, params)
         problem = bind_problem(apply_fn, loss, params, batch)
-        grad, _ = ravel_pytree(updates)
-        step, state = ggn_step(config, problem, state, grad.astype(problem.theta.dtype))
+        grad = None if updates is None else ravel_pytree(updates)[0].astype(problem.theta.dtype)
+        step, state = ggn_step(config, problem, state, grad)
         return problem.unravel(step), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

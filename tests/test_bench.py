@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+import ggn_jax
 from ggn_jax.bench.config import load_bench_config, smoke, validate_bench
 from ggn_jax.bench.problems import CLASSIC, build_problem, mean_loss, residuals
 from ggn_jax.bench.run import _trace_record, markdown, run_config, run_stepper
@@ -186,6 +187,26 @@ def test_the_adam_driver_matches_a_plain_optax_loop():
         params = optax.apply_updates(params, updates)
         expected.append(float(mean_loss(problem, params, problem.train)))
     np.testing.assert_allclose(record["trace"]["loss"], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("caller_gradient", [False, True])
+def test_the_ggn_driver_matches_a_plain_optax_loop(caller_gradient):
+    """The driver hands update None (or, with caller_gradient, jax.grad);
+    either way the losses of a loop that hands it jax.grad."""
+    problem = _small()
+    spec = {"kind": "ggn", "label": "g", "caller_gradient": caller_gradient}
+    record = run_stepper(problem, spec, RUN, seed=0, quiet=True)
+    params = problem.init(0)
+    tx = ggn_jax.ggn(problem.apply_fn, problem.loss)
+    state = tx.init(params)
+    loss = lambda p: mean_loss(problem, p, problem.train)
+    expected = [float(loss(params))]
+    for _ in range(6):
+        updates, state = tx.update(jax.grad(loss)(params), state, params, batch=problem.train)
+        params = optax.apply_updates(params, updates)
+        expected.append(float(loss(params)))
+    assert expected[-1] < 1e-3 * expected[0]
+    np.testing.assert_allclose(record["trace"]["loss"], expected, rtol=1e-9, atol=1e-25)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jaxopt") is None, reason="jaxopt not installed")

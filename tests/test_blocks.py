@@ -124,6 +124,12 @@ def test_ggn_step_equals_hand_problem_and_dense_solve(solver, damping_type):
 
     proposal = propose(problem.theta)
     assert rel_err(proposal, dense_step) < 1e-10
+    # update(None): the blocks' own weighted gradient, the same step.
+    tx = ggn_jax.ggn(blocks, solver=solver, damping_rule="fixed", damping=0.3,
+                     geodesic_acceleration=False, cg_tol=1e-13)
+    update, state = jax.jit(lambda s, p: tx.update(None, s, p))(tx.init(params), params)
+    assert bool(state.accepted)
+    assert rel_err(ravel_pytree(update)[0], dense_step) < 1e-10
 
 
 def test_weights_scale_curvature_and_gradient_exactly():

@@ -385,6 +385,41 @@ def test_curvature_from_a_subsample_with_the_full_gradient(solver):
     assert float(state.loss) == pytest.approx(float(_mean_loss(new_params, batch)), rel=1e-12)
 
 
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+@pytest.mark.parametrize("loss", ["squared_error", "softmax_cross_entropy"])
+@pytest.mark.parametrize("subsample", [None, 4])
+def test_update_with_none_takes_its_own_batch_gradient(solver, loss, subsample):
+    """update(None, ...) is (G + λI)δ = −b with b the batch gradient ggn
+    computes itself; checked against jax.grad of the mean loss and G built
+    densely (`reference_ggn`), on the whole batch and on a curvature subsample."""
+    params, batch = small_problem(loss, 3, n=12)
+    sub = batch if subsample is None else (batch[0][:subsample], batch[1][:subsample])
+    g_matrix, _ = reference_ggn(loss, params, sub)
+    if loss == "squared_error":
+        grads = jax.grad(_mean_loss)(params, batch)
+    else:
+        grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+            mlp_apply(p, batch[0]), batch[1]).mean())(params)
+    damping = 2.0
+    expected = np.linalg.solve(np.asarray(g_matrix) + damping * np.eye(g_matrix.shape[0]),
+                               -np.asarray(_flat(grads)))
+    tx = ggn_jax.ggn(mlp_apply, loss, damping=damping, damping_rule="nielsen", solver=solver,
+                     curvature_samples=subsample, cg_tol=1e-13, cg_max_iters=500,
+                     cg_preconditioner="none", geodesic_acceleration=False,
+                     cross_batch_damping=False)
+    updates, state = jit_update(tx)(None, tx.init(params), params, batch=batch)
+    assert bool(state.accepted)
+    np.testing.assert_allclose(_flat(updates), expected, rtol=1e-8, atol=1e-12)
+    assert float(state.gradient_mismatch) == 0.0
+    # The same step as with the caller's gradient, which then is b itself.
+    given, _ = jit_update(tx)(grads, tx.init(params), params, batch=batch)
+    np.testing.assert_allclose(_flat(updates), _flat(given), rtol=1e-10, atol=1e-14)
+    # First in a chain, None goes to ggn and its step to what follows.
+    chain = optax.chain(tx, optax.scale(0.5))
+    halved, _ = jit_update(chain)(None, chain.init(params), params, batch=batch)
+    np.testing.assert_allclose(_flat(halved), 0.5 * expected, rtol=1e-8, atol=1e-12)
+
+
 def test_fit_with_a_curvature_subsample_makes_steady_progress():
     """With a fixed batch the samples outside the subsample only get
     gradient-like steps, so convergence is linear, not quadratic: the

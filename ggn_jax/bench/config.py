@@ -75,8 +75,11 @@ _GGN_FIELDS = {
     "cross_batch_damping": (bool, None),
     "geodesic_acceleration": (bool, None),
 }
-# Heavy-ball momentum chained after ggn_jax's step (optax.trace), for comparison.
-_GGN_STEP_FIELDS = {**_GGN_FIELDS, "heavy_ball": (float, None)}
+# Heavy-ball momentum chained after ggn_jax's step (optax.trace), for
+# comparison; caller_gradient: the loop computes jax.grad and hands it to
+# ``update`` (by default it hands None, and ggn takes its own batch gradient).
+_GGN_STEP_FIELDS = {**_GGN_FIELDS, "heavy_ball": (float, None),
+                    "caller_gradient": (bool, False)}
 
 # The options each optimiser kind takes, beside kind and label.
 OPTIMIZER_FIELDS = {

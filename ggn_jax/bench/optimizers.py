@@ -95,11 +95,27 @@ def _gradient_stepper(problem: BenchProblem, tx: optax.GradientTransformation,
 
 def ggn_stepper(problem: BenchProblem, spec: dict) -> Stepper:
     """ggn_jax's optax transformation, one `update` per step (followed by
-    heavy-ball momentum, ``optax.trace``, where the spec asks for it)."""
+    heavy-ball momentum, ``optax.trace``, where the spec asks for it).
+
+    The loop hands ``update`` None, so ggn takes the batch gradient it
+    computes itself; with ``caller_gradient`` it hands the minibatch
+    gradient from ``jax.grad``, as a loop that chains a transformation
+    before ggn must."""
     tx = ggn_jax.ggn(problem.apply_fn, problem.loss, **_ggn_options(spec))
     if spec.get("heavy_ball") is not None:
         tx = optax.chain(tx, optax.trace(decay=spec["heavy_ball"]))
-    return _gradient_stepper(problem, tx, lambda batch: {"batch": batch})
+    if spec.get("caller_gradient"):
+        return _gradient_stepper(problem, tx, lambda batch: {"batch": batch})
+
+    def init(params, batch):
+        return params, tx.init(params)
+
+    def step(state, batch):
+        params, opt_state = state
+        updates, opt_state = tx.update(None, opt_state, params, batch=batch)
+        return optax.apply_updates(params, updates), opt_state
+
+    return Stepper(init, step, lambda state: state[0])
 
 
 def adam_stepper(problem: BenchProblem, spec: dict) -> Stepper:

@@ -85,7 +85,8 @@ def ggn_method(problem: PDEProblem, chunk: int, **options: Any) -> Method:
 
     def step(state):
         params, opt_state = state
-        updates, opt_state = tx.update(jax.grad(blocks.loss)(params), opt_state, params)
+        # None: ggn's own batch gradient, from the linearisation it forms anyway.
+        updates, opt_state = tx.update(None, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
     return Method(lambda p: (p, tx.init(p)), _chunk(step, chunk), lambda s: s[0])
