@@ -57,13 +57,16 @@ def _injected(kind, fault, rows):
     return fault, kind == "nan gradient"
 
 
-def _poisonable_step(tx, loss_fn):
-    """A jitted optax step whose gradient is NaN where ``poison`` is set."""
+def _poisonable_step(tx, loss_fn, own_gradient=False):
+    """A jitted optax step whose gradient is NaN where ``poison`` is set;
+    with ``own_gradient`` it hands ``update`` None (nothing to poison)."""
 
     @jax.jit
     def step(params, state, batch, poison):
-        grads = jax.grad(loss_fn)(params, batch)
-        grads = jax.tree_util.tree_map(lambda g: jnp.where(poison, jnp.nan, g), grads)
+        grads = None
+        if not own_gradient:
+            grads = jax.grad(loss_fn)(params, batch)
+            grads = jax.tree_util.tree_map(lambda g: jnp.where(poison, jnp.nan, g), grads)
         updates, state = tx.update(grads, state, params, batch=batch)
         return optax.apply_updates(params, updates), state
 
@@ -140,12 +143,15 @@ MINIBATCH_VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("own_gradient", [False, True], ids=["jax.grad", "update(None)"])
 @pytest.mark.parametrize("options", list(MINIBATCH_VARIANTS.values()),
                          ids=list(MINIBATCH_VARIANTS))
-def test_minibatch_classification_never_lets_a_fault_through(options):
+def test_minibatch_classification_never_lets_a_fault_through(options, own_gradient):
     """Softmax cross-entropy on a new minibatch every step, float32, with
     the same faults injected: params and state stay finite, each fault is
-    one rejected step, and the training loss still falls."""
+    one rejected step, and the training loss still falls. With
+    ``update(None)`` there is no handed gradient to poison: that fault is
+    left out."""
     dtype = jnp.float32
     key_x, key_p = jax.random.split(jax.random.PRNGKey(7))
     x = jax.random.normal(key_x, (96, 4), dtype)
@@ -159,12 +165,14 @@ def test_minibatch_classification_never_lets_a_fault_through(options):
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
             model(params, (inputs, fault)), targets))
 
-    step = _poisonable_step(tx, loss_fn)
+    step = _poisonable_step(tx, loss_fn, own_gradient)
 
     whole = ((x, jnp.zeros(96, jnp.int32)), labels)
     start = float(loss_fn(params, whole))
     state = tx.init(params)
     faults = {2: "nan samples", 5: "inf outputs", 8: "nan gradient", 11: "nan input"}
+    if own_gradient:
+        del faults[8]
     for k in range(30):
         rows = (jnp.arange(16) + 16 * k) % 96
         inputs, targets, kind = x[rows], labels[rows], faults.get(k)
