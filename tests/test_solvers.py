@@ -142,6 +142,41 @@ def test_cg_stops_on_non_positive_curvature():
     assert not np.any(np.isfinite(result.step))
 
 
+@pytest.mark.parametrize("unrolled", [True, False], ids=["unrolled", "loop"])
+def test_a_short_cg_solve_unrolled_or_looped_is_the_krylov_minimiser(unrolled, monkeypatch):
+    """Short solves (≤ UNROLLED_ITERATIONS) compile unrolled: the same
+    iterates, counts and stops as the loop. After k iterations from zero,
+    CG's iterate minimises ½xᵀAx − bᵀx over span{b, Ab, …, A^{k−1}b},
+    computed here with numpy."""
+    monkeypatch.setattr(ggn_jax.solvers.cg, "UNROLLED_ITERATIONS", 8 if unrolled else 0)
+    eig = np.arange(1.0, 7.0)
+    a, g, lam = jnp.diag(eig), jnp.ones(6), 1e-3
+    shifted = np.diag(eig + lam)
+    for k in (1, 3, 5):
+        result = solve_cg(lambda v: a @ v, g, jnp.asarray(lam), None, None, jnp.zeros(6),
+                          1e-12, k)
+        krylov = np.stack([np.linalg.matrix_power(shifted, j) @ -np.ones(6) for j in range(k)], 1)
+        coef = np.linalg.solve(krylov.T @ shifted @ krylov, krylov.T @ -np.ones(6))
+        np.testing.assert_allclose(result.step, krylov @ coef, rtol=1e-8)
+        assert int(result.iterations) == k
+    # Six distinct eigenvalues: converged after 6 of at most 8, exactly.
+    result = solve_cg(lambda v: a @ v, g, jnp.asarray(lam), None, None, jnp.zeros(6), 1e-12, 8)
+    np.testing.assert_allclose(result.step, -1 / (eig + lam), rtol=1e-10)
+    assert int(result.iterations) == 6
+    warm = solve_cg(lambda v: a @ v, g, jnp.asarray(lam), None, None, result.step, 1e-12, 8)
+    assert int(warm.iterations) == 0
+    # Negative curvature on the second direction stops after it; on the first, NaN.
+    a2, g2 = jnp.diag(jnp.array([10.0, -1.0])), jnp.array([1.0, 0.1])
+    result = solve_cg(lambda v: a2 @ v, g2, jnp.asarray(lam), None, None, jnp.zeros(2), 1e-12, 8)
+    alpha = jnp.dot(g2, g2) / jnp.dot(g2, (a2 + lam * jnp.eye(2)) @ g2)
+    np.testing.assert_allclose(result.step, -alpha * g2, rtol=1e-12)
+    assert int(result.iterations) == 2
+    a3 = jnp.diag(jnp.array([1.0, -5.0]))
+    result = solve_cg(lambda v: a3 @ v, jnp.ones(2), jnp.asarray(lam), None, None, jnp.zeros(2),
+                      1e-12, 8)
+    assert not np.any(np.isfinite(result.step))
+
+
 def _unstructured(n, k, p):
     """A shape whose Gram costs what the Jacobian form does, 2·(NK)²·P."""
     return ProblemShape(n, k, p, gram_flops=2.0 * (n * k) ** 2 * p, diagonal_flops=None)

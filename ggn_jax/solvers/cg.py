@@ -44,6 +44,10 @@ from ggn_jax.solvers.base import (
 
 # How CG decides it has done enough (besides its tolerance and iteration cap).
 CG_STOPS = ("residual", "martens")
+# A solve of at most this many iterations is compiled unrolled, not as a
+# loop: XLA:CPU runs convolutions inside a loop's body 2–3× slower
+# (BENCHMARKS.md, "Convolutions inside a compiled loop").
+UNROLLED_ITERATIONS = 8
 
 
 class CGResult(NamedTuple):
@@ -148,7 +152,17 @@ def solve_cg(
 
     init = (x0, r0, z0, z0, jnp.dot(r0, z0), jnp.zeros((), jnp.int32), jnp.array(False),
             history)
-    x, *_, iterations, broken, _ = jax.lax.while_loop(cond, body, init)
+    if max_iters <= UNROLLED_ITERATIONS:
+        # A short solve as straight-line code: every iteration runs, and
+        # one past the stop keeps the carry it was given.
+        carry = init
+        for _ in range(max_iters):
+            going = cond(carry)
+            carry = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(going, new, old), body(carry), carry)
+        x, *_, iterations, broken, _ = carry
+    else:
+        x, *_, iterations, broken, _ = jax.lax.while_loop(cond, body, init)
     no_step = broken & (iterations == 1) & ~use_warm
     return CGResult(jnp.where(no_step, jnp.nan, x), iterations)
 
