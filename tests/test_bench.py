@@ -189,6 +189,18 @@ def test_the_adam_driver_matches_a_plain_optax_loop():
     np.testing.assert_allclose(record["trace"]["loss"], expected, rtol=1e-12)
 
 
+def test_an_unrolled_chunk_takes_the_same_steps_as_the_loop():
+    """run.unroll compiles a chunk's steps one after another: the same
+    losses as the compiled loop (checked against plain optax above)."""
+    problem = _small()
+    for spec in ({"kind": "adam", "label": "a", "learning_rate": 1e-2},
+                 {"kind": "ggn", "label": "g"}):
+        looped = run_stepper(problem, spec, RUN, seed=0, quiet=True)
+        unrolled = run_stepper(problem, spec, {**RUN, "unroll": True}, seed=0, quiet=True)
+        np.testing.assert_allclose(unrolled["trace"]["loss"], looped["trace"]["loss"],
+                                   rtol=1e-10, atol=1e-25)
+
+
 @pytest.mark.parametrize("caller_gradient", [False, True])
 def test_the_ggn_driver_matches_a_plain_optax_loop(caller_gradient):
     """The driver hands update None (or, with caller_gradient, jax.grad);

@@ -49,6 +49,10 @@ SCHEMA = {
         "max_seconds": (float, 120.0),  # per run, after which it stops
         "eval_every": (int, 10),  # steps per compiled chunk
         "eval_stride": (int, 1),  # evaluate after every k-th step (k divides eval_every)
+        # Compile the chunk's steps one after another instead of as a loop:
+        # XLA:CPU runs some convolutions 2–3× slower inside a loop's body
+        # (BENCHMARKS.md, "Convolutions inside a compiled loop").
+        "unroll": (bool, False),
         "batch_size": (int, 0),  # 0: full batch
         "seeds": ([int], [0]),
         "repeats": (int, 3),

@@ -148,8 +148,9 @@ def _chunk_data(problem: BenchProblem, batches, length: int):
     return inputs[index], targets[index]
 
 
-def _chunk_fn(stepper: Stepper, length: int, minibatch: bool):
-    """``length`` steps; returns the state and the params after each step."""
+def _chunk_fn(stepper: Stepper, length: int, minibatch: bool, unroll: bool = False):
+    """``length`` steps; returns the state and the params after each step.
+    ``unroll``: the steps compiled one after another, not as a loop."""
 
     def body(state, batch):
         state = stepper.step(state, batch)
@@ -168,8 +169,9 @@ def _chunk_fn(stepper: Stepper, length: int, minibatch: bool):
 
     def chunk(state, data):
         if minibatch:
-            return jax.lax.scan(body, state, data)
-        return jax.lax.scan(lambda s, _: body(s, data), state, None, length=length)
+            return jax.lax.scan(body, state, data, unroll=unroll)
+        return jax.lax.scan(lambda s, _: body(s, data), state, None, length=length,
+                            unroll=unroll)
 
     return jax.jit(chunk)
 
@@ -224,7 +226,7 @@ def run_stepper(problem: BenchProblem, spec: dict, run: dict, seed: int, quiet: 
     stepper = make_stepper(problem, spec, params0)
     minibatch = run["batch_size"] > 0
     length = run["eval_every"]
-    chunk = _chunk_fn(stepper, length, minibatch)
+    chunk = _chunk_fn(stepper, length, minibatch, run.get("unroll", False))
     evaluate = _evaluator(problem)
     init = jax.jit(lambda p, b: _as_step_output(stepper, stepper.init(p, b), b)) \
         if stepper.jittable else stepper.init
@@ -454,7 +456,9 @@ def markdown(payload: dict) -> str:
         f"### {payload['name']}: {payload['problem']}",
         "",
         f"{run['dtype']}, {batch}, target: {_targets(run)}; seeds {run['seeds']}, "
-        f"median of {run['repeats']} timed runs per seed. Machine: {payload['machine']}.",
+        f"median of {run['repeats']} timed runs per seed"
+        f"{'; the steps of a chunk compiled unrolled' if run.get('unroll') else ''}. "
+        f"Machine: {payload['machine']}.",
         "",
         *_interrupted_lines(payload),
         *_rate_lines(payload),
