@@ -165,6 +165,18 @@ def test_a_short_cg_solve_unrolled_or_looped_is_the_krylov_minimiser(unrolled, m
     assert int(result.iterations) == 6
     warm = solve_cg(lambda v: a @ v, g, jnp.asarray(lam), None, None, result.step, 1e-12, 8)
     assert int(warm.iterations) == 0
+    # No warm start (None): the cold solve without the warm residual's product.
+    calls = []
+
+    def counted(v):
+        calls.append(1)
+        return a @ v
+
+    cold = solve_cg(counted, g, jnp.asarray(lam), None, None, None, 1e-12, 3)
+    from_zero = solve_cg(lambda v: a @ v, g, jnp.asarray(lam), None, None, jnp.zeros(6), 1e-12, 3)
+    np.testing.assert_allclose(cold.step, from_zero.step, rtol=1e-12)
+    if unrolled:  # one product per iteration, traced once each
+        assert len(calls) == 3
     # Negative curvature on the second direction stops after it; on the first, NaN.
     a2, g2 = jnp.diag(jnp.array([10.0, -1.0])), jnp.array([1.0, 0.1])
     result = solve_cg(lambda v: a2 @ v, g2, jnp.asarray(lam), None, None, jnp.zeros(2), 1e-12, 8)

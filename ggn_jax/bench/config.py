@@ -73,6 +73,7 @@ _GGN_FIELDS = {
     "cg_max_iters": (int, None),
     "cg_tol": (float, None),
     "cg_preconditioner": (("diagonal", "kfac", "none"), None),
+    "cg_warm_start_weight": (float, None),
     "min_damping": (float, None),
     "curvature_samples": (int, None),
     "momentum": (float, None),

@@ -84,7 +84,8 @@ def solve_cg(
         or a function r ↦ M⁻¹r (symmetric positive definite M), or None
         for none.
       initial_step: the warm start; ignored unless its model value
-        φ(x) = ½xᵀAx − bᵀx is below φ(0) = 0.
+        φ(x) = ½xᵀAx − bᵀx is below φ(0) = 0. None: start from zero,
+        without the product the warm start's residual costs.
       tol: stop when ‖r‖ ≤ tol·‖g‖.
       max_iters: the cap on iterations (matrix-vector products).
       stop: ``"residual"`` (only the rules above) or ``"martens"``, which
@@ -112,12 +113,15 @@ def solve_cg(
 
     b = -grad
     b_norm = jnp.linalg.norm(b)
-    r_warm = b - operator(initial_step)
     # φ(x0) = ½x0ᵀAx0 − bᵀx0 = −½x0ᵀ(b + r0), with Ax0 = b − r0.
     model = lambda x, r: -0.5 * jnp.dot(x, b + r)
-    use_warm = model(initial_step, r_warm) < 0
-    x0 = jnp.where(use_warm, initial_step, jnp.zeros_like(b))
-    r0 = jnp.where(use_warm, r_warm, b)
+    if initial_step is None:  # no warm start: no product for its residual
+        use_warm, x0, r0 = jnp.array(False), jnp.zeros_like(b), b
+    else:
+        r_warm = b - operator(initial_step)
+        use_warm = model(initial_step, r_warm) < 0
+        x0 = jnp.where(use_warm, initial_step, jnp.zeros_like(b))
+        r0 = jnp.where(use_warm, r_warm, b)
     z0 = precondition(r0)
     threshold = tol * b_norm
     # φ after each iteration, for the progress rule.
@@ -225,13 +229,16 @@ class CG(Solver):
 
             def preconditioner(r):
                 return kronecker_solve(problem, kronecker, damping, scale, r)
+        weight = config.cg_warm_start_weight
+        # A weight of 0 known when tracing: no warm start, one product fewer.
+        cold = isinstance(weight, (int, float)) and weight == 0
         result = solve_cg(
             ggn_matvec(lin, problem.loss, problem.targets),
             grad,
             damping,
             scale,
             preconditioner,
-            config.cg_warm_start_weight * warm_start,
+            None if cold else weight * warm_start,
             config.cg_tol,
             config.cg_max_iters,
             config.cg_stop,
