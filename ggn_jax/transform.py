@@ -1063,7 +1063,9 @@ def ggn(
         None: ``"none"`` for a classification loss, ``"diagonal"``
         otherwise.
       cg_warm_start_weight: CG starts from this multiple of the last
-        accepted step (0: a cold start). ``cg_warm_start``, its name
+        accepted step where that lowers the quadratic model (0: a cold
+        start, which given as a plain number also saves the GGN product
+        of the warm start's residual). ``cg_warm_start``, its name
         before, is accepted with a ``DeprecationWarning``.
       cg_stop: ``"residual"`` (tolerance and cap only) or ``"martens"``,
         which also stops once the quadratic model stops improving.
