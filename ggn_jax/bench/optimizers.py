@@ -78,15 +78,16 @@ def _ggn_options(spec: dict) -> dict:
 
 
 def _gradient_stepper(problem: BenchProblem, tx: optax.GradientTransformation,
-                      extra: Callable[[Any], dict]) -> Stepper:
-    """A stepper for an optax transformation fed the minibatch gradient."""
+                      extra: Callable[[Any], dict], gradient: bool = True) -> Stepper:
+    """A stepper for an optax transformation fed the minibatch gradient
+    (None where ``gradient`` is False)."""
 
     def init(params, batch):
         return params, tx.init(params)
 
     def step(state, batch):
         params, opt_state = state
-        grads = jax.grad(lambda p: mean_loss(problem, p, batch))(params)
+        grads = jax.grad(lambda p: mean_loss(problem, p, batch))(params) if gradient else None
         updates, opt_state = tx.update(grads, opt_state, params, **extra(batch))
         return optax.apply_updates(params, updates), opt_state
 
@@ -104,18 +105,8 @@ def ggn_stepper(problem: BenchProblem, spec: dict) -> Stepper:
     tx = ggn_jax.ggn(problem.apply_fn, problem.loss, **_ggn_options(spec))
     if spec.get("heavy_ball") is not None:
         tx = optax.chain(tx, optax.trace(decay=spec["heavy_ball"]))
-    if spec.get("caller_gradient"):
-        return _gradient_stepper(problem, tx, lambda batch: {"batch": batch})
-
-    def init(params, batch):
-        return params, tx.init(params)
-
-    def step(state, batch):
-        params, opt_state = state
-        updates, opt_state = tx.update(None, opt_state, params, batch=batch)
-        return optax.apply_updates(params, updates), opt_state
-
-    return Stepper(init, step, lambda state: state[0])
+    return _gradient_stepper(problem, tx, lambda batch: {"batch": batch},
+                             gradient=bool(spec.get("caller_gradient")))
 
 
 def adam_stepper(problem: BenchProblem, spec: dict) -> Stepper:
