@@ -31,6 +31,7 @@ def test_the_batch_is_spread_over_four_devices(sharded_results):
 def test_sharded_steps_equal_one_device_steps(sharded_results, solver, dtype, tol):
     assert sharded_results[f"fit {solver} {dtype}"] < tol
     assert sharded_results[f"ggn {solver} {dtype}"] < tol
+    assert sharded_results[f"ggn None {solver} {dtype}"] < tol  # update(None, ...)
     one, four = sharded_results[f"loss {solver} {dtype}"]
     assert four == pytest.approx(one, rel=tol)
 
