@@ -667,12 +667,18 @@ def _damping_for_step(
     return damping, state
 
 
+def _decayed(config: GGNConfig) -> bool:
+    """Whether the objective has a weight decay term: ω > 0, or a traced ω
+    (``optax.inject_hyperparams``), which may be anything."""
+    decay = config.weight_decay
+    return _is_traced(decay) or decay > 0
+
+
 def regularised_loss(config: GGNConfig, loss: jax.Array, theta: jax.Array) -> jax.Array:
     """The objective under weight decay ω, L + ½ω‖θ‖²; L itself where ω = 0
     (``config.weight_decay``, a Python number or a traced one)."""
-    decay = config.weight_decay
-    if _is_traced(decay) or decay > 0:
-        return loss + 0.5 * decay * jnp.dot(theta, theta)
+    if _decayed(config):
+        return loss + 0.5 * config.weight_decay * jnp.dot(theta, theta)
     return loss
 
 
@@ -742,7 +748,7 @@ def ggn_step(
     # Weight decay ω: the objective is F = L + ½ω‖θ‖², its gradient b + ωθ,
     # its GGN G + ωI; ω joins λD in the system, but not in the rule.
     decay = config.weight_decay
-    decayed = _is_traced(decay) or decay > 0
+    decayed = _decayed(config)
     loss0 = regularised_loss(config, loss0, theta)
     if decayed:
         grad, batch_grad = grad + decay * theta, batch_grad + decay * theta
