@@ -44,6 +44,7 @@ from ggn_jax.damping import (
     remember_loss,
     roundoff_noise,
     scale_bounds,
+    shortened_step_length,
     step_damping,
     step_growth_factor,
     update_damping,
@@ -123,13 +124,15 @@ OVERDETERMINED_ACCELERATION_RATIO = 0.25
 CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
 CLASSIFICATION_DEFAULTS = {"cg_max_iters": 5, "cg_preconditioner": "none", "momentum": 0.0,
                            "cross_batch_damping": True, "curvature_samples": 32,
-                           "residual_exponent": 1.0, "geodesic_acceleration": False}
+                           "residual_exponent": 1.0, "geodesic_acceleration": False,
+                           "shorten_rejected_steps": True}
 # ... and for every other loss. The residual rule's δ = 2 (λ = μ‖r‖², the
 # choice of Yamashita & Fukushima 2001) was measured against δ = 1 on exact
 # learning, the classic set and a PINN: BENCHMARKS.md, "Damping defaults".
 OTHER_DEFAULTS = {"cg_max_iters": None, "cg_preconditioner": "diagonal", "momentum": 0.0,
                   "cross_batch_damping": False, "curvature_samples": None,
-                  "residual_exponent": 2.0, "geodesic_acceleration": None}
+                  "residual_exponent": 2.0, "geodesic_acceleration": None,
+                  "shorten_rejected_steps": False}
 
 
 # The options `ggn` takes as None and resolves by the loss.
@@ -225,7 +228,7 @@ class GGNConfig:
       relative_damping_floor, matmul_precision, curvature_samples,
       max_dense, max_jacobian, nonmonotone_window, geodesic_acceleration,
       acceleration_ratio, weight_decay, momentum, cross_batch_damping,
-      step_growth: the
+      step_growth, shorten_rejected_steps: the
       keyword options of `ggn`, with its
       defaults and meanings.
 
@@ -261,6 +264,7 @@ class GGNConfig:
     momentum: float = 0.0
     cross_batch_damping: bool = False
     step_growth: float | None = None
+    shorten_rejected_steps: bool = False
 
     def __post_init__(self):
         _choice("damping_rule", self.damping_rule, DAMPING_RULES)
@@ -269,16 +273,17 @@ class GGNConfig:
         _choice("cg_preconditioner", self.cg_preconditioner, CG_PRECONDITIONERS)
         _choice("cg_stop", self.cg_stop, CG_STOPS)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
-        cross = self.cross_batch_damping
-        if cross is None:  # None: the default
-            object.__setattr__(self, "cross_batch_damping", False)
-        elif isinstance(cross, (np.ndarray, np.generic, jax.Array)) and np.ndim(cross) == 0:
-            if _is_traced(cross):
-                raise TypeError("cross_batch_damping picks a code path and cannot be traced")
-            object.__setattr__(self, "cross_batch_damping", bool(cross))
-        if self.cross_batch_damping not in (True, False):
-            raise TypeError("cross_batch_damping must be None (the default), True or False, got "
-                            f"{self.cross_batch_damping!r}")
+        for name in ("cross_batch_damping", "shorten_rejected_steps"):
+            switch = getattr(self, name)
+            if switch is None:  # None: the default
+                object.__setattr__(self, name, False)
+            elif isinstance(switch, (np.ndarray, np.generic, jax.Array)) and np.ndim(switch) == 0:
+                if _is_traced(switch):
+                    raise TypeError(f"{name} picks a code path and cannot be traced")
+                object.__setattr__(self, name, bool(switch))
+            if getattr(self, name) not in (True, False):
+                raise TypeError(f"{name} must be None (the default), True or False, got "
+                                f"{getattr(self, name)!r}")
         acceleration = self.geodesic_acceleration
         if _is_traced(acceleration):
             raise TypeError(
@@ -434,10 +439,16 @@ class GGNState(NamedTuple):
       rejection_growth: float (), ν, Nielsen's factor by which λ grows
         on the next rejection (doubles with each consecutive one).
       loss: float (), the batch loss at the parameters after this update
-        (the trial loss if the step was accepted); +inf before any step.
-      rho: float (), the gain ratio of the last step (−1 where undefined).
-      accepted: bool (), whether the last step was taken.
-      num_rejected: int32 (), rejected steps so far.
+        (the trial loss if the step was accepted, the shortened step's if
+        it was shortened); +inf before any step.
+      rho: float (), the gain ratio of the last trial step (−1 where
+        undefined); for a shortened step, that of the full step, which
+        the test rejected.
+      accepted: bool (), whether the last step was taken (the full step,
+        or, with ``shorten_rejected_steps``, the shortened one: then
+        ``rho`` is below ``min_gain_ratio`` and ``step_length`` < 1).
+      num_rejected: int32 (), rejected steps so far (those neither taken
+        nor shortened).
       num_non_finite: int32 (), the rejected steps among them at which
         the data made something NaN or Inf: the loss or the gradient at θ
         (bad data, an overflow) or the trial loss.
@@ -477,8 +488,9 @@ class GGNState(NamedTuple):
         damped solve for the g handed in: 1/c for g = c·b with c > 1 (the
         solve is then for b), times α* = −bᵀδ/δᵀGδ where that is < 1 (a
         g that over-scales the step otherwise), times the factor of the
-        bound on the step's growth where it bound (``step_growth``); 1 when
-        g is b or shorter and the bound did not bind.
+        bound on the step's growth where it bound (``step_growth``), times
+        the fraction α* of a shortened step (``shorten_rejected_steps``);
+        1 when g is b or shorter and neither bound nor shortening applied.
 
     Example:
       >>> import jax.numpy as jnp, ggn_jax
@@ -882,10 +894,41 @@ def ggn_step(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
         scale_min, scale_max, window_only=accepted & ~monotone_accepted,
     )
-    update = jnp.where(accepted, step, jnp.zeros_like(step))
+    # A rejected step, shortened (`ggn_jax.damping`): α*δ from the parabola
+    # through L(θ), its slope bᵀδ and the trial loss, where the loss at
+    # θ + α*δ passes the same test; λ has grown as after the rejection.
+    shortened = jnp.zeros((), bool)
+    fraction = jnp.zeros((), dtype)
+    short_loss = short_predicted = jnp.zeros((), dtype)
+    if config.shorten_rejected_steps and not accelerate:
+        slope = jnp.dot(batch_grad, step)
+        length = shortened_step_length(loss0, slope, trial_loss)
+        # Only once some step was taken: before that λ is the initial guess,
+        # and a trial rejected at it may be far off.
+        taken_before = state.count > state.num_rejected
+        candidate = ~accepted & taken_before & data_finite & solved & jnp.isfinite(length)
+        fraction = jnp.where(candidate, length, 0).astype(dtype)
+        short_predicted = (-fraction * slope - 0.5 * fraction**2 * curvature).astype(dtype)
+
+        def loss_shortened():
+            moved = theta + fraction * step
+            value = mean_loss(problem, problem.model(moved, problem.inputs))
+            return regularised_loss(config, value, moved).astype(dtype)
+
+        # One forward pass, only where a rejected step has a parabola to go by.
+        short_loss = jax.lax.cond(candidate, loss_shortened,
+                                  lambda: jnp.asarray(jnp.inf, dtype))
+        shortened = (
+            candidate & jnp.isfinite(short_loss) & (short_predicted > 0)
+            & (loss0 - short_loss > config.min_gain_ratio * short_predicted)
+        )
+    taken = accepted | shortened
+    update = jnp.where(accepted, step, jnp.where(shortened, fraction * step, jnp.zeros_like(step)))
     new_loss = jnp.where(
-        accepted, trial_loss, jnp.where(jnp.isfinite(loss0), loss0, state.loss)
+        accepted, trial_loss,
+        jnp.where(shortened, short_loss, jnp.where(jnp.isfinite(loss0), loss0, state.loss)),
     )
+    step_length = jnp.where(shortened, step_length * fraction, step_length)
     new_state = GGNState(
         count=state.count + 1,
         damping=damping.astype(dtype),
@@ -893,21 +936,22 @@ def ggn_step(
         rejection_growth=rejection_growth.astype(dtype),
         loss=new_loss.astype(dtype),
         rho=rho.astype(dtype),
-        accepted=accepted,
-        num_rejected=state.num_rejected + (~accepted).astype(jnp.int32),
+        accepted=taken,
+        num_rejected=state.num_rejected + (~taken).astype(jnp.int32),
         num_non_finite=state.num_non_finite + non_finite.astype(jnp.int32),
         num_failed_solves=state.num_failed_solves + failed_solve.astype(jnp.int32),
         solver=jnp.asarray(solver.code, jnp.int32),
         solve_status=info.status.astype(jnp.int32),
         cg_iterations=info.iterations.astype(jnp.int32),
-        last_step=jnp.where(accepted, step, state.last_step),
+        last_step=jnp.where(taken, update, state.last_step),
         last_damping_option=state.last_damping_option,
-        recent_losses=remember_loss(recent, loss0, accepted),
+        recent_losses=remember_loss(recent, loss0, taken),
         # A batch with a NaN (never "the same batch") is stored finite, so
         # that a fault leaves the state finite.
         batch_fingerprint=jnp.where(jnp.isfinite(fingerprint), fingerprint,
                                     jnp.finfo(dtype).max).astype(dtype),
-        last_predicted=jnp.where(accepted, predicted, 0).astype(dtype),
+        last_predicted=jnp.where(
+            accepted, predicted, jnp.where(shortened, short_predicted, 0)).astype(dtype),
         # NaN where the data or g was (the step is rejected): the last value.
         gradient_mismatch=jnp.where(jnp.isfinite(mismatch), mismatch,
                                     state.gradient_mismatch).astype(dtype),
@@ -1005,6 +1049,7 @@ def ggn(
     momentum: float | None = None,
     cross_batch_damping: bool | None = None,
     step_growth: float | None = None,
+    shorten_rejected_steps: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The damped generalised Gauss-Newton step, as an optax transformation.
 
@@ -1135,6 +1180,15 @@ def ggn(
         None (default): 2 for squared error where N·K < P (exact
         learning: BENCHMARKS.md, "A bound on the step's growth"), no
         bound elsewhere.
+      shorten_rejected_steps: where the gain ratio rejects a step δ, take
+        α*δ instead if its loss, evaluated once more, passes the same
+        test; α* minimises the parabola through the loss at θ, its slope
+        bᵀδ and the trial loss (`ggn_jax.damping.shortened_step_length`;
+        ≤ ½ when the trial raised the loss). λ grows as after a
+        rejection. Only once a step has been taken (before that λ is the
+        initial guess). One forward pass more, on rejected steps only; not
+        with geodesic acceleration. None (default): on for a classification
+        loss (BENCHMARKS.md, "Shortened rejected steps"), off otherwise.
 
     The numeric options in ``DYNAMIC_OPTIONS`` (``damping``, the damping
     bounds, ``min_gain_ratio``, ``residual_exponent``, ``marquardt_floor``,
@@ -1181,7 +1235,8 @@ def ggn(
                "momentum": momentum, "cross_batch_damping": cross_batch_damping,
                "curvature_samples": curvature_samples,
                "residual_exponent": residual_exponent,
-               "geodesic_acceleration": geodesic_acceleration}
+               "geodesic_acceleration": geodesic_acceleration,
+               "shorten_rejected_steps": shorten_rejected_steps}
     by_loss = {name: default if by_loss[name] is None else by_loss[name]
                for name, default in loss_defaults(loss).items()}
     if cg_warm_start is not None:  # the deprecated name wins over the default

@@ -25,6 +25,7 @@ from ggn_jax.damping import (
     remember_loss,
     roundoff_noise,
     scale_bounds,
+    shortened_step_length,
     step_damping,
     step_growth_factor,
     update_damping,
@@ -491,6 +492,107 @@ def test_cross_batch_damping_leaves_a_step_that_helped_to_the_batch_rule():
     factor = max(1 / 3, 1 - (2 * rho - 1) ** 3)
     assert float(after.damping_scale) == pytest.approx(factor * float(state.damping_scale),
                                                        rel=1e-10)
+
+
+def test_the_shortened_step_length_is_the_parabolas_minimiser():
+    """p(α) = a + sα + cα² through L(0) = a, p'(0) = s, L(1) = a + s + c
+    has its minimum at α* = −s/(2c); no minimiser in (0, 1): NaN."""
+    for a, s, c in [(1.0, -2.0, 3.0), (0.3, -1e-3, 0.5), (-4.0, -1.0, 0.6)]:
+        alpha = shortened_step_length(A(a), A(s), A(a + s + c))
+        assert float(alpha) == pytest.approx(-s / (2 * c), rel=1e-6)
+        # ... the vertex of the parabola, where its derivative vanishes:
+        assert s + 2 * c * float(alpha) == pytest.approx(0, abs=1e-6)
+    # a rising slope, a parabola open downwards, a vertex past the trial
+    # (c < −s/2), values that are not finite:
+    for loss, slope, trial in [(1.0, 0.5, 3.0), (1.0, -1.0, -1.0), (1.0, -2.0, -0.6),
+                               (1.0, -1.0, np.inf), (1.0, -1.0, np.nan), (np.nan, -1.0, 2.0)]:
+        assert np.isnan(float(shortened_step_length(A(loss), A(slope), A(trial))))
+
+
+def _first_step(shorten, seed, damping, taken_before=True):
+    """A step of ggn on a softmax problem with N·K < P and a tiny λ, whose
+    full Gauss-Newton step overshoots, from the initial state, as if one
+    step had been taken already (on another batch) where ``taken_before``;
+    and the dense references."""
+    params, batch = small_problem("softmax_cross_entropy", seed, n=16, sizes=(3, 8, 4))
+    x, y = batch
+    theta, unravel = ravel_pytree(params)
+    mean = lambda th: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        mlp_apply(unravel(th), x), y))
+    tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver="primal", damping=damping,
+                     damping_rule="nielsen", shorten_rejected_steps=shorten)
+    state = tx.init(params)
+    if taken_before:
+        state = state._replace(count=jnp.ones((), jnp.int32))
+    updates, after = jit_update(tx)(None, state, params, batch=batch)
+    g = jax.grad(mean)(theta)
+    reference, _ = reference_ggn("softmax_cross_entropy", params, batch)
+    full = np.linalg.solve(reference + float(after.damping) * np.eye(theta.size), -g)
+    return _flat(updates), state, after, mean, theta, g, full
+
+
+# Seeds of `_first_step`'s problem: on 1 and 2 the loss at α*δ is below
+# L(θ), on 0 it is above (α* = 0.015 of a step that took the loss from 1.5
+# to 143; 2.2 there).
+SHORTENED, SHORTENING_FAILS = (1, 2), 0
+
+
+@pytest.mark.parametrize("seed", SHORTENED)
+def test_a_rejected_step_is_shortened_to_the_parabolas_minimiser(seed):
+    """The full step −(G + λI)⁻¹b (dense, from jacfwd and jax.hessian) raises
+    the loss; the update is α*δ with α* from the losses computed here, it
+    lowers the loss, and λ grows as after a rejection."""
+    with jax.enable_x64(True):
+        update, state, after, mean, theta, g, full = _first_step(True, seed, 1e-6)
+        loss0, trial = float(mean(theta)), float(mean(theta + full))
+        slope = float(g @ full)
+        assert trial > loss0  # the full step was rejected
+        alpha = -slope / (2 * (trial - loss0 - slope))
+        assert 0 < alpha <= 0.5
+        assert rel_err(update, alpha * full) < 1e-8
+        assert float(mean(theta + update)) < loss0
+        assert bool(after.accepted) and int(after.num_rejected) == 0
+        assert float(after.loss) == pytest.approx(float(mean(theta + update)), rel=1e-12)
+        assert float(after.step_length) == pytest.approx(alpha, rel=1e-8)
+        assert float(after.rho) < 0  # the full step's gain ratio
+        # Nielsen's rejection: μ ← μ·ν with ν = 2, then ν ← 4.
+        assert float(after.damping_scale) == pytest.approx(2 * float(state.damping_scale),
+                                                           rel=1e-12)
+        assert float(after.rejection_growth) == 4.0
+        # Off: the same trial is rejected outright.
+        update, _, off, *_ = _first_step(False, seed, 1e-6)
+        assert not np.any(update) and not bool(off.accepted) and int(off.num_rejected) == 1
+        assert float(off.damping_scale) == float(after.damping_scale)
+        # Before any step was taken, λ is the initial guess: no shortening.
+        update, _, first, *_ = _first_step(True, seed, 1e-6, taken_before=False)
+        assert not np.any(update) and int(first.num_rejected) == 1
+
+
+def test_shortening_is_a_classification_default_and_a_python_bool():
+    from ggn_jax.transform import loss_defaults
+
+    assert loss_defaults("softmax_cross_entropy")["shorten_rejected_steps"] is True
+    assert loss_defaults("sigmoid_binary_cross_entropy")["shorten_rejected_steps"] is True
+    assert loss_defaults("squared_error")["shorten_rejected_steps"] is False
+    assert ggn_jax.GGNConfig().shorten_rejected_steps is False  # fit's default
+    assert ggn_jax.GGNConfig(shorten_rejected_steps=np.bool_(True)).shorten_rejected_steps is True
+    with pytest.raises(TypeError, match="shorten_rejected_steps must be None"):
+        ggn_jax.GGNConfig(shorten_rejected_steps="yes")
+    with pytest.raises(TypeError, match="shorten_rejected_steps picks a code path"):
+        jax.jit(lambda v: ggn_jax.GGNConfig(shorten_rejected_steps=v))(jnp.array(True))
+
+
+def test_a_shortened_step_that_fails_the_test_is_rejected():
+    """Where the loss at α*δ does not fall by η times the model's decrease,
+    the step is rejected as without shortening."""
+    with jax.enable_x64(True):
+        update, _, after, mean, theta, g, full = _first_step(True, SHORTENING_FAILS, 1e-6)
+        loss0, trial = float(mean(theta)), float(mean(theta + full))
+        slope = float(g @ full)
+        alpha = -slope / (2 * (trial - loss0 - slope))
+        assert 0 < alpha < 1 and float(mean(theta + alpha * full)) >= loss0
+        assert not np.any(update) and not bool(after.accepted)
+        assert int(after.num_rejected) == 1
 
 
 def test_classification_defaults_take_a_short_unpreconditioned_cg_solve():

@@ -41,7 +41,7 @@ EXPECTED = {
     # Raw JAX: "loss 1e-27 after 4 steps" (float64).
     r"^loss (\S+) after (\d+) steps$":
         lambda m: _number(m[1]) < 1e-20 and int(m[2]) <= 6,
-    # Flax on digits, classification defaults: "test accuracy 96.4%".
+    # Flax on digits, classification defaults: "test accuracy 96.7%".
     r"^test accuracy (\S+)%$": lambda m: _number(m[1]) >= 95.0,
     # Equinox PINN: "max |u - sin(πx)| = 9e-11 after 300 steps".
     r"^max \|u - sin\(πx\)\| = (\S+) after (\d+) steps$":

@@ -79,6 +79,7 @@ _GGN_FIELDS = {
     "momentum": (float, None),
     "cross_batch_damping": (bool, None),
     "geodesic_acceleration": (bool, None),
+    "shorten_rejected_steps": (bool, None),
 }
 # Heavy-ball momentum chained after ggn_jax's step (optax.trace), for
 # comparison; caller_gradient: the loop computes jax.grad and hands it to
