@@ -109,12 +109,12 @@ anyway, but the samples of this batch are not wasted. It applies only
 once some step has been taken: before that λ is the initial guess, and a
 trial rejected at it can be far off (on the synthetic set of the
 benchmarks one such step, shortened at the third iteration, left the
-run 2 points of test accuracy behind for thousands of steps). On
-minibatches, where a rejected step's batch does not come back, and early
-on, where μ is still far below its level, it saved a quarter to a third
-of the steps to the target accuracy on digits (BENCHMARKS.md, "Shortened
-rejected steps"). The second loss costs one forward pass, only on a
-rejected step.
+run 1–2 points of test accuracy behind for thousands of steps). Early on,
+where μ is still far below its level, and on minibatches, where a
+rejected step's batch does not come back, it cut the time to the target
+accuracy by 8–35% on the five digits configs of the benchmarks
+(BENCHMARKS.md, "Shortened rejected steps"). The second loss costs one
+forward pass, only on a rejected step.
 
 **Round-off.** Near a minimum the change of the loss is lost in round-off:
 in L itself (a few eps·|L|) and in the outputs, each computed to about
