@@ -7,7 +7,9 @@ One call of ``update`` on a batch (X, Y) at parameters θ with gradient g:
 2. choose λ by the damping rule and solve (G + λD) δ = −g with the solver;
 3. evaluate the trial loss L(θ + δ) (one forward pass) and the model's
    predicted decrease −gᵀδ − ½‖H̄^{1/2}J̄δ‖² (one jvp or one matrix product);
-4. accept δ if the gain ratio passes, else return a zero update; adapt λ.
+4. accept δ if the gain ratio passes, else return a zero update (or, with
+   ``shorten_rejected_steps``, α*δ from a parabola through the losses
+   measured, if its own loss passes: one more forward pass); adapt λ.
 
 Everything runs inside ``jit`` with no host synchronisation; a step whose
 solve or trial loss is not finite is rejected and never reaches the
@@ -446,7 +448,7 @@ class GGNState(NamedTuple):
         the test rejected.
       accepted: bool (), whether the last step was taken (the full step,
         or, with ``shorten_rejected_steps``, the shortened one: then
-        ``rho`` is below ``min_gain_ratio`` and ``step_length`` < 1).
+        ``rho`` ≤ ``min_gain_ratio`` and ``step_length`` < 1).
       num_rejected: int32 (), rejected steps so far (those neither taken
         nor shortened).
       num_non_finite: int32 (), the rejected steps among them at which
@@ -704,8 +706,8 @@ def ggn_step(
 ) -> tuple[jax.Array, GGNState]:
     """One damped GGN step over flat parameters.
 
-    prepare at θ → λ → solve → gain ratio → accept, with the solver chosen
-    by `resolve_solver` (`ggn_jax.solvers`).
+    prepare at θ → λ → solve → gain ratio → accept (or shorten), with the
+    solver chosen by `resolve_solver` (`ggn_jax.solvers`).
 
     Args:
       config: the options.
