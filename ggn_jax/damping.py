@@ -100,9 +100,10 @@ s = bᵀδ < 0 and the trial loss L(θ + δ), the parabola
 p(α) = L(θ) + sα + (L(θ + δ) − L(θ) − s)α² has its minimum at
 α* = −s / (2(L(θ + δ) − L(θ) − s)), which is ≤ ½ whenever the trial
 raised the loss. The step then evaluates the loss once more, at θ + α*δ,
-and takes α*δ if that passes the same test (actual > η·predicted, the
-model's decrease for α*δ being −α*s − ½α*²δᵀGδ); otherwise it rejects as
-before. This is backtracking with one quadratic interpolation (Nocedal &
+and takes α*δ if that passes the monotone test (actual > η·predicted, the
+model's decrease for α*δ being −α*s − ½α*²δᵀGδ; neither the window nor
+the round-off rule applies to it); otherwise it rejects as before. The
+``fixed`` rule rejects only non-finite steps and never shortens. This is backtracking with one quadratic interpolation (Nocedal &
 Wright, *Numerical Optimization*, 2006, §3.5) after the damping's own
 test: λ still grows as after a rejection, so the next step is shorter
 anyway, but the samples of this batch are not wasted. It applies only

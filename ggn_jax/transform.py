@@ -463,8 +463,8 @@ class GGNState(NamedTuple):
         (``ggn_jax.solvers.STATUS_NAMES``: 0 ok, 1 CG stopped at its cap,
         2 CG breakdown, 3 factorisation failed).
       cg_iterations: int32 (), CG iterations of the last step (0 for dense).
-      last_step: float (P,), the last accepted step over flat parameters,
-        CG's warm start.
+      last_step: float (P,), the last update taken over flat parameters
+        (an accepted δ, or a shortened α*δ), CG's warm start.
       last_damping_option: float (), the ``damping`` option the last step
         saw.
         When an update sees another value (``optax.inject_hyperparams``),
@@ -478,7 +478,8 @@ class GGNState(NamedTuple):
         number after a batch with a NaN or Inf): the window's losses are
         compared only on the batch they were measured on.
       last_predicted: float (), the decrease the model predicted for the
-        last step, if accepted (else 0), for ``cross_batch_damping``.
+        last update, if one was taken (for α*δ, −α*bᵀδ − ½α*²δᵀGδ; else
+        0), for ``cross_batch_damping``.
       gradient_mismatch: float (), ‖g − b‖/‖b‖ at the last step: how far
         the gradient handed to ``update`` (g) was from ggn's own gradient
         of its mean loss on the batch (b = J̄ᵀē, without weight decay). 0
@@ -719,7 +720,8 @@ def ggn_step(
         ``reusable`` solver); computed here otherwise.
 
     Returns:
-      The flat update (δ if accepted, else zeros) and the new state.
+      The flat update (δ if accepted, α*δ if shortened, else zeros) and
+      the new state.
     """
     theta, loss = problem.theta, problem.loss
     dtype = theta.dtype
@@ -902,7 +904,13 @@ def ggn_step(
     shortened = jnp.zeros((), bool)
     fraction = jnp.zeros((), dtype)
     short_loss = short_predicted = jnp.zeros((), dtype)
-    if config.shorten_rejected_steps and not accelerate:
+    if config.shorten_rejected_steps and accelerate:
+        raise ValueError(
+            "shorten_rejected_steps shortens the plain damped step, but geodesic acceleration "
+            "is on for this problem (the default for squared error where N·K < P, or for "
+            "residual blocks): pass geodesic_acceleration=False with it"
+        )
+    if config.shorten_rejected_steps:
         slope = jnp.dot(batch_grad, step)
         length = shortened_step_length(loss0, slope, trial_loss)
         # Only once some step was taken: before that λ is the initial guess,
@@ -1063,9 +1071,10 @@ def ggn(
         δ = −(G + λD)^{-1} g,\qquad G = \frac1N \sum_i J_i^\top H_i J_i,
 
     if the loss falls enough on the same batch (gain ratio test), else a
-    zero update; λ then adapts. ``D = I`` (``damping_type="levenberg"``) or
-    ``D = diag(G)`` floored (``"marquardt"``). The update is the full step:
-    chain ``optax.scale(α)`` after it for a step size α.
+    zero update (or a shortened α*δ, ``shorten_rejected_steps``); λ then
+    adapts. ``D = I`` (``damping_type="levenberg"``) or ``D = diag(G)``
+    floored (``"marquardt"``). An accepted update is the full step: chain
+    ``optax.scale(α)`` after it for a step size α.
 
     Args:
       apply_fn: ``apply_fn(params, inputs) -> outputs`` of shape (N,) or
@@ -1187,9 +1196,12 @@ def ggn(
         test; α* minimises the parabola through the loss at θ, its slope
         bᵀδ and the trial loss (`ggn_jax.damping.shortened_step_length`;
         ≤ ½ when the trial raised the loss). λ grows as after a
-        rejection. Only once a step has been taken (before that λ is the
-        initial guess). One forward pass more, on rejected steps only; not
-        with geodesic acceleration. None (default): on for a classification
+        rejection (under Nielsen's rule ν still doubles with each
+        consecutive one). Only once a step has been taken (before that λ
+        is the initial guess). One forward pass more, on rejected steps
+        only (under ``vmap`` on every step); needs the plain step, so
+        ``geodesic_acceleration=False`` where it would be on (a
+        ValueError says so). None (default): on for a classification
         loss (BENCHMARKS.md, "Shortened rejected steps"), off otherwise.
 
     The numeric options in ``DYNAMIC_OPTIONS`` (``damping``, the damping
@@ -1241,6 +1253,10 @@ def ggn(
                "shorten_rejected_steps": shorten_rejected_steps}
     by_loss = {name: default if by_loss[name] is None else by_loss[name]
                for name, default in loss_defaults(loss).items()}
+    if shorten_rejected_steps is None and geodesic_acceleration is True:
+        # Shortening needs the plain step: the acceleration asked for wins
+        # over the loss's default.
+        by_loss["shorten_rejected_steps"] = False
     if cg_warm_start is not None:  # the deprecated name wins over the default
         _deprecated("the option cg_warm_start", "cg_warm_start_weight")
         cg_warm_start_weight = cg_warm_start

@@ -509,7 +509,7 @@ def test_the_shortened_step_length_is_the_parabolas_minimiser():
         assert np.isnan(float(shortened_step_length(A(loss), A(slope), A(trial))))
 
 
-def _first_step(shorten, seed, damping, taken_before=True):
+def _first_step(shorten, seed, damping, taken_before=True, **options):
     """A step of ggn on a softmax problem with N·K < P and a tiny λ, whose
     full Gauss-Newton step overshoots, from the initial state, as if one
     step had been taken already (on another batch) where ``taken_before``;
@@ -520,7 +520,7 @@ def _first_step(shorten, seed, damping, taken_before=True):
     mean = lambda th: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
         mlp_apply(unravel(th), x), y))
     tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver="primal", damping=damping,
-                     damping_rule="nielsen", shorten_rejected_steps=shorten)
+                     damping_rule="nielsen", shorten_rejected_steps=shorten, **options)
     state = tx.init(params)
     if taken_before:
         state = state._replace(count=jnp.ones((), jnp.int32))
@@ -528,7 +528,7 @@ def _first_step(shorten, seed, damping, taken_before=True):
     g = jax.grad(mean)(theta)
     reference, _ = reference_ggn("softmax_cross_entropy", params, batch)
     full = np.linalg.solve(reference + float(after.damping) * np.eye(theta.size), -g)
-    return _flat(updates), state, after, mean, theta, g, full
+    return _flat(updates), state, after, mean, theta, g, full, reference
 
 
 # Seeds of `_first_step`'s problem: on 1 and 2 the loss at α*δ is below
@@ -543,7 +543,7 @@ def test_a_rejected_step_is_shortened_to_the_parabolas_minimiser(seed):
     the loss; the update is α*δ with α* from the losses computed here, it
     lowers the loss, and λ grows as after a rejection."""
     with jax.enable_x64(True):
-        update, state, after, mean, theta, g, full = _first_step(True, seed, 1e-6)
+        update, state, after, mean, theta, g, full, reference = _first_step(True, seed, 1e-6)
         loss0, trial = float(mean(theta)), float(mean(theta + full))
         slope = float(g @ full)
         assert trial > loss0  # the full step was rejected
@@ -555,6 +555,10 @@ def test_a_rejected_step_is_shortened_to_the_parabolas_minimiser(seed):
         assert float(after.loss) == pytest.approx(float(mean(theta + update)), rel=1e-12)
         assert float(after.step_length) == pytest.approx(alpha, rel=1e-8)
         assert float(after.rho) < 0  # the full step's gain ratio
+        # What the next step builds on: the update taken, and its model's decrease.
+        assert rel_err(_flat(after.last_step), alpha * full) < 1e-8
+        predicted = -alpha * slope - 0.5 * alpha**2 * float(full @ reference @ full)
+        assert float(after.last_predicted) == pytest.approx(predicted, rel=1e-6)
         # Nielsen's rejection: μ ← μ·ν with ν = 2, then ν ← 4.
         assert float(after.damping_scale) == pytest.approx(2 * float(state.damping_scale),
                                                            rel=1e-12)
@@ -566,6 +570,39 @@ def test_a_rejected_step_is_shortened_to_the_parabolas_minimiser(seed):
         # Before any step was taken, λ is the initial guess: no shortening.
         update, _, first, *_ = _first_step(True, seed, 1e-6, taken_before=False)
         assert not np.any(update) and int(first.num_rejected) == 1
+
+
+def test_a_shortened_step_passes_the_gain_ratio_test_of_its_own_model():
+    """Seed 3: the loss at α*δ is lower, by ρ_α = 0.62 of the model's
+    decrease −α*bᵀδ − ½α*²δᵀGδ (dense G): shortened with η = 0.5, rejected
+    with η = 0.7."""
+    with jax.enable_x64(True):
+        for eta in (0.5, 0.7):
+            update, _, after, mean, theta, g, full, reference = _first_step(
+                True, 3, 1e-6, min_gain_ratio=eta)
+            loss0, trial = float(mean(theta)), float(mean(theta + full))
+            slope = float(g @ full)
+            alpha = -slope / (2 * (trial - loss0 - slope))
+            predicted = -alpha * slope - 0.5 * alpha**2 * float(full @ reference @ full)
+            rho = (loss0 - float(mean(theta + alpha * full))) / predicted
+            assert 0.5 < rho < 0.7
+            assert bool(after.accepted) == (eta == 0.5)
+            assert bool(np.any(update)) == (eta == 0.5)
+
+
+def test_shortening_needs_the_plain_step():
+    """Asked for with geodesic acceleration on (squared error, N·K < P):
+    a ValueError that says what to pass. With a classification loss the
+    acceleration asked for turns the default shortening off."""
+    params, batch = small_problem("squared_error", 0, n=4, sizes=(3, 8, 2))
+    tx = ggn_jax.ggn(mlp_apply, shorten_rejected_steps=True)
+    with pytest.raises(ValueError, match="geodesic_acceleration=False"):
+        jit_update(tx)(None, tx.init(params), params, batch=batch)
+    tx = ggn_jax.ggn(mlp_apply, shorten_rejected_steps=True, geodesic_acceleration=False)
+    jit_update(tx)(None, tx.init(params), params, batch=batch)
+    params, batch = small_problem("softmax_cross_entropy", 0, n=4, sizes=(3, 8, 2))
+    tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", geodesic_acceleration=True)
+    jit_update(tx)(None, tx.init(params), params, batch=batch)
 
 
 def test_shortening_is_a_classification_default_and_a_python_bool():
@@ -586,7 +623,7 @@ def test_a_shortened_step_that_fails_the_test_is_rejected():
     """Where the loss at α*δ does not fall by η times the model's decrease,
     the step is rejected as without shortening."""
     with jax.enable_x64(True):
-        update, _, after, mean, theta, g, full = _first_step(True, SHORTENING_FAILS, 1e-6)
+        update, _, after, mean, theta, g, full, _ = _first_step(True, SHORTENING_FAILS, 1e-6)
         loss0, trial = float(mean(theta)), float(mean(theta + full))
         slope = float(g @ full)
         alpha = -slope / (2 * (trial - loss0 - slope))
