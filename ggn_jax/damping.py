@@ -103,9 +103,9 @@ raised the loss. The step then evaluates the loss once more, at θ + α*δ,
 and takes α*δ if that passes the monotone test (actual > η·predicted, the
 model's decrease for α*δ being −α*s − ½α*²δᵀGδ; neither the window nor
 the round-off rule applies to it); otherwise it rejects as before. The
-``fixed`` rule rejects only non-finite steps and never shortens. This is backtracking with one quadratic interpolation (Nocedal &
-Wright, *Numerical Optimization*, 2006, §3.5) after the damping's own
-test: λ still grows as after a rejection, so the next step is shorter
+``fixed`` rule rejects only non-finite steps and never shortens. This is
+backtracking with one quadratic interpolation (Nocedal & Wright,
+*Numerical Optimization*, 2006, §3.5) after the damping's own test: λ still grows as after a rejection, so the next step is shorter
 anyway, but the samples of this batch are not wasted. It applies only
 once some step has been taken: before that λ is the initial guess, and a
 trial rejected at it can be far off (on the synthetic set of the

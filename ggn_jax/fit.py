@@ -57,6 +57,7 @@ from ggn_jax.transform import (
     ggn_step,
     init_state,
     make_config,
+    objective,
     regularised_loss,
     resolve_solver,
 )
@@ -212,9 +213,8 @@ def _build(
         unused = jnp.full_like(state.recent_losses, jnp.finfo(dtype).min)
 
         def gradient_norm(theta):
-            objective = lambda th: regularised_loss(
-                config, mean_loss(problem, problem.model(th, problem.inputs)), th)
-            return jnp.linalg.norm(jax.grad(objective)(theta)).astype(dtype)
+            value = jax.grad(lambda th: objective(config, problem, th))(theta)
+            return jnp.linalg.norm(value).astype(dtype)
 
         def cond(carry):
             _, _, state, _, step, _, _ = carry

@@ -697,6 +697,13 @@ def regularised_loss(config: GGNConfig, loss: jax.Array, theta: jax.Array) -> ja
     return loss
 
 
+def objective(config: GGNConfig, problem: Problem, theta: jax.Array) -> jax.Array:
+    """The objective at flat parameters ``theta`` on the problem's batch
+    (one forward pass): the mean loss, plus ½ω‖θ‖² under weight decay."""
+    value = mean_loss(problem, problem.model(theta, problem.inputs))
+    return regularised_loss(config, value, theta)
+
+
 @_at_config_precision
 def ggn_step(
     config: GGNConfig,
@@ -839,8 +846,7 @@ def ggn_step(
     # cancels the outputs' second-order term, so the model of the
     # accelerated step is the velocity's.
     predicted = -jnp.dot(batch_grad, velocity) - 0.5 * curvature
-    trial_loss = regularised_loss(
-        config, mean_loss(problem, problem.model(theta + step, problem.inputs)), theta + step)
+    trial_loss = objective(config, problem, theta + step)
     actual = loss0 - trial_loss
 
     noise = roundoff_noise(loss0, local.outputs, local.output_grads)
@@ -878,8 +884,7 @@ def ggn_step(
         last = state.last_step.astype(dtype)
 
         def loss_before():
-            value = mean_loss(problem, problem.model(theta - last, problem.inputs))
-            return regularised_loss(config, value, theta - last).astype(dtype)
+            return objective(config, problem, theta - last).astype(dtype)
 
         # One forward pass, only where the batch is new (never in `fit`).
         before = jax.lax.cond((~same_batch) & state.accepted, loss_before,
@@ -921,9 +926,7 @@ def ggn_step(
         short_predicted = (-fraction * slope - 0.5 * fraction**2 * curvature).astype(dtype)
 
         def loss_shortened():
-            moved = theta + fraction * step
-            value = mean_loss(problem, problem.model(moved, problem.inputs))
-            return regularised_loss(config, value, moved).astype(dtype)
+            return objective(config, problem, theta + fraction * step).astype(dtype)
 
         # One forward pass, only where a rejected step has a parabola to go by.
         short_loss = jax.lax.cond(candidate, loss_shortened,

@@ -531,6 +531,14 @@ def _first_step(shorten, seed, damping, taken_before=True, **options):
     return _flat(updates), state, after, mean, theta, g, full, reference
 
 
+def _parabola(mean, theta, g, full):
+    """L(θ), L(θ + δ), bᵀδ and the vertex α* of the parabola through them,
+    computed here from the loss itself."""
+    loss0, trial = float(mean(theta)), float(mean(theta + full))
+    slope = float(g @ full)
+    return loss0, trial, slope, -slope / (2 * (trial - loss0 - slope))
+
+
 # Seeds of `_first_step`'s problem: on 1 and 2 the loss at α*δ is below
 # L(θ), on 0 it is above (α* = 0.015 of a step that took the loss from 1.5
 # to 143; 2.2 there).
@@ -544,10 +552,8 @@ def test_a_rejected_step_is_shortened_to_the_parabolas_minimiser(seed):
     lowers the loss, and λ grows as after a rejection."""
     with jax.enable_x64(True):
         update, state, after, mean, theta, g, full, reference = _first_step(True, seed, 1e-6)
-        loss0, trial = float(mean(theta)), float(mean(theta + full))
-        slope = float(g @ full)
+        loss0, trial, slope, alpha = _parabola(mean, theta, g, full)
         assert trial > loss0  # the full step was rejected
-        alpha = -slope / (2 * (trial - loss0 - slope))
         assert 0 < alpha <= 0.5
         assert rel_err(update, alpha * full) < 1e-8
         assert float(mean(theta + update)) < loss0
@@ -580,9 +586,7 @@ def test_a_shortened_step_passes_the_gain_ratio_test_of_its_own_model():
         for eta in (0.5, 0.7):
             update, _, after, mean, theta, g, full, reference = _first_step(
                 True, 3, 1e-6, min_gain_ratio=eta)
-            loss0, trial = float(mean(theta)), float(mean(theta + full))
-            slope = float(g @ full)
-            alpha = -slope / (2 * (trial - loss0 - slope))
+            loss0, _, slope, alpha = _parabola(mean, theta, g, full)
             predicted = -alpha * slope - 0.5 * alpha**2 * float(full @ reference @ full)
             rho = (loss0 - float(mean(theta + alpha * full))) / predicted
             assert 0.5 < rho < 0.7
@@ -624,9 +628,7 @@ def test_a_shortened_step_that_fails_the_test_is_rejected():
     the step is rejected as without shortening."""
     with jax.enable_x64(True):
         update, _, after, mean, theta, g, full, _ = _first_step(True, SHORTENING_FAILS, 1e-6)
-        loss0, trial = float(mean(theta)), float(mean(theta + full))
-        slope = float(g @ full)
-        alpha = -slope / (2 * (trial - loss0 - slope))
+        loss0, _, _, alpha = _parabola(mean, theta, g, full)
         assert 0 < alpha < 1 and float(mean(theta + alpha * full)) >= loss0
         assert not np.any(update) and not bool(after.accepted)
         assert int(after.num_rejected) == 1
