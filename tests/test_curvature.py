@@ -156,6 +156,59 @@ def test_kfac_factors_equal_those_from_per_sample_jacobians():
     assert rel_err(kfac.diagonal, diagonal * is_bias) < 1e-10
 
 
+def _torch_layout(p, x):  # W stored (out, in), as PyTorch and Equinox do
+    return jnp.tanh(x @ p[0].T + p[1]) @ p[2].T + p[3]
+
+
+def _einsum_layers(p, x):
+    hidden = jnp.tanh(jnp.einsum("bd,dh->bh", x, p[0]) + p[1])
+    return jnp.einsum("bh,hk->bk", hidden, p[2]) + p[3]
+
+
+def _no_bias(p, x):
+    return jax.nn.relu(x @ p[0]) @ p[1]
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "squared_error"])
+@pytest.mark.parametrize(
+    "form", [_torch_layout, _einsum_layers, _no_bias], ids=["torch_layout", "einsum", "no_bias"]
+)
+def test_kfac_block_of_one_sample_is_its_exact_ggn_block(form, loss):
+    # For one sample a weight's GGN block is exactly a Kronecker product,
+    # (a aᵀ) ⊗ (δᵀHδ): K-FAC must give it whatever layout or product the
+    # layer is written with. The block from jacfwd and jax.hessian of the
+    # whole model, the K-FAC block from the factors' eigendecompositions.
+    from ggn_jax.curvature import kronecker_curvature
+
+    keys = jax.random.split(jax.random.PRNGKey(4), 6)
+    params = [jax.random.normal(keys[0], (5, 3)), 0.1 + jax.random.normal(keys[1], (5,)),
+              jax.random.normal(keys[2], (4, 5)), jax.random.normal(keys[3], (4,))]
+    if form is not _torch_layout:
+        params[0], params[2] = params[0].T, params[2].T
+    if form is _no_bias:
+        params = params[::2]
+    x = jax.random.normal(keys[4], (1, 3))
+    y = (jax.nn.one_hot(jnp.array([2]), 4) if loss == "softmax_cross_entropy"
+         else jax.random.normal(keys[5], (1, 4)))
+    theta, unravel = ravel_pytree(params)
+    jac = jax.jacfwd(lambda th: form(unravel(th), x)[0])(theta)
+    if loss == "softmax_cross_entropy":
+        hessian = jax.hessian(lambda o: -jnp.sum(y[0] * jax.nn.log_softmax(o)))(form(params, x)[0])
+    else:
+        hessian = jnp.eye(4)  # ½‖o − y‖²
+    dense = np.asarray(jac.T @ hessian @ jac)
+    kfac = kronecker_curvature(bind_problem(form, loss, params, (x, y)))
+    offset, checked = 0, 0
+    for leaf, entry in zip(params, kfac.eigen):
+        if leaf.ndim == 2:
+            u1, s1, u2, s2 = entry
+            block = dense[offset:offset + leaf.size, offset:offset + leaf.size]
+            assert rel_err(np.kron((u1 * s1) @ u1.T, (u2 * s2) @ u2.T), block) < 1e-10
+            checked += 1
+        offset += leaf.size
+    assert checked == 2
+
+
 def test_kronecker_solve_inverts_the_damped_block_diagonal():
     from ggn_jax.curvature import kronecker_curvature, kronecker_solve
 
