@@ -370,3 +370,48 @@ def test_minibatch_dual_step_equals_primal_and_cg_on_the_same_minibatch():
         steps[solver] = ravel_pytree(update)[0]
     assert rel_err(steps["dual"], steps["primal"]) < 1e-8
     assert rel_err(steps["dual"], steps["cg"]) < 1e-8
+
+
+@pytest.mark.parametrize("model", ["cnn", "layer_norm"])
+def test_minibatch_steps_on_flax_models_equal_a_dense_solve(model):
+    """The same through Flax linen models whose layers the structured Gram
+    reads differently: a convolution, pooling and a dense layer; and a
+    LayerNorm, whose scale is an elementwise gain (the per-leaf fallback).
+    Against −(G + λI)⁻¹b with G from jacfwd and the softmax Hessian
+    diag(p) − ppᵀ written out, b from jax.grad."""
+    nn = pytest.importorskip("flax.linen")
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            if model == "cnn":
+                h = nn.avg_pool(nn.tanh(nn.Conv(3, (3, 3))(x)), (2, 2), (2, 2))
+                return nn.Dense(4)(h.reshape(h.shape[0], -1))
+            return nn.Dense(4)(nn.LayerNorm()(jnp.tanh(nn.Dense(8)(x))))
+
+    key_x, key_p = jax.random.split(jax.random.PRNGKey(21))
+    x = jax.random.normal(key_x, (6, 6, 6, 1) if model == "cnn" else (6, 5))
+    labels = jnp.array([0, 3, 1, 1, 2, 0])
+    net = Net()
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), net.init(key_p, x))
+    theta, unravel = ravel_pytree(params)
+    assert 6 * 4 < theta.size  # NK < P: the dual's regime
+    damping = 0.05
+
+    def mean_loss(th):
+        logits = net.apply(unravel(th), x)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+    jac = jax.jacfwd(lambda th: net.apply(unravel(th), x))(theta)  # (N, K, P)
+    p = jax.nn.softmax(net.apply(params, x))
+    hessians = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
+    g_dense = np.asarray(jnp.einsum("nkp,nkl,nlq->pq", jac, hessians, jac)) / x.shape[0]
+    expected = -np.linalg.solve(g_dense + damping * np.eye(theta.size),
+                                np.asarray(jax.grad(mean_loss)(theta)))
+    for solver in ("dual", "primal", "cg"):
+        tx = ggn_jax.ggn(net.apply, "softmax_cross_entropy", solver=solver, damping=damping,
+                         damping_rule="fixed", relative_damping_floor=0.0,
+                         geodesic_acceleration=False, cg_max_iters=2000, cg_tol=1e-15)
+        update, state = jit_update(tx)(None, tx.init(params), params, batch=(x, labels))
+        assert bool(state.accepted)
+        assert rel_err(ravel_pytree(update)[0], expected) < 1e-8, solver
