@@ -818,9 +818,9 @@ def ggn_step(
         # best length along δ, α* = −bᵀδ / δᵀGδ, is ≥ 1 whenever g = b (an
         # exact or CG solve of the damped system), so min(1, α*) leaves
         # those steps alone and only shortens the over-long ones.
-        slope = -jnp.dot(batch_grad, velocity)
-        best = slope / curvature
-        shorten = (slope > 0) & (curvature > 0) & (best < 0.999)
+        descent = -jnp.dot(batch_grad, velocity)
+        best = descent / curvature
+        shorten = (descent > 0) & (curvature > 0) & (best < 0.999)
         alpha = jnp.where(shorten, best, 1.0).astype(dtype)
         velocity = step = velocity * alpha
         curvature = curvature * alpha**2
@@ -828,6 +828,12 @@ def ggn_step(
     window, accelerate, ratio, growth = config.resolved_options(
         local.outputs, theta.size, loss.identity_hessian, problem.segments is not None
     )
+    if config.shorten_rejected_steps and accelerate:
+        raise ValueError(
+            "shorten_rejected_steps shortens the plain damped step, but geodesic acceleration "
+            "is on for this problem (the default for squared error where N·K < P, or for "
+            "residual blocks): pass geodesic_acceleration=False with it"
+        )
     fingerprint = batch_fingerprint((problem.inputs, problem.targets), dtype)
     same_batch = fingerprint == state.batch_fingerprint
     if _is_traced(growth) or growth < math.inf:
@@ -845,7 +851,8 @@ def ggn_step(
     # The model's predicted decrease at the velocity: the acceleration
     # cancels the outputs' second-order term, so the model of the
     # accelerated step is the velocity's.
-    predicted = -jnp.dot(batch_grad, velocity) - 0.5 * curvature
+    slope = jnp.dot(batch_grad, velocity)  # bᵀδ, δ the step shortening works on
+    predicted = -slope - 0.5 * curvature
     trial_loss = objective(config, problem, theta + step)
     actual = loss0 - trial_loss
 
@@ -909,14 +916,7 @@ def ggn_step(
     shortened = jnp.zeros((), bool)
     fraction = jnp.zeros((), dtype)
     short_loss = short_predicted = jnp.zeros((), dtype)
-    if config.shorten_rejected_steps and accelerate:
-        raise ValueError(
-            "shorten_rejected_steps shortens the plain damped step, but geodesic acceleration "
-            "is on for this problem (the default for squared error where N·K < P, or for "
-            "residual blocks): pass geodesic_acceleration=False with it"
-        )
-    if config.shorten_rejected_steps:
-        slope = jnp.dot(batch_grad, step)
+    if config.shorten_rejected_steps:  # the plain step: ``step`` is ``velocity``
         length = shortened_step_length(loss0, slope, trial_loss)
         # Only once some step was taken: before that λ is the initial guess,
         # and a trial rejected at it may be far off.
