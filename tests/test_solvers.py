@@ -23,6 +23,7 @@ from ggn_jax.curvature import (
     loss_hessians,
     per_sample_jacobians,
 )
+from ggn_jax.pde import laplacian
 from ggn_jax.problem import bind_problem
 from ggn_jax.solvers import (
     STATUS_FACTORISATION_FAILED,
@@ -30,6 +31,8 @@ from ggn_jax.solvers import (
     DualJacobian,
     ProblemShape,
     choose_solver,
+    model_flops,
+    read_shape,
     solve_cg,
     solve_dual,
     solve_primal,
@@ -249,12 +252,61 @@ def test_solver_costs_match_a_hand_count():
     costs = solver_costs(shape, config)
     jacobian = 6 * 6 * 5
     assert costs["primal"] == pytest.approx(jacobian + 2 * 6 * 25 + 125 / 3)
-    assert costs["dual"] == pytest.approx(4 * 6 * 5 + 100 + 216 / 3 + 10 * 3 * 5)
+    # The structured Gram's flops count double (GRAM_EFFICIENCY = 0.5).
+    assert costs["dual"] == pytest.approx(4 * 6 * 5 + 2 * 100 + 216 / 3 + 10 * 3 * 5)
     assert costs["cg"] == pytest.approx(10 * 3 * 5 * 7 + 4 * 6 * 5 + 40)
     no_preconditioner = solver_costs(shape, make_config(cg_max_iters=7, cg_preconditioner="none"))
     assert no_preconditioner["cg"] == pytest.approx(10 * 3 * 5 * 7)
     marquardt = solver_costs(shape, make_config(damping_type="marquardt"))
     assert marquardt["dual"] == pytest.approx(jacobian + 2 * 36 * 5 + 216 / 3)
+    # A forward pass of F = 1000 flops in place of 2·N·P = 30: a reverse
+    # pass 2F more, a GGN product 5F, per-sample Jacobians 3K·F.
+    priced = solver_costs(shape._replace(forward_flops=1000.0), config)
+    assert priced["primal"] == pytest.approx(3 * 2 * 1000 + 2 * 6 * 25 + 125 / 3)
+    assert priced["dual"] == pytest.approx(2 * 2 * 1000 + 2 * 100 + 216 / 3 + 5 * 1000)
+    assert priced["cg"] == pytest.approx(5 * 1000 * 7 + 2 * 2 * 1000 + 40)
+
+
+def test_model_flops_is_the_hand_count_of_the_forward_pass():
+    n, d, h, k = 7, 3, 5, 2
+    params = {"w1": jnp.ones((d, h)), "b1": jnp.ones(h), "w2": jnp.ones((h, k))}
+    x = jnp.ones((n, d))
+    linear = bind_problem(lambda p, x: x @ p["w1"], "squared_error", params, (x, jnp.ones((n, h))))
+    assert model_flops(linear) == 2 * n * d * h
+    assert read_shape(linear, make_config()).forward_flops == 2 * n * d * h
+    # Two products and the bias's adds (XLA counts tanh apart, as a transcendental).
+    mlp = bind_problem(lambda p, x: jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"],
+                       "squared_error", params, (x, jnp.ones((n, k))))
+    assert model_flops(mlp) == 2 * n * (d * h + h * k) + n * h
+
+
+def test_auto_takes_a_dense_solve_for_a_deep_pinn():
+    """A Laplacian residual costs several forward passes of the network.
+    With CG priced at 2·N·P a pass, ``auto`` took its 100 products over a
+    dense solve on the 2-[32]-[32]-1 Poisson PINN (P = 1185, 1020 samples),
+    and CG, stopped at its cap, never solved the system once λ was small:
+    relative L2 1.2e-4 after 150 steps against 1.1e-8 with the dual solve
+    and 1.3e-7 with the primal one (BENCHMARKS.md, "The price of a pass")."""
+    net = ggn_jax.paper.mlp([2, 32, 32, 1], "tanh")
+    params = net.init(jax.random.PRNGKey(0), jnp.float64)
+    u = lambda p, x: net.apply(p, x[None])[0, 0]
+    pde = lambda p, x: -laplacian(lambda y: u(p, y))(x) - jnp.sin(x[0])
+    grid = jnp.linspace(0.0, 1.0, 32)[1:-1]
+    interior = jnp.stack([a.ravel() for a in jnp.meshgrid(grid, grid)], 1)
+    side = jnp.linspace(0.0, 1.0, 30)
+    boundary = jnp.concatenate([jnp.stack([side, jnp.full(30, c)], 1) for c in (0.0, 1.0)]
+                               + [jnp.stack([jnp.full(30, c), side], 1) for c in (0.0, 1.0)])
+    blocks = ggn_jax.Blocks(interior=ggn_jax.Block(pde, interior),
+                            boundary=ggn_jax.Block(u, boundary, weight=4.0))
+    problem = blocks.bind_problem("squared_error", params, None)
+    config = make_config(cg_max_iters=100)
+    shape = read_shape(problem, config)
+    n, p = 1020, 1185
+    assert (shape.num_samples, shape.num_params) == (n, p)
+    # The interior's Laplacian makes a pass several times a dense network's.
+    assert shape.forward_flops > 2.5 * 2 * n * p
+    assert choose_solver(config, shape._replace(forward_flops=None)).name == "cg"
+    assert choose_solver(config, shape).name == "primal"
 
 
 def test_auto_respects_the_size_limits():

@@ -48,6 +48,9 @@ from ggn_jax.solvers.base import (
 from ggn_jax.solvers.base import (
     Solver as Solver,
 )
+from ggn_jax.solvers.base import (
+    model_flops as model_flops,
+)
 from ggn_jax.solvers.cg import CG as CG
 from ggn_jax.solvers.cg import CG_STOPS as CG_STOPS
 from ggn_jax.solvers.cg import CGResult as CGResult
@@ -88,18 +91,24 @@ def solver_for(name: str, config: Any) -> Solver:
 def solver_costs(shape: ProblemShape, config: Any) -> dict[str, float | None]:
     """Each solver's estimated flops for one step (None: does not fit).
 
-    With N samples, K outputs each and P parameters, one forward pass costs
-    about 2P flops per sample and a reverse pass twice that:
+    With N samples, K outputs each and P parameters, one forward pass over
+    the batch costs F flops (`ProblemShape.forward`: XLA's count of the
+    model, `model_flops`; 2·N·P for a dense network) and a reverse pass
+    about 2F more:
 
-    * ``primal``: per-sample Jacobians ≈ 6·NK·P, then JᵀJ, 2·NK·P², and a
+    * ``primal``: per-sample Jacobians ≈ 3K·F, then JᵀJ, 2·NK·P², and a
       Cholesky, P³/3; only while P ≤ max_dense and NK·P ≤ max_jacobian;
-    * ``dual``: K reverse passes per sample for the sensitivities, 4·NK·P,
+    * ``dual``: K reverse passes per sample for the sensitivities, 2K·F,
       the structured Gram (`ggn_jax.structure.Structure.gram_flops`), a
-      factorisation, (NK)³/3, and a jvp and a vjp, 10·N·P; only while
-      NK ≤ max_dense (under Marquardt scaling the Jacobian form: 6·NK·P +
+      factorisation, (NK)³/3, and a jvp and a vjp, 5F; only while
+      NK ≤ max_dense (under Marquardt scaling the Jacobian form: 3K·F +
       2·(NK)²·P + (NK)³/3, with NK·P ≤ max_jacobian);
-    * ``cg``: ≈ 10·N·P per GGN-vector product, ``cg_max_iters`` of them,
+    * ``cg``: ≈ 5F per GGN-vector product, ``cg_max_iters`` of them,
       plus the structured diagonal for its preconditioner.
+
+    F matters where the model is not a dense network: a PINN residual,
+    whose derivatives in x make a sample's pass 2.5–4× 2P on the Poisson
+    problems of BENCHMARKS.md ("The price of a pass"), or a convolution.
 
     Calibrated against ``python -m benchmarks.solvers`` (BENCHMARKS.md).
     """
@@ -115,7 +124,8 @@ def _candidates(config: Any) -> list[Solver]:
 def read_shape(problem: Problem, config: Any) -> ProblemShape:
     """The `ProblemShape` ``auto`` needs: N, K, P, and what each solver
     reads of the model's structure for its estimate (`Solver.read_shape`)."""
-    shape = ProblemShape(problem.num_samples, problem.num_outputs, problem.theta.shape[0])
+    shape = ProblemShape(problem.num_samples, problem.num_outputs, problem.theta.shape[0],
+                         forward_flops=model_flops(problem))
     cheapest = None
     for solver in _candidates(config):
         shape = solver.read_shape(problem, config, shape, cheapest)

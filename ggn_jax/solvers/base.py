@@ -20,6 +20,7 @@ step is rejected and never reaches the parameters.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -116,6 +117,12 @@ class ProblemShape(NamedTuple):
       materialised: the entries of the per-sample blocks that the
         structured products still form (N·K·Σ|materialised or fallback
         leaves|).
+      forward_flops: the flops of one forward pass of the model over the
+        batch, F (XLA's count, `model_flops`), or None for 2·N·P, a dense
+        network's. The passes every solver makes are priced by it: a
+        reverse pass costs about 2F more, a GGN-vector product (a jvp and
+        a vjp) about 5F. A residual with derivatives in x (a PINN's
+        Laplacian) or a convolution costs several times 2·N·P.
     """
 
     num_samples: int
@@ -124,6 +131,33 @@ class ProblemShape(NamedTuple):
     gram_flops: float | None = None
     diagonal_flops: float | None = None
     materialised: int = 0
+    forward_flops: float | None = None
+
+    def forward(self) -> float:
+        """F, one forward pass over the batch: `forward_flops`, else 2·N·P."""
+        if self.forward_flops is not None:
+            return self.forward_flops
+        return 2.0 * self.num_samples * self.num_params
+
+
+def model_flops(problem: Any) -> float | None:
+    """Flops of one forward pass of ``problem.model`` over its batch, from
+    XLA's cost analysis of the lowered model (traced on shapes alone, never
+    run), or None where that cannot be had (a model that closes over a
+    traced value, a backend without the analysis)."""
+    as_shape = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+    try:
+        lowered = jax.jit(problem.model).lower(
+            as_shape(problem.theta), jax.tree_util.tree_map(as_shape, problem.inputs))
+        analysis = lowered.cost_analysis()
+    except Exception:  # noqa: BLE001 - the estimate falls back to 2·N·P
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    flops = None if not analysis else analysis.get("flops")
+    if flops is None or not math.isfinite(flops) or flops <= 0:
+        return None
+    return float(flops)
 
 
 class Solver:

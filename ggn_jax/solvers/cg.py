@@ -191,14 +191,17 @@ class CG(Solver):
 
     @staticmethod
     def _products(shape: ProblemShape, config: Any) -> float:
-        return 10.0 * shape.num_samples * shape.num_params * config.cg_max_iters
+        # A GGN-vector product is a jvp and a vjp: about 5 forward passes.
+        return 5.0 * shape.forward() * config.cg_max_iters
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
-        nk, p = shape.num_samples * shape.num_outputs, shape.num_params
         cost = self._products(shape, config)
         if self._needs_factors(config):
-            diagonal = shape.diagonal_flops
-            cost += 4.0 * nk * p + (6.0 * nk * p if diagonal is None else diagonal)
+            # K reverse passes per sample for the sensitivities, then the
+            # diagonal (or 3K passes for per-sample Jacobians without it).
+            k, diagonal = shape.num_outputs, shape.diagonal_flops
+            cost += 2.0 * k * shape.forward() + (
+                3.0 * k * shape.forward() if diagonal is None else diagonal)
         return cost
 
     def read_shape(self, problem, config, shape, cheapest):

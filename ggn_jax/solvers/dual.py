@@ -139,6 +139,15 @@ def hessian_trace(gram: jax.Array, hessians: jax.Array | None, n: int) -> jax.Ar
     return jnp.sum(hessians * jnp.swapaxes(blocks, 1, 2))
 
 
+# The structured Gram's flops run at about half the rate of the dense
+# solvers' (one large JᵀJ product and a Cholesky, near the machine's peak):
+# its many einsums over small contractions reached 10–23 GFLOP/s against
+# 28–34 for the primal step, on PINN residuals of 1020 samples with
+# 921–4417 parameters on the 2-core CPU (BENCHMARKS.md, "The price of a
+# pass"). Its flops count double against theirs.
+GRAM_EFFICIENCY = 0.5
+
+
 class Dual(Solver):
     """The sample-space solve on the Gram matrix from the per-layer factors."""
 
@@ -147,14 +156,16 @@ class Dual(Solver):
     linearizes = True
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
-        n, nk, p = shape.num_samples, shape.num_samples * shape.num_outputs, shape.num_params
+        nk = shape.num_samples * shape.num_outputs
         if shape.gram_flops is None or nk > config.max_dense:
             return None
         if shape.materialised > config.max_jacobian:
             return None
         # K reverse passes per sample for the sensitivities, the Gram from
         # the factors, a factorisation, and a jvp and a vjp for the step.
-        return 4.0 * nk * p + shape.gram_flops + nk**3 / 3.0 + 10.0 * n * p
+        k = shape.num_outputs
+        gram = shape.gram_flops / GRAM_EFFICIENCY
+        return 2.0 * k * shape.forward() + gram + nk**3 / 3.0 + 5.0 * shape.forward()
 
     def read_shape(self, problem, config, shape, cheapest):
         nk = shape.num_samples * shape.num_outputs

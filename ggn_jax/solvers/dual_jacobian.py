@@ -78,7 +78,8 @@ class DualJacobian(Solver):
         nk, p = shape.num_samples * shape.num_outputs, shape.num_params
         if nk > config.max_dense or nk * p > config.max_jacobian:
             return None
-        return 6.0 * nk * p + 2.0 * nk**2 * p + nk**3 / 3.0
+        # Per-sample Jacobians (3K passes a sample), their Gram, a factorisation.
+        return 3.0 * shape.num_outputs * shape.forward() + 2.0 * nk**2 * p + nk**3 / 3.0
 
     def prepare(self, problem, config):
         local = local_from_jacobians(problem)

@@ -71,7 +71,8 @@ class Primal(Solver):
         p = shape.num_params
         if p > config.max_dense or nk * p > config.max_jacobian:
             return None
-        return 6.0 * nk * p + 2.0 * nk * p**2 + p**3 / 3.0
+        # Per-sample Jacobians (3K passes a sample), JᵀJ, a Cholesky.
+        return 3.0 * shape.num_outputs * shape.forward() + 2.0 * nk * p**2 + p**3 / 3.0
 
     def prepare(self, problem, config):
         local = local_from_jacobians(problem)
