@@ -143,8 +143,9 @@ class ProblemShape(NamedTuple):
 def model_flops(problem: Any) -> float | None:
     """Flops of one forward pass of ``problem.model`` over its batch, from
     XLA's cost analysis of the lowered model (traced on shapes alone, never
-    run), or None where that cannot be had (a model that closes over a
-    traced value, a backend without the analysis)."""
+    run; a model that closes over traced values lowers with them as
+    constants), or None where that cannot be had (a model XLA cannot lower
+    on its own, a backend without the analysis)."""
     as_shape = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
     try:
         lowered = jax.jit(problem.model).lower(
