@@ -141,10 +141,10 @@ def hessian_trace(gram: jax.Array, hessians: jax.Array | None, n: int) -> jax.Ar
 
 # The structured Gram's flops run at about half the rate of the dense
 # solvers' (one large JᵀJ product and a Cholesky, near the machine's peak):
-# its many einsums over small contractions reached 10–23 GFLOP/s against
-# 28–34 for the primal step, on PINN residuals of 1020 samples with
-# 921–4417 parameters on the 2-core CPU (BENCHMARKS.md, "The price of a
-# pass"). Its flops count double against theirs.
+# on PINN residuals of 1020 samples with 921–4417 parameters the dual step,
+# most of it the Gram's many einsums over small contractions, ran at 10–23
+# GFLOP/s by its estimate against 28–34 for the primal step, on the 2-core
+# CPU (BENCHMARKS.md, "The price of a pass"). Its flops count double.
 GRAM_EFFICIENCY = 0.5
 
 
