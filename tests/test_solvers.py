@@ -38,6 +38,7 @@ from ggn_jax.solvers import (
     solve_primal,
     solver_costs,
 )
+from ggn_jax.solvers import SOLVING_CG_MARGIN, UNROLLED_ITERATIONS
 from ggn_jax.transform import make_config
 
 LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
@@ -218,15 +219,38 @@ def test_auto_picks_by_estimated_cost(n, k, p, expected):
 
 def test_the_structured_gram_keeps_the_over_parameterised_teacher_student_dual():
     """4-[64]-[64]-2 on N = 128: with the Jacobian-form Gram, 2·256²·4610 =
-    6.0e8 flops, the dual step (6.2e8 in all) loses to CG's bound (6.0e8 at
-    100 iterations); the structured Gram, Σ_layers 2(N²·d_in + (NK)²·d_out)
-    = 3.3e7, makes it a tenth of that."""
+    6.0e8 flops (counted double, 1.22e9 in all), the dual step costs more
+    than twice CG's bound (6.0e8 at 100 iterations), so even a CG meant to
+    solve the system (SOLVING_CG_MARGIN) wins; the structured Gram,
+    Σ_layers 2(N²·d_in + (NK)²·d_out) = 3.3e7, makes the dual step under a
+    fifth of CG's bound."""
     n, k, p = 128, 2, 4610
     gram = 2.0 * sum(n**2 * d_in + (n * k) ** 2 * d_out
                      for d_in, d_out in ((4, 64), (64, 64), (64, 2)))
     config = make_config()
+    unstructured = solver_costs(_unstructured(n, k, p), config)
+    assert unstructured["dual"] > unstructured["cg"] / SOLVING_CG_MARGIN
     assert choose_solver(config, _unstructured(n, k, p)).name == "cg"
-    assert choose_solver(config, ProblemShape(n, k, p, gram_flops=gram)).name == "dual"
+    structured = ProblemShape(n, k, p, gram_flops=gram)
+    assert solver_costs(structured, config)["dual"] < unstructured["cg"] / 5
+    assert choose_solver(config, structured).name == "dual"
+
+
+def test_a_cg_meant_to_solve_must_be_half_as_dear_as_a_dense_solve():
+    """CG without a preconditioner costs 10·N·P flops an iteration (F = 2·N·P).
+
+    N = 20000, K = 1, P = 200: primal 6·N·P + 2·N·P² + P³/3 = 1.627e9, CG
+    4e7 an iteration. A CG meant to solve the system (more than
+    UNROLLED_ITERATIONS) is taken under half of that: 20 iterations (8e8)
+    yes, 21 (8.4e8) no. N = 2000, P = 36: primal 5.63e6, CG 7.2e5 an
+    iteration; a truncated CG is taken under the primal estimate: 7
+    iterations (5.04e6) yes, 8 (5.76e6) no."""
+    for (n, p), iterations, expected in [
+        ((20000, 200), 20, "cg"), ((20000, 200), 21, "primal"),
+        ((2000, 36), 7, "cg"), ((2000, 36), 8, "primal"),
+    ]:
+        config = make_config(cg_max_iters=iterations, cg_preconditioner="none")
+        assert choose_solver(config, _unstructured(n, 1, p)).name == expected, (n, iterations)
 
 
 def test_a_cheap_structured_gram_makes_dual_the_choice_where_cg_was():

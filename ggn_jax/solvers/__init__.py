@@ -53,6 +53,7 @@ from ggn_jax.solvers.base import (
 )
 from ggn_jax.solvers.cg import CG as CG
 from ggn_jax.solvers.cg import CG_STOPS as CG_STOPS
+from ggn_jax.solvers.cg import UNROLLED_ITERATIONS as UNROLLED_ITERATIONS
 from ggn_jax.solvers.cg import CGResult as CGResult
 from ggn_jax.solvers.cg import solve_cg as solve_cg
 from ggn_jax.solvers.dual import Dual as Dual
@@ -74,6 +75,14 @@ SOLVER_NAMES = {code: name for name, code in SOLVER_CODES.items()}
 # dual step at N = 2048, 2.3 times CG's time, once the structured Gram
 # made the dual step cheaper.
 CG_MARGIN = 1.0
+# ... and where CG is meant to solve the system (a cap of more than
+# ``UNROLLED_ITERATIONS``, like squared error's default of 100, not
+# classification's truncated 5-iteration step). There λ falls with the
+# residual, CG runs to its cap and stops short of the solution, while a
+# dense solve is exact; and on PDE residuals its products ran at half the
+# dense solvers' rate or less (14–16 against 28–34 GFLOP/s on Poisson 2-D,
+# 9 against 32 on Poisson 5-D; BENCHMARKS.md, "The price of a pass").
+SOLVING_CG_MARGIN = 0.5
 
 
 def solver_for(name: str, config: Any) -> Solver:
@@ -140,7 +149,9 @@ def choose_solver(config: Any, shape: ProblemShape | None) -> Solver:
 
     ``auto`` takes the cheapest dense solver (``primal``, ``dual``) among
     those that fit, and the matrix-free ``cg`` when none fits or when its
-    estimate is below ``CG_MARGIN`` times the cheapest's.
+    estimate is below ``CG_MARGIN`` times the cheapest's (a short, truncated
+    CG step) or ``SOLVING_CG_MARGIN`` times (a CG of more than
+    ``UNROLLED_ITERATIONS`` iterations, meant to solve the system).
     """
     if config.solver != "auto":
         return solver_for(config.solver, config)
@@ -150,7 +161,8 @@ def choose_solver(config: Any, shape: ProblemShape | None) -> Solver:
     if not dense:
         return free
     best = min(dense, key=costs.get)
-    return free if costs[free] < CG_MARGIN * costs[best] else best
+    margin = CG_MARGIN if config.cg_max_iters <= UNROLLED_ITERATIONS else SOLVING_CG_MARGIN
+    return free if costs[free] < margin * costs[best] else best
 
 
 def select_solver(problem: Problem, config: Any) -> Solver:
