@@ -1103,7 +1103,9 @@ def ggn(
         `ggn_jax.structure`) or ``"cg"`` (matrix-free). ``auto`` takes the
         cheapest by a flop estimate (`ggn_jax.solvers.solver_costs`):
         ``dual`` when NK ≪ P, ``primal`` when P ≪ NK, ``cg`` when it costs
-        less than the dense solve or the dense solvers pass ``max_dense``
+        less than the dense solve (less than half of it for a CG of more
+        than 8 iterations, meant to solve the system: at small λ it runs
+        to its cap and stops short) or the dense solvers pass ``max_dense``
         (matrix side) or ``max_jacobian`` (entries of the per-sample
         Jacobians they form).
       min_damping, max_damping: bounds on λ; the default floor is 100·eps of

@@ -3,12 +3,13 @@
 Tests of float32 behaviour create float32 arrays explicitly.
 
 The 4-device sharding comparison (test_sharding.py) and the README's code
-blocks (test_readme.py) run in processes of their own. Those two files are
-put first, so that their processes start early and overlap the rest of the
-suite instead of adding to it: in a serial run they start as soon as the
-files are collected; with pytest-xdist (``-n``), where each worker collects
-every file but runs only some, a worker starts them when it reaches the
-first test that needs them (``--dist loadfile`` keeps a file on one worker).
+blocks (test_readme.py) run in processes of their own. In a serial run
+(``-n 0``) they start as soon as the files are collected, so that they
+overlap the rest of the suite instead of adding to it. With pytest-xdist
+(``-n``, the default), where each worker collects every file but runs only
+some, the worker that runs one of those files starts its processes when it
+reaches the first test that needs them (``--dist loadfile`` keeps a file on
+one worker), while the other workers go on with other files.
 """
 
 import jax
@@ -16,16 +17,9 @@ from helpers import background_processes, start_readme_programs, start_sharded_s
 
 jax.config.update("jax_enable_x64", True)
 
-# The files whose tests wait on processes of their own.
-BACKGROUND_FILES = ("test_sharding.py", "test_readme.py")
-
 
 def _in_xdist_worker(config) -> bool:
     return hasattr(config, "workerinput")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=lambda item: item.path.name not in BACKGROUND_FILES)  # stable
 
 
 def pytest_collection_finish(session):

@@ -203,7 +203,7 @@ def _unstructured(n, k, p):
     [
         (10, 1, 100, "dual"),  # NK ≪ P
         (100, 1, 10, "primal"),  # P ≪ NK
-        (10, 1, 10, "primal"),  # primal 2.9e3 flops, dual 3.7e3
+        (10, 1, 10, "primal"),  # primal 2.9e3 flops, dual 5.7e3 (its Gram counted double)
         (5000, 1, 10**5, "cg"),  # both dense matrices too big
         (9000, 1, 8000, "cg"),
         (20000, 1, 200, "primal"),  # primal 1.6e9 flops, cg 4.0e9
@@ -222,7 +222,7 @@ def test_the_structured_gram_keeps_the_over_parameterised_teacher_student_dual()
     6.0e8 flops (counted double, 1.22e9 in all), the dual step costs more
     than twice CG's bound (6.0e8 at 100 iterations), so even a CG meant to
     solve the system (SOLVING_CG_MARGIN) wins; the structured Gram,
-    Σ_layers 2(N²·d_in + (NK)²·d_out) = 3.3e7, makes the dual step under a
+    Σ_layers 2(N²·d_in + (NK)²·d_out) = 2.1e7, makes the dual step under a
     fifth of CG's bound."""
     n, k, p = 128, 2, 4610
     gram = 2.0 * sum(n**2 * d_in + (n * k) ** 2 * d_out
@@ -244,10 +244,14 @@ def test_a_cg_meant_to_solve_must_be_half_as_dear_as_a_dense_solve():
     UNROLLED_ITERATIONS) is taken under half of that: 20 iterations (8e8)
     yes, 21 (8.4e8) no. N = 2000, P = 36: primal 5.63e6, CG 7.2e5 an
     iteration; a truncated CG is taken under the primal estimate: 7
-    iterations (5.04e6) yes, 8 (5.76e6) no."""
+    iterations (5.04e6) yes, 8 (5.76e6) no. Where the truncation ends:
+    N = 2000, P = 60: primal 1.52e7, CG 1.2e6 an iteration; 8 iterations
+    (0.63 of primal) are a truncated step and taken, 9 (0.71) are meant to
+    solve and not."""
     for (n, p), iterations, expected in [
         ((20000, 200), 20, "cg"), ((20000, 200), 21, "primal"),
         ((2000, 36), 7, "cg"), ((2000, 36), 8, "primal"),
+        ((2000, 60), UNROLLED_ITERATIONS, "cg"), ((2000, 60), UNROLLED_ITERATIONS + 1, "primal"),
     ]:
         config = make_config(cg_max_iters=iterations, cg_preconditioner="none")
         assert choose_solver(config, _unstructured(n, 1, p)).name == expected, (n, iterations)

@@ -67,13 +67,11 @@ SOLVERS = ("auto", "primal", "dual", "cg")
 SOLVER_CODES = {"primal": 0, "dual": 1, "cg": 2}
 SOLVER_NAMES = {code: name for name, code in SOLVER_CODES.items()}
 
-# CG is taken over a dense solver when its estimated cost is below this
-# multiple of the dense one's. Its estimate counts all ``cg_max_iters``
-# iterations, an upper bound, against the dense solves' exact counts at
-# BLAS speed; 1 makes ``auto`` pick the fastest solver at every size of
-# ``python -m benchmarks.solvers`` (BENCHMARKS.md), where 0.5 took the
-# dual step at N = 2048, 2.3 times CG's time, once the structured Gram
-# made the dual step cheaper.
+# A truncated CG step (at most ``UNROLLED_ITERATIONS`` iterations, as
+# classification's 5) is taken over a dense solver when its estimated cost
+# is below this multiple of the dense one's. Its estimate counts all
+# ``cg_max_iters`` iterations, an upper bound, against the dense solves'
+# exact counts at BLAS speed.
 CG_MARGIN = 1.0
 # ... and where CG is meant to solve the system (a cap of more than
 # ``UNROLLED_ITERATIONS``, like squared error's default of 100, not
@@ -81,7 +79,9 @@ CG_MARGIN = 1.0
 # residual, CG runs to its cap and stops short of the solution, while a
 # dense solve is exact; and on PDE residuals its products ran at half the
 # dense solvers' rate or less (14–16 against 28–34 GFLOP/s on Poisson 2-D,
-# 9 against 32 on Poisson 5-D; BENCHMARKS.md, "The price of a pass").
+# 9 against 32 on Poisson 5-D; BENCHMARKS.md, "The price of a pass"). With
+# it ``python -m benchmarks.solvers`` still takes CG at N = 2048 and 4096
+# (0.40 and 0.37 of the dense estimate), the fastest there.
 SOLVING_CG_MARGIN = 0.5
 
 

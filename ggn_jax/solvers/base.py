@@ -119,7 +119,7 @@ class ProblemShape(NamedTuple):
         leaves|).
       forward_flops: the flops of one forward pass of the model over the
         batch, F (XLA's count, `model_flops`), or None for 2·N·P, a dense
-        network's. The passes every solver makes are priced by it: a
+        network's (also the floor, `forward`). The passes every solver makes are priced by it: a
         reverse pass costs about 2F more, a GGN-vector product (a jvp and
         a vjp) about 5F. A residual with derivatives in x (a PINN's
         Laplacian) or a convolution costs several times 2·N·P.
@@ -134,31 +134,39 @@ class ProblemShape(NamedTuple):
     forward_flops: float | None = None
 
     def forward(self) -> float:
-        """F, one forward pass over the batch: `forward_flops`, else 2·N·P."""
-        if self.forward_flops is not None:
-            return self.forward_flops
-        return 2.0 * self.num_samples * self.num_params
+        """F, one forward pass over the batch: `forward_flops`, at least
+        2·N·P (XLA counts a loop's body once, so a model that loops over
+        its layers would be priced too cheaply without the floor)."""
+        dense = 2.0 * self.num_samples * self.num_params
+        return dense if self.forward_flops is None else max(self.forward_flops, dense)
 
 
 def model_flops(problem: Any) -> float | None:
     """Flops of one forward pass of ``problem.model`` over its batch, from
-    XLA's cost analysis of the lowered model (traced on shapes alone, never
-    run; a model that closes over traced values lowers with them as
-    constants), or None where that cannot be had (a model XLA cannot lower
-    on its own, a backend without the analysis)."""
+    XLA's cost analysis of the model lowered for the CPU (traced on shapes
+    alone, never run; closed-over traced values become arguments of the
+    lowered model). The CPU lowering is asked first because the GPU and
+    TPU plugins give no cost analysis of a lowered program (jax-ml/jax
+    issue 22713); then the default backend's. None where neither gives a
+    count (a model XLA cannot lower on its own)."""
     as_shape = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
     try:
-        lowered = jax.jit(problem.model).lower(
+        traced = jax.jit(problem.model).trace(
             as_shape(problem.theta), jax.tree_util.tree_map(as_shape, problem.inputs))
-        analysis = lowered.cost_analysis()
     except Exception:  # noqa: BLE001 - the estimate falls back to 2·N·P
         return None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    flops = None if not analysis else analysis.get("flops")
-    if flops is None or not math.isfinite(flops) or flops <= 0:
-        return None
-    return float(flops)
+    for platforms in (("cpu",), None):
+        try:
+            lowered = traced.lower(lowering_platforms=platforms)
+            analysis = lowered.cost_analysis()
+        except Exception:  # noqa: BLE001 - try the next, else 2·N·P
+            continue
+        if isinstance(analysis, (list, tuple)):
+            analysis = analysis[0] if analysis else None
+        flops = analysis.get("flops") if analysis else None
+        if flops is not None and math.isfinite(flops) and flops > 0:
+            return float(flops)
+    return None
 
 
 class Solver:
@@ -172,7 +180,8 @@ class Solver:
       linearizes: whether `solve` and `along` need the network linearised
         at θ (then a step on a carried `LocalModel` linearises once).
       matrix_free: whether it forms no matrix (``auto`` weighs such a
-        solver against the cheapest dense one by ``CG_MARGIN``).
+        solver against the cheapest dense one by ``CG_MARGIN``, or
+        ``SOLVING_CG_MARGIN`` for a CG meant to solve the system).
     """
 
     name: str = ""
