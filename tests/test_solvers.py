@@ -26,7 +26,9 @@ from ggn_jax.curvature import (
 from ggn_jax.pde import laplacian
 from ggn_jax.problem import bind_problem
 from ggn_jax.solvers import (
+    SOLVING_CG_MARGIN,
     STATUS_FACTORISATION_FAILED,
+    UNROLLED_ITERATIONS,
     Dual,
     DualJacobian,
     ProblemShape,
@@ -38,7 +40,6 @@ from ggn_jax.solvers import (
     solve_primal,
     solver_costs,
 )
-from ggn_jax.solvers import SOLVING_CG_MARGIN, UNROLLED_ITERATIONS
 from ggn_jax.transform import make_config
 
 LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
