@@ -119,10 +119,11 @@ class ProblemShape(NamedTuple):
         leaves|).
       forward_flops: the flops of one forward pass of the model over the
         batch, F (XLA's count, `model_flops`), or None for 2·N·P, a dense
-        network's (also the floor, `forward`). The passes every solver makes are priced by it: a
-        reverse pass costs about 2F more, a GGN-vector product (a jvp and
-        a vjp) about 5F. A residual with derivatives in x (a PINN's
-        Laplacian) or a convolution costs several times 2·N·P.
+        network's (also the floor, `forward`). The passes every solver
+        makes are priced by it: a reverse pass costs about 2F more, a
+        GGN-vector product (a jvp and a vjp) about 5F. A residual with
+        derivatives in x (a PINN's Laplacian) or a convolution costs
+        several times 2·N·P.
     """
 
     num_samples: int
