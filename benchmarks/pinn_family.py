@@ -6,12 +6,13 @@ Issue 14's benchmarks (``ggn-jax bench pinn/...``) fix one network per
 problem, each with one hidden layer, where P ≪ N·K and ``auto`` takes the
 primal solve. Held-out problems need not look like that, so this sweeps
 the neighbours: the 2-D Poisson problem with deeper and wider networks and
-a higher frequency, and a Helmholtz problem. Each runs ``ggn(blocks)`` with its defaults in an optax loop
-(chunks of 10 jitted steps, the relative L2 error on a fine grid after
-each chunk) and ``fit(blocks, params, max_steps)``, from init seeds
-0, 1, …; reported: the solver ``auto`` took, the steps to relative L2
-1e-4 and 1e-6, and the final errors. Measured in BENCHMARKS.md, "The price
-of a pass".
+a higher frequency (`ggn_jax.bench.pde_problems.poisson2d`), and a
+Helmholtz problem. Each runs ``ggn(blocks)`` with its defaults in an optax
+loop (`ggn_jax.bench.pinn.ggn_method`: chunks of 10 jitted steps, the
+relative L2 error on a fine grid after each chunk, `trace`) and
+``fit(blocks, params, max_steps)``, from init seeds 0, 1, …; reported:
+the solver ``auto`` took, the steps to relative L2 1e-4 and 1e-6, and the
+final errors. Measured in BENCHMARKS.md, "The price of a pass".
 """
 
 from __future__ import annotations
@@ -25,31 +26,20 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp
-import optax
 
 import ggn_jax
 from benchmarks.common import machine, write_results
-from ggn_jax.bench.pde_problems import _grid2, _square_sides
+from ggn_jax.bench.pde_problems import PDEProblem, _grid2, _square_sides, poisson2d
+from ggn_jax.bench.pinn import first_reaching, ggn_method, trace
 from ggn_jax.pde import laplacian
 from ggn_jax.solvers import SOLVER_NAMES
 
 PI = math.pi
+CHUNK = 10  # steps between two records of the error
 
 
-def _poisson2d(hidden: list[int], k: int = 1):
-    """−Δu = 2(kπ)² sin(kπx) sin(kπy), u = 0 on the square's sides, as in
-    issue 14 (30×30 interior points, 30 per side, boundary weight 4)."""
-    net = ggn_jax.paper.mlp([2, *hidden, 1], "tanh")
-    u = lambda p, x: net.apply(p, x[None])[0, 0]
-    exact = lambda x: jnp.sin(k * PI * x[0]) * jnp.sin(k * PI * x[1])
-    pde = lambda p, x: -laplacian(lambda y: u(p, y))(x) - 2 * (k * PI) ** 2 * exact(x)
-    blocks = ggn_jax.Blocks(interior=ggn_jax.Block(pde, _grid2(30)),
-                            boundary=ggn_jax.Block(u, _square_sides(30), weight=4.0))
-    return net, u, exact, blocks, _grid2(100, False)
-
-
-def _helmholtz(hidden: list[int], kappa: float = 4.0):
-    """−Δu − κ²u = f with u = sin(πx) sin(2πy), the same points."""
+def _helmholtz(hidden: list[int], kappa: float = 4.0) -> PDEProblem:
+    """−Δu − κ²u = f with u = sin(πx) sin(2πy), Poisson 2-D's points."""
     net = ggn_jax.paper.mlp([2, *hidden, 1], "tanh")
     u = lambda p, x: net.apply(p, x[None])[0, 0]
     exact = lambda x: jnp.sin(PI * x[0]) * jnp.sin(2 * PI * x[1])
@@ -60,15 +50,15 @@ def _helmholtz(hidden: list[int], kappa: float = 4.0):
 
     blocks = ggn_jax.Blocks(interior=ggn_jax.Block(pde, _grid2(30)),
                             boundary=ggn_jax.Block(u, _square_sides(30), weight=4.0))
-    return net, u, exact, blocks, _grid2(100, False)
+    return PDEProblem("helmholtz", net, blocks, exact, _grid2(100, False))
 
 
-CASES: dict[str, Callable] = {
-    "Poisson 2-D, 2-[64]-1": lambda: _poisson2d([64]),
-    "Poisson 2-D, 2-[32]-[32]-1": lambda: _poisson2d([32, 32]),
-    "Poisson 2-D, 2-[20]-[20]-[20]-1": lambda: _poisson2d([20, 20, 20]),
-    "Poisson 2-D, 2-[48]-[48]-1": lambda: _poisson2d([48, 48]),
-    "Poisson 2-D at 2π, 2-[64]-1": lambda: _poisson2d([64], k=2),
+CASES: dict[str, Callable[[], PDEProblem]] = {
+    "Poisson 2-D, 2-[64]-1": lambda: poisson2d(hidden=(64,)),
+    "Poisson 2-D, 2-[32]-[32]-1": lambda: poisson2d(hidden=(32, 32)),
+    "Poisson 2-D, 2-[20]-[20]-[20]-1": lambda: poisson2d(hidden=(20, 20, 20)),
+    "Poisson 2-D, 2-[48]-[48]-1": lambda: poisson2d(hidden=(48, 48)),
+    "Poisson 2-D at 2π, 2-[64]-1": lambda: poisson2d(hidden=(64,), frequency=2),
     "Helmholtz κ = 4, 2-[32]-1": lambda: _helmholtz([32]),
 }
 
@@ -76,38 +66,19 @@ CASES: dict[str, Callable] = {
 def sweep(seeds: int, steps: int, cases: list[str]) -> list[dict]:
     rows = []
     for name in cases:
-        net, u, exact, blocks, points = CASES[name]()
-        reference = jax.vmap(exact)(points)
-        error = jax.jit(lambda p, u=u, points=points, reference=reference: jnp.linalg.norm(
-            jax.vmap(lambda x: u(p, x))(points) - reference) / jnp.linalg.norm(reference))
-        tx = ggn_jax.ggn(blocks)
-
-        @jax.jit
-        def chunk(params, state, tx=tx):
-            def body(carry, _):
-                params, state = carry
-                updates, state = tx.update(None, state, params)
-                return (optax.apply_updates(params, updates), state), None
-
-            return jax.lax.scan(body, (params, state), None, length=10)[0]
-
+        problem = CASES[name]()
+        method = ggn_method(problem, CHUNK)  # the optax loop of ggn(blocks)'s defaults
         for seed in range(seeds):
-            params = net.init(jax.random.PRNGKey(seed), jnp.float64)
-            state = tx.init(params)
-            reached = {1e-4: None, 1e-6: None}
-            last = float(error(params))
-            for k in range(steps // 10):
-                params, state = chunk(params, state)
-                last = float(error(params))
-                for threshold, at in reached.items():
-                    if at is None and last <= threshold:
-                        reached[threshold] = 10 * (k + 1)
-            fitted = ggn_jax.fit(blocks, net.init(jax.random.PRNGKey(seed), jnp.float64),
-                                 max_steps=steps, tol=0.0)
-            row = {"case": name, "seed": seed, "P": int(state.last_step.shape[0]),
-                   "solver": SOLVER_NAMES[int(state.solver)],
-                   "to_1e-4": reached[1e-4], "to_1e-6": reached[1e-6],
-                   "final": last, "fit_final": float(error(fitted.params))}
+            params = problem.net.init(jax.random.PRNGKey(seed), jnp.float64)
+            record = trace(problem, method, params, steps, math.inf, CHUNK)
+            _, opt_state = method.steps(method.init(params))  # which solver auto took
+            fitted = ggn_jax.fit(problem.blocks, params, max_steps=steps, tol=0.0)
+            reached = {t: first_reaching(record, t)[1] for t in (1e-4, 1e-6)}
+            row = {"case": name, "seed": seed, "P": int(opt_state.last_step.shape[0]),
+                   "solver": SOLVER_NAMES[int(opt_state.solver)],
+                   "to_1e-4": None if math.isinf(reached[1e-4]) else reached[1e-4],
+                   "to_1e-6": None if math.isinf(reached[1e-6]) else reached[1e-6],
+                   "final": record[-1][2], "fit_final": problem.errors(fitted.params)[0]}
             rows.append(row)
             print(row, flush=True)
     return rows

@@ -16,6 +16,7 @@ from helpers import (
 from jax.flatten_util import ravel_pytree
 
 import ggn_jax
+from ggn_jax.bench.pde_problems import poisson2d
 from ggn_jax.curvature import (
     dense_ggn,
     ggn_matvec,
@@ -23,7 +24,6 @@ from ggn_jax.curvature import (
     loss_hessians,
     per_sample_jacobians,
 )
-from ggn_jax.pde import laplacian
 from ggn_jax.problem import bind_problem
 from ggn_jax.solvers import (
     SOLVING_CG_MARGIN,
@@ -316,18 +316,9 @@ def test_auto_takes_a_dense_solve_for_a_deep_pinn():
     and CG, stopped at its cap, never solved the system once λ was small:
     relative L2 1.2e-4 after 150 steps against 1.1e-8 with the dual solve
     and 1.3e-7 with the primal one (BENCHMARKS.md, "The price of a pass")."""
-    net = ggn_jax.paper.mlp([2, 32, 32, 1], "tanh")
-    params = net.init(jax.random.PRNGKey(0), jnp.float64)
-    u = lambda p, x: net.apply(p, x[None])[0, 0]
-    pde = lambda p, x: -laplacian(lambda y: u(p, y))(x) - jnp.sin(x[0])
-    grid = jnp.linspace(0.0, 1.0, 32)[1:-1]
-    interior = jnp.stack([a.ravel() for a in jnp.meshgrid(grid, grid)], 1)
-    side = jnp.linspace(0.0, 1.0, 30)
-    boundary = jnp.concatenate([jnp.stack([side, jnp.full(30, c)], 1) for c in (0.0, 1.0)]
-                               + [jnp.stack([jnp.full(30, c), side], 1) for c in (0.0, 1.0)])
-    blocks = ggn_jax.Blocks(interior=ggn_jax.Block(pde, interior),
-                            boundary=ggn_jax.Block(u, boundary, weight=4.0))
-    problem = blocks.bind_problem("squared_error", params, None)
+    pinn = poisson2d(hidden=(32, 32))  # issue 14's Poisson 2-D, two hidden layers
+    params = pinn.net.init(jax.random.PRNGKey(0), jnp.float64)
+    problem = pinn.blocks.bind_problem("squared_error", params, None)
     config = make_config(cg_max_iters=100)
     shape = read_shape(problem, config)
     n, p = 1020, 1185

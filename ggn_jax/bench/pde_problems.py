@@ -79,13 +79,18 @@ def _grid2(n: int, interior: bool = True) -> jax.Array:
     return jnp.stack([a.ravel(), b.ravel()], 1)
 
 
-def poisson2d(method: str = "auto") -> PDEProblem:
-    net = ggn_jax.paper.mlp([2, 32, 1], "tanh")
-    exact = lambda x: jnp.sin(PI * x[0]) * jnp.sin(PI * x[1])
+def poisson2d(method: str = "auto", hidden: tuple[int, ...] = (32,),
+              frequency: int = 1) -> PDEProblem:
+    """The issue's problem; ``hidden`` and ``frequency`` (k in
+    u = sin(kπx) sin(kπy), −Δu = 2(kπ)²u) give its neighbours
+    (``benchmarks/pinn_family.py``)."""
+    net = ggn_jax.paper.mlp([2, *hidden, 1], "tanh")
+    k = frequency * PI
+    exact = lambda x: jnp.sin(k * x[0]) * jnp.sin(k * x[1])
     u = lambda p, x: net.apply(p, x[None])[0, 0]
 
     def interior(p, x):
-        return -laplacian(lambda y: u(p, y), method)(x) - 2 * PI**2 * exact(x)
+        return -laplacian(lambda y: u(p, y), method)(x) - 2 * k**2 * exact(x)
 
     blocks = ggn_jax.Blocks(
         interior=ggn_jax.Block(interior, _grid2(30), weight=1.0),
