@@ -152,6 +152,20 @@ def loss_defaults(loss: Any) -> dict[str, Any]:
 # The default ceiling of λ, relative to max(1, tr(G)) (`damping_ceiling`).
 DEFAULT_MAX_DAMPING = 1e12
 
+# The default c of the relative damping floor (``relative_damping_floor``),
+# by the dtype's width: 10 in float64, 0.1 in float32 and narrower. In
+# float64 the floor c·eps·P·diag(G) of `primal` (3e-13 of each diagonal at
+# P = 129) lies far below anything a fit resolves. In float32 G itself,
+# formed in float32, is only good to about eps·‖G‖, and c = 10 (1.5e-4 of
+# each diagonal at P = 129) cut off directions the fit still needed: PINNs
+# stalled at relative L2 1e-4–3e-4 where c = 0.1 reaches 2e-5–5e-5 with no
+# failed factorisation, and float32 exact learning went as low as with
+# c = 0.03–0.3 on every family (BENCHMARKS.md, "The damping floor in
+# float32"). Where G is singular (P > N·K) a float32 Cholesky at c = 0.1
+# may fail: `primal` then factors again at c = 10 (`GGNConfig.primal_floors`).
+WIDE_RELATIVE_DAMPING_FLOOR = 10.0
+NARROW_RELATIVE_DAMPING_FLOOR = 0.1
+
 # The allowed range of each numeric option: (test, what it says).
 _RANGES = {
     "damping": (lambda v: math.isfinite(v) and v > 0, "be finite and > 0"),
@@ -254,7 +268,7 @@ class GGNConfig:
     cg_preconditioner: str = "diagonal"
     cg_warm_start_weight: float = 0.9
     cg_stop: str = "residual"
-    relative_damping_floor: float = 10.0
+    relative_damping_floor: float | None = None
     matmul_precision: str = "highest"
     curvature_samples: int | None = None
     max_dense: int = 4096
@@ -302,7 +316,8 @@ class GGNConfig:
         for name in DYNAMIC_OPTIONS:
             value = getattr(self, name)
             if value is None and name in (
-                "min_damping", "max_damping", "step_growth", "acceleration_ratio"
+                "min_damping", "max_damping", "step_growth", "acceleration_ratio",
+                "relative_damping_floor",
             ):
                 continue
             value = _dynamic_number(name, value)
@@ -372,6 +387,26 @@ class GGNConfig:
         if growth is None:
             growth = DEFAULT_STEP_GROWTH if (over and squared_error) else math.inf
         return window, acceleration, ratio, growth
+
+    def damping_floor(self, dtype) -> Any:
+        """c of the relative damping floor in ``dtype``: the option where
+        set, else ``WIDE_RELATIVE_DAMPING_FLOOR`` (10) for a 64-bit dtype
+        and ``NARROW_RELATIVE_DAMPING_FLOOR`` (0.1) for a narrower one."""
+        if self.relative_damping_floor is not None:
+            return self.relative_damping_floor
+        if jnp.finfo(dtype).bits >= 64:
+            return WIDE_RELATIVE_DAMPING_FLOOR
+        return NARROW_RELATIVE_DAMPING_FLOOR
+
+    def primal_floors(self, dtype) -> tuple[Any, float | None]:
+        """(c, the fallback c) of `primal`'s floor c·eps·P·diag(G): with the
+        default in a narrow dtype, a factorisation that fails at c = 0.1 is
+        done again at c = 10 (a singular G of a float32 fit needs it); a
+        c that was set, or float64's 10, has no fallback."""
+        floor = self.damping_floor(dtype)
+        if self.relative_damping_floor is None and floor < WIDE_RELATIVE_DAMPING_FLOOR:
+            return floor, WIDE_RELATIVE_DAMPING_FLOOR
+        return floor, None
 
     def damping_bounds(self, dtype) -> tuple[Any, Any]:
         """[min, max] for λ before the curvature is known: the default floor
@@ -673,10 +708,9 @@ def _damping_for_step(
     )
     # The relative damping floor λ ≥ c·eps·tr(G) (tr(G) ≥ λ_max(G)) keeps
     # G + λD factorable in the dtype (c = relative_damping_floor).
-    if size is not None and (
-        _is_traced(config.relative_damping_floor) or config.relative_damping_floor > 0
-    ):
-        floor = config.relative_damping_floor * jnp.finfo(dtype).eps * size
+    relative_floor = config.damping_floor(dtype)
+    if size is not None and (_is_traced(relative_floor) or relative_floor > 0):
+        floor = relative_floor * jnp.finfo(dtype).eps * size
         damping = jnp.where(jnp.isfinite(floor), jnp.maximum(damping, floor), damping)
         damping = jnp.minimum(damping, max_damping)
     return damping, state
@@ -1050,7 +1084,7 @@ def ggn(
     cg_warm_start_weight: float = 0.9,
     cg_stop: str = "residual",
     cg_warm_start: float | None = None,
-    relative_damping_floor: float = 10.0,
+    relative_damping_floor: float | None = None,
     matmul_precision: str = "highest",
     curvature_samples: int | None = None,
     max_dense: int | None = None,
@@ -1141,7 +1175,12 @@ def ggn(
         ``primal`` adds c·eps·P·diag(G) to the diagonal: relative to each
         parameter's own curvature, so invariant under rescaling the
         parameters. ``dual`` and ``cg`` keep λ ≥ c·eps·tr(G) (``cg`` where
-        it has diag(G): the diagonal preconditioner or Marquardt).
+        it has diag(G): the diagonal preconditioner or Marquardt). None
+        (default): 10 in float64, 0.1 in float32, where a G formed in
+        float32 is itself good only to about eps·‖G‖ and c = 10 cut off
+        directions the fit needed (PINNs stalled at relative L2 1e-4;
+        BENCHMARKS.md, "The damping floor in float32"); there a
+        ``primal`` factorisation that fails at 0.1 is done again at 10.
       matmul_precision: ``"highest"`` (default: full float32 products even
         where a GPU or TPU would use TF32 or bf16 passes) or ``"default"``.
       curvature_samples: build G from the first M samples of each batch

@@ -484,3 +484,23 @@ def test_minibatch_steps_on_a_flax_model_equal_a_dense_solve():
         update, state = jit_update(tx)(None, tx.init(params), params, batch=(x, labels))
         assert bool(state.accepted)
         assert rel_err(ravel_pytree(update)[0], expected) < 1e-8, solver
+
+
+def test_primal_factors_again_with_the_fallback_floor_only_where_the_first_fails():
+    """A singular float32 G (rank 1) with λ = 0 and no floor has no
+    Cholesky factor: the step is NaN. With a fallback c = 10 the step is
+    −(G + 10·eps·P·diag(G))⁻¹g, as numpy solves it in float64 (to float32
+    round-off); on a matrix that factors the fallback changes nothing."""
+    p = 6
+    v = np.linspace(1.0, 2.0, p)
+    g_matrix = jnp.asarray(np.outer(v, v), jnp.float32)
+    grad = jnp.asarray(np.linspace(-1.0, 1.0, p), jnp.float32)
+    zero = jnp.zeros((), jnp.float32)
+    assert not np.all(np.isfinite(solve_primal(g_matrix, grad, zero, None, 0.0)))
+    step = np.asarray(solve_primal(g_matrix, grad, zero, None, 0.0, 10.0), np.float64)
+    dense = np.outer(v, v) + np.diag(10 * np.finfo(np.float32).eps * p * v**2)
+    expected = -np.linalg.solve(dense, np.linspace(-1.0, 1.0, p))
+    np.testing.assert_allclose(step, expected, rtol=2e-2)
+    spd = g_matrix + jnp.eye(p, dtype=jnp.float32)
+    np.testing.assert_array_equal(solve_primal(spd, grad, zero, None, 0.1, 10.0),
+                                  solve_primal(spd, grad, zero, None, 0.1))

@@ -339,6 +339,44 @@ def test_float32_singular_curvature_is_factored_thanks_to_the_relative_floor(sol
         assert float(state.damping) > 1e-6
 
 
+def test_float32_takes_a_lower_relative_floor_than_float64():
+    """The default c of the floor c·eps·P·diag(G) is 10 in float64 and 0.1
+    in float32. On a float32 linear least-squares problem whose smallest
+    curvature is 4e-6 of the largest, the primal step equals −(G + λI +
+    c·eps·P·diag(G))⁻¹g, from G and g built in float64 with numpy, for
+    c = 0.1 (to 3%; float32 round-off of G) and not for c = 10 (29% off)."""
+    make_config = ggn_jax.transform.make_config
+    assert make_config().damping_floor(jnp.float64) == 10.0
+    assert make_config().damping_floor(jnp.float32) == 0.1
+    assert make_config(relative_damping_floor=2.0).damping_floor(jnp.float32) == 2.0
+    rng = np.random.RandomState(0)
+    n, p = 16, 4
+    u, _ = np.linalg.qr(rng.randn(n, p))
+    v, _ = np.linalg.qr(rng.randn(p, p))
+    x = (u * np.array([1.0, 0.3, 0.05, 0.002]) * np.sqrt(n)) @ v.T
+    y = rng.randn(n, 1)
+    g_matrix, grad = x.T @ x / n, -x.T @ y / n  # at θ = 0, ½·mean squared error
+    eps = np.finfo(np.float32).eps
+
+    def dense(c):
+        return -np.linalg.solve(g_matrix + np.diag(1e-12 + c * eps * p * np.diag(g_matrix)), grad)
+
+    def step(**options):
+        tx = ggn_jax.ggn(lambda t, z: z @ t, solver="primal", damping_rule="fixed",
+                         damping=1e-12, min_damping=1e-30, geodesic_acceleration=False,
+                         **options)
+        theta = jnp.zeros((p, 1), jnp.float32)
+        batch = (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+        update, _ = tx.update(None, tx.init(theta), theta, batch=batch)
+        return np.asarray(update, np.float64)
+
+    error = lambda d, c: np.linalg.norm(d - dense(c)) / np.linalg.norm(dense(c))
+    default = step()
+    assert error(default, 0.1) < 0.03
+    assert error(default, 10.0) > 0.15
+    assert error(step(relative_damping_floor=10.0), 10.0) < 0.03
+
+
 def test_the_cg_path_holds_no_nk_by_p_array():
     """Memory on the matrix-free path, by XLA's count of the compiled step:
     going from N = 256 to 1024 samples adds far less than the (ΔN)·K·P

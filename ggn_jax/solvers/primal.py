@@ -30,6 +30,7 @@ def solve_primal(
     damping: jax.Array,
     scale: jax.Array | None,
     relative_floor: float | jax.Array = 0.0,
+    fallback_floor: float | None = None,
 ) -> jax.Array:
     """δ = −(G + λD + F)⁻¹ g by Cholesky of the P×P matrix.
 
@@ -49,15 +50,26 @@ def solve_primal(
       damping: λ > 0.
       scale: the diagonal of D (P,), or None for D = I.
       relative_floor: c ≥ 0 of the floor F; 0 for none.
+      fallback_floor: a larger c to factor with where the factorisation
+        with ``relative_floor`` fails (a second Cholesky, only then); None
+        for none.
 
     Returns:
       δ, (P,); NaN where the factorisation failed.
     """
     p = grad.shape[0]
     diagonal = damped_diagonal(p, damping, scale)
-    diagonal = diagonal + relative_floor * jnp.finfo(ggn.dtype).eps * p * jnp.diag(ggn)
-    matrix = ggn + jnp.diag(diagonal.astype(ggn.dtype))
-    return -cho_solve(cho_factor(matrix, lower=True), grad)
+    unit = jnp.finfo(ggn.dtype).eps * p * jnp.diag(ggn)
+
+    def solve(c):
+        matrix = ggn + jnp.diag((diagonal + c * unit).astype(ggn.dtype))
+        return -cho_solve(cho_factor(matrix, lower=True), grad)
+
+    step = solve(relative_floor)
+    if fallback_floor is None:
+        return step
+    return jax.lax.cond(jnp.all(jnp.isfinite(step)), lambda: step,
+                        lambda: solve(fallback_floor))
 
 
 class Primal(Solver):
@@ -84,7 +96,8 @@ class Primal(Solver):
         return None
 
     def solve(self, problem, config, local: LocalModel, lin, grad, damping, scale, warm_start):
-        step = solve_primal(local.ggn, grad, damping, scale, config.relative_damping_floor)
+        floor, fallback = config.primal_floors(local.ggn.dtype)
+        step = solve_primal(local.ggn, grad, damping, scale, floor, fallback)
         return step, direct_info(step)
 
     def along(self, problem, local, lin, step):
