@@ -70,6 +70,10 @@ CG_PRECONDITIONERS = ("diagonal", "kfac", "none")
 MATMUL_PRECISIONS = ("highest", "default")
 
 
+# How ``primal`` factors its system (`ggn_jax.solvers.primal`).
+PRIMAL_FACTORIZATIONS = ("auto", "cholesky", "qr")
+
+
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
@@ -151,6 +155,15 @@ def loss_defaults(loss: Any) -> dict[str, Any]:
 
 # The default ceiling of λ, relative to max(1, tr(G)) (`damping_ceiling`).
 DEFAULT_MAX_DAMPING = 1e12
+# The default absolute floor of λ where ``primal`` factors the Jacobian by
+# QR, and for ``dual``: 100 float64 epsilons in every dtype, a λ > 0 that
+# stands for "no damping left". Elsewhere it is 100 epsilons of the dtype,
+# 1.2e-5 in float32, which is not small on every scale (float32 PINNs sat
+# at it for hundreds of steps) but which a Cholesky of a float32 G needs:
+# at 2.2e-14 float32 Poisson 2-D stalled at relative L2 1.2e-4–1.3e-4
+# (BENCHMARKS.md, "The damping floor in float32"). CG keeps it too (not
+# measured lower).
+FINE_MIN_DAMPING = 100 * 2.0**-52
 
 # The default c of the relative damping floor (``relative_damping_floor``),
 # by the dtype's width: 10 in float64, 0.1 in float32 and narrower. In
@@ -241,7 +254,8 @@ class GGNConfig:
       damping, damping_rule, damping_type, solver, min_damping, max_damping,
       min_gain_ratio, residual_exponent, marquardt_floor, cg_tol,
       cg_max_iters, cg_preconditioner, cg_warm_start_weight, cg_stop,
-      relative_damping_floor, matmul_precision, curvature_samples,
+      relative_damping_floor, primal_factorization, matmul_precision,
+      curvature_samples,
       max_dense, max_jacobian, nonmonotone_window, geodesic_acceleration,
       acceleration_ratio, weight_decay, momentum, cross_batch_damping,
       step_growth, shorten_rejected_steps: the
@@ -269,6 +283,7 @@ class GGNConfig:
     cg_warm_start_weight: float = 0.9
     cg_stop: str = "residual"
     relative_damping_floor: float | None = None
+    primal_factorization: str = "auto"
     matmul_precision: str = "highest"
     curvature_samples: int | None = None
     max_dense: int = 4096
@@ -288,6 +303,7 @@ class GGNConfig:
         _choice("solver", self.solver, SOLVERS)
         _choice("cg_preconditioner", self.cg_preconditioner, CG_PRECONDITIONERS)
         _choice("cg_stop", self.cg_stop, CG_STOPS)
+        _choice("primal_factorization", self.primal_factorization, PRIMAL_FACTORIZATIONS)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         for name in ("cross_batch_damping", "shorten_rejected_steps"):
             switch = getattr(self, name)
@@ -408,13 +424,16 @@ class GGNConfig:
             return floor, WIDE_RELATIVE_DAMPING_FLOOR
         return floor, None
 
-    def damping_bounds(self, dtype) -> tuple[Any, Any]:
+    def damping_bounds(self, dtype, fine: bool = False) -> tuple[Any, Any]:
         """[min, max] for λ before the curvature is known: the default floor
-        is 100 machine epsilons of dtype; the default ceiling (None) is
+        is 100 machine epsilons of dtype, or ``FINE_MIN_DAMPING`` (100
+        float64 epsilons) where the solve holds up at a tiny λ (``fine``:
+        ``primal`` by QR, ``dual``); the default ceiling (None) is
         ``DEFAULT_MAX_DAMPING`` here and relative to tr(G) in a step
         (`damping_ceiling`)."""
         info = jnp.finfo(dtype)
-        low = 100 * float(info.eps) if self.min_damping is None else self.min_damping
+        low = (FINE_MIN_DAMPING if fine else 100 * float(info.eps)) \
+            if self.min_damping is None else self.min_damping
         high = DEFAULT_MAX_DAMPING if self.max_damping is None else self.max_damping
         # Keep λ·(anything of order one) finite in the dtype.
         ceiling = float(info.max) ** 0.5
@@ -687,12 +706,12 @@ def damping_ceiling(config: GGNConfig, size: jax.Array | None, dtype) -> jax.Arr
 
 def _damping_for_step(
     config: GGNConfig, state: GGNState, loss: jax.Array, size: jax.Array | None,
-    max_damping: jax.Array, dtype,
+    max_damping: jax.Array, dtype, fine: bool = False,
 ) -> tuple[jax.Array, GGNState]:
     """λ for this step by the damping rule, floored (``size``: tr(G) for the
     floor) and capped at ``max_damping`` (`damping_ceiling`); and the state
     with μ restarted where the ``damping`` option changed."""
-    min_damping, _ = config.damping_bounds(dtype)
+    min_damping, _ = config.damping_bounds(dtype, fine)
     # A changed ``damping`` option (optax.inject_hyperparams) restarts μ.
     option = jnp.asarray(config.damping, dtype)
     restart = option != state.last_damping_option
@@ -813,7 +832,10 @@ def ggn_step(
     ceiling = damping_ceiling(
         config, size if scale is not None else solver.curvature_trace(local), dtype
     )
-    damping, state = _damping_for_step(config, state, loss0, size, ceiling, dtype)
+    # λ's absolute floor is 100·eps of float64 where the solve holds up at a
+    # tiny λ (primal by QR, dual), else 100·eps of the dtype.
+    fine = local.factor is not None or solver.name == "dual"
+    damping, state = _damping_for_step(config, state, loss0, size, ceiling, dtype, fine)
     system_damping, system_scale = damping, scale
     if decayed:
         system_damping = damping + decay
@@ -935,7 +957,7 @@ def ggn_step(
         # A step that raised the loss on fresh samples counts as a failure
         # of the model (ρ = 0: μ doubles); the rest go by this batch's ρ.
         rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, 0), rho)
-    min_damping, _ = config.damping_bounds(dtype)
+    min_damping, _ = config.damping_bounds(dtype, fine)
     scale_min, scale_max = scale_bounds(
         config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)), config.residual_exponent,
         min_damping, ceiling,
@@ -1085,6 +1107,7 @@ def ggn(
     cg_stop: str = "residual",
     cg_warm_start: float | None = None,
     relative_damping_floor: float | None = None,
+    primal_factorization: str = "auto",
     matmul_precision: str = "highest",
     curvature_samples: int | None = None,
     max_dense: int | None = None,
@@ -1143,7 +1166,9 @@ def ggn(
         (matrix side) or ``max_jacobian`` (entries of the per-sample
         Jacobians they form).
       min_damping, max_damping: bounds on λ; the default floor is 100·eps of
-        the parameters' dtype. The default ceiling (None) is relative to
+        the parameters' dtype, and 2.2e-14 (100·eps of float64) for
+        ``dual`` and where ``primal`` factors the Jacobian by QR (the same
+        in float64). The default ceiling (None) is relative to
         the curvature, λ ≤ 10¹²·max(1, tr(G)) where the solver has tr(G)
         (all but ``cg`` without a diagonal), so that it stays above G's
         eigenvalues on any scale (`damping_ceiling`); a number is an
@@ -1181,6 +1206,17 @@ def ggn(
         directions the fit needed (PINNs stalled at relative L2 1e-4;
         BENCHMARKS.md, "The damping floor in float32"); there a
         ``primal`` factorisation that fails at 0.1 is done again at 10.
+      primal_factorization: how ``primal`` solves (G + λD)δ = −g:
+        ``"cholesky"`` of G + λD (with the floor above), or ``"qr"``: the
+        QR factorisation J̄ = QR of the Jacobian, then the triangular
+        factor of [R; √(λD)], which needs no floor and resolves curvature
+        down to eps²·‖G‖ where a G formed in the dtype stops at eps·‖G‖
+        (identity loss Hessians only: squared error, `Blocks`). About
+        twice the flops of forming G where N·K ≥ P, more where P > N·K.
+        ``"auto"`` (default): ``"qr"`` in float32 for identity loss
+        Hessians where N·K ≥ P, else ``"cholesky"`` (float32 PINNs went
+        from relative L2 2e-5–6e-5 to 3e-7–3e-6; BENCHMARKS.md, "The
+        damping floor in float32").
       matmul_precision: ``"highest"`` (default: full float32 products even
         where a GPU or TPU would use TF32 or bf16 passes) or ``"default"``.
       curvature_samples: build G from the first M samples of each batch
@@ -1318,6 +1354,7 @@ def ggn(
         cg_warm_start_weight=cg_warm_start_weight,
         cg_stop=cg_stop,
         relative_damping_floor=relative_damping_floor,
+        primal_factorization=primal_factorization,
         matmul_precision=matmul_precision,
         max_dense=max_dense,
         max_jacobian=max_jacobian,

@@ -40,6 +40,8 @@ from ggn_jax.solvers import (
     solve_primal,
     solver_costs,
 )
+from ggn_jax.solvers.base import LocalModel
+from ggn_jax.solvers.primal import jacobian_factor, solve_primal_qr, uses_qr
 from ggn_jax.transform import make_config
 
 LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
@@ -504,3 +506,71 @@ def test_primal_factors_again_with_the_fallback_floor_only_where_the_first_fails
     spd = g_matrix + jnp.eye(p, dtype=jnp.float32)
     np.testing.assert_array_equal(solve_primal(spd, grad, zero, None, 0.1, 10.0),
                                   solve_primal(spd, grad, zero, None, 0.1))
+
+
+@pytest.mark.parametrize("marquardt", [False, True])
+def test_qr_primal_step_is_the_dense_solve(marquardt):
+    """R from `jacobian_factor` has RᵀR = J̄ᵀJ̄ (numpy, float64), and
+    `solve_primal_qr` gives −(G + λD)⁻¹g to 1e-10, for D = I and for a
+    Marquardt diagonal, also where N·K < P (R is then M×P, M < P)."""
+    rng = np.random.RandomState(3)
+    for n, k, p in [(12, 2, 5), (3, 2, 9)]:
+        jac = rng.randn(n, k, p)
+        flat = jac.reshape(-1, p) / np.sqrt(n)
+        factor = jacobian_factor(jnp.asarray(jac))
+        np.testing.assert_allclose(np.asarray(factor).T @ np.asarray(factor), flat.T @ flat,
+                                   rtol=1e-12, atol=1e-12)
+        grad, damping = rng.randn(p), 0.3
+        scale = rng.uniform(0.5, 2.0, p) if marquardt else None
+        d = damping * (np.ones(p) if scale is None else scale)
+        expected = -np.linalg.solve(flat.T @ flat + np.diag(d), grad)
+        step = solve_primal_qr(factor, jnp.asarray(grad), jnp.asarray(damping),
+                               None if scale is None else jnp.asarray(scale))
+        np.testing.assert_allclose(np.asarray(step), expected, rtol=1e-10)
+
+
+def test_float32_primal_resolves_curvature_a_float32_gram_cannot():
+    """A float32 linear least-squares fit with singular values of J 1 … 1e-3
+    (G's 1 … 1e-6): the primal step, by QR of the Jacobian, is the float64
+    solution to 2e-5 (about κ(J)·eps); a Cholesky of the float32 G with no
+    floor is 100× further off (2.4e-3, about κ(G)·eps)."""
+    rng = np.random.RandomState(0)
+    n, p = 64, 8
+    u, _ = np.linalg.qr(rng.randn(n, p))
+    v, _ = np.linalg.qr(rng.randn(p, p))
+    x = (u * np.logspace(0, -3, p) * np.sqrt(n)) @ v.T
+    y = rng.randn(n, 1)
+    exact = np.linalg.solve(x.T @ x, x.T @ y).ravel()  # −G⁻¹g at θ = 0
+    tx = ggn_jax.ggn(lambda t, z: z @ t, solver="primal", damping_rule="fixed", damping=1e-12,
+                     min_damping=1e-30, geodesic_acceleration=False)
+    theta = jnp.zeros((p, 1), jnp.float32)
+    x32, y32 = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    update, state = tx.update(None, tx.init(theta), theta, batch=(x32, y32))
+    gram = solve_primal(x32.T @ x32 / n, (-x32.T @ y32 / n).ravel(), jnp.float32(1e-12), None, 0.0)
+    error = lambda d: np.linalg.norm(np.asarray(d, np.float64).ravel() - exact) / np.linalg.norm(exact)
+    assert int(state.solver) == 0  # primal
+    assert error(update) < 2e-4
+    assert error(gram) > 10 * error(update)
+
+
+def test_primal_factorization_auto_takes_qr_only_in_float32_for_tall_identity_problems():
+    """``auto``: QR in float32 with identity loss Hessians where N·K ≥ P;
+    Cholesky in float64, for a loss with Hessians, or where P > N·K.
+    ``"qr"`` with loss Hessians or with P > N·K is refused with a reason."""
+    def local(n, k, p, dtype, hessians=False):
+        zeros = jnp.zeros((n, k), dtype)
+        return LocalModel(zeros, zeros, jnp.zeros(p, dtype), jnp.zeros((), dtype),
+                          jnp.zeros((n, k, k), dtype) if hessians else None,
+                          jacobians=jnp.zeros((n, k, p), dtype))
+
+    auto = make_config()
+    assert uses_qr(local(10, 2, 20, jnp.float32), auto)
+    assert not uses_qr(local(10, 2, 21, jnp.float32), auto)
+    assert not uses_qr(local(10, 2, 20, jnp.float64), auto)
+    assert not uses_qr(local(10, 2, 5, jnp.float32, hessians=True), auto)
+    assert uses_qr(local(10, 2, 20, jnp.float64), make_config(primal_factorization="qr"))
+    with pytest.raises(ValueError, match="needs N·K ≥ P"):
+        uses_qr(local(10, 2, 21, jnp.float32), make_config(primal_factorization="qr"))
+    assert not uses_qr(local(10, 2, 5, jnp.float32), make_config(primal_factorization="cholesky"))
+    with pytest.raises(ValueError, match="needs identity loss Hessians"):
+        uses_qr(local(10, 2, 5, jnp.float32, hessians=True), make_config(primal_factorization="qr"))

@@ -172,6 +172,8 @@ def test_state_is_a_pytree_of_arrays_with_the_contract_fields():
         ({"cg_stop": "early"}, ValueError, "unknown cg_stop 'early'; allowed: residual, martens"),
         ({"matmul_precision": "tf32"}, ValueError, "unknown matmul_precision 'tf32'; allowed"),
         ({"relative_damping_floor": -1.0}, ValueError, "relative_damping_floor must be"),
+        ({"primal_factorization": "lu"}, ValueError,
+         "unknown primal_factorization 'lu'; allowed: auto, cholesky, qr"),
         ({"curvature_samples": 0}, ValueError, "curvature_samples must be a positive integer"),
         ({"damping": jnp.ones(2)}, ValueError, r"damping must be a scalar, got an array of shape \(2,\)"),
         ({"cg_tol": jnp.array(1 + 1j)}, TypeError, "cg_tol must be a real number"),
@@ -341,40 +343,36 @@ def test_float32_singular_curvature_is_factored_thanks_to_the_relative_floor(sol
 
 def test_float32_takes_a_lower_relative_floor_than_float64():
     """The default c of the floor c·eps·P·diag(G) is 10 in float64 and 0.1
-    in float32. On a float32 linear least-squares problem whose smallest
-    curvature is 4e-6 of the largest, the primal step equals −(G + λI +
-    c·eps·P·diag(G))⁻¹g, from G and g built in float64 with numpy, for
-    c = 0.1 (to 3%; float32 round-off of G) and not for c = 10 (29% off)."""
+    in float32 (with 10 as the fallback of a failed factorisation). On a
+    float32 G whose smallest curvature is 4e-6 of the largest, the Cholesky
+    solve at float32's default floors equals −(G + λI + c·eps·P·diag(G))⁻¹g
+    from numpy in float64 for c = 0.1 (to 3%; float32 round-off of G) and
+    not for c = 10 (29% off)."""
     make_config = ggn_jax.transform.make_config
     assert make_config().damping_floor(jnp.float64) == 10.0
-    assert make_config().damping_floor(jnp.float32) == 0.1
-    assert make_config(relative_damping_floor=2.0).damping_floor(jnp.float32) == 2.0
+    assert make_config().primal_floors(jnp.float64) == (10.0, None)
+    assert make_config().primal_floors(jnp.float32) == (0.1, 10.0)
+    assert make_config(relative_damping_floor=2.0).primal_floors(jnp.float32) == (2.0, None)
     rng = np.random.RandomState(0)
     n, p = 16, 4
     u, _ = np.linalg.qr(rng.randn(n, p))
     v, _ = np.linalg.qr(rng.randn(p, p))
     x = (u * np.array([1.0, 0.3, 0.05, 0.002]) * np.sqrt(n)) @ v.T
     y = rng.randn(n, 1)
-    g_matrix, grad = x.T @ x / n, -x.T @ y / n  # at θ = 0, ½·mean squared error
+    g_matrix, grad = x.T @ x / n, (-x.T @ y / n).ravel()  # at θ = 0, ½·mean squared error
     eps = np.finfo(np.float32).eps
 
     def dense(c):
         return -np.linalg.solve(g_matrix + np.diag(1e-12 + c * eps * p * np.diag(g_matrix)), grad)
 
-    def step(**options):
-        tx = ggn_jax.ggn(lambda t, z: z @ t, solver="primal", damping_rule="fixed",
-                         damping=1e-12, min_damping=1e-30, geodesic_acceleration=False,
-                         **options)
-        theta = jnp.zeros((p, 1), jnp.float32)
-        batch = (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
-        update, _ = tx.update(None, tx.init(theta), theta, batch=batch)
-        return np.asarray(update, np.float64)
-
-    error = lambda d, c: np.linalg.norm(d - dense(c)) / np.linalg.norm(dense(c))
-    default = step()
-    assert error(default, 0.1) < 0.03
-    assert error(default, 10.0) > 0.15
-    assert error(step(relative_damping_floor=10.0), 10.0) < 0.03
+    x32 = jnp.asarray(x, jnp.float32)
+    step = ggn_jax.solvers.solve_primal(
+        x32.T @ x32 / n, jnp.asarray(grad, jnp.float32), jnp.float32(1e-12), None,
+        *make_config().primal_floors(jnp.float32),
+    )
+    error = lambda c: np.linalg.norm(np.asarray(step, np.float64) - dense(c)) / np.linalg.norm(dense(c))
+    assert error(0.1) < 0.03
+    assert error(10.0) > 0.15
 
 
 def test_the_cg_path_holds_no_nk_by_p_array():
@@ -751,3 +749,24 @@ def test_lambda_rises_past_max_damping_where_the_curvature_is_larger():
         assert float(jnp.max(result.log.damping)) > 1e12
         assert float(jnp.max(result.log.damping)) <= 1e12 * trace0 * (1 + 1e-9)
         assert abs(float(result.params[0])) < 1e-8
+
+
+def test_lambda_floor_is_float64s_where_the_solve_holds_up_at_a_tiny_lambda():
+    """λ's default absolute floor: 100·eps of the dtype, but 100·eps of
+    float64 for ``dual`` and a QR ``primal`` (``fine``). A float32
+    over-parameterised fit (4-[24]-1 tanh on 12 samples, so ``auto`` takes
+    the dual solve) drives λ below float32's 100·eps = 1.2e-5, and its
+    loss below 1e-12."""
+    config = ggn_jax.transform.make_config()
+    eps32 = float(np.finfo(np.float32).eps)
+    assert config.damping_bounds(jnp.float32)[0] == 100 * eps32
+    assert config.damping_bounds(jnp.float32, fine=True)[0] == 100 * float(np.finfo(np.float64).eps)
+    assert config.damping_bounds(jnp.float64, fine=True)[0] == config.damping_bounds(jnp.float64)[0]
+    assert ggn_jax.transform.make_config(min_damping=1e-3).damping_bounds(jnp.float32, True)[0] == 1e-3
+    params = mlp_init(jax.random.PRNGKey(0), [4, 24, 1], jnp.float32)
+    x = jax.random.normal(jax.random.PRNGKey(1), (12, 4), jnp.float32)
+    y = jnp.sin(x[:, :1]) + 0.5 * x[:, 1:2]
+    result = ggn_jax.fit(mlp_apply, params, (x, y), max_steps=40, tol=0.0)
+    assert int(result.state.solver) == 1  # dual
+    assert float(jnp.min(result.state.damping)) < 100 * eps32
+    assert float(np.min(np.asarray(result.loss_history))) < 1e-12

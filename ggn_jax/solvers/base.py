@@ -70,6 +70,8 @@ class LocalModel(NamedTuple):
         B_ir_i = ∇_o l_i where the loss has them (`BoundLoss.factor`).
       kronecker: the K-FAC curvature (`ggn_jax.curvature.KroneckerCurvature`)
         for CG's ``kfac`` preconditioner, else None.
+      factor: R of J̄ = QR, with RᵀR = G, where ``primal`` solves by QR
+        (float32, identity loss Hessians), else None.
     """
 
     outputs: jax.Array
@@ -83,6 +85,7 @@ class LocalModel(NamedTuple):
     diagonal: jax.Array | None = None
     loss_factors: tuple[jax.Array, jax.Array] | None = None
     kronecker: KroneckerCurvature | None = None
+    factor: jax.Array | None = None
 
 
 class SolveInfo(NamedTuple):

@@ -1,7 +1,20 @@
-"""``primal``: factor the P×P matrix G + λD by Cholesky.
+"""``primal``: factor the P×P matrix G + λD by Cholesky, or, in float32
+with identity loss Hessians and N·K ≥ P, by a QR factorisation of the
+Jacobian (``primal_factorization``).
 
 Cost O(NK·P² + P³) on top of the per-sample Jacobians: the cheap one when
 P is small (P ≪ NK).
+
+Why QR in float32. G = J̄ᵀJ̄ formed in float32 is good only to about
+eps·‖G‖, so a Cholesky of G + λD cannot resolve directions whose
+curvature is below that, and it needs a floor (``relative_damping_floor``)
+to stay factorable. The triangular factor R of J̄ = QR (Householder) is
+good to eps·‖J̄‖ instead, √ of G's scale, and [R; √(λD)] has a QR factor
+for every λ > 0: the same step without the floor (the least-squares
+route of Levenberg-Marquardt codes since MINPACK; Moré 1978, "The
+Levenberg-Marquardt algorithm: implementation and theory"). It costs
+about twice the flops of forming G where N·K ≥ P (BENCHMARKS.md, "The
+damping floor in float32").
 """
 
 from __future__ import annotations
@@ -10,7 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_factor, cho_solve
+from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 
 from ggn_jax.curvature import dense_ggn
 from ggn_jax.solvers.base import (
@@ -72,6 +85,67 @@ def solve_primal(
                         lambda: solve(fallback_floor))
 
 
+def jacobian_factor(jac: jax.Array) -> jax.Array:
+    """R of the QR factorisation of J̄ = N^{-1/2}[J_1; …; J_N] (NK×P), so
+    RᵀR = G for identity loss Hessians; (min(NK, P), P)."""
+    n, _, p = jac.shape
+    flat = jac.reshape(-1, p) / jnp.sqrt(jnp.asarray(n, jac.dtype))
+    return jnp.linalg.qr(flat, mode="r")
+
+
+def solve_primal_qr(
+    factor: jax.Array, grad: jax.Array, damping: jax.Array, scale: jax.Array | None
+) -> jax.Array:
+    """δ = −(RᵀR + λD)⁻¹g through the QR factorisation of [R; √(λD)]:
+    with that stack's triangular factor S, SᵀS = RᵀR + λD and
+    δ = −S⁻¹S⁻ᵀg (two triangular solves).
+
+    Meant for N·K ≥ P. Where P > N·K, G has a null space along which the
+    round-off in g grows by 1/λ; `solve_primal`'s floor is the remedy there.
+
+    Args:
+      factor: R with RᵀR = G (`jacobian_factor`), (M, P).
+      grad: g, (P,).
+      damping: λ > 0.
+      scale: the diagonal of D (P,), or None for D = I.
+
+    Returns:
+      δ, (P,); not finite where S is singular (λD = 0 on G's null space).
+    """
+    p = grad.shape[0]
+    root = jnp.sqrt(damped_diagonal(p, damping, scale)).astype(factor.dtype)
+    stacked = jnp.linalg.qr(jnp.concatenate([factor, jnp.diag(root)]), mode="r")
+    half = solve_triangular(stacked, grad, trans="T")
+    return -solve_triangular(stacked, half)
+
+
+def uses_qr(local: LocalModel, config: Any) -> bool:
+    """Whether `Primal` factors the Jacobian by QR (``primal_factorization``):
+    for ``"auto"``, in a dtype narrower than float64, with identity loss
+    Hessians (squared error, `Blocks`) and N·K ≥ P, where the QR costs
+    about twice the flops of forming G (where P > N·K its second
+    factorisation, of the (N·K + P)×P stack, is the dearer part)."""
+    choice = config.primal_factorization
+    if choice == "cholesky":
+        return False
+    if local.hessians is not None:
+        if choice == "qr":
+            raise ValueError(
+                "primal_factorization='qr' needs identity loss Hessians (squared error "
+                "or Blocks); this loss has Hessians: use 'cholesky' or 'auto'"
+            )
+        return False
+    n, k, p = local.jacobians.shape
+    if choice == "qr":
+        if n * k < p:
+            raise ValueError(
+                f"primal_factorization='qr' needs N·K ≥ P (here N·K = {n * k} < P = {p}): "
+                "round-off along G's null space would grow by 1/λ; use 'cholesky' or 'auto'"
+            )
+        return True
+    return jnp.finfo(local.jacobians.dtype).bits < 64 and n * k >= p
+
+
 class Primal(Solver):
     """G from per-sample Jacobians, then a Cholesky of G + λD."""
 
@@ -88,6 +162,10 @@ class Primal(Solver):
 
     def prepare(self, problem, config):
         local = local_from_jacobians(problem)
+        if uses_qr(local, config):
+            factor = jacobian_factor(local.jacobians)
+            ggn = factor.T @ factor
+            return local._replace(ggn=ggn, diagonal=jnp.diag(ggn), factor=factor), None
         ggn = dense_ggn(local.jacobians, local.hessians)
         return local._replace(ggn=ggn, diagonal=jnp.diag(ggn)), None
 
@@ -96,6 +174,9 @@ class Primal(Solver):
         return None
 
     def solve(self, problem, config, local: LocalModel, lin, grad, damping, scale, warm_start):
+        if local.factor is not None:
+            step = solve_primal_qr(local.factor, grad, damping, scale)
+            return step, direct_info(step)
         floor, fallback = config.primal_floors(local.ggn.dtype)
         step = solve_primal(local.ggn, grad, damping, scale, floor, fallback)
         return step, direct_info(step)
