@@ -502,7 +502,9 @@ def test_primal_factors_again_with_the_fallback_floor_only_where_the_first_fails
     step = np.asarray(solve_primal(g_matrix, grad, zero, None, 0.0, 10.0), np.float64)
     dense = np.outer(v, v) + np.diag(10 * np.finfo(np.float32).eps * p * v**2)
     expected = -np.linalg.solve(dense, np.linspace(-1.0, 1.0, p))
-    np.testing.assert_allclose(step, expected, rtol=2e-2)
+    # κ ≈ 1.8e6, so float32 round-off allows about κ·eps ≈ 0.2 elementwise
+    # in the worst case; measured 3e-3 normwise.
+    assert np.linalg.norm(step - expected) / np.linalg.norm(expected) < 3e-2
     spd = g_matrix + jnp.eye(p, dtype=jnp.float32)
     np.testing.assert_array_equal(solve_primal(spd, grad, zero, None, 0.1, 10.0),
                                   solve_primal(spd, grad, zero, None, 0.1))
@@ -531,9 +533,9 @@ def test_qr_primal_step_is_the_dense_solve(marquardt):
 
 def test_float32_primal_resolves_curvature_a_float32_gram_cannot():
     """A float32 linear least-squares fit with singular values of J 1 … 1e-3
-    (G's 1 … 1e-6): the primal step, by QR of the Jacobian, is the float64
-    solution to 2e-5 (about κ(J)·eps); a Cholesky of the float32 G with no
-    floor is 100× further off (2.4e-3, about κ(G)·eps)."""
+    (G's 1 … 1e-6): the primal step by QR of the Jacobian is the float64
+    solution to 2e-5 (about κ(J)·eps; asserted 5e-5); a Cholesky of the
+    float32 G with no floor is 100× further off (2.4e-3, about κ(G)·eps)."""
     rng = np.random.RandomState(0)
     n, p = 64, 8
     u, _ = np.linalg.qr(rng.randn(n, p))
@@ -541,21 +543,23 @@ def test_float32_primal_resolves_curvature_a_float32_gram_cannot():
     x = (u * np.logspace(0, -3, p) * np.sqrt(n)) @ v.T
     y = rng.randn(n, 1)
     exact = np.linalg.solve(x.T @ x, x.T @ y).ravel()  # −G⁻¹g at θ = 0
+    # (``auto`` keeps the Cholesky under a fixed λ: QR asked for by name.)
     tx = ggn_jax.ggn(lambda t, z: z @ t, solver="primal", damping_rule="fixed", damping=1e-12,
-                     min_damping=1e-30, geodesic_acceleration=False)
+                     min_damping=1e-30, geodesic_acceleration=False, primal_factorization="qr")
     theta = jnp.zeros((p, 1), jnp.float32)
     x32, y32 = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
     update, state = tx.update(None, tx.init(theta), theta, batch=(x32, y32))
     gram = solve_primal(x32.T @ x32 / n, (-x32.T @ y32 / n).ravel(), jnp.float32(1e-12), None, 0.0)
     error = lambda d: np.linalg.norm(np.asarray(d, np.float64).ravel() - exact) / np.linalg.norm(exact)
     assert int(state.solver) == 0  # primal
-    assert error(update) < 2e-4
+    assert error(update) < 5e-5
     assert error(gram) > 10 * error(update)
 
 
 def test_primal_factorization_auto_takes_qr_only_in_float32_for_tall_identity_problems():
     """``auto``: QR in float32 with identity loss Hessians where N·K ≥ P;
-    Cholesky in float64, for a loss with Hessians, or where P > N·K.
+    Cholesky in float64, for a loss with Hessians, where P > N·K, with a
+    ``relative_damping_floor`` set or under ``damping_rule="fixed"``.
     ``"qr"`` with loss Hessians or with P > N·K is refused with a reason."""
     def local(n, k, p, dtype, hessians=False):
         zeros = jnp.zeros((n, k), dtype)
@@ -572,5 +576,8 @@ def test_primal_factorization_auto_takes_qr_only_in_float32_for_tall_identity_pr
     with pytest.raises(ValueError, match="needs N·K ≥ P"):
         uses_qr(local(10, 2, 21, jnp.float32), make_config(primal_factorization="qr"))
     assert not uses_qr(local(10, 2, 5, jnp.float32), make_config(primal_factorization="cholesky"))
+    # A floor asked for, or a held λ, keeps auto's Cholesky.
+    assert not uses_qr(local(10, 2, 5, jnp.float32), make_config(relative_damping_floor=0.1))
+    assert not uses_qr(local(10, 2, 5, jnp.float32), make_config(damping_rule="fixed"))
     with pytest.raises(ValueError, match="needs identity loss Hessians"):
         uses_qr(local(10, 2, 5, jnp.float32, hessians=True), make_config(primal_factorization="qr"))

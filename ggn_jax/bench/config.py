@@ -75,6 +75,8 @@ _GGN_FIELDS = {
     "cg_preconditioner": (("diagonal", "kfac", "none"), None),
     "cg_warm_start_weight": (float, None),
     "min_damping": (float, None),
+    "relative_damping_floor": (float, None),
+    "primal_factorization": (("auto", "cholesky", "qr"), None),
     "curvature_samples": (int, None),
     "momentum": (float, None),
     "cross_batch_damping": (bool, None),

@@ -72,7 +72,8 @@ class WholeRunResult(NamedTuple):
 
 def _ggn_options(spec: dict) -> dict:
     names = ("solver", "damping_rule", "damping", "damping_type", "cg_max_iters", "cg_tol",
-             "cg_preconditioner", "cg_warm_start_weight", "min_damping", "curvature_samples",
+             "cg_preconditioner", "cg_warm_start_weight", "min_damping",
+             "relative_damping_floor", "primal_factorization", "curvature_samples",
              "momentum", "cross_batch_damping", "geodesic_acceleration",
              "shorten_rejected_steps")
     return {name: spec[name] for name in names if spec.get(name) is not None}

@@ -59,7 +59,8 @@ from ggn_jax.solvers.primal import solve_primal
 
 # How the ENGD peer solves for its direction: "lstsq" as published, or a
 # Cholesky factorisation of G + eps·tr(G)·I with the floor c·eps·P·diag(G)
-# (c = CHOLESKY_FLOOR, `solve_primal`'s relative floor at ggn's default).
+# (c = CHOLESKY_FLOOR, `solve_primal`'s relative floor at ggn's float64
+# default; the ENGD peer runs in float64).
 ENGD_SOLVES = ("lstsq", "cholesky")
 CHOLESKY_FLOOR = 10.0
 

@@ -6,7 +6,8 @@ Each solver returns δ with
 
 where J̄ = N^{-1/2}[J_1; …; J_N] is NK×P and H̄ = blockdiag(H_i).
 
-* ``primal`` (`ggn_jax.solvers.primal`): G (P×P) by Cholesky.
+* ``primal`` (`ggn_jax.solvers.primal`): G (P×P) by Cholesky; in float32
+  for squared error where NK ≥ P, the QR factor of J̄ instead.
 * ``dual`` (`ggn_jax.solvers.dual`): one NK×NK factorisation in sample
   space, the Gram matrix from the per-layer factors; with Marquardt scaling
   `ggn_jax.solvers.dual_jacobian`, on per-sample Jacobians.
@@ -106,7 +107,9 @@ def solver_costs(shape: ProblemShape, config: Any) -> dict[str, float | None]:
     about 2F more:
 
     * ``primal``: per-sample Jacobians ≈ 3K·F, then JᵀJ, 2·NK·P², and a
-      Cholesky, P³/3; only while P ≤ max_dense and NK·P ≤ max_jacobian;
+      Cholesky, P³/3; only while P ≤ max_dense and NK·P ≤ max_jacobian
+      (the float32 QR route is priced the same, though a step takes
+      1.7–2.1× the time: the estimate does not know the dtype);
     * ``dual``: K reverse passes per sample for the sensitivities, 2K·F,
       the structured Gram (`ggn_jax.structure.Structure.gram_flops`), a
       factorisation, (NK)³/3, and a jvp and a vjp, 5F; only while

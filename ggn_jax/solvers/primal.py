@@ -1,6 +1,6 @@
 """``primal``: factor the P×P matrix G + λD by Cholesky, or, in float32
 with identity loss Hessians and N·K ≥ P, by a QR factorisation of the
-Jacobian (``primal_factorization``).
+Jacobian (``primal_factorization``, `uses_qr`).
 
 Cost O(NK·P² + P³) on top of the per-sample Jacobians: the cheap one when
 P is small (P ≪ NK).
@@ -12,9 +12,11 @@ to stay factorable. The triangular factor R of J̄ = QR (Householder) is
 good to eps·‖J̄‖ instead, √ of G's scale, and [R; √(λD)] has a QR factor
 for every λ > 0: the same step without the floor (the least-squares
 route of Levenberg-Marquardt codes since MINPACK; Moré 1978, "The
-Levenberg-Marquardt algorithm: implementation and theory"). It costs
-about twice the flops of forming G where N·K ≥ P (BENCHMARKS.md, "The
-damping floor in float32").
+Levenberg-Marquardt algorithm: implementation and theory"). About the
+flops of forming G where N·K ≥ P, but LAPACK's QR runs slower than a
+matrix product: a step takes 1.7–2.1× the time (BENCHMARKS.md, "The
+damping floor in float32"). The QR gathers all N·K rows of J̄ on every
+device of a sharded batch.
 """
 
 from __future__ import annotations
@@ -64,18 +66,18 @@ def solve_primal(
       scale: the diagonal of D (P,), or None for D = I.
       relative_floor: c ≥ 0 of the floor F; 0 for none.
       fallback_floor: a larger c to factor with where the factorisation
-        with ``relative_floor`` fails (a second Cholesky, only then); None
-        for none.
+        with ``relative_floor`` fails (a second Cholesky, only then; under
+        ``vmap`` the ``lax.cond`` is a select and both run); None for none.
 
     Returns:
       δ, (P,); NaN where the factorisation failed.
     """
     p = grad.shape[0]
     diagonal = damped_diagonal(p, damping, scale)
-    unit = jnp.finfo(ggn.dtype).eps * p * jnp.diag(ggn)
 
     def solve(c):
-        matrix = ggn + jnp.diag((diagonal + c * unit).astype(ggn.dtype))
+        floored = diagonal + c * jnp.finfo(ggn.dtype).eps * p * jnp.diag(ggn)
+        matrix = ggn + jnp.diag(floored.astype(ggn.dtype))
         return -cho_solve(cho_factor(matrix, lower=True), grad)
 
     step = solve(relative_floor)
@@ -122,9 +124,13 @@ def solve_primal_qr(
 def uses_qr(local: LocalModel, config: Any) -> bool:
     """Whether `Primal` factors the Jacobian by QR (``primal_factorization``):
     for ``"auto"``, in a dtype narrower than float64, with identity loss
-    Hessians (squared error, `Blocks`) and N·K ≥ P, where the QR costs
-    about twice the flops of forming G (where P > N·K its second
-    factorisation, of the (N·K + P)×P stack, is the dearer part)."""
+    Hessians (squared error, `Blocks`) and N·K ≥ P, unless a
+    ``relative_damping_floor`` was set (a floor is a Cholesky's) or the
+    damping rule is ``fixed`` (a λ held tiny on a rank-deficient J̄ gives
+    the unfloored QR step no bound). A step then takes about twice the
+    time of the Cholesky one (BENCHMARKS.md, "The damping floor in
+    float32"); where P > N·K the second factorisation, of the (N·K + P)×P
+    stack, would dominate, and G's null space would amplify round-off."""
     choice = config.primal_factorization
     if choice == "cholesky":
         return False
@@ -143,11 +149,13 @@ def uses_qr(local: LocalModel, config: Any) -> bool:
                 "round-off along G's null space would grow by 1/λ; use 'cholesky' or 'auto'"
             )
         return True
-    return jnp.finfo(local.jacobians.dtype).bits < 64 and n * k >= p
+    return (jnp.finfo(local.jacobians.dtype).bits < 64 and n * k >= p
+            and config.relative_damping_floor is None and config.damping_rule != "fixed")
 
 
 class Primal(Solver):
-    """G from per-sample Jacobians, then a Cholesky of G + λD."""
+    """G from per-sample Jacobians, then a Cholesky of G + λD; or, where
+    `uses_qr`, the QR factor of the Jacobian and one of [R; √(λD)]."""
 
     name = "primal"
     code = 0
@@ -164,13 +172,16 @@ class Primal(Solver):
         local = local_from_jacobians(problem)
         if uses_qr(local, config):
             factor = jacobian_factor(local.jacobians)
-            ggn = factor.T @ factor
-            return local._replace(ggn=ggn, diagonal=jnp.diag(ggn), factor=factor), None
+            # diag(G) = diag(RᵀR), the squared column norms of R; G itself
+            # is not needed.
+            return local._replace(diagonal=jnp.sum(factor * factor, axis=0),
+                                  factor=factor), None
         ggn = dense_ggn(local.jacobians, local.hessians)
         return local._replace(ggn=ggn, diagonal=jnp.diag(ggn)), None
 
     def trace(self, local: LocalModel) -> None:
-        # The floor is per parameter, inside the solve (`solve_primal`).
+        # The floor is per parameter, inside the Cholesky (`solve_primal`);
+        # the QR solve needs none.
         return None
 
     def solve(self, problem, config, local: LocalModel, lin, grad, damping, scale, warm_start):
