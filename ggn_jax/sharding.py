@@ -6,7 +6,11 @@ Nothing else changes: `ggn` and `fit` are jitted, and XLA's SPMD partitioner
 turns every sum over samples (the gradient, the GGN-vector products JᵀHJv,
 the Gram matrix J̄J̄ᵀ, the loss) into per-device partial sums and an
 all-reduce. The step therefore equals the one-device step up to the order
-of floating-point additions.
+of floating-point additions. One exception: the float32 ``primal`` step by
+QR (``primal_factorization``, taken by default for squared error in
+float32 where N·K ≥ P) factors the whole N·K×P Jacobian, which XLA gathers
+onto every device; ``primal_factorization="cholesky"`` keeps the per-device
+sums there.
 
 Across hosts, call ``jax.distributed.initialize()`` on every process first;
 ``jax.devices()`` then lists every host's devices, and a mesh over them
