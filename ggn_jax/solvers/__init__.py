@@ -109,7 +109,7 @@ def solver_costs(shape: ProblemShape, config: Any) -> dict[str, float | None]:
     * ``primal``: per-sample Jacobians ≈ 3K·F, then JᵀJ, 2·NK·P², and a
       Cholesky, P³/3; only while P ≤ max_dense and NK·P ≤ max_jacobian
       (the float32 QR route is priced the same, though a step takes
-      1.7–2.1× the time: the estimate does not know the dtype);
+      1.5–2.1× the time: the estimate does not know the dtype);
     * ``dual``: K reverse passes per sample for the sensitivities, 2K·F,
       the structured Gram (`ggn_jax.structure.Structure.gram_flops`), a
       factorisation, (NK)³/3, and a jvp and a vjp, 5F; only while
