@@ -795,6 +795,7 @@ def test_a_qr_primal_step_takes_float64s_lambda_floor_and_no_relative_floor():
     flat = np.asarray(jac, np.float64).reshape(64, -1) / 8.0  # J̄ = J/√N
     residual = (np.asarray(mlp_apply(params, x), np.float64) - np.asarray(y, np.float64)) / 8.0
     g_matrix, grad = flat.T @ flat, flat.T @ residual.ravel()
+
     def dense(lam):
         return -np.linalg.solve(g_matrix + lam * np.diag(np.diag(g_matrix)), grad)
 
