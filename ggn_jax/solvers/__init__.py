@@ -108,8 +108,11 @@ def solver_costs(shape: ProblemShape, config: Any) -> dict[str, float | None]:
 
     * ``primal``: per-sample Jacobians ≈ 3K·F, then JᵀJ, 2·NK·P², and a
       Cholesky, P³/3; only while P ≤ max_dense and NK·P ≤ max_jacobian
-      (the float32 QR route is priced the same, though a step takes
-      1.5–2.1× the time: the estimate does not know the dtype);
+      (the float32 QR route is priced the same on purpose, though a step
+      takes 1.6–2.1× the time: priced at LAPACK's QR rate, it handed the
+      nearly square float32 1-D PINN to ``dual``, which ended at L2 up to
+      4.6e-6 against the QR's 4.7e-7–8.2e-7; BENCHMARKS.md, "The damping
+      floor in float32");
     * ``dual``: K reverse passes per sample for the sensitivities, 2K·F,
       the structured Gram (`ggn_jax.structure.Structure.gram_flops`), a
       factorisation, (NK)³/3, and a jvp and a vjp, 5F; only while

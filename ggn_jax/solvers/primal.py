@@ -14,7 +14,7 @@ for every λ > 0: the same step without the floor (the least-squares
 route of Levenberg-Marquardt codes since MINPACK; Moré 1978, "The
 Levenberg-Marquardt algorithm: implementation and theory"). About the
 flops of forming G where N·K ≥ P, but LAPACK's QR runs slower than a
-matrix product: a step takes 1.5–2.1× the time (BENCHMARKS.md, "The
+matrix product: a step takes 1.6–2.1× the time (BENCHMARKS.md, "The
 damping floor in float32"). The QR gathers all N·K rows of J̄ on every
 device of a sharded batch.
 """
