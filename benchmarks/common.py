@@ -6,6 +6,7 @@ Timings are medians over repeats after a warm-up call, with
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -65,3 +66,16 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown)
     print(markdown)
+
+
+def case_sweep_arguments(doc: str, cases, steps: int, argv=None) -> argparse.Namespace:
+    """``--seeds``, ``--steps`` and repeatable ``--case`` (all cases by
+    default, in ``args.cases``) for a script sweeping named cases."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--case", action="append", choices=list(cases),
+                        help="one case (repeatable); all by default")
+    args = parser.parse_args(argv)
+    args.cases = args.case or list(cases)
+    return args

@@ -23,13 +23,12 @@ BENCHMARKS.md, "The damping floor in float32".
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import case_sweep_arguments, machine, write_results
 from ggn_jax.bench.pde_problems import PROBLEMS, poisson2d
 from ggn_jax.bench.pinn import first_reaching, ggn_method, trace
 
@@ -74,13 +73,8 @@ def markdown(rows: list[dict], steps: int) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--case", action="append", choices=list(CASES),
-                        help="one case (repeatable); all by default")
-    args = parser.parse_args(argv)
-    rows = run(args.seeds, args.steps, args.case or list(CASES))
+    args = case_sweep_arguments(__doc__, CASES, 300, argv)
+    rows = run(args.seeds, args.steps, args.cases)
     write_results("float32_pinns", {"steps": args.steps, "rows": rows},
                   markdown(rows, args.steps))
 

@@ -17,7 +17,6 @@ final errors. Measured in BENCHMARKS.md, "The price of a pass".
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
 
@@ -28,7 +27,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 
 import ggn_jax
-from benchmarks.common import machine, write_results
+from benchmarks.common import case_sweep_arguments, machine, write_results
 from ggn_jax.bench.pde_problems import PDEProblem, _grid2, _square_sides, poisson2d
 from ggn_jax.bench.pinn import first_reaching, ggn_method, trace
 from ggn_jax.pde import laplacian
@@ -97,13 +96,8 @@ def markdown(rows: list[dict], steps: int) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--case", action="append", choices=list(CASES),
-                        help="one case (repeatable); all by default")
-    args = parser.parse_args(argv)
-    rows = sweep(args.seeds, args.steps, args.case or list(CASES))
+    args = case_sweep_arguments(__doc__, CASES, 200, argv)
+    rows = sweep(args.seeds, args.steps, args.cases)
     write_results("pinn_family", {"steps": args.steps, "rows": rows}, markdown(rows, args.steps))
 
 

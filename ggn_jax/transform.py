@@ -420,7 +420,7 @@ class GGNConfig:
         done again at c = 10 (a singular G of a float32 fit needs it); a
         c that was set, or float64's 10, has no fallback."""
         floor = self.damping_floor(dtype)
-        if self.relative_damping_floor is None and floor < WIDE_RELATIVE_DAMPING_FLOOR:
+        if self.relative_damping_floor is None and jnp.finfo(dtype).bits < 64:
             return floor, WIDE_RELATIVE_DAMPING_FLOOR
         return floor, None
 
@@ -834,7 +834,7 @@ def ggn_step(
     )
     # λ's absolute floor is 100·eps of float64 where the solve holds up at a
     # tiny λ (primal by QR, dual), else 100·eps of the dtype.
-    fine = local.factor is not None or solver.name == "dual"
+    fine = solver.holds_at_tiny_damping(local)
     # A QR primal needs no relative floor either (not even under Marquardt
     # scaling, where ``size`` is Σ diag(G)/D); ``size`` still sets the ceiling.
     floor_size = None if local.factor is not None else size

@@ -219,6 +219,12 @@ class Solver:
         has no diagonal."""
         return None if local.diagonal is None else jnp.sum(local.diagonal)
 
+    def holds_at_tiny_damping(self, local: LocalModel) -> bool:
+        """Whether the solve stays accurate as λ → 0 in a narrow dtype, so
+        that λ's default absolute floor may be 100 float64 epsilons rather
+        than 100 of the dtype (`GGNConfig.damping_bounds`)."""
+        return False
+
     def curvature_trace(self, local: LocalModel) -> jax.Array | None:
         """tr(G) wherever it is at hand, also where the solver floors its
         matrix itself: the scale of the damping's ceiling (None: unknown)."""

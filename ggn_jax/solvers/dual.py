@@ -153,6 +153,9 @@ class Dual(Solver):
 
     name = "dual"
     code = 1
+
+    def holds_at_tiny_damping(self, local: LocalModel) -> bool:
+        return True
     linearizes = True
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:

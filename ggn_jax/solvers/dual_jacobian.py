@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from ggn_jax.curvature import ggn_diagonal_from_jacobians
 from ggn_jax.solvers.base import (
+    LocalModel,
     ProblemShape,
     Solver,
     direct_info,
@@ -73,6 +74,9 @@ class DualJacobian(Solver):
 
     name = "dual"
     code = 1
+
+    def holds_at_tiny_damping(self, local: LocalModel) -> bool:
+        return True
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
         nk, p = shape.num_samples * shape.num_outputs, shape.num_params

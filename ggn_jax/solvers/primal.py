@@ -179,6 +179,9 @@ class Primal(Solver):
         ggn = dense_ggn(local.jacobians, local.hessians)
         return local._replace(ggn=ggn, diagonal=jnp.diag(ggn)), None
 
+    def holds_at_tiny_damping(self, local: LocalModel) -> bool:
+        return local.factor is not None  # the QR route; a Cholesky needs the floor
+
     def trace(self, local: LocalModel) -> None:
         # The floor is per parameter, inside the Cholesky (`solve_primal`);
         # the QR solve needs none.
