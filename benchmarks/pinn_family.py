@@ -6,13 +6,14 @@ Issue 14's benchmarks (``ggn-jax bench pinn/...``) fix one network per
 problem, each with one hidden layer, where P ≪ N·K and ``auto`` takes the
 primal solve. Held-out problems need not look like that, so this sweeps
 the neighbours: the 2-D Poisson problem with deeper and wider networks and
-a higher frequency (`ggn_jax.bench.pde_problems.poisson2d`), and a
-Helmholtz problem. Each runs ``ggn(blocks)`` with its defaults in an optax
+a higher frequency (`ggn_jax.bench.pde_problems.poisson2d`), a
+Helmholtz problem, and Poisson 5-D with two hidden layers. Each runs ``ggn(blocks)`` with its defaults in an optax
 loop (`ggn_jax.bench.pinn.ggn_method`: chunks of 10 jitted steps, the
 relative L2 error on a fine grid after each chunk, `trace`) and
 ``fit(blocks, params, max_steps)``, from init seeds 0, 1, …; reported:
 the solver ``auto`` took, the steps to relative L2 1e-4 and 1e-6, and the
-final errors. Measured in BENCHMARKS.md, "The price of a pass".
+final errors. Measured in BENCHMARKS.md, "The price of a pass" and
+"Dense solves up to 8192" (the 5-D case).
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ import jax.numpy as jnp
 
 import ggn_jax
 from benchmarks.common import case_sweep_arguments, machine, write_results
-from ggn_jax.bench.pde_problems import PDEProblem, _grid2, _square_sides, poisson2d
+from ggn_jax.bench.pde_problems import (
+    PDEProblem,
+    _grid2,
+    _square_sides,
+    poisson2d,
+    poisson5d,
+)
 from ggn_jax.bench.pinn import first_reaching, ggn_method, trace
 from ggn_jax.pde import laplacian
 from ggn_jax.solvers import SOLVER_NAMES
@@ -59,6 +66,9 @@ CASES: dict[str, Callable[[], PDEProblem]] = {
     "Poisson 2-D, 2-[48]-[48]-1": lambda: poisson2d(hidden=(48, 48)),
     "Poisson 2-D at 2π, 2-[64]-1": lambda: poisson2d(hidden=(64,), frequency=2),
     "Helmholtz κ = 4, 2-[32]-1": lambda: _helmholtz([32]),
+    # P = 4609 and 4500 samples: a dense solve only since max_dense is 8192;
+    # 6–7 s a step on one core, so run it alone (--case, --steps 40).
+    "Poisson 5-D, 5-[64]-[64]-1": lambda: poisson5d(hidden=(64, 64)),
 }
 
 

@@ -255,6 +255,16 @@ def materialised_entries(structure: structured.Structure | SegmentedStructure) -
     )
 
 
+def gram_peak_entries(structure: structured.Structure | SegmentedStructure) -> int:
+    """The entries of the largest single array the structured Gram forms
+    (`ggn_jax.structure.Structure.gram_peak`); for blocks, the cross
+    blocks' too (`ggn_jax.structure.cross_gram_peak`)."""
+    parts = structure.parts if isinstance(structure, SegmentedStructure) else (structure,)
+    return max([part.gram_peak() for part in parts]
+               + [structured.cross_gram_peak(a, b)
+                  for i, a in enumerate(parts) for b in parts[i + 1:]])
+
+
 def problem_jacobians(problem: Problem) -> tuple[jax.Array, jax.Array]:
     """Outputs (N, K) and per-sample Jacobians (N, K, P) at ``problem.theta``,
     each block's by its own model on its own samples."""

@@ -321,6 +321,36 @@ class Structure:
         """Estimated flops of `diagonal` from the factors."""
         return sum(_leaf_cost(self, index, "diagonal") for index in range(len(self.leaves)))
 
+    def gram_peak(self) -> int:
+        """The entries of the largest single array `gram` forms: a
+        materialised leaf's block, N·K·|leaf|; a factored use's operands,
+        N·|A| and N·K·|result|; or the largest intermediate of a use pair's
+        einsum, its (NK)² output included (``opt_einsum``'s path). A PINN
+        residual's uses keep the derivative axes of x in their operands, so
+        those intermediates hold N²·|a|·|a'| numbers: 9.6e7 on a 2-D
+        Laplacian with 4900 points, 1.4× ``max_jacobian``'s 2²⁶. It bounds
+        one array, not the total: XLA's temporaries for the Gram of that
+        problem were about 6× it (BENCHMARKS.md, "Dense solves up to
+        8192")."""
+        n, k = self.num_samples, self.num_outputs
+        peak = 0
+        for leaf in self.leaves:
+            if leaf.mode != "factored":
+                peak = max(peak, n * k * math.prod(leaf.shape))
+                continue
+            letters = "".join(_LETTERS[:len(leaf.shape)])
+            for a, b in itertools.combinations_with_replacement(leaf.uses, 2):
+                rename = _renaming(self.labels[a], self.labels[b])
+                equation = _pair_equation(self.labels, a, b, letters, "gram", rename)
+                other_a, result_a = _operand_shapes(self, a)
+                other_b, result_b = _operand_shapes(self, b)
+                shapes = [(n, *other_a), (n, k, *result_a), (n, *other_b), (n, k, *result_b)]
+                _, info = opt_einsum.contract_path(equation, *shapes, shapes=True,
+                                                   optimize="optimal")
+                peak = max(peak, int(info.largest_intermediate),
+                           *(math.prod(shape) for shape in shapes))
+        return peak
+
 
 LeafModel = Callable[[list, Any], jax.Array]
 
@@ -655,6 +685,16 @@ def leaf_block(structure: Structure, factors: Factors, index: int) -> jax.Array:
     return total
 
 
+def _cross_equation(structure_a: Structure, u: int, structure_b: Structure, v: int) -> str:
+    """The einsum of use u of block a against use v of block b: (operand,
+    sensitivity) of each side to the (N_a, K, N_b, K) cross term."""
+    la, lb = structure_a.labels[u], structure_b.labels[v]
+    rename = _renaming(la, lb)
+    operand_b = "".join(rename.get(c, c) for c in lb.operand)
+    result_b = "".join(rename.get(c, c) for c in lb.result)
+    return f"i{la.operand},ik{la.result},j{operand_b},jl{result_b}->ikjl"
+
+
 def cross_gram(
     structure_a: Structure, factors_a: Factors, structure_b: Structure, factors_b: Factors
 ) -> jax.Array:
@@ -671,12 +711,8 @@ def cross_gram(
         if info_a.mode == "factored" and info_b.mode == "factored":
             for u in info_a.uses:
                 for v in info_b.uses:
-                    la, lb = structure_a.labels[u], structure_b.labels[v]
-                    rename = _renaming(la, lb)
-                    operand_b = "".join(rename.get(c, c) for c in lb.operand)
-                    result_b = "".join(rename.get(c, c) for c in lb.result)
                     term = jnp.einsum(
-                        f"i{la.operand},ik{la.result},j{operand_b},jl{result_b}->ikjl",
+                        _cross_equation(structure_a, u, structure_b, v),
                         factors_a.operands[u],
                         factors_a.sensitivities[structure_a.uses[u].site],
                         factors_b.operands[v],
@@ -689,6 +725,30 @@ def cross_gram(
             rows_b = leaf_block(structure_b, factors_b, index).reshape(nb * k, -1)
             total = total + rows_a @ rows_b.T
     return total
+
+
+def cross_gram_peak(structure_a: Structure, structure_b: Structure) -> int:
+    """The entries of the largest array `cross_gram` forms: where a leaf is
+    factored in both blocks, a use pair's operands and its einsum's largest
+    intermediate; otherwise the two sides' blocks, (N_a + N_b)·K·|leaf|."""
+    na, nb, k = structure_a.num_samples, structure_b.num_samples, structure_a.num_outputs
+    peak = 0
+    for info_a, info_b in zip(structure_a.leaves, structure_b.leaves):
+        if info_a.mode == "factored" and info_b.mode == "factored":
+            for u in info_a.uses:
+                for v in info_b.uses:
+                    other_a, result_a = _operand_shapes(structure_a, u)
+                    other_b, result_b = _operand_shapes(structure_b, v)
+                    shapes = [(na, *other_a), (na, k, *result_a), (nb, *other_b),
+                              (nb, k, *result_b)]
+                    _, info = opt_einsum.contract_path(
+                        _cross_equation(structure_a, u, structure_b, v), *shapes,
+                        shapes=True, optimize="optimal")
+                    peak = max(peak, int(info.largest_intermediate),
+                               *(math.prod(shape) for shape in shapes))
+        else:
+            peak = max(peak, (na + nb) * k * math.prod(info_a.shape))
+    return peak
 
 
 def _weighting(hessians: jax.Array | None) -> Callable[[jax.Array], jax.Array]:

@@ -100,7 +100,13 @@ DYNAMIC_OPTIONS = (
 # Integer options that size the computation; None in `ggn`'s signature means
 # the default here (so that ``optax.inject_hyperparams``, which turns every
 # numeric argument into an array, leaves them static unless they are set).
-STATIC_INTEGER_DEFAULTS = {"cg_max_iters": 100, "max_dense": 4096, "max_jacobian": 2**26}
+STATIC_INTEGER_DEFAULTS = {"cg_max_iters": 100, "max_dense": 8192, "max_jacobian": 2**26}
+# max_dense is the side of a dense matrix with as many entries as
+# max_jacobian allows a per-sample Jacobian (8192² = 2²⁶: 512 MB in
+# float64). At 4096 the Poisson 5-D PINN on 5-[64]-[64]-1 (P = 4609, 4500
+# samples) fitted neither dense solver, and CG, the only one left, stalled
+# at relative L2 2e-3 where the primal solve reaches 2.4e-5 in 30 steps
+# (BENCHMARKS.md, "Dense solves up to 8192").
 # The window of non-monotone acceptance where it is on by default (squared
 # error). 8 against the earlier 4: on the PINN benchmarks the median steps to
 # relative L2 1e-6 fell from 94 to 60 (Poisson 2-D) and from 112 to 55
@@ -286,7 +292,7 @@ class GGNConfig:
     primal_factorization: str = "auto"
     matmul_precision: str = "highest"
     curvature_samples: int | None = None
-    max_dense: int = 4096
+    max_dense: int = 8192
     max_jacobian: int = 2**26
     nonmonotone_window: int | None = None
     geodesic_acceleration: bool | None = None
@@ -1168,7 +1174,8 @@ def ggn(
         than 8 iterations, meant to solve the system: at small λ it runs
         to its cap and stops short) or the dense solvers pass ``max_dense``
         (matrix side) or ``max_jacobian`` (entries of the per-sample
-        Jacobians they form).
+        Jacobians they form, and of the largest array of the structured
+        Gram).
       min_damping, max_damping: bounds on λ; the default floor is 100·eps of
         the parameters' dtype, and 2.2e-14 (100·eps of float64) for
         ``dual`` and where ``primal`` factors the Jacobian by QR (the same
@@ -1235,7 +1242,7 @@ def ggn(
         a fixed batch the other samples only get gradient-like steps and
         convergence is linear.
       max_dense, max_jacobian: the sizes past which ``auto`` does not take
-        a dense solver (None: 4096 and 2²⁶).
+        a dense solver (None: 8192 and 2²⁶, equal numbers of entries).
       nonmonotone_window: M ≥ 0; a step is accepted when it lowers the
         loss below the largest of the last M accepted iterates' losses on
         the same batch (Grippo et al. 1986), not only below the current

@@ -16,7 +16,7 @@ from helpers import (
 from jax.flatten_util import ravel_pytree
 
 import ggn_jax
-from ggn_jax.bench.pde_problems import poisson2d
+from ggn_jax.bench.pde_problems import poisson2d, poisson5d
 from ggn_jax.curvature import (
     dense_ggn,
     ggn_matvec,
@@ -41,6 +41,7 @@ from ggn_jax.solvers import (
     solver_costs,
 )
 from ggn_jax.solvers.base import LocalModel
+from ggn_jax.solvers.cg import HEAVY_PASS_EFFICIENCY, HEAVY_PASS_RATIO
 from ggn_jax.solvers.primal import jacobian_factor, solve_primal_qr, uses_qr
 from ggn_jax.transform import make_config
 
@@ -207,8 +208,8 @@ def _unstructured(n, k, p):
         (10, 1, 100, "dual"),  # NK ≪ P
         (100, 1, 10, "primal"),  # P ≪ NK
         (10, 1, 10, "primal"),  # primal 2.9e3 flops, dual 5.7e3 (its Gram counted double)
-        (5000, 1, 10**5, "cg"),  # both dense matrices too big
-        (9000, 1, 8000, "cg"),
+        (9000, 1, 10**5, "cg"),  # both dense matrices too big
+        (9000, 1, 9000, "cg"),
         (20000, 1, 200, "primal"),  # primal 1.6e9 flops, cg 4.0e9
         # 8x8 digits: primal ≈ 2·13470·2410² = 1.6e11 flops against
         # CG ≈ 10·1347·2410·100 + 10·13470·2410 = 3.6e9.
@@ -291,11 +292,12 @@ def test_solver_costs_match_a_hand_count():
     marquardt = solver_costs(shape, make_config(damping_type="marquardt"))
     assert marquardt["dual"] == pytest.approx(jacobian + 2 * 36 * 5 + 216 / 3)
     # A forward pass of F = 1000 flops in place of 2·N·P = 30: a reverse
-    # pass 2F more, a GGN product 5F, per-sample Jacobians 3K·F.
+    # pass 2F more, a GGN product 5F (three times over: F is above
+    # HEAVY_PASS_RATIO × 2·N·P), per-sample Jacobians 3K·F.
     priced = solver_costs(shape._replace(forward_flops=1000.0), config)
     assert priced["primal"] == pytest.approx(3 * 2 * 1000 + 2 * 6 * 25 + 125 / 3)
     assert priced["dual"] == pytest.approx(2 * 2 * 1000 + 2 * 100 + 216 / 3 + 5 * 1000)
-    assert priced["cg"] == pytest.approx(5 * 1000 * 7 + 2 * 2 * 1000 + 40)
+    assert priced["cg"] == pytest.approx(3 * 5 * 1000 * 7 + 2 * 2 * 1000 + 40)
 
 
 def test_model_flops_is_the_hand_count_of_the_forward_pass():
@@ -329,6 +331,52 @@ def test_auto_takes_a_dense_solve_for_a_deep_pinn():
     assert shape.forward_flops > 2.5 * 2 * n * p
     assert choose_solver(config, shape._replace(forward_flops=None)).name == "cg"
     assert choose_solver(config, shape).name == "primal"
+
+
+def test_cg_products_cost_three_times_where_a_pass_is_not_a_dense_networks():
+    """N = 20000, K = 1, P = 200, no preconditioner, 2·N·P = 8e6. With a
+    pass of F = 1.4 × 8e6 (a dense network's rate) CG costs 5F = 5.6e7 an
+    iteration; with F = 1.6 × 8e6 (over HEAVY_PASS_RATIO = 1.5, a PINN's
+    residual) 5F / ⅓ = 1.92e8. Primal 3F + 2·N·P² + P³/3: 1.6363e9 and
+    1.6411e9. A CG of 12 iterations, meant to solve (margin ½: 8.18e8 and
+    8.21e8), is taken at the dense rate (6.72e8) and not at a third of it
+    (2.304e9); a truncated step of 6 iterations (margin 1) still is
+    (1.152e9)."""
+    n, p, dense_pass = 20000, 200, 2.0 * 20000 * 200
+    light = ProblemShape(n, 1, p, forward_flops=1.4 * dense_pass)
+    heavy = ProblemShape(n, 1, p, forward_flops=1.6 * dense_pass)
+    assert HEAVY_PASS_RATIO == 1.5
+    np.testing.assert_allclose(HEAVY_PASS_EFFICIENCY, 1 / 3)
+    twelve = make_config(cg_max_iters=12, cg_preconditioner="none")
+    six = make_config(cg_max_iters=6, cg_preconditioner="none")
+    np.testing.assert_allclose(solver_costs(light, twelve)["cg"], 12 * 5 * 1.12e7)
+    np.testing.assert_allclose(solver_costs(heavy, twelve)["cg"], 12 * 1.92e8)
+    np.testing.assert_allclose(solver_costs(heavy, twelve)["primal"],
+                               3 * 1.28e7 + 2 * n * p**2 + p**3 / 3)
+    assert choose_solver(twelve, light).name == "cg"
+    assert choose_solver(twelve, heavy).name == "primal"
+    assert choose_solver(six, heavy).name == "cg"
+
+
+def test_a_dense_solve_fits_the_deeper_5d_pinn_by_default():
+    """Poisson 5-D on 5-[64]-[64]-1: P = 5·64 + 64 + 64·64 + 64 + 64 + 1 =
+    4609 and 4000 + 500 samples, both above the old limit of 4096, where
+    ``auto`` was left with CG, which stalled at relative L2 2e-3; the
+    default limit, 8192 (a matrix of 2²⁶ entries, as many as
+    ``max_jacobian`` allows a Jacobian), lets the primal solve in
+    (2.4e-5 after 30 steps; BENCHMARKS.md, "Dense solves up to 8192")."""
+    pinn = poisson5d(hidden=(64, 64))
+    params = pinn.net.init(jax.random.PRNGKey(0), jnp.float64)
+    problem = pinn.blocks.bind_problem("squared_error", params, None)
+    config = make_config()
+    assert config.max_dense**2 == config.max_jacobian == 2**26
+    shape = read_shape(problem, config)
+    assert (shape.num_samples, shape.num_outputs, shape.num_params) == (4500, 1, 4609)
+    assert solver_costs(shape, config)["primal"] is not None
+    assert choose_solver(config, shape).name == "primal"
+    old = make_config(max_dense=4096)
+    assert solver_costs(shape, old)["primal"] is None and solver_costs(shape, old)["dual"] is None
+    assert choose_solver(old, shape).name == "cg"
 
 
 def test_auto_respects_the_size_limits():

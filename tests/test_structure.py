@@ -149,6 +149,33 @@ def test_pinn_residual_gram(laplacian):
     assert found.fell_back == ()
 
 
+def test_gram_peak_counts_the_derivative_rows_of_a_pinn_residual():
+    """On the Poisson 2-D PINN with 2-[48]-[48]-1, the interior residual
+    (900 points) uses the hidden 48×48 weight three times; one use carries
+    the two first derivatives in x, 2 rows a sample, and its pair with itself
+    contracts X_i X_jᵀ over the features into an array of 900·2·900·2 =
+    3.24e6 numbers: the largest the Gram forms (the boundary's 120 points
+    form 120² at most). ``auto`` refuses the dual solve when that exceeds
+    ``max_jacobian`` (at 4900 points it is 9.6e7, 1.4 × 2²⁶)."""
+    from ggn_jax.bench.pde_problems import poisson2d
+    from ggn_jax.curvature import gram_peak_entries
+    from ggn_jax.solvers import read_shape, solver_costs
+
+    pinn = poisson2d(hidden=(48, 48))
+    params = pinn.net.init(jax.random.PRNGKey(0), jnp.float64)
+    problem = pinn.blocks.bind_problem("squared_error", params, None)
+    parts = problem_structure(problem, "gram").parts
+    assert [part.num_samples for part in parts] == [900, 120]
+    assert parts[0].gram_peak() == 900 * 2 * 900 * 2
+    assert parts[1].gram_peak() == 120 * 120
+    assert gram_peak_entries(problem_structure(problem, "gram")) == 900 * 2 * 900 * 2
+    for limit, fits in ((900 * 2 * 900 * 2, True), (900 * 2 * 900 * 2 - 1, False)):
+        config = make_config(max_jacobian=limit)
+        shape = read_shape(problem, config)
+        assert shape.gram_peak == 900 * 2 * 900 * 2
+        assert (solver_costs(shape, config)["dual"] is not None) == fits
+
+
 def test_linen_nnx_and_equinox_mlps():
     linen = pytest.importorskip("flax.linen")
     nnx = pytest.importorskip("flax.nnx")

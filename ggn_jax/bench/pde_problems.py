@@ -99,9 +99,11 @@ def poisson2d(method: str = "auto", hidden: tuple[int, ...] = (32,),
     return PDEProblem("poisson2d", net, blocks, exact, _grid2(100, False))
 
 
-def poisson5d(method: str = "auto") -> PDEProblem:
+def poisson5d(method: str = "auto", hidden: tuple[int, ...] = (64,)) -> PDEProblem:
+    """The issue's problem; ``hidden`` gives deeper neighbours
+    (``benchmarks/pinn_family.py``)."""
     d = 5
-    net = ggn_jax.paper.mlp([d, 64, 1], "tanh")
+    net = ggn_jax.paper.mlp([d, *hidden, 1], "tanh")
     exact = lambda x: jnp.sum(jnp.sin(PI * x))
     u = lambda p, x: net.apply(p, x[None])[0, 0]
     k_int, k_bnd, k_face, k_side, k_eval = jax.random.split(jax.random.PRNGKey(2023), 5)

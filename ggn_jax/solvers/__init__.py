@@ -78,11 +78,14 @@ CG_MARGIN = 1.0
 # ``UNROLLED_ITERATIONS``, like squared error's default of 100, not
 # classification's truncated 5-iteration step). There λ falls with the
 # residual, CG runs to its cap and stops short of the solution, while a
-# dense solve is exact; and on PDE residuals its products ran at half the
-# dense solvers' rate or less (14–16 against 28–34 GFLOP/s on Poisson 2-D,
-# 9 against 32 on Poisson 5-D; BENCHMARKS.md, "The price of a pass"). With
-# it ``python -m benchmarks.solvers`` still takes CG at N = 2048 and 4096
-# (0.40 and 0.37 of the dense estimate), the fastest there.
+# dense solve is exact. (That its products run at a third of the dense
+# rate on PDE residuals is priced apart, `cg.HEAVY_PASS_EFFICIENCY`.) With
+# it ``python -m benchmarks.solvers`` (a dense MLP, P = 1249) still takes
+# CG at N = 2048 and 4096, 0.40 and 0.37 of the dense estimate: there CG's
+# step took half the primal one's time, its fit led for the first 4 s and
+# kept the lead on noise targets, while on smooth and teacher targets the
+# primal fit was ahead from 8 s on (one seed of six: from 16 s), by
+# 260–10⁷× in the loss at 16 s (BENCHMARKS.md, "Dense solves up to 8192").
 SOLVING_CG_MARGIN = 0.5
 
 
@@ -116,9 +119,13 @@ def solver_costs(shape: ProblemShape, config: Any) -> dict[str, float | None]:
     * ``dual``: K reverse passes per sample for the sensitivities, 2K·F,
       the structured Gram (`ggn_jax.structure.Structure.gram_flops`), a
       factorisation, (NK)³/3, and a jvp and a vjp, 5F; only while
-      NK ≤ max_dense (under Marquardt scaling the Jacobian form: 3K·F +
+      NK ≤ max_dense and the largest array of the structured Gram
+      (`ggn_jax.curvature.gram_peak_entries`) ≤ max_jacobian (under
+      Marquardt scaling the Jacobian form: 3K·F +
       2·(NK)²·P + (NK)³/3, with NK·P ≤ max_jacobian);
     * ``cg``: ≈ 5F per GGN-vector product, ``cg_max_iters`` of them,
+      counted three times where F is over 1.5 times 2·N·P (its products
+      ran at 0.23–0.5 of the dense rate there: `cg.HEAVY_PASS_EFFICIENCY`),
       plus the structured diagonal for its preconditioner.
 
     F matters where the model is not a dense network: a PINN residual,

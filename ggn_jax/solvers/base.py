@@ -127,6 +127,9 @@ class ProblemShape(NamedTuple):
         GGN-vector product (a jvp and a vjp) about 5F. A residual with
         derivatives in x (a PINN's Laplacian) or a convolution costs
         several times 2·N·P.
+      gram_peak: the entries of the largest single array the structured
+        Gram forms, its (NK)² terms included
+        (`ggn_jax.curvature.gram_peak_entries`).
     """
 
     num_samples: int
@@ -136,6 +139,7 @@ class ProblemShape(NamedTuple):
     diagonal_flops: float | None = None
     materialised: int = 0
     forward_flops: float | None = None
+    gram_peak: int = 0
 
     def forward(self) -> float:
         """F, one forward pass over the batch: `forward_flops`, at least
@@ -143,6 +147,11 @@ class ProblemShape(NamedTuple):
         its layers would be priced too cheaply without the floor)."""
         dense = 2.0 * self.num_samples * self.num_params
         return dense if self.forward_flops is None else max(self.forward_flops, dense)
+
+    def pass_ratio(self) -> float:
+        """F over a dense network's 2·N·P: 1 for a dense network, 1.9–6.0 for
+        the PINN residuals of BENCHMARKS.md, 4.1 for the digits CNN."""
+        return self.forward() / (2.0 * self.num_samples * self.num_params)
 
 
 def model_flops(problem: Any) -> float | None:

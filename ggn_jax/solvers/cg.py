@@ -171,6 +171,24 @@ def solve_cg(
     return CGResult(jnp.where(no_step, jnp.nan, x), iterations)
 
 
+# Where one pass costs over HEAVY_PASS_RATIO times a dense network's 2·N·P
+# (derivatives in x, as a PINN's Laplacian: 1.9–6.0×; convolutions), CG's
+# products are priced at HEAVY_PASS_EFFICIENCY of the dense solvers' rate.
+# By the estimates over the measured step times, CG ran at 0.23–0.5 of the
+# dense steps' rate: 0.23–0.36 on three PINNs with P = 4417–7851 and
+# 4500–5180 samples (8.9–12.3 against the primal step's 33–38 GFLOP/s),
+# about half on the 2-D Poisson networks of 1020 samples (14–16 against
+# 28–34; BENCHMARKS.md, "Dense solves up to 8192" and "The price of a
+# pass"). Priced at the full rate, CG took two of those PINNs and stalled
+# at relative L2 1.5e-4–2.7e-4 within 40–100 steps, where the same
+# Gauss–Newton step solved densely went below 6e-6 in 35–55 steps. Dense
+# networks (ratio 1; 1.2 for the bent identity of the paper demo) keep
+# the full rate, and no classification pick changes (CG at 0.08–0.15 of
+# the dense estimate; the CNN's 0.43 after this).
+HEAVY_PASS_RATIO = 1.5
+HEAVY_PASS_EFFICIENCY = 1 / 3
+
+
 class CG(Solver):
     """Preconditioned CG on one linearisation; diag(G) from the factors."""
 
@@ -191,8 +209,13 @@ class CG(Solver):
 
     @staticmethod
     def _products(shape: ProblemShape, config: Any) -> float:
-        # A GGN-vector product is a jvp and a vjp: about 5 forward passes.
-        return 5.0 * shape.forward() * config.cg_max_iters
+        # A GGN-vector product is a jvp and a vjp: about 5 forward passes,
+        # at a third of the dense solvers' rate where a pass is not a dense
+        # network's (`HEAVY_PASS_RATIO`).
+        products = 5.0 * shape.forward() * config.cg_max_iters
+        if shape.pass_ratio() > HEAVY_PASS_RATIO:
+            products /= HEAVY_PASS_EFFICIENCY
+        return products
 
     def cost(self, shape: ProblemShape, config: Any) -> float | None:
         cost = self._products(shape, config)

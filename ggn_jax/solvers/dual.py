@@ -15,7 +15,10 @@ has the eigenvalues of H̄^{1/2}KH̄^{1/2} + λI > 0.
 
 K comes from the per-layer factors of `ggn_jax.structure` (no per-sample
 Jacobian), J̄ᵀu from one vjp of the batched model and J̄δ from one jvp, so
-peak memory is O((NK)² + P + N·K·widths): no N·K·P array is formed.
+no N·K·P array is formed. Peak memory is O((NK)² + P + N·K·widths) for a
+dense network; where a use of a weight carries extra axes (the derivatives
+in x of a PINN residual) its pair terms form N²·|a|·|a'| arrays, which
+``auto`` bounds by ``max_jacobian`` (`ggn_jax.curvature.gram_peak_entries`).
 `solve_sample_space` is the algebra, shared with `ggn_jax.solvers.dual_jacobian`,
 which forms J_i for Marquardt's D = diag(G).
 """
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve, lu_factor, lu_solve
 
 from ggn_jax.curvature import (
+    gram_peak_entries,
     linearize,
     materialised_entries,
     problem_structure,
@@ -162,7 +166,7 @@ class Dual(Solver):
         nk = shape.num_samples * shape.num_outputs
         if shape.gram_flops is None or nk > config.max_dense:
             return None
-        if shape.materialised > config.max_jacobian:
+        if max(shape.materialised, shape.gram_peak) > config.max_jacobian:
             return None
         # K reverse passes per sample for the sensitivities, the Gram from
         # the factors, a factorisation, and a jvp and a vjp for the step.
@@ -176,7 +180,8 @@ class Dual(Solver):
             return shape
         structure = problem_structure(problem, "gram")
         return shape._replace(gram_flops=structure.gram_flops(),
-                              materialised=materialised_entries(structure))
+                              materialised=materialised_entries(structure),
+                              gram_peak=gram_peak_entries(structure))
 
     def prepare(self, problem, config):
         structure = problem_structure(problem, "gram")
