@@ -334,19 +334,11 @@ class Structure:
         8192")."""
         n, k = self.num_samples, self.num_outputs
         peak = 0
-        for leaf in self.leaves:
+        for index, leaf in enumerate(self.leaves):
             if leaf.mode != "factored":
                 peak = max(peak, n * k * math.prod(leaf.shape))
                 continue
-            letters = "".join(_LETTERS[:len(leaf.shape)])
-            for a, b in itertools.combinations_with_replacement(leaf.uses, 2):
-                rename = _renaming(self.labels[a], self.labels[b])
-                equation = _pair_equation(self.labels, a, b, letters, "gram", rename)
-                other_a, result_a = _operand_shapes(self, a)
-                other_b, result_b = _operand_shapes(self, b)
-                shapes = [(n, *other_a), (n, k, *result_a), (n, *other_b), (n, k, *result_b)]
-                _, info = opt_einsum.contract_path(equation, *shapes, shapes=True,
-                                                   optimize="optimal")
+            for shapes, info in _pair_paths(self, index, "gram"):
                 peak = max(peak, int(info.largest_intermediate),
                            *(math.prod(shape) for shape in shapes))
         return peak
@@ -395,8 +387,16 @@ def _leaf_cost(structure: Structure, index: int, purpose: str, mode: str | None 
         if purpose == "gram":
             return forming + 2.0 * (n * k) ** 2 * size
         return forming + 2.0 * n * k * size
+    return sum(float(info.opt_cost) for _, info in _pair_paths(structure, index, purpose))
+
+
+def _pair_paths(structure: Structure, index: int, purpose: str) -> list[tuple[list, Any]]:
+    """(operand shapes, ``opt_einsum`` path info) of each use pair's einsum
+    of a factored leaf, for the Gram or the diagonal (`_pair_equation`)."""
+    leaf = structure.leaves[index]
+    n, k = structure.num_samples, structure.num_outputs
     letters = "".join(_LETTERS[:len(leaf.shape)])
-    total = 0.0
+    paths = []
     for a, b in itertools.combinations_with_replacement(leaf.uses, 2):
         rename = _renaming(structure.labels[a], structure.labels[b])
         equation = _pair_equation(structure.labels, a, b, letters, purpose, rename)
@@ -404,8 +404,8 @@ def _leaf_cost(structure: Structure, index: int, purpose: str, mode: str | None 
         other_b, result_b = _operand_shapes(structure, b)
         shapes = [(n, *other_a), (n, k, *result_a), (n, *other_b), (n, k, *result_b)]
         _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="optimal")
-        total += float(info.opt_cost)
-    return total
+        paths.append((shapes, info))
+    return paths
 
 
 def find_structure(

@@ -841,9 +841,8 @@ def ggn_step(
     # λ's absolute floor is 100·eps of float64 where the solve holds up at a
     # tiny λ (primal by QR, dual), else 100·eps of the dtype.
     fine = solver.holds_at_tiny_damping(local)
-    # A QR primal needs no relative floor either (not even under Marquardt
-    # scaling, where ``size`` is Σ diag(G)/D); ``size`` still sets the ceiling.
-    floor_size = None if local.factor is not None else size
+    # ``size`` sets the ceiling whether or not the solver takes the floor.
+    floor_size = size if solver.takes_relative_floor(local) else None
     damping, state = _damping_for_step(config, state, loss0, floor_size, ceiling, dtype, fine)
     system_damping, system_scale = damping, scale
     if decayed:

@@ -228,6 +228,11 @@ class Solver:
         has no diagonal."""
         return None if local.diagonal is None else jnp.sum(local.diagonal)
 
+    def takes_relative_floor(self, local: LocalModel) -> bool:
+        """Whether λ keeps the relative floor λ ≥ c·eps·tr(G) (where a trace
+        is at hand): not where the solve is exact without it."""
+        return True
+
     def holds_at_tiny_damping(self, local: LocalModel) -> bool:
         """Whether the solve stays accurate as λ → 0 in a narrow dtype, so
         that λ's default absolute floor may be 100 float64 epsilons rather

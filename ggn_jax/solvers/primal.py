@@ -182,6 +182,11 @@ class Primal(Solver):
     def holds_at_tiny_damping(self, local: LocalModel) -> bool:
         return local.factor is not None  # the QR route; a Cholesky needs the floor
 
+    def takes_relative_floor(self, local: LocalModel) -> bool:
+        # The QR step needs no floor on λ, not even under Marquardt scaling
+        # (where ggn_step has a trace, Σ diag(G)/D, for one).
+        return local.factor is None
+
     def trace(self, local: LocalModel) -> None:
         # The floor is per parameter, inside the Cholesky (`solve_primal`);
         # the QR solve needs none.
