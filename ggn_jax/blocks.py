@@ -21,6 +21,15 @@ gradient, the step and the gain ratio are those of L. A weight multiplies
 its block's contribution to L, G and g exactly (and its residuals by
 √w_b); weights must be positive and finite.
 
+Blocks may have residuals of different widths K_b (a system of PDEs in
+the interior, one condition on the boundary). The problem then has
+K = max_b K_b outputs per sample, and each narrower block's residuals are
+padded with K − K_b zeros (and its targets too). A zero adds nothing to L,
+G or g, so the step is that of L. But the per-sample Jacobians
+(``primal``, ``dual``) still cost K rows for each of the block's samples.
+Where a narrow block holds most of the samples, it is cheaper to split the
+wide block into blocks of its own.
+
 `Blocks` is itself the model: ``blocks(params, inputs)`` returns the scaled
 outputs (N, K), block after block in the order the blocks were given, with
 ``inputs`` a dict of each block's inputs; ``blocks.batch`` is the matching
@@ -75,7 +84,8 @@ class Block:
 
     Attributes:
       residual: ``residual(params, x) -> r`` for ONE sample ``x`` (no batch
-        axis): a scalar or an array of K values (any shape, flattened).
+        axis): a scalar or an array of K_b values (any shape, flattened);
+        blocks of different widths are padded with zeros (see the module).
       inputs: the block's samples, an array or pytree with leading axis N_b.
       targets: y, (N_b,) or (N_b, *r's shape), or None for zero targets.
       weight: w_b > 0, the block's factor in the loss (see the module).
@@ -222,20 +232,33 @@ class Blocks:
         total = sum(sizes.values())
         return {n: math.sqrt(self._blocks[n].weight * total / sizes[n]) for n in self.names}
 
-    def _block_outputs(self, name: str, params: Any, x: Any) -> jax.Array:
+    def _block_outputs(self, name: str, params: Any, x: Any, width: int | None = None
+                       ) -> jax.Array:
+        """The block's residuals (N_b, K_b), or padded with zeros to (N_b, width)."""
         residual = self._blocks[name].residual
         r = jax.vmap(residual, in_axes=(None, 0))(params, x)
-        return r.reshape(r.shape[0], -1)
+        r = r.reshape(r.shape[0], -1)
+        if width is not None and width > r.shape[1]:
+            r = jnp.pad(r, ((0, 0), (0, width - r.shape[1])))
+        return r
+
+    def _widths(self, params: Any, inputs: Mapping[str, Any]) -> dict[str, int]:
+        """K_b of every block, from shapes alone."""
+        return {n: jax.eval_shape(lambda p, x, n=n: self._block_outputs(n, p, x),
+                                  params, inputs[n]).shape[1]
+                for n in self.names}
 
     def __call__(self, params: Any, inputs: Mapping[str, Any]) -> jax.Array:
-        """The scaled outputs s_b·r_b(θ, x_i), (N, K), block after block."""
+        """The scaled outputs s_b·r_b(θ, x_i), (N, K), block after block;
+        K = max_b K_b, narrower blocks padded with zeros."""
         scales = self._scales(self._sizes(inputs))
+        width = max(self._widths(params, inputs).values())
         return jnp.concatenate(
-            [scales[n] * self._block_outputs(n, params, inputs[n]) for n in self.names]
+            [scales[n] * self._block_outputs(n, params, inputs[n], width) for n in self.names]
         )
 
     def residuals(self, params: Any, batch: tuple | None = None) -> dict[str, jax.Array]:
-        """Each block's unscaled residuals r_b(θ, x_i) − y_i, (N_b, K)."""
+        """Each block's unscaled residuals r_b(θ, x_i) − y_i, (N_b, K_b)."""
         inputs, targets = self.batch if batch is None else batch
         out = {}
         for n in self.names:
@@ -274,34 +297,27 @@ class Blocks:
         scales = self._scales(sizes)
         theta, unravel = ravel_pytree(params)
         dtype = theta.dtype
-        widths = {}
-        for n in self.names:
-            out = jax.eval_shape(lambda p, x, n=n: self._block_outputs(n, p, x), params, inputs[n])
-            widths[n] = out.shape[1]
-        if len(set(widths.values())) != 1:
-            raise ValueError(
-                "every block's residual needs the same number of values per sample, got "
-                + ", ".join(f"{n}: {k}" for n, k in widths.items())
-                + "; split a vector residual into blocks of its own or pad it"
-            )
-        k = widths[self.names[0]]
+        widths = self._widths(params, inputs)
+        k = max(widths.values())  # narrower blocks are padded with zeros
         scaled_targets = []
         for n in self.names:
             y = targets.get(n)
             if y is None:
                 scaled_targets.append(jnp.zeros((sizes[n], k), dtype))
                 continue
-            if jnp.size(y) != sizes[n] * k or jnp.shape(y)[0] != sizes[n]:
+            if jnp.size(y) != sizes[n] * widths[n] or jnp.shape(y)[0] != sizes[n]:
                 raise ValueError(
                     f"targets[{n!r}] has shape {jnp.shape(y)}; block {n!r} has {sizes[n]} "
-                    f"samples of {k} residual value(s)"
+                    f"samples of {widths[n]} residual value(s)"
                 )
-            scaled_targets.append(scales[n] * jnp.reshape(y, (sizes[n], k)).astype(dtype))
+            y = jnp.reshape(y, (sizes[n], widths[n])).astype(dtype)
+            y = jnp.pad(y, ((0, 0), (0, k - widths[n])))
+            scaled_targets.append(scales[n] * y)
 
         segments, start = [], 0
         for n in self.names:
             def apply_block(p, x, n=n):
-                return scales[n] * self._block_outputs(n, p, x)
+                return scales[n] * self._block_outputs(n, p, x, k)
 
             def model_block(th, x, apply_block=apply_block):
                 return apply_block(unravel(th), x).astype(th.dtype)

@@ -73,6 +73,8 @@ def _weighted_dense(params, blocks, damping):
         jac = jax.jit(jax.jacfwd(raw))(theta)
         r = raw(theta) - (0 if targets[name] is None else targets[name])
         scale = block.weight / jac.shape[0]
+        # Vector residuals: one row per residual value, K_b rows a sample.
+        jac, r = jac.reshape(-1, theta.shape[0]), r.reshape(-1)
         g_mat = g_mat + scale * jac.T @ jac
         grad = grad + scale * jac.T @ r
     step = -np.linalg.solve(np.asarray(g_mat) + damping * np.eye(theta.shape[0]), grad)
@@ -239,6 +241,63 @@ def test_fit_and_transform_take_blocks():
         assert rel_err(new_state.loss, moved.loss(optax.apply_updates(p, update))) < 1e-10
 
 
+def _two_field_setup():
+    """A system of two fields (u, v) = net(x): two interior residuals a
+    sample, one boundary value (u only) and data on v with targets."""
+    params = mlp_init(jax.random.PRNGKey(3), [2, 5, 2])
+    field = lambda p, x: mlp_apply(p, x[None])[0]
+
+    def system(p, x):
+        lap = laplacian(lambda y: field(p, y), "forward")(x)
+        u, v = field(p, x)
+        return jnp.stack([-lap[0] + v - x[0], -lap[1] - u**2])
+
+    x_int = jax.random.uniform(jax.random.PRNGKey(4), (6, 2))
+    x_bnd = jax.random.uniform(jax.random.PRNGKey(5), (4, 2))
+    x_obs = jax.random.uniform(jax.random.PRNGKey(6), (3, 2))
+    blocks = ggn_jax.Blocks(
+        interior=ggn_jax.Block(system, x_int),
+        boundary=ggn_jax.Block(lambda p, x: field(p, x)[0], x_bnd, weight=4.0),
+        data=ggn_jax.Block(lambda p, x: field(p, x)[1:], x_obs, targets=jnp.ones((3, 1)),
+                           weight=2.0),
+    )
+    return params, blocks
+
+
+@pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
+def test_blocks_of_different_widths_are_the_weighted_sum_of_their_own_problems(solver):
+    """Two residuals a sample in the interior, one on the boundary and in
+    the data: the narrower blocks are padded with zeros, and the loss, the
+    gradient and every solver's step are those of the per-block sums built
+    from each block's own (unpadded) jacfwd."""
+    params, blocks = _two_field_setup()
+    theta = ravel_pytree(params)[0]
+    g_mat, dense_grad, dense_step = _weighted_dense(params, blocks, 0.3)
+    residuals = blocks.residuals(params)
+    assert {n: r.shape for n, r in residuals.items()} == {
+        "interior": (6, 2), "boundary": (4, 1), "data": (3, 1)}
+    by_hand = (0.5 * jnp.mean(jnp.sum(residuals["interior"] ** 2, 1))
+               + 4.0 * 0.5 * jnp.mean(residuals["boundary"] ** 2)
+               + 2.0 * 0.5 * jnp.mean(residuals["data"] ** 2))
+    assert rel_err(blocks.loss(params), by_hand) < 1e-14
+    problem = bind_problem(blocks, "squared_error", params, None)
+    assert problem.num_outputs == 2
+    outputs = problem.model(theta, problem.inputs)
+    assert rel_err(0.5 * jnp.mean(jnp.sum((outputs - problem.targets) ** 2, 1)), by_hand) < 1e-14
+    assert rel_err(ravel_pytree(jax.grad(blocks.loss)(params))[0], dense_grad) < 1e-12
+    # The structured Gram of the padded problem, against G's sample-space twin.
+    inputs, _ = blocks.batch
+    jac = jax.jit(jax.jacfwd(lambda th: problem.model(th, inputs).reshape(-1)))(theta)
+    assert rel_err(jac.T @ jac / problem.num_samples, g_mat) < 1e-12
+    gram = jax.jit(lambda p: ggn_jax.gram_matrix(blocks, p, inputs))(params)
+    assert rel_err(gram, jac @ jac.T / problem.num_samples) < 1e-12
+    tx = ggn_jax.ggn(blocks, solver=solver, damping_rule="fixed", damping=0.3,
+                     geodesic_acceleration=False, cg_tol=1e-13)
+    update, state = jax.jit(lambda s, p: tx.update(None, s, p))(tx.init(params), params)
+    assert bool(state.accepted)
+    assert rel_err(ravel_pytree(update)[0], dense_step) < 1e-10
+
+
 def test_bad_blocks_are_named():
     params, blocks, _, _ = _setup()
     with pytest.raises(ValueError, match="positive and finite"):
@@ -252,9 +311,9 @@ def test_bad_blocks_are_named():
     wrong = blocks.with_inputs({"boundary": jnp.ones((5, 2))}, {"boundary": jnp.ones(4)})
     with pytest.raises(ValueError, match=r"targets\['boundary'\] has shape \(4,\)"):
         ggn_jax.fit(wrong, params, max_steps=1)
-    vector = ggn_jax.Blocks(a=ggn_jax.Block(lambda p, x: jnp.stack([_u(p, x)] * 2), jnp.ones((3, 2))),
-                            b=ggn_jax.Block(_bc, jnp.ones((3, 2))))
-    with pytest.raises(ValueError, match="same number of values per sample"):
-        ggn_jax.fit(vector, params, max_steps=1)
+    pair = ggn_jax.Blocks(a=ggn_jax.Block(lambda p, x: jnp.stack([_u(p, x)] * 2), jnp.ones((3, 2)),
+                                          targets=jnp.ones(3)))
+    with pytest.raises(ValueError, match=r"block 'a' has 3 samples of 2 residual value\(s\)"):
+        ggn_jax.fit(pair, params, max_steps=1)
     with pytest.raises(ValueError, match="no single order"):
         ggn_jax.fit(blocks, params, max_steps=1, curvature_samples=3)
