@@ -68,6 +68,26 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     print(markdown)
 
 
+def markdown_table(intro: str, columns: list[tuple[str, str]], cells: list[list[str]]) -> str:
+    """``intro``, a blank line and a table: ``columns`` are (heading,
+    ``"l"`` or ``"r"`` for the alignment), ``cells`` one list per row."""
+    rule = {"l": "---", "r": "---:"}
+    lines = [intro, "", "| " + " | ".join(h for h, _ in columns) + " |",
+             "| " + " | ".join(rule[a] for _, a in columns) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def run_case_sweep(name: str, doc: str, cases, steps: int,
+                   sweep: Callable[[int, int, list[str]], list[dict]],
+                   markdown: Callable[[list[dict], int], str], argv=None) -> None:
+    """The main of a script sweeping named cases: parse `case_sweep_arguments`,
+    ``sweep(seeds, steps, cases)`` to rows, write them and their table."""
+    args = case_sweep_arguments(doc, cases, steps, argv)
+    rows = sweep(args.seeds, args.steps, args.cases)
+    write_results(name, {"steps": args.steps, "rows": rows}, markdown(rows, args.steps))
+
+
 def case_sweep_arguments(doc: str, cases, steps: int, argv=None) -> argparse.Namespace:
     """``--seeds``, ``--steps`` and repeatable ``--case`` (all cases by
     default, in ``args.cases``) for a script sweeping named cases."""

@@ -28,7 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import case_sweep_arguments, machine, write_results
+from benchmarks.common import machine, markdown_table, run_case_sweep
 from ggn_jax.bench.pde_problems import PROBLEMS, poisson2d
 from ggn_jax.bench.pinn import first_reaching, ggn_method, trace
 
@@ -61,22 +61,18 @@ def run(seeds: int, steps: int, cases: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict], steps: int) -> str:
-    lines = [(f"Machine: {machine()}. Float32, ggn(blocks) in an optax loop, {steps} "
-              "steps; seconds of steps to relative L2 1e-4 / 1e-5 (— never)."), "",
-             "| case | setting | seed | final L2 | s to 1e-4 | s to 1e-5 | s in all |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    intro = (f"Machine: {machine()}. Float32, ggn(blocks) in an optax loop, {steps} steps; "
+             "seconds of steps to relative L2 1e-4 / 1e-5 (— never).")
+    columns = [("case", "l"), ("setting", "l"), ("seed", "r"), ("final L2", "r"),
+               ("s to 1e-4", "r"), ("s to 1e-5", "r"), ("s in all", "r")]
     fmt = lambda v: "—" if v is None else f"{v:.3f}"
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['setting']} | {r['seed']} | {r['final']:.1e} | "
-                     f"{fmt(r['to_1e-04'])} | {fmt(r['to_1e-05'])} | {r['seconds']:.2f} |")
-    return "\n".join(lines)
+    cells = [[r["case"], r["setting"], str(r["seed"]), f"{r['final']:.1e}", fmt(r["to_1e-04"]),
+              fmt(r["to_1e-05"]), f"{r['seconds']:.2f}"] for r in rows]
+    return markdown_table(intro, columns, cells)
 
 
 def main(argv=None) -> None:
-    args = case_sweep_arguments(__doc__, CASES, 300, argv)
-    rows = run(args.seeds, args.steps, args.cases)
-    write_results("float32_pinns", {"steps": args.steps, "rows": rows},
-                  markdown(rows, args.steps))
+    run_case_sweep("float32_pinns", __doc__, CASES, 300, run, markdown, argv)
 
 
 if __name__ == "__main__":

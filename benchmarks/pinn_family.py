@@ -28,7 +28,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 
 import ggn_jax
-from benchmarks.common import case_sweep_arguments, machine, write_results
+from benchmarks.common import machine, markdown_table, run_case_sweep
 from ggn_jax.bench.pde_problems import (
     PDEProblem,
     _grid2,
@@ -94,21 +94,18 @@ def sweep(seeds: int, steps: int, cases: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict], steps: int) -> str:
-    lines = [(f"Machine: {machine()}. ggn(blocks) defaults, {steps} steps; steps to relative "
-              "L2 1e-4 / 1e-6 (— never), final L2 of the optax loop and of fit."), "",
-             "| case | P | auto took | seed | to 1e-4 | to 1e-6 | final | fit |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['P']} | {r['solver']} | {r['seed']} | "
-                     f"{r['to_1e-4'] or '—'} | {r['to_1e-6'] or '—'} | {r['final']:.1e} | "
-                     f"{r['fit_final']:.1e} |")
-    return "\n".join(lines)
+    intro = (f"Machine: {machine()}. ggn(blocks) defaults, {steps} steps; steps to relative "
+             "L2 1e-4 / 1e-6 (— never), final L2 of the optax loop and of fit.")
+    columns = [("case", "l"), ("P", "r"), ("auto took", "l"), ("seed", "r"), ("to 1e-4", "r"),
+               ("to 1e-6", "r"), ("final", "r"), ("fit", "r")]
+    cells = [[r["case"], str(r["P"]), r["solver"], str(r["seed"]), str(r["to_1e-4"] or "—"),
+              str(r["to_1e-6"] or "—"), f"{r['final']:.1e}", f"{r['fit_final']:.1e}"]
+             for r in rows]
+    return markdown_table(intro, columns, cells)
 
 
 def main(argv=None) -> None:
-    args = case_sweep_arguments(__doc__, CASES, 200, argv)
-    rows = sweep(args.seeds, args.steps, args.cases)
-    write_results("pinn_family", {"steps": args.steps, "rows": rows}, markdown(rows, args.steps))
+    run_case_sweep("pinn_family", __doc__, CASES, 200, sweep, markdown, argv)
 
 
 if __name__ == "__main__":
