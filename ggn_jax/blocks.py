@@ -26,9 +26,10 @@ the interior, one condition on the boundary). The problem then has
 K = max_b K_b outputs per sample, and each narrower block's residuals are
 padded with K − K_b zeros (and its targets too). A zero adds nothing to L,
 G or g, so the step is that of L. But the per-sample Jacobians
-(``primal``, ``dual``) still cost K rows for each of the block's samples.
-Where a narrow block holds most of the samples, it is cheaper to split the
-wide block into blocks of its own.
+(``primal``, ``dual``) still cost K rows for each of the block's samples,
+and ``auto``'s cost estimates count them. Where a narrow block holds most
+of the samples, it is cheaper to split the wide block into blocks of its
+own.
 
 `Blocks` is itself the model: ``blocks(params, inputs)`` returns the scaled
 outputs (N, K), block after block in the order the blocks were given, with

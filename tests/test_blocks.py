@@ -71,7 +71,8 @@ def _weighted_dense(params, blocks, damping):
         raw = lambda th, block=block, name=name: jax.vmap(
             lambda x: block.residual(unravel(th), x))(inputs[name])
         jac = jax.jit(jax.jacfwd(raw))(theta)
-        r = raw(theta) - (0 if targets[name] is None else targets[name])
+        r = raw(theta)
+        r = r - (0 if targets[name] is None else jnp.reshape(targets[name], r.shape))
         scale = block.weight / jac.shape[0]
         # Vector residuals: one row per residual value, K_b rows a sample.
         jac, r = jac.reshape(-1, theta.shape[0]), r.reshape(-1)
@@ -243,7 +244,8 @@ def test_fit_and_transform_take_blocks():
 
 def _two_field_setup():
     """A system of two fields (u, v) = net(x): two interior residuals a
-    sample, one boundary value (u only) and data on v with targets."""
+    sample (with targets of their width), one boundary value (u only) and
+    data on v with targets of shape (N,)."""
     params = mlp_init(jax.random.PRNGKey(3), [2, 5, 2])
     field = lambda p, x: mlp_apply(p, x[None])[0]
 
@@ -256,9 +258,9 @@ def _two_field_setup():
     x_bnd = jax.random.uniform(jax.random.PRNGKey(5), (4, 2))
     x_obs = jax.random.uniform(jax.random.PRNGKey(6), (3, 2))
     blocks = ggn_jax.Blocks(
-        interior=ggn_jax.Block(system, x_int),
+        interior=ggn_jax.Block(system, x_int, targets=jnp.full((6, 2), 0.5)),
         boundary=ggn_jax.Block(lambda p, x: field(p, x)[0], x_bnd, weight=4.0),
-        data=ggn_jax.Block(lambda p, x: field(p, x)[1:], x_obs, targets=jnp.ones((3, 1)),
+        data=ggn_jax.Block(lambda p, x: field(p, x)[1:], x_obs, targets=jnp.ones(3),
                            weight=2.0),
     )
     return params, blocks
