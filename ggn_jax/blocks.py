@@ -265,6 +265,11 @@ class Blocks:
         for n in self.names:
             r = self._block_outputs(n, params, inputs[n])
             y = targets.get(n) if isinstance(targets, Mapping) else None
+            if y is not None and (jnp.size(y) != r.size or jnp.shape(y)[:1] != r.shape[:1]):
+                raise ValueError(
+                    f"targets[{n!r}] has shape {jnp.shape(y)}; block {n!r} has {r.shape[0]} "
+                    f"samples of {r.shape[1]} residual value(s)"
+                )
             out[n] = r if y is None else r - jnp.reshape(y, r.shape).astype(r.dtype)
         return out
 

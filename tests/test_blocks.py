@@ -313,6 +313,8 @@ def test_bad_blocks_are_named():
     wrong = blocks.with_inputs({"boundary": jnp.ones((5, 2))}, {"boundary": jnp.ones(4)})
     with pytest.raises(ValueError, match=r"targets\['boundary'\] has shape \(4,\)"):
         ggn_jax.fit(wrong, params, max_steps=1)
+    with pytest.raises(ValueError, match=r"targets\['boundary'\] has shape \(4,\)"):
+        wrong.loss(params)
     pair = ggn_jax.Blocks(a=ggn_jax.Block(lambda p, x: jnp.stack([_u(p, x)] * 2), jnp.ones((3, 2)),
                                           targets=jnp.ones(3)))
     with pytest.raises(ValueError, match=r"block 'a' has 3 samples of 2 residual value\(s\)"):
