@@ -287,3 +287,18 @@ def test_digits_split_is_stratified_and_scaled():
     # Stratified: each digit's test share is a quarter of its count, ±1.
     counts = np.bincount(load_digits().target)
     assert np.all(np.abs(np.bincount(np.asarray(yt)) - 0.25 * counts) <= 1)
+
+
+def test_every_ggn_option_a_config_accepts_reaches_ggn():
+    """A config's ggn fields (weight_decay among them) are all handed to
+    `ggn_jax.ggn`, and each is one of its keywords: the two lists of names
+    (the schema and the driver) cannot drift apart unnoticed."""
+    import inspect
+
+    from ggn_jax.bench.config import OPTIMIZER_FIELDS
+    from ggn_jax.bench.optimizers import _ggn_options
+
+    fields = set(OPTIMIZER_FIELDS["ggn_fit"])
+    assert "weight_decay" in fields
+    assert set(_ggn_options({name: 1 for name in fields})) == fields
+    assert fields <= set(inspect.signature(ggn_jax.ggn).parameters)

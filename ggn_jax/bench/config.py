@@ -82,6 +82,7 @@ _GGN_FIELDS = {
     "cross_batch_damping": (bool, None),
     "geodesic_acceleration": (bool, None),
     "shorten_rejected_steps": (bool, None),
+    "weight_decay": (float, None),
 }
 # Heavy-ball momentum chained after ggn_jax's step (optax.trace), for
 # comparison; caller_gradient: the loop computes jax.grad and hands it to

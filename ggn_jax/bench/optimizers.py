@@ -75,7 +75,7 @@ def _ggn_options(spec: dict) -> dict:
              "cg_preconditioner", "cg_warm_start_weight", "min_damping",
              "relative_damping_floor", "primal_factorization", "curvature_samples",
              "momentum", "cross_batch_damping", "geodesic_acceleration",
-             "shorten_rejected_steps")
+             "shorten_rejected_steps", "weight_decay")
     return {name: spec[name] for name in names if spec.get(name) is not None}
 
 
