@@ -1,6 +1,7 @@
 """ggn_jax's classification defaults against Adam on a family of synthetic sets.
 
-Run: ``python -m benchmarks.classify_family [--seeds 1] [--steps 5000] [--case NAME]``.
+Run: ``python -m benchmarks.classify_family [--seeds 2] [--steps 5000] [--case NAME]``
+(BENCHMARKS.md's table was run with ``--seeds 2``; the default is 3).
 
 Issue 15's synthetic row is one set (`classify_synthetic`: 50 000 samples,
 100 features, 10 classes). A held-out check may draw another, so this
@@ -8,7 +9,8 @@ sweeps scikit-learn's ``make_classification`` over sizes, feature counts,
 class counts and data seeds (half the features informative, a fifth
 redundant, two clusters a class, 20% held out, standardised), with a
 d-[H]-K tanh MLP in float32 and minibatches of 128, each epoch a new
-permutation. Per case and init seed: optax Adam at the issue's five
+permutation cut to whole chunks of 25 steps (the batches past the last
+whole chunk are left out of that epoch). Per case and init seed: optax Adam at the issue's five
 rates (1e-4 … 3e-2) and ``ggn(apply_fn, "softmax_cross_entropy")`` with
 its defaults (``update(None, …, batch=…)``), each for ``steps`` steps in
 compiled chunks of 25, test accuracy after every chunk. The target is
@@ -90,6 +92,9 @@ def train(net, tx, own_gradient: bool, train_set, test_set, steps: int, seed: in
     chunk = jax.jit(lambda carry, xs, ys: jax.lax.scan(step, carry, (xs, ys))[0])
     accuracy = jax.jit(lambda p: jnp.mean(jnp.argmax(net.apply(p, x_test), -1) == y_test))
     per_epoch = (x.shape[0] // BATCH) // CHUNK * CHUNK
+    if per_epoch == 0:
+        raise ValueError(f"{x.shape[0]} training samples hold no chunk of {CHUNK} batches "
+                         f"of {BATCH}")
     carry, rows, seconds, done, epoch = (params, tx.init(params)), [], 0.0, 0, 0
     while done < steps:
         order = jax.random.permutation(jax.random.PRNGKey(1000 * seed + epoch), x.shape[0])
