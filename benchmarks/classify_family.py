@@ -33,6 +33,7 @@ import optax
 
 import ggn_jax
 from benchmarks.common import machine, markdown_table, run_case_sweep
+from ggn_jax.bench.problems import _synthetic
 
 BATCH = 128
 CHUNK = 25
@@ -58,18 +59,9 @@ CASES = {
 
 
 def data(case: Case):
-    from sklearn.datasets import make_classification
-    from sklearn.model_selection import train_test_split
-
-    x, y = make_classification(
-        n_samples=case.samples, n_features=case.features, n_informative=case.features // 2,
-        n_redundant=case.features // 5, n_classes=case.classes, n_clusters_per_class=2,
-        random_state=case.data_seed)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, random_state=case.data_seed, stratify=y)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-12
-    as_x = lambda a: jnp.asarray((a - mean) / std, jnp.float32)
-    return (as_x(x_train), jnp.asarray(y_train)), (as_x(x_test), jnp.asarray(y_test))
+    """The set as the runner draws it (`ggn_jax.bench.problems._synthetic`)."""
+    return _synthetic(case.samples, case.features, case.classes, 0.2, case.data_seed,
+                      jnp.float32)
 
 
 def train(net, tx, own_gradient: bool, train_set, test_set, steps: int, seed: int):

@@ -136,6 +136,15 @@ def _num_samples(tree: Any, what: str) -> int:
     return n
 
 
+def _check_targets(name: str, targets: Any, samples: int, width: int) -> None:
+    """Raises ValueError, naming the block, unless ``targets`` holds ``samples``
+    rows of ``width`` values (any shape with that leading axis and size)."""
+    shape = jnp.shape(targets)
+    if jnp.size(targets) != samples * width or shape[:1] != (samples,):
+        raise ValueError(f"targets[{name!r}] has shape {shape}; block {name!r} has {samples} "
+                         f"samples of {width} residual value(s)")
+
+
 class Blocks:
     """Named residual blocks: one least-squares problem (see the module).
 
@@ -265,11 +274,8 @@ class Blocks:
         for n in self.names:
             r = self._block_outputs(n, params, inputs[n])
             y = targets.get(n) if isinstance(targets, Mapping) else None
-            if y is not None and (jnp.size(y) != r.size or jnp.shape(y)[:1] != r.shape[:1]):
-                raise ValueError(
-                    f"targets[{n!r}] has shape {jnp.shape(y)}; block {n!r} has {r.shape[0]} "
-                    f"samples of {r.shape[1]} residual value(s)"
-                )
+            if y is not None:
+                _check_targets(n, y, *r.shape)
             out[n] = r if y is None else r - jnp.reshape(y, r.shape).astype(r.dtype)
         return out
 
@@ -311,11 +317,7 @@ class Blocks:
             if y is None:
                 scaled_targets.append(jnp.zeros((sizes[n], k), dtype))
                 continue
-            if jnp.size(y) != sizes[n] * widths[n] or jnp.shape(y)[0] != sizes[n]:
-                raise ValueError(
-                    f"targets[{n!r}] has shape {jnp.shape(y)}; block {n!r} has {sizes[n]} "
-                    f"samples of {widths[n]} residual value(s)"
-                )
+            _check_targets(n, y, sizes[n], widths[n])
             y = jnp.reshape(y, (sizes[n], widths[n])).astype(dtype)
             y = jnp.pad(y, ((0, 0), (0, k - widths[n])))
             scaled_targets.append(scales[n] * y)

@@ -17,6 +17,7 @@ import copy
 import os
 
 from ggn_jax.bench.optimizers import (
+    GGN_OPTIONS,
     LEAST_SQUARES_KINDS,
     MINIBATCH_KINDS,
     PEER_MODULES,
@@ -64,26 +65,8 @@ SCHEMA = {
     },
 }
 
-# ggn_jax's options; None (the default) leaves ggn_jax's own default.
-_GGN_FIELDS = {
-    "solver": (("auto", "primal", "dual", "cg"), None),
-    "damping_rule": (("residual", "nielsen", "martens", "fixed"), None),
-    "damping": (float, None),
-    "damping_type": (("levenberg", "marquardt"), None),
-    "cg_max_iters": (int, None),
-    "cg_tol": (float, None),
-    "cg_preconditioner": (("diagonal", "kfac", "none"), None),
-    "cg_warm_start_weight": (float, None),
-    "min_damping": (float, None),
-    "relative_damping_floor": (float, None),
-    "primal_factorization": (("auto", "cholesky", "qr"), None),
-    "curvature_samples": (int, None),
-    "momentum": (float, None),
-    "cross_batch_damping": (bool, None),
-    "geodesic_acceleration": (bool, None),
-    "shorten_rejected_steps": (bool, None),
-    "weight_decay": (float, None),
-}
+# ggn_jax's options (the driver's table); None leaves ggn_jax's own default.
+_GGN_FIELDS = GGN_OPTIONS
 # Heavy-ball momentum chained after ggn_jax's step (optax.trace), for
 # comparison; caller_gradient: the loop computes jax.grad and hands it to
 # ``update`` (by default it hands None, and ggn takes its own batch gradient).

@@ -70,13 +70,31 @@ class WholeRunResult(NamedTuple):
     memory_bytes: int | None = None
 
 
+# ggn_jax's options a config's ggn rows may set, with their types for the
+# schema (`ggn_jax.bench.config`); None (the default) leaves ggn_jax's own.
+GGN_OPTIONS = {
+    "solver": (("auto", "primal", "dual", "cg"), None),
+    "damping_rule": (("residual", "nielsen", "martens", "fixed"), None),
+    "damping": (float, None),
+    "damping_type": (("levenberg", "marquardt"), None),
+    "cg_max_iters": (int, None),
+    "cg_tol": (float, None),
+    "cg_preconditioner": (("diagonal", "kfac", "none"), None),
+    "cg_warm_start_weight": (float, None),
+    "min_damping": (float, None),
+    "relative_damping_floor": (float, None),
+    "primal_factorization": (("auto", "cholesky", "qr"), None),
+    "curvature_samples": (int, None),
+    "momentum": (float, None),
+    "cross_batch_damping": (bool, None),
+    "geodesic_acceleration": (bool, None),
+    "shorten_rejected_steps": (bool, None),
+    "weight_decay": (float, None),
+}
+
+
 def _ggn_options(spec: dict) -> dict:
-    names = ("solver", "damping_rule", "damping", "damping_type", "cg_max_iters", "cg_tol",
-             "cg_preconditioner", "cg_warm_start_weight", "min_damping",
-             "relative_damping_floor", "primal_factorization", "curvature_samples",
-             "momentum", "cross_batch_damping", "geodesic_acceleration",
-             "shorten_rejected_steps", "weight_decay")
-    return {name: spec[name] for name in names if spec.get(name) is not None}
+    return {name: spec[name] for name in GGN_OPTIONS if spec.get(name) is not None}
 
 
 def _gradient_stepper(problem: BenchProblem, tx: optax.GradientTransformation,
