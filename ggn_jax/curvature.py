@@ -95,16 +95,25 @@ def jacobian_cross_product(jac: jax.Array, other: jax.Array | None = None) -> ja
     return jac.reshape(-1, jac.shape[-1]).T @ other.reshape(-1, other.shape[-1])
 
 
-def dense_ggn(jac: jax.Array, hessians: jax.Array | None) -> jax.Array:
-    """G = (1/N) Σ J_iᵀ H_i J_i (P×P) from per-sample Jacobians (N, K, P).
+def dense_ggn(jac: jax.Array | tuple[jax.Array, ...], hessians: jax.Array | None) -> jax.Array:
+    """G = (1/N) Σ J_iᵀ H_i J_i (P×P) from per-sample Jacobians (N, K, P),
+    or from runs of them (a tuple of (N_s, K, P), `problem_jacobian_runs`),
+    summed run by run.
 
-    ``hessians=None`` stands for H_i = I (squared error).
+    ``hessians=None`` stands for H_i = I (squared error); else (N, K, K)
+    for all N samples in the runs' order.
     """
-    n = jac.shape[0]
-    if hessians is None:
-        return jacobian_cross_product(jac) / n
-    hj = jnp.einsum("nkl,nlp->nkp", hessians, jac)
-    return jacobian_cross_product(jac, hj) / n
+    runs = jac if isinstance(jac, tuple) else (jac,)
+    total, start = None, 0
+    for run in runs:
+        if hessians is None:
+            part = jacobian_cross_product(run)
+        else:
+            h = hessians if len(runs) == 1 else hessians[start:start + run.shape[0]]
+            part = jacobian_cross_product(run, jnp.einsum("nkl,nlp->nkp", h, run))
+        total = part if total is None else total + part
+        start += run.shape[0]
+    return total / start
 
 
 def dense_gram(jac: jax.Array) -> jax.Array:
@@ -265,13 +274,30 @@ def gram_peak_entries(structure: structured.Structure | SegmentedStructure) -> i
                   for i, a in enumerate(parts) for b in parts[i + 1:]])
 
 
+def problem_jacobian_runs(problem: Problem) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """Outputs (N, K) and the per-sample Jacobians at ``problem.theta`` as
+    one array (N_s, K, P) per run of samples (`ggn_jax.problem.segments_of`:
+    each block's by its own model on its own samples, or the whole batch).
+
+    The runs stay apart because joining arrays that are each split over
+    devices along samples makes XLA gather them whole on every device (a
+    sharded batch of blocks, `ggn_jax.sharding`); sums over samples are
+    taken run by run instead (`dense_ggn`, `ggn_jax.solvers.base`)."""
+    parts = [per_sample_jacobians(s.model, problem.theta, s.inputs) for s in segments_of(problem)]
+    outputs = parts[0][0] if len(parts) == 1 else jnp.concatenate([o for o, _ in parts])
+    return outputs, tuple(j for _, j in parts)
+
+
 def problem_jacobians(problem: Problem) -> tuple[jax.Array, jax.Array]:
     """Outputs (N, K) and per-sample Jacobians (N, K, P) at ``problem.theta``,
     each block's by its own model on its own samples."""
-    parts = [per_sample_jacobians(s.model, problem.theta, s.inputs) for s in segments_of(problem)]
-    if len(parts) == 1:
-        return parts[0]
-    return (jnp.concatenate([o for o, _ in parts]), jnp.concatenate([j for _, j in parts]))
+    outputs, runs = problem_jacobian_runs(problem)
+    return outputs, join_runs(runs)
+
+
+def join_runs(runs: tuple[jax.Array, ...]) -> jax.Array:
+    """The runs' per-sample arrays as one, in order of samples."""
+    return runs[0] if len(runs) == 1 else jnp.concatenate(runs)
 
 
 def problem_structure(

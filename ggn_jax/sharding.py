@@ -4,13 +4,24 @@ The batch axis is split over the devices of a one-axis `jax.sharding.Mesh`
 with a `NamedSharding`; parameters and optimiser state are replicated.
 Nothing else changes: `ggn` and `fit` are jitted, and XLA's SPMD partitioner
 turns every sum over samples (the gradient, the GGN-vector products JᵀHJv,
-the Gram matrix J̄J̄ᵀ, the loss) into per-device partial sums and an
+the P×P matrix G, the loss) into per-device partial sums and an
 all-reduce. The step therefore equals the one-device step up to the order
-of floating-point additions. One exception: the float32 ``primal`` step by
-QR (``primal_factorization``, taken by default for squared error in
-float32 where N·K ≥ P) factors the whole N·K×P Jacobian, which XLA gathers
-onto every device; ``primal_factorization="cholesky"`` keeps the per-device
-sums there.
+of floating-point additions. The ``dual`` solve is not such a sum: its
+N·K×N·K system couples every pair of samples, and every device factors
+all of it. A problem in residual blocks (`ggn_jax.Blocks`)
+keeps each block's per-sample Jacobians apart and sums block by block:
+joining arrays that are each split over the devices makes XLA gather them
+whole on every device. The float32 ``primal`` step by QR
+(``primal_factorization``, taken by default for squared error in float32
+where N·K ≥ P) has no sum to split: it factors the N·K×P Jacobian. On s
+devices it factors each device's slice of samples on that device first
+and then the s stacked P×P factors (a tall-skinny QR,
+`ggn_jax.solvers.primal.jacobian_factor`), so XLA gathers s·P² numbers
+rather than the Jacobian. That needs each run of samples (the batch, or
+each residual block) to divide by s with at least P rows a slice, which
+`shard_batch`'s multiple of s gives where (N/s)·K ≥ P; a run that does not
+is gathered whole. On several devices and a batch that is not sharded,
+the slices cost 1.0–1.6× one QR.
 
 Across hosts, call ``jax.distributed.initialize()`` on every process first;
 ``jax.devices()`` then lists every host's devices, and a mesh over them

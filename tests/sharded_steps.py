@@ -5,6 +5,7 @@ compares sharded and one-device GGN steps and prints the differences as JSON.
 """
 
 import json
+import re
 import sys
 
 import jax
@@ -15,6 +16,8 @@ import optax  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import ggn_jax  # noqa: E402
+from ggn_jax.pde import laplacian  # noqa: E402
+from ggn_jax.solvers.primal import jacobian_factor  # noqa: E402
 
 
 def problem(dtype):
@@ -23,6 +26,88 @@ def problem(dtype):
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 4), dtype)
     y = jax.random.normal(jax.random.PRNGKey(2), (64, 3), dtype)
     return net.apply, params, (x, y)
+
+
+def tall_problem():
+    """Float32 squared error with N·K = 768 ≥ P = 67: ``primal`` factors the
+    Jacobian by QR, in slices of 64 samples (192 rows ≥ P) on 4 devices."""
+    net = ggn_jax.paper.mlp([4, 8, 3], "tanh")
+    params = net.init(jax.random.PRNGKey(3), jnp.float32)
+    x = jax.random.normal(jax.random.PRNGKey(4), (256, 4), jnp.float32)
+    y = jnp.sin(x[:, :3]) + 0.1 * jax.random.normal(jax.random.PRNGKey(5), (256, 3), jnp.float32)
+    return net.apply, params, (x, y)
+
+
+def largest_gather(compiled_text):
+    """The entries of the largest all-gather in a compiled program's HLO."""
+    sizes = [1]
+    for line in compiled_text.splitlines():
+        found = re.search(r"= \w+\[([\d,]*)\][^ ]* all-gather\(", line)
+        if found:
+            dims = [int(d) for d in found.group(1).split(",") if d]
+            sizes.append(int(jnp.prod(jnp.asarray(dims))) if dims else 1)
+    return max(sizes)
+
+
+def qr_steps(out, mesh):
+    """The float32 QR ``primal`` step on a sharded batch: the one-device
+    step, and no all-gather of the Jacobian (TSQR, `jacobian_factor`)."""
+    apply_fn, params, batch = tall_problem()
+    sharded, replicated = ggn_jax.shard_batch(batch, mesh), ggn_jax.replicate(params, mesh)
+    options = dict(max_steps=1, tol=0.0, solver="primal")
+    one = ggn_jax.fit(apply_fn, params, batch, **options)
+    many = ggn_jax.fit(apply_fn, replicated, sharded, **options)
+    out["fit qr float32"] = rel(many.last_params, one.last_params)
+    tx = ggn_jax.ggn(apply_fn, solver="primal")
+    step = jax.jit(lambda p, s, b: tx.update(None, s, p, batch=b))
+    compiled = step.lower(replicated, tx.init(replicated), sharded).compile()
+    n, k = batch[1].shape
+    out["qr jacobian entries"] = n * k * ravel_pytree(params)[0].size
+    out["qr largest gather"] = largest_gather(compiled.as_text())
+    # Without TSQR (one QR of the whole J̄) the same program gathers it.
+    whole = jax.jit(lambda j: jacobian_factor(j.reshape(n, k, -1), 1))
+    jac = jax.device_put(jnp.ones((n * k, 67), jnp.float32), sharded[0].sharding)
+    out["qr whole largest gather"] = largest_gather(whole.lower(jac).compile().as_text())
+    out["qr loss"] = [float(one.state.loss), float(many.state.loss)]
+
+
+def poisson_blocks(dtype):
+    """−u″ = π² sin(πx) on (0, 1) in residual blocks: 256 interior points
+    (64 a device, 64 rows ≥ P = 25: factored in slices by TSQR in float32)
+    and 8 boundary points (left whole)."""
+    net = ggn_jax.paper.mlp([1, 8, 1], "tanh")
+    params = net.init(jax.random.PRNGKey(6), dtype)
+    u = lambda p, x: net.apply(p, x[None])[0, 0]
+    interior = lambda p, x: (-laplacian(lambda y: u(p, y), "hessian")(x)
+                             - jnp.pi**2 * jnp.sin(jnp.pi * x[0]))
+    blocks = ggn_jax.Blocks(
+        interior=ggn_jax.Block(interior, jnp.linspace(0.01, 0.99, 256, dtype=dtype)[:, None]),
+        boundary=ggn_jax.Block(u, jnp.repeat(jnp.asarray([[0.0], [1.0]], dtype), 4, 0),
+                               weight=10.0),
+    )
+    return blocks, params
+
+
+def blocks_steps(out, mesh):
+    """A sharded batch of residual blocks: the one-device steps, and no
+    block's per-sample Jacobians gathered (joining the runs would)."""
+    for dtype in (jnp.float64, jnp.float32):
+        name = jnp.dtype(dtype).name
+        blocks, params = poisson_blocks(dtype)
+        sharded = ggn_jax.shard_batch(blocks.batch, mesh)
+        replicated = ggn_jax.replicate(params, mesh)
+        # Float64: 5 of 8 steps accepted. Float32: 2 of 4 (later steps
+        # near the fit carry the unfloored QR step's κ·eps).
+        options = dict(max_steps=8 if dtype == jnp.float64 else 4, tol=0.0, solver="primal")
+        one = ggn_jax.fit(blocks, params, **options)
+        many = ggn_jax.fit(blocks, replicated, sharded, **options)
+        out[f"blocks fit {name}"] = rel(many.last_params, one.last_params)
+        out[f"blocks loss {name}"] = [float(one.state.loss), float(many.state.loss)]
+        tx = ggn_jax.ggn(blocks, solver="primal")
+        step = jax.jit(lambda p, s, b, tx=tx: tx.update(None, s, p, batch=b))
+        compiled = step.lower(replicated, tx.init(replicated), sharded).compile()
+        out[f"blocks largest gather {name}"] = largest_gather(compiled.as_text())
+    out["blocks interior jacobian entries"] = 256 * ravel_pytree(params)[0].size
 
 
 def rel(a, b):
@@ -74,6 +159,8 @@ def main():
             out[f"ggn None {solver} {jnp.dtype(dtype).name}"] = rel(p4, one.last_params)
             out[f"loss {solver} {jnp.dtype(dtype).name}"] = [float(one.state.loss),
                                                              float(s4.loss)]
+    qr_steps(out, mesh)
+    blocks_steps(out, mesh)
     try:
         ggn_jax.shard_batch((jnp.zeros((6, 2)), jnp.zeros((6, 1))), mesh)
     except ValueError as error:

@@ -36,6 +36,41 @@ def test_sharded_steps_equal_one_device_steps(sharded_results, solver, dtype, to
     assert four == pytest.approx(one, rel=tol)
 
 
+def test_sharded_float32_qr_step_gathers_no_jacobian(sharded_results):
+    """The float32 QR ``primal`` step (N·K = 768 ≥ P = 67) on 4 devices is
+    the one-device step (1.0e-5 measured after one step: the unfloored QR
+    step carries κ·eps), and its compiled program gathers only the four
+    slices' P×P factors (4·67² entries), where one QR of the whole J̄
+    gathers all N·K·P = 51 456 (TSQR, `jacobian_factor`)."""
+    r = sharded_results
+    assert r["fit qr float32"] < 1e-4
+    one, four = r["qr loss"]
+    assert four == pytest.approx(one, rel=1e-4)
+    assert r["qr whole largest gather"] == r["qr jacobian entries"] == 256 * 3 * 67
+    assert r["qr largest gather"] == 4 * 67 * 67
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-3)])
+def test_sharded_blocks_take_the_one_device_steps_and_gather_no_jacobian(
+        sharded_results, dtype, tol):
+    """A 1-D Poisson problem in two residual blocks (256 interior and 8
+    boundary samples, P = 25) on 4 devices: ``primal`` takes the one-device
+    steps (Cholesky in float64; QR in float32, measured 2.8e-5 apart after
+    4 steps), and no block's per-sample Jacobians are gathered whole
+    (256·25 = 6400 entries for the interior; joining the blocks' Jacobians
+    gathered them): float64 gathers at most N·K-sized vectors, float32 the
+    interior's four P×P slice factors (TSQR)."""
+    r = sharded_results
+    assert r[f"blocks fit {dtype}"] < tol
+    one, four = r[f"blocks loss {dtype}"]
+    assert four == pytest.approx(one, rel=tol)
+    assert r["blocks interior jacobian entries"] == 256 * 25
+    if dtype == "float64":
+        assert r["blocks largest gather float64"] <= 256
+    else:
+        assert r["blocks largest gather float32"] == 4 * 25 * 25
+
+
 def test_a_batch_that_does_not_divide_is_named(sharded_results):
     assert "batch[0] has 6 samples, not a multiple of the 4 devices" in sharded_results["error"]
 

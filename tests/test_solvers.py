@@ -579,6 +579,36 @@ def test_qr_primal_step_is_the_dense_solve(marquardt):
         np.testing.assert_allclose(np.asarray(step), expected, rtol=1e-10)
 
 
+def _qr_input_shapes(fn, *args):
+    """The operand shapes of the QR factorisations in ``fn``'s jaxpr."""
+    return [eqn.invars[0].aval.shape for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns
+            if eqn.params.get("name") == "qr"]
+
+
+@pytest.mark.parametrize("n, k, p, runs, shards, first_qr", [
+    (24, 2, 5, None, 4, (4, 12, 5)),                  # the whole batch in 4 slices
+    (24, 3, 7, ((0, 16), (16, 24)), 4, (4, 12, 7)),   # two blocks, both sliced
+    (24, 3, 7, ((0, 20), (20, 24)), 4, (4, 15, 7)),   # the short block left whole
+    (24, 1, 7, None, 4, (24, 7)),                     # slices of 6 rows < P: whole
+    (18, 2, 5, None, 4, (36, 5)),                     # 18 samples do not divide by 4
+])
+def test_sliced_qr_factor_has_the_whole_jacobians_gram(n, k, p, runs, shards, first_qr):
+    """TSQR (`jacobian_factor` with shards > 1): RᵀR = J̄ᵀJ̄ (numpy, float64)
+    to 1e-12, R upper triangular, whether the runs are sliced or left whole;
+    the first factorisation is of the slices where they have ≥ P rows."""
+    rng = np.random.RandomState(n + k + p)
+    jac = rng.randn(n, k, p) * np.logspace(0, -4, p)
+    flat = jac.reshape(-1, p) / np.sqrt(n)
+    parts = jnp.asarray(jac) if runs is None else tuple(jnp.asarray(jac[a:b]) for a, b in runs)
+    factor = np.asarray(jacobian_factor(parts, shards))
+    assert factor.shape == (p, p)
+    np.testing.assert_allclose(factor.T @ factor, flat.T @ flat, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(np.tril(factor, -1), 0.0)
+    shapes = _qr_input_shapes(lambda j: jacobian_factor(j, shards), parts)
+    assert shapes[0] == first_qr
+    assert len(shapes) == (1 if len(first_qr) == 2 else 2)
+
+
 def test_float32_primal_resolves_curvature_a_float32_gram_cannot():
     """A float32 linear least-squares fit with singular values of J 1 … 1e-3
     (G's 1 … 1e-6): the primal step by QR of the Jacobian is the float64
@@ -613,7 +643,7 @@ def test_primal_factorization_auto_takes_qr_only_in_float32_for_tall_identity_pr
         zeros = jnp.zeros((n, k), dtype)
         return LocalModel(zeros, zeros, jnp.zeros(p, dtype), jnp.zeros((), dtype),
                           jnp.zeros((n, k, k), dtype) if hessians else None,
-                          jacobians=jnp.zeros((n, k, p), dtype))
+                          jacobians=(jnp.zeros((n, k, p), dtype),))
 
     auto = make_config()
     assert uses_qr(local(10, 2, 20, jnp.float32), auto)

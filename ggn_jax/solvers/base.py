@@ -29,9 +29,10 @@ import jax.numpy as jnp
 from ggn_jax.curvature import (
     KroneckerCurvature,
     Linearization,
+    join_runs,
     linearize,
     loss_hessians,
-    problem_jacobians,
+    problem_jacobian_runs,
 )
 from ggn_jax.problem import Problem, mean_loss
 
@@ -62,7 +63,10 @@ class LocalModel(NamedTuple):
       batch_grad: b = (1/N) Σ J_iᵀ∇_o l_i, (P,).
       loss: L(θ), ().
       hessians: H_i, (N, K, K); None where H_i = I.
-      jacobians: J_i, (N, K, P), for the solvers that form them, else None.
+      jacobians: J_i for the solvers that form them, else None: a tuple
+        with one (N_s, K, P) array per run of samples (each block, or the
+        whole batch), in the order of the samples
+        (`ggn_jax.curvature.problem_jacobian_runs`).
       ggn: G, (P, P) (``primal``), else None.
       gram: J̄J̄ᵀ, (NK, NK) (``dual``), else None.
       diagonal: diag(G), (P,), where the solver has it, else None.
@@ -79,7 +83,7 @@ class LocalModel(NamedTuple):
     batch_grad: jax.Array
     loss: jax.Array
     hessians: jax.Array | None
-    jacobians: jax.Array | None = None
+    jacobians: tuple[jax.Array, ...] | None = None
     ggn: jax.Array | None = None
     gram: jax.Array | None = None
     diagonal: jax.Array | None = None
@@ -279,12 +283,12 @@ def local_from_jacobians(problem: Problem) -> LocalModel:
     """A `LocalModel` with per-sample Jacobians J_i (N, K, P): the outputs
     come out of the same forward passes, the batch gradient is Σ J_iᵀ∇l_i/N."""
     loss, targets, n = problem.loss, problem.targets, problem.num_samples
-    outputs, jac = problem_jacobians(problem)
+    outputs, runs = problem_jacobian_runs(problem)
     hessians = None if loss.identity_hessian else loss_hessians(loss, outputs, targets)
     output_grads = jax.vmap(loss.grad)(outputs, targets)
-    batch_grad = jnp.einsum("nkp,nk->p", jac, output_grads) / n
+    batch_grad = _transposed_product(runs, output_grads) / n
     return LocalModel(
-        outputs, output_grads, batch_grad, mean_loss(problem, outputs), hessians, jacobians=jac,
+        outputs, output_grads, batch_grad, mean_loss(problem, outputs), hessians, jacobians=runs,
         loss_factors=_loss_factors(problem, outputs),
     )
 
@@ -312,7 +316,18 @@ def local_from_linearization(problem: Problem) -> tuple[LocalModel, Linearizatio
 
 def jacobian_along(local: LocalModel, step: jax.Array) -> jax.Array:
     """[J_i δ]_i, (N, K), from the carried Jacobians."""
-    return jnp.einsum("nkp,p->nk", local.jacobians, step)
+    return join_runs(tuple(jnp.einsum("nkp,p->nk", run, step) for run in local.jacobians))
+
+
+def _transposed_product(runs: tuple[jax.Array, ...], weights: jax.Array) -> jax.Array:
+    """Σ_i J_iᵀw_i (P,) over the runs of Jacobians, for weights (N, K)."""
+    if len(runs) == 1:
+        return jnp.einsum("nkp,nk->p", runs[0], weights)
+    total, start = 0, 0
+    for run in runs:
+        total = total + jnp.einsum("nkp,nk->p", run, weights[start:start + run.shape[0]])
+        start += run.shape[0]
+    return total
 
 
 def damped_diagonal(n: int, damping: jax.Array, scale: jax.Array | None) -> jax.Array:
@@ -328,7 +343,7 @@ def pulled_back(
     n = problem.num_samples
     weights = weights.astype(local.outputs.dtype)
     if local.jacobians is not None:
-        return jnp.einsum("nkp,nk->p", local.jacobians, weights) / n
+        return _transposed_product(local.jacobians, weights) / n
     if lin is not None:
         return lin.vjp(weights) / n
     _, vjp = jax.vjp(lambda theta: problem.model(theta, problem.inputs), problem.theta)

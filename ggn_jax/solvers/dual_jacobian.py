@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ggn_jax.curvature import ggn_diagonal_from_jacobians
+from ggn_jax.curvature import ggn_diagonal_from_jacobians, join_runs
 from ggn_jax.solvers.base import (
     LocalModel,
     ProblemShape,
@@ -87,12 +87,14 @@ class DualJacobian(Solver):
 
     def prepare(self, problem, config):
         local = local_from_jacobians(problem)
+        # The sample-space solve couples every pair of samples: one array.
+        local = local._replace(jacobians=(join_runs(local.jacobians),))
         return local._replace(
-            diagonal=ggn_diagonal_from_jacobians(local.jacobians, local.hessians)
+            diagonal=ggn_diagonal_from_jacobians(local.jacobians[0], local.hessians)
         ), None
 
     def solve(self, problem, config, local, lin, grad, damping, scale, warm_start):
-        step = solve_dual(local.jacobians, local.hessians, local.output_grads,
+        step = solve_dual(local.jacobians[0], local.hessians, local.output_grads,
                           local.batch_grad, grad, damping, scale, local.loss_factors)
         return step, direct_info(step)
 

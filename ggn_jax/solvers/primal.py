@@ -15,8 +15,9 @@ route of Levenberg-Marquardt codes since MINPACK; Moré 1978, "The
 Levenberg-Marquardt algorithm: implementation and theory"). About the
 flops of forming G where N·K ≥ P, but LAPACK's QR runs slower than a
 matrix product: a step takes 1.6–2.1× the time (BENCHMARKS.md, "The
-damping floor in float32"). The QR gathers all N·K rows of J̄ on every
-device of a sharded batch.
+damping floor in float32"). On s > 1 devices the Jacobian is factored
+in s slices of samples first (TSQR, `jacobian_factor`), so a sharded
+batch factors its rows where they are and gathers s·P² numbers, not J̄.
 """
 
 from __future__ import annotations
@@ -87,12 +88,53 @@ def solve_primal(
                         lambda: solve(fallback_floor))
 
 
-def jacobian_factor(jac: jax.Array) -> jax.Array:
+def jacobian_factor(
+    jac: jax.Array | tuple[jax.Array, ...], shards: int = 1
+) -> jax.Array:
     """R of the QR factorisation of J̄ = N^{-1/2}[J_1; …; J_N] (NK×P), so
-    RᵀR = G for identity loss Hessians; (min(NK, P), P)."""
-    n, _, p = jac.shape
-    flat = jac.reshape(-1, p) / jnp.sqrt(jnp.asarray(n, jac.dtype))
-    return jnp.linalg.qr(flat, mode="r")
+    RᵀR = G for identity loss Hessians; (min(NK, P), P).
+
+    With ``shards`` = s > 1, a tall-skinny QR (TSQR; Demmel, Grigori,
+    Hoemmen & Langou 2012, "Communication-optimal parallel and sequential
+    QR and LU factorizations"): each run of samples (a residual block, or
+    the whole batch) whose length divides by s is cut into s equal slices
+    of consecutive samples, each slice is factored on its own,
+    J̄_j = Q_j R_j, and R is the triangular factor of the stacked R_j (and
+    of the rows of the runs left whole). Then J̄ = diag(Q_j)·[R_1; …; R_s]
+    and RᵀR = Σ_j R_jᵀR_j = J̄ᵀJ̄ still. The slices are those
+    `ggn_jax.shard_batch` puts on s devices, so XLA factors each on its own
+    device and gathers s·P×P numbers for the last factorisation, not the
+    N·K×P Jacobian. A slice needs at least P rows ((N_s/s)·K ≥ P), else
+    its run is left whole. s = 1 is one QR, as before; s > 1 on a batch
+    that is not sharded costs 1.0–1.6× one QR (float32, this CPU;
+    BENCHMARKS.md, "A sharded batch of blocks, and TSQR").
+
+    Args:
+      jac: per-sample Jacobians J_i, (N, K, P), or a tuple of runs of them
+        (N_s, K, P) in the order of the samples.
+      shards: s, the number of slices (`Primal` passes the number of
+        devices); 1 for one Householder QR of J̄.
+
+    Returns:
+      R, upper triangular, (min(NK, P), P) up to the signs of its rows.
+    """
+    runs = jac if isinstance(jac, tuple) else (jac,)
+    n = sum(run.shape[0] for run in runs)
+    _, k, p = runs[0].shape
+    root = jnp.sqrt(jnp.asarray(n, runs[0].dtype))
+    sliced = [shards > 1 and run.shape[0] % shards == 0 and run.shape[0] // shards * k >= p
+              for run in runs]
+    if not any(sliced):
+        flat = runs[0] if len(runs) == 1 else jnp.concatenate(runs)
+        return jnp.linalg.qr(flat.reshape(-1, p) / root, mode="r")
+    rows = []
+    for run, slice_it in zip(runs, sliced):
+        if slice_it:
+            local = jnp.linalg.qr(run.reshape(shards, -1, p) / root, mode="r")  # (s, P, P)
+            rows.append(local.reshape(-1, p))
+        else:
+            rows.append(run.reshape(-1, p) / root)
+    return jnp.linalg.qr(jnp.concatenate(rows), mode="r")
 
 
 def solve_primal_qr(
@@ -141,7 +183,8 @@ def uses_qr(local: LocalModel, config: Any) -> bool:
                 "or Blocks); this loss has Hessians: use 'cholesky' or 'auto'"
             )
         return False
-    n, k, p = local.jacobians.shape
+    n = sum(run.shape[0] for run in local.jacobians)
+    _, k, p = local.jacobians[0].shape
     if choice == "qr":
         if n * k < p:
             raise ValueError(
@@ -149,7 +192,7 @@ def uses_qr(local: LocalModel, config: Any) -> bool:
                 "round-off along G's null space would grow by 1/λ; use 'cholesky' or 'auto'"
             )
         return True
-    return (jnp.finfo(local.jacobians.dtype).bits < 64 and n * k >= p
+    return (jnp.finfo(local.jacobians[0].dtype).bits < 64 and n * k >= p
             and config.relative_damping_floor is None and config.damping_rule != "fixed")
 
 
@@ -171,7 +214,7 @@ class Primal(Solver):
     def prepare(self, problem, config):
         local = local_from_jacobians(problem)
         if uses_qr(local, config):
-            factor = jacobian_factor(local.jacobians)
+            factor = jacobian_factor(local.jacobians, jax.device_count())
             # diag(G) = diag(RᵀR), the squared column norms of R; G itself
             # is not needed.
             return local._replace(diagonal=jnp.sum(factor * factor, axis=0),
