@@ -107,6 +107,13 @@ def blocks_steps(out, mesh):
         step = jax.jit(lambda p, s, b, tx=tx: tx.update(None, s, p, batch=b))
         compiled = step.lower(replicated, tx.init(replicated), sharded).compile()
         out[f"blocks largest gather {name}"] = largest_gather(compiled.as_text())
+    blocks, params = poisson_blocks(jnp.float64)
+    sharded = ggn_jax.shard_batch(blocks.batch, mesh)
+    for solver in ("dual", "cg"):
+        options = {"max_steps": 8, "tol": 0.0, "solver": solver, **OPTIONS[solver]}
+        one = ggn_jax.fit(blocks, params, **options)
+        many = ggn_jax.fit(blocks, ggn_jax.replicate(params, mesh), sharded, **options)
+        out[f"blocks fit {solver} float64"] = rel(many.last_params, one.last_params)
     out["blocks interior jacobian entries"] = 256 * ravel_pytree(params)[0].size
 
 

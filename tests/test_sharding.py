@@ -67,6 +67,8 @@ def test_sharded_blocks_take_the_one_device_steps_and_gather_no_jacobian(
     assert r["blocks interior jacobian entries"] == 256 * 25
     if dtype == "float64":
         assert r["blocks largest gather float64"] <= 256
+        # The dual (which joins the blocks) and CG take the one-device steps too.
+        assert r["blocks fit dual float64"] < tol and r["blocks fit cg float64"] < tol
     else:
         assert r["blocks largest gather float32"] == 4 * 25 * 25
 
