@@ -6,22 +6,26 @@ Nothing else changes: `ggn` and `fit` are jitted, and XLA's SPMD partitioner
 turns every sum over samples (the gradient, the GGN-vector products JᵀHJv,
 the P×P matrix G, the loss) into per-device partial sums and an
 all-reduce. The step therefore equals the one-device step up to the order
-of floating-point additions. The ``dual`` solve is not such a sum: its
-N·K×N·K system couples every pair of samples, and every device factors
-all of it. A problem in residual blocks (`ggn_jax.Blocks`)
-keeps each block's per-sample Jacobians apart and sums block by block:
-joining arrays that are each split over the devices makes XLA gather them
-whole on every device. The float32 ``primal`` step by QR
-(``primal_factorization``, taken by default for squared error in float32
-where N·K ≥ P) has no sum to split: it factors the N·K×P Jacobian. On s
-devices it factors each device's slice of samples on that device first
-and then the s stacked P×P factors (a tall-skinny QR,
-`ggn_jax.solvers.primal.jacobian_factor`), so XLA gathers s·P² numbers
-rather than the Jacobian. That needs each run of samples (the batch, or
-each residual block) to divide by s with at least P rows a slice, which
-`shard_batch`'s multiple of s gives where (N/s)·K ≥ P; a run that does not
-is gathered whole. On several devices and a batch that is not sharded,
-the slices cost 1.0–1.6× one QR.
+of floating-point additions. Two solves are not such sums:
+
+- The ``dual`` solve's N·K×N·K system couples every pair of samples, and
+  every device factors all of it.
+- The float32 ``primal`` step by QR (``primal_factorization``, taken by
+  default for squared error in float32 where N·K ≥ P) factors the N·K×P
+  Jacobian. On a batch that lies on a mesh of s devices, each device
+  factors its own slice of samples first, and then the s stacked P×P
+  factors are factored (a tall-skinny QR,
+  `ggn_jax.solvers.primal.jacobian_factor`). XLA then gathers s·P²
+  numbers, not the Jacobian. The step differs from the one-device QR's by
+  round-off (2e-6 relative on a float32 PINN). This holds for each run of
+  samples (the batch, or each residual block) whose N_b divides by s with
+  (N_b/s)·K ≥ P; `shard_batch` makes N_b a multiple of s. A run with fewer
+  rows a device is gathered whole.
+
+A problem in residual blocks (`ggn_jax.Blocks`) keeps each block's
+per-sample Jacobians apart and sums block by block; only the ``dual``
+joins them. To join arrays that are each split over the devices, XLA
+first gathers each one whole.
 
 Across hosts, call ``jax.distributed.initialize()`` on every process first;
 ``jax.devices()`` then lists every host's devices, and a mesh over them

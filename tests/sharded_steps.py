@@ -49,6 +49,22 @@ def largest_gather(compiled_text):
     return max(sizes)
 
 
+def first_qr_shape(jaxpr):
+    """The operand shape of the first QR factorisation in a jaxpr, searched
+    through the nested jaxprs of jit, cond and the like."""
+    for eqn in jaxpr.eqns:
+        if eqn.params.get("name") == "qr":
+            return eqn.invars[0].aval.shape
+        for param in eqn.params.values():
+            for inner in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    found = first_qr_shape(inner)
+                    if found is not None:
+                        return found
+    return None
+
+
 def qr_steps(out, mesh):
     """The float32 QR ``primal`` step on a sharded batch: the one-device
     step, and no all-gather of the Jacobian (TSQR, `jacobian_factor`)."""
@@ -69,6 +85,11 @@ def qr_steps(out, mesh):
     jac = jax.device_put(jnp.ones((n * k, 67), jnp.float32), sharded[0].sharding)
     out["qr whole largest gather"] = largest_gather(whole.lower(jac).compile().as_text())
     out["qr loss"] = [float(one.state.loss), float(many.state.loss)]
+    # What is factored first: the 4 slices of a sharded batch, all of J̄ for
+    # a batch on one device (even with 4 devices in the process).
+    for label, b, p in (("sharded", sharded, replicated), ("plain", batch, params)):
+        jaxpr = jax.make_jaxpr(lambda p, s, b: tx.update(None, s, p, batch=b))(p, tx.init(p), b)
+        out[f"qr first factorisation {label}"] = list(first_qr_shape(jaxpr.jaxpr))
 
 
 def poisson_blocks(dtype):

@@ -37,12 +37,15 @@ def test_sharded_steps_equal_one_device_steps(sharded_results, solver, dtype, to
 
 
 def test_sharded_float32_qr_step_gathers_no_jacobian(sharded_results):
-    """The float32 QR ``primal`` step (N·K = 768 ≥ P = 67) on 4 devices is
-    the one-device step (1.0e-5 measured after one step: the unfloored QR
-    step carries κ·eps), and its compiled program gathers only the four
-    slices' P×P factors (4·67² entries), where one QR of the whole J̄
-    gathers all N·K·P = 51 456 (TSQR, `jacobian_factor`)."""
+    """The float32 QR ``primal`` step (N·K = 768 ≥ P = 67) on 4 devices
+    factors the 4 slices first (TSQR, `jacobian_factor`) and a batch on one
+    device all of J̄ at once; the two steps agree (1.0e-5 measured after one
+    step: the unfloored QR step carries κ·eps). The sharded program gathers
+    only the four slices' P×P factors (4·67² entries), where one QR of the
+    whole J̄ gathers all N·K·P = 51 456."""
     r = sharded_results
+    assert r["qr first factorisation sharded"] == [4, 192, 67]
+    assert r["qr first factorisation plain"] == [768, 67]
     assert r["fit qr float32"] < 1e-4
     one, four = r["qr loss"]
     assert four == pytest.approx(one, rel=1e-4)
@@ -55,8 +58,9 @@ def test_sharded_blocks_take_the_one_device_steps_and_gather_no_jacobian(
         sharded_results, dtype, tol):
     """A 1-D Poisson problem in two residual blocks (256 interior and 8
     boundary samples, P = 25) on 4 devices: ``primal`` takes the one-device
-    steps (Cholesky in float64; QR in float32, measured 2.8e-5 apart after
-    4 steps), and no block's per-sample Jacobians are gathered whole
+    steps (Cholesky in float64; QR in float32, TSQR against one QR on one
+    device, measured 1.9e-5 apart after 4 steps), and no block's
+    per-sample Jacobians are gathered whole
     (256·25 = 6400 entries for the interior; joining the blocks' Jacobians
     gathered them): float64 gathers at most N·K-sized vectors, float32 the
     interior's four P×P slice factors (TSQR)."""

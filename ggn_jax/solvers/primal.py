@@ -15,9 +15,11 @@ route of Levenberg-Marquardt codes since MINPACK; Moré 1978, "The
 Levenberg-Marquardt algorithm: implementation and theory"). About the
 flops of forming G where N·K ≥ P, but LAPACK's QR runs slower than a
 matrix product: a step takes 1.6–2.1× the time (BENCHMARKS.md, "The
-damping floor in float32"). On s > 1 devices the Jacobian is factored
-in s slices of samples first (TSQR, `jacobian_factor`), so a sharded
-batch factors its rows where they are and gathers s·P² numbers, not J̄.
+damping floor in float32"). On a batch sharded over s > 1 devices, each
+run of samples (a block, or the batch) with at least P rows a device is
+factored in its s slices first (TSQR, `jacobian_factor`): each device
+factors its own rows, and only s·P² numbers of such a run are gathered.
+Shorter runs are gathered whole.
 """
 
 from __future__ import annotations
@@ -105,15 +107,16 @@ def jacobian_factor(
     `ggn_jax.shard_batch` puts on s devices, so XLA factors each on its own
     device and gathers s·P×P numbers for the last factorisation, not the
     N·K×P Jacobian. A slice needs at least P rows ((N_s/s)·K ≥ P), else
-    its run is left whole. s = 1 is one QR, as before; s > 1 on a batch
-    that is not sharded costs 1.0–1.6× one QR (float32, this CPU;
-    BENCHMARKS.md, "A sharded batch of blocks, and TSQR").
+    its run is left whole. s = 1 is one QR, as before. Slices on one device
+    cost 1.0–1.6× one QR (float32, a 2-core x86 CPU; BENCHMARKS.md, "A
+    sharded batch of blocks, and TSQR"), which is why `Primal` slices only
+    a batch that lies on a mesh (`batch_devices`).
 
     Args:
       jac: per-sample Jacobians J_i, (N, K, P), or a tuple of runs of them
         (N_s, K, P) in the order of the samples.
-      shards: s, the number of slices (`Primal` passes the number of
-        devices); 1 for one Householder QR of J̄.
+      shards: s, the number of slices (`Primal` passes the devices of the
+        batch's mesh, `batch_devices`); 1 for one Householder QR of J̄.
 
     Returns:
       R, upper triangular, (min(NK, P), P) up to the signs of its rows.
@@ -135,6 +138,28 @@ def jacobian_factor(
         else:
             rows.append(run.reshape(-1, p) / root)
     return jnp.linalg.qr(jnp.concatenate(rows), mode="r")
+
+
+def batch_devices(inputs: Any) -> int:
+    """The number of devices of the mesh the batch lies on, read from its
+    arrays' types at trace time (`jax.typeof`): s for `jacobian_factor`.
+
+    1 for arrays on no mesh (one device), so that an unsliced batch never
+    pays for slices. Where this JAX carries no sharding in its types (older
+    than ``jax.typeof``), every device, ``jax.device_count()``.
+    """
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None:
+        return jax.device_count()
+    size = 1
+    for leaf in jax.tree_util.tree_leaves(inputs):
+        sharding = getattr(typeof(leaf), "sharding", None)
+        mesh = getattr(sharding, "mesh", None)
+        if mesh is None:
+            return jax.device_count()
+        if not mesh.empty:
+            size = max(size, mesh.size)
+    return size
 
 
 def solve_primal_qr(
@@ -214,7 +239,7 @@ class Primal(Solver):
     def prepare(self, problem, config):
         local = local_from_jacobians(problem)
         if uses_qr(local, config):
-            factor = jacobian_factor(local.jacobians, jax.device_count())
+            factor = jacobian_factor(local.jacobians, batch_devices(problem.inputs))
             # diag(G) = diag(RᵀR), the squared column norms of R; G itself
             # is not needed.
             return local._replace(diagonal=jnp.sum(factor * factor, axis=0),
