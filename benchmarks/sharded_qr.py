@@ -31,16 +31,19 @@ from unittest import mock
 
 
 def largest_gather(compiled_text: str) -> int:
-    """The entries of the largest all-gather in a compiled program's HLO."""
-    sizes = [0]
+    """The entries of the largest array an all-gather in a compiled
+    program's HLO returns (each element of a tuple-shaped one); 0 if none."""
+    largest = 0
     for line in compiled_text.splitlines():
-        found = re.search(r"= \w+\[([\d,]*)\][^ ]* all-gather\(", line)
-        if found:
+        found = re.search(r"= (.*?) all-gather(?:-start)?\(", line)
+        if not found:
+            continue
+        for dims in re.findall(r"\w+\[([\d,]*)\]", found.group(1)):
             size = 1
-            for dim in filter(None, found.group(1).split(",")):
+            for dim in filter(None, dims.split(",")):
                 size *= int(dim)
-            sizes.append(size)
-    return max(sizes)
+            largest = max(largest, size)
+    return largest
 
 
 def main(argv=None) -> int:

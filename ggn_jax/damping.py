@@ -160,36 +160,47 @@ def roundoff_noise(
     return jnp.where(jnp.isfinite(noise), noise, 64 * eps * jnp.abs(loss))
 
 
-# The period of the fingerprint's weights: a prime, so that two rows of a
-# batch share their weights only when they are that many entries apart.
+# The period of the fingerprint's weights: a prime, so that two samples (or
+# two entries of one sample) share their weights only when they are that
+# many apart.
 FINGERPRINT_PERIOD = 4093
-_FINGERPRINT_WEIGHTS = np.cos(0.6180339887498949 * np.arange(FINGERPRINT_PERIOD))
+_SAMPLE_WEIGHTS = np.cos(0.6180339887498949 * np.arange(FINGERPRINT_PERIOD))
+_ENTRY_WEIGHTS = np.cos(0.7548776662466927 * np.arange(FINGERPRINT_PERIOD) + 1.0)
+
+
+def _periodic(table: np.ndarray, n: int, dtype) -> jax.Array:
+    """The first n weights of the periodic sequence ``table[i mod m]``."""
+    weights = jnp.asarray(table, dtype)
+    if n <= table.size:
+        return weights[:n]
+    return weights[jnp.arange(n) % table.size]
 
 
 def batch_fingerprint(batch, dtype) -> jax.Array:
-    """A number that identifies a batch: Σ_leaves Σ_j x_j·cos(φ·(j mod m))
-    with φ the golden ratio and m = ``FINGERPRINT_PERIOD``. The same arrays
-    give the same bits in the same program; another batch differs with
-    probability one. (Comparing the loss at θ with the last trial loss
-    cannot tell: round-off in a PDE residual, a cancellation of large
-    terms, can exceed any fixed tolerance.) A batch with a NaN or an
-    overflow gets NaN, equal to no fingerprint.
+    """A number that identifies a batch: Σ_leaves aᵀ X b, with X the leaf
+    as a matrix of its samples (rows) by the rest of its entries, and
+    periodic weights a_i = cos(φ·(i mod m)) over samples and
+    b_j = cos(ψ·(j mod m) + 1) over entries, φ the golden ratio, ψ the
+    plastic number, m = ``FINGERPRINT_PERIOD``. The same arrays give the
+    same bits in the same program; another batch differs with probability
+    one. (Comparing the loss at θ with the last trial loss cannot tell:
+    round-off in a PDE residual, a cancellation of large terms, can exceed
+    any fixed tolerance.) A batch with a NaN or an overflow gets NaN, equal
+    to no fingerprint.
 
-    The weights are a constant of m numbers; a leaf longer than m is folded
-    into rows of m for one matrix-vector product. (Computing the cosines of
-    every index on each call took 21 ms a call on a batch of 40 000 × 100 on
-    one CPU core; this takes 1.2 ms. BENCHMARKS.md.)
+    The weights are constants of m numbers each, and X is never flattened
+    across samples: X b is one matrix-vector product per leaf, and on a
+    batch split over devices along samples each device reduces its own
+    rows (`ggn_jax.sharding`; a weight on the flat index made XLA gather
+    the whole batch onto every device).
     """
     total = jnp.zeros((), dtype)
     for leaf in jax.tree_util.tree_leaves(batch):
-        flat = jnp.ravel(jnp.asarray(leaf)).astype(dtype)
-        if flat.size > FINGERPRINT_PERIOD:
-            rows = -(-flat.size // FINGERPRINT_PERIOD)
-            flat = jnp.pad(flat, (0, rows * FINGERPRINT_PERIOD - flat.size))
-            weights = jnp.asarray(_FINGERPRINT_WEIGHTS, dtype)
-            total = total + jnp.sum(flat.reshape(rows, FINGERPRINT_PERIOD) @ weights)
-        else:
-            total = total + jnp.dot(flat, jnp.asarray(_FINGERPRINT_WEIGHTS[: flat.size], dtype))
+        x = jnp.asarray(leaf).astype(dtype)
+        x = x.reshape(1, 1) if x.ndim == 0 else x.reshape(x.shape[0], -1)
+        n, d = x.shape
+        per_sample = x @ _periodic(_ENTRY_WEIGHTS, d, dtype)
+        total = total + jnp.dot(_periodic(_SAMPLE_WEIGHTS, n, dtype), per_sample)
     return jnp.where(jnp.isfinite(total), total, jnp.nan)
 
 

@@ -16,6 +16,7 @@ import optax  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import ggn_jax  # noqa: E402
+from ggn_jax.damping import batch_fingerprint  # noqa: E402
 from ggn_jax.pde import laplacian  # noqa: E402
 from ggn_jax.solvers.primal import jacobian_factor  # noqa: E402
 
@@ -38,15 +39,20 @@ def tall_problem():
     return net.apply, params, (x, y)
 
 
-def largest_gather(compiled_text):
-    """The entries of the largest all-gather in a compiled program's HLO."""
-    sizes = [1]
+def largest_gather(compiled_text: str) -> int:
+    """The entries of the largest array an all-gather in a compiled
+    program's HLO returns (each element of a tuple-shaped one); 0 if none."""
+    largest = 0
     for line in compiled_text.splitlines():
-        found = re.search(r"= \w+\[([\d,]*)\][^ ]* all-gather\(", line)
-        if found:
-            dims = [int(d) for d in found.group(1).split(",") if d]
-            sizes.append(int(jnp.prod(jnp.asarray(dims))) if dims else 1)
-    return max(sizes)
+        found = re.search(r"= (.*?) all-gather(?:-start)?\(", line)
+        if not found:
+            continue
+        for dims in re.findall(r"\w+\[([\d,]*)\]", found.group(1)):
+            size = 1
+            for dim in filter(None, dims.split(",")):
+                size *= int(dim)
+            largest = max(largest, size)
+    return largest
 
 
 def first_qr_shape(jaxpr):
@@ -138,6 +144,17 @@ def blocks_steps(out, mesh):
     out["blocks interior jacobian entries"] = 256 * ravel_pytree(params)[0].size
 
 
+def fingerprint(out, mesh):
+    """The batch fingerprint of a sharded batch longer than its weights'
+    period: the one-device value, and no gather of the batch."""
+    x = jax.random.normal(jax.random.PRNGKey(7), (8192, 8), jnp.float64)
+    batch = (x, jnp.arange(8192))
+    sharded = ggn_jax.shard_batch(batch, mesh)
+    f = jax.jit(lambda b: batch_fingerprint(b, jnp.float64))
+    out["fingerprint"] = [float(f(batch)), float(f(sharded))]
+    out["fingerprint largest gather"] = largest_gather(f.lower(sharded).compile().as_text())
+
+
 def rel(a, b):
     a, b = ravel_pytree(a)[0], ravel_pytree(b)[0]
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
@@ -189,6 +206,7 @@ def main():
                                                              float(s4.loss)]
     qr_steps(out, mesh)
     blocks_steps(out, mesh)
+    fingerprint(out, mesh)
     try:
         ggn_jax.shard_batch((jnp.zeros((6, 2)), jnp.zeros((6, 1))), mesh)
     except ValueError as error:

@@ -432,23 +432,30 @@ def test_batch_fingerprint_tells_batches_apart_and_not_repeats():
     assert bool(jnp.isnan(f((x.at[0, 0].set(jnp.nan), y))))  # never equal to itself
 
 
-def test_batch_fingerprint_of_a_long_batch_is_its_folded_weighted_sum():
-    """Past FINGERPRINT_PERIOD entries the weights repeat: against the sum
-    written out in numpy, and two batches that differ in one sample of
-    thousands still differ."""
+def test_batch_fingerprint_of_a_long_batch_is_its_weighted_sum():
+    """Past FINGERPRINT_PERIOD samples or entries the weights repeat:
+    against aᵀXb written out in numpy, for a leaf with more samples than
+    the period and one with more entries a sample; two batches that differ
+    in one sample of thousands still differ."""
     from ggn_jax.damping import FINGERPRINT_PERIOD, batch_fingerprint
 
     m = FINGERPRINT_PERIOD
-    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (3000, 5)))  # 15 000 > m
-    weights = np.cos(0.6180339887498949 * (np.arange(x.size) % m))
-    f = jax.jit(lambda b: batch_fingerprint(b, jnp.float64))
-    assert float(f((x,))) == pytest.approx(float(x.ravel() @ weights), rel=1e-12)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (5000, 5)))   # 5000 > m samples
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (3, 2, 2500)))  # 5000 > m entries
+    a = lambda n: np.cos(0.6180339887498949 * (np.arange(n) % m))
+    b = lambda d: np.cos(0.7548776662466927 * (np.arange(d) % m) + 1.0)
+    expected = a(5000) @ x @ b(5) + a(3) @ z.reshape(3, -1) @ b(5000)
+    f = jax.jit(lambda batch: batch_fingerprint(batch, jnp.float64))
+    assert float(f((x, z))) == pytest.approx(float(expected), rel=1e-12)
     swapped = x.copy()
     swapped[[10, 2000]] = swapped[[2000, 10]]   # two samples trade places
-    assert f((x,)) != f((swapped,))
+    assert f((x, z)) != f((swapped, z))
     nudged = x.copy()
-    nudged[2999, 4] += 1e-12                    # the last entry, by 1e-12
-    assert f((x,)) != f((nudged,))
+    nudged[4999, 4] += 1e-12                    # the last entry, by 1e-12
+    assert f((x, z)) != f((nudged, z))
+    turned = z.copy()
+    turned[1, 0, 7], turned[1, 1, 2000] = z[1, 1, 2000], z[1, 0, 7]  # two entries of a sample trade
+    assert f((x, z)) != f((x, turned))
 
 
 def _classification_step(cross, last_step_sign):

@@ -77,6 +77,16 @@ def test_sharded_blocks_take_the_one_device_steps_and_gather_no_jacobian(
         assert r["blocks largest gather float32"] == 4 * 25 * 25
 
 
+def test_the_fingerprint_of_a_sharded_batch_gathers_nothing(sharded_results):
+    """`batch_fingerprint` of 8192 × 8 inputs and 8192 labels over 4
+    devices: the one-device value to 1e-12, with no all-gather at all
+    (each device reduces its own samples; the flat-index weights it had
+    before gathered the whole batch)."""
+    one, four = sharded_results["fingerprint"]
+    assert four == pytest.approx(one, rel=1e-12)
+    assert sharded_results["fingerprint largest gather"] == 0
+
+
 def test_a_batch_that_does_not_divide_is_named(sharded_results):
     assert "batch[0] has 6 samples, not a multiple of the 4 devices" in sharded_results["error"]
 
