@@ -1223,8 +1223,8 @@ def ggn(
         factor of [R; √(λD)], which needs no floor and resolves curvature
         down to eps²·‖G‖ where a G formed in the dtype stops at eps·‖G‖
         (identity loss Hessians and N·K ≥ P only; refused otherwise). A
-        step takes 1.6–2.1× the time; on several devices J̄ is factored
-        in slices of samples first (TSQR). ``"auto"`` (default): ``"qr"`` in
+        step takes 1.6–2.1× the time; on a batch sharded over several
+        devices J̄ is factored in slices of samples first (TSQR). ``"auto"`` (default): ``"qr"`` in
         float32 for identity loss Hessians where N·K ≥ P, unless
         ``relative_damping_floor`` is set or ``damping_rule="fixed"``
         (a held tiny λ on a rank-deficient J̄ would leave the unfloored
