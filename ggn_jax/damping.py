@@ -179,9 +179,10 @@ def _periodic(table: np.ndarray, n: int, dtype) -> jax.Array:
 def batch_fingerprint(batch, dtype) -> jax.Array:
     """A number that identifies a batch: Σ_leaves aᵀ X b, with X the leaf
     as a matrix of its samples (rows) by the rest of its entries, and
-    periodic weights a_i = cos(φ·(i mod m)) over samples and
-    b_j = cos(ψ·(j mod m) + 1) over entries, φ the golden ratio, ψ the
-    plastic number, m = ``FINGERPRINT_PERIOD``. The same arrays give the
+    periodic weights a_i = cos((i mod m)/φ) over samples and
+    b_j = cos((j mod m)/ψ + 1) over entries, φ the golden ratio, ψ the
+    plastic number, m = ``FINGERPRINT_PERIOD``. A leaf with no samples
+    adds nothing. The same arrays give the
     same bits in the same program; another batch differs with probability
     one. (Comparing the loss at θ with the last trial loss cannot tell:
     round-off in a PDE residual, a cancellation of large terms, can exceed
@@ -191,12 +192,14 @@ def batch_fingerprint(batch, dtype) -> jax.Array:
     The weights are constants of m numbers each, and X is never flattened
     across samples: X b is one matrix-vector product per leaf, and on a
     batch split over devices along samples each device reduces its own
-    rows (`ggn_jax.sharding`; a weight on the flat index made XLA gather
-    the whole batch onto every device).
+    rows (`ggn_jax.sharding`; a weight on the flat index can make XLA
+    gather the whole batch onto every device).
     """
     total = jnp.zeros((), dtype)
     for leaf in jax.tree_util.tree_leaves(batch):
         x = jnp.asarray(leaf).astype(dtype)
+        if x.size == 0:
+            continue
         x = x.reshape(1, 1) if x.ndim == 0 else x.reshape(x.shape[0], -1)
         n, d = x.shape
         per_sample = x @ _periodic(_ENTRY_WEIGHTS, d, dtype)

@@ -12,15 +12,16 @@ of floating-point additions. Two solves are not such sums:
   every device factors all of it.
 - The float32 ``primal`` step by QR (``primal_factorization``, taken by
   default for squared error in float32 where N·K ≥ P) factors the N·K×P
-  Jacobian. On a batch that lies on a mesh of s devices, each device
-  factors its own slice of samples first, and then the s stacked P×P
-  factors are factored (a tall-skinny QR,
+  Jacobian. On a batch split along samples over s devices (the mesh's
+  ``batch`` axis, or the whole mesh if it has none), each device factors
+  its own slice of samples first, and then the s stacked P×P factors are
+  factored (a tall-skinny QR,
   `ggn_jax.solvers.primal.jacobian_factor`). XLA then gathers s·P²
   numbers, not the Jacobian. The step differs from the one-device QR's by
   round-off (2e-6 relative on a float32 PINN). This holds for each run of
   samples (the batch, or each residual block) whose N_b divides by s with
-  (N_b/s)·K ≥ P; `shard_batch` makes N_b a multiple of s. A run with fewer
-  rows a device is gathered whole.
+  (N_b/s)·K ≥ P (`shard_batch` requires N_b to be a multiple of s). A run
+  with fewer rows a device is gathered whole.
 
 A problem in residual blocks (`ggn_jax.Blocks`) keeps each block's
 per-sample Jacobians apart and sums block by block; only the ``dual``

@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 import ggn_jax  # noqa: E402
 from ggn_jax.damping import batch_fingerprint  # noqa: E402
 from ggn_jax.pde import laplacian  # noqa: E402
-from ggn_jax.solvers.primal import jacobian_factor  # noqa: E402
+from ggn_jax.solvers.primal import batch_devices, jacobian_factor  # noqa: E402
 
 
 def problem(dtype):
@@ -155,6 +155,26 @@ def fingerprint(out, mesh):
     out["fingerprint largest gather"] = largest_gather(f.lower(sharded).compile().as_text())
 
 
+def slices(out):
+    """`batch_devices` (TSQR's s), read inside a trace as `Primal` does."""
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    def traced(batch):
+        seen = []
+        jax.eval_shape(lambda b: seen.append(batch_devices(b)) or 0, batch)
+        return seen[0]
+
+    x = jnp.ones((16, 3))
+    grid = Mesh(np.asarray(jax.devices()).reshape(2, 2), ("batch", "model"))
+    out["slices"] = {
+        "one device": traced((x, None, 1.0)),
+        "data_mesh of 4": traced(ggn_jax.shard_batch((x, None), ggn_jax.data_mesh())),
+        "data_mesh of 2": traced(ggn_jax.shard_batch(x, ggn_jax.data_mesh(jax.devices()[:2]))),
+        "batch x model mesh": traced(jax.device_put(x, NamedSharding(grid, PartitionSpec("batch")))),
+    }
+
+
 def rel(a, b):
     a, b = ravel_pytree(a)[0], ravel_pytree(b)[0]
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
@@ -207,6 +227,7 @@ def main():
     qr_steps(out, mesh)
     blocks_steps(out, mesh)
     fingerprint(out, mesh)
+    slices(out)
     try:
         ggn_jax.shard_batch((jnp.zeros((6, 2)), jnp.zeros((6, 1))), mesh)
     except ValueError as error:

@@ -430,6 +430,7 @@ def test_batch_fingerprint_tells_batches_apart_and_not_repeats():
     assert f((x, y)) != f((x, y.at[5].set(6)))          # one label
     assert f((x, y)) != f((x[::-1], y))                   # the same samples reordered
     assert bool(jnp.isnan(f((x.at[0, 0].set(jnp.nan), y))))  # never equal to itself
+    assert f((x, y, jnp.zeros((0, 3)))) == f((x, y))       # a leaf of no samples adds nothing
 
 
 def test_batch_fingerprint_of_a_long_batch_is_its_weighted_sum():

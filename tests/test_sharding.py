@@ -87,6 +87,15 @@ def test_the_fingerprint_of_a_sharded_batch_gathers_nothing(sharded_results):
     assert sharded_results["fingerprint largest gather"] == 0
 
 
+def test_tsqr_slices_follow_the_batchs_mesh(sharded_results):
+    """s for TSQR (`batch_devices`, read in a trace): 1 for a batch on one
+    device (with a None and a float leaf), the mesh's size for
+    `data_mesh` over 4 and over 2 devices, and the ``batch`` axis's 2 on a
+    2 × 2 mesh of axes (batch, model)."""
+    assert sharded_results["slices"] == {
+        "one device": 1, "data_mesh of 4": 4, "data_mesh of 2": 2, "batch x model mesh": 2}
+
+
 def test_a_batch_that_does_not_divide_is_named(sharded_results):
     assert "batch[0] has 6 samples, not a multiple of the 4 devices" in sharded_results["error"]
 

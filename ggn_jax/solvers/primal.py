@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 
 from ggn_jax.curvature import dense_ggn
+from ggn_jax.sharding import BATCH_AXIS
 from ggn_jax.solvers.base import (
     LocalModel,
     ProblemShape,
@@ -108,7 +109,7 @@ def jacobian_factor(
     device and gathers s·P×P numbers for the last factorisation, not the
     N·K×P Jacobian. A slice needs at least P rows ((N_s/s)·K ≥ P), else
     its run is left whole. s = 1 is one QR, as before. Slices on one device
-    cost 1.0–1.6× one QR (float32, a 2-core x86 CPU; BENCHMARKS.md, "A
+    cost about 1.0–1.6× one QR (float32, a 2-core x86 CPU; BENCHMARKS.md, "A
     sharded batch of blocks, and TSQR"), which is why `Primal` slices only
     a batch that lies on a mesh (`batch_devices`).
 
@@ -141,12 +142,18 @@ def jacobian_factor(
 
 
 def batch_devices(inputs: Any) -> int:
-    """The number of devices of the mesh the batch lies on, read from its
-    arrays' types at trace time (`jax.typeof`): s for `jacobian_factor`.
+    """s for `jacobian_factor`: the devices the batch is split over, read
+    from its arrays' types at trace time (`jax.typeof`).
 
-    1 for arrays on no mesh (one device), so that an unsliced batch never
-    pays for slices. Where this JAX carries no sharding in its types (older
-    than ``jax.typeof``), every device, ``jax.device_count()``.
+    The types carry the batch's mesh but not (under JAX's default, "auto"
+    sharding) how the arrays lie on it. So this is the size of the mesh's
+    ``batch`` axis (`ggn_jax.sharding.BATCH_AXIS`, as `data_mesh` names
+    it) where it has one, else the size of the whole mesh; 1 for arrays on
+    no mesh, so that a batch on one device never pays for slices. Where
+    this JAX carries no sharding in its types (older than ``jax.typeof``),
+    every device, ``jax.device_count()``. A wrong s costs time, never
+    accuracy: RᵀR is the same for every s. A batch placed on devices only
+    by ``jit``'s ``in_shardings`` has no mesh in its type and gets s = 1.
     """
     typeof = getattr(jax, "typeof", None)
     if typeof is None:
@@ -158,7 +165,8 @@ def batch_devices(inputs: Any) -> int:
         if mesh is None:
             return jax.device_count()
         if not mesh.empty:
-            size = max(size, mesh.size)
+            axes = dict(mesh.shape)
+            size = max(size, axes.get(BATCH_AXIS, mesh.size))
     return size
 
 
