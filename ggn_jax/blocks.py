@@ -59,7 +59,6 @@ Example:
   (1.9928, True)
   >>> bool(jnp.isclose(result.loss_history[-1], blocks.loss(result.params)))
   True
-  >>> jax.config.update("jax_enable_x64", False)
 """
 
 from __future__ import annotations

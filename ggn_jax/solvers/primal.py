@@ -109,9 +109,9 @@ def jacobian_factor(
     device and gathers s·P×P numbers for the last factorisation, not the
     N·K×P Jacobian. A slice needs at least P rows ((N_s/s)·K ≥ P), else
     its run is left whole. s = 1 is one QR, as before. Slices on one device
-    cost about 1.0–1.6× one QR (float32, a 2-core x86 CPU; BENCHMARKS.md, "A
-    sharded batch of blocks, and TSQR"), which is why `Primal` slices only
-    a batch that lies on a mesh (`batch_devices`).
+    cost about 1.0–1.6× one QR (float32, a 2-core x86 CPU; BENCHMARKS.md,
+    "A sharded batch of blocks, TSQR and the batch fingerprint"), which is
+    why `Primal` slices only a batch that lies on a mesh (`batch_devices`).
 
     Args:
       jac: per-sample Jacobians J_i, (N, K, P), or a tuple of runs of them
