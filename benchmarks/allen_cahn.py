@@ -61,7 +61,7 @@ def second_solution(x: np.ndarray) -> np.ndarray:
     """The boundary-value problem's solution that ``solve_bvp`` reaches from u = 0."""
     from scipy.integrate import solve_bvp
 
-    f = np.vectorize(lambda t: float(source(jnp.array([t]))))
+    f = lambda t: np.asarray(jax.vmap(source)(jnp.asarray(t)[:, None]))
 
     def rhs(t, y):  # y = (u, u′)
         return np.vstack([y[1], (y[0] ** 3 - y[0] - f(t)) / EPS])

@@ -203,3 +203,19 @@ def jit_update(tx):
     """
     step = jax.jit(lambda g, s, p, b: tx.update(g, s, p, batch=b))
     return lambda g, s, p, batch=None: step(g, s, p, batch)
+
+
+def qr_operand_shapes(jaxpr) -> list[tuple[int, ...]]:
+    """The operand shapes of the QR factorisations in a jaxpr, in order,
+    searched through the jaxprs nested in its equations (jit, cond, …)."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.params.get("name") == "qr":
+            shapes.append(eqn.invars[0].aval.shape)
+            continue
+        for param in eqn.params.values():
+            for inner in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    shapes.extend(qr_operand_shapes(inner))
+    return shapes

@@ -5,7 +5,7 @@ compares sharded and one-device GGN steps and prints the differences as JSON.
 """
 
 import json
-import re
+import os
 import sys
 
 import jax
@@ -13,12 +13,18 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
+from helpers import qr_operand_shapes  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import ggn_jax  # noqa: E402
 from ggn_jax.damping import batch_fingerprint  # noqa: E402
 from ggn_jax.pde import laplacian  # noqa: E402
 from ggn_jax.solvers.primal import batch_devices, jacobian_factor  # noqa: E402
+
+# The repository root, for the benchmark's HLO reader (this file runs as a
+# script, whose path holds only tests/).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks.sharded_qr import largest_gather  # noqa: E402
 
 
 def problem(dtype):
@@ -37,38 +43,6 @@ def tall_problem():
     x = jax.random.normal(jax.random.PRNGKey(4), (256, 4), jnp.float32)
     y = jnp.sin(x[:, :3]) + 0.1 * jax.random.normal(jax.random.PRNGKey(5), (256, 3), jnp.float32)
     return net.apply, params, (x, y)
-
-
-def largest_gather(compiled_text: str) -> int:
-    """The entries of the largest array an all-gather in a compiled
-    program's HLO returns (each element of a tuple-shaped one); 0 if none."""
-    largest = 0
-    for line in compiled_text.splitlines():
-        found = re.search(r"= (.*?) all-gather(?:-start)?\(", line)
-        if not found:
-            continue
-        for dims in re.findall(r"\w+\[([\d,]*)\]", found.group(1)):
-            size = 1
-            for dim in filter(None, dims.split(",")):
-                size *= int(dim)
-            largest = max(largest, size)
-    return largest
-
-
-def first_qr_shape(jaxpr):
-    """The operand shape of the first QR factorisation in a jaxpr, searched
-    through the nested jaxprs of jit, cond and the like."""
-    for eqn in jaxpr.eqns:
-        if eqn.params.get("name") == "qr":
-            return eqn.invars[0].aval.shape
-        for param in eqn.params.values():
-            for inner in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(inner, "jaxpr", inner)
-                if hasattr(inner, "eqns"):
-                    found = first_qr_shape(inner)
-                    if found is not None:
-                        return found
-    return None
 
 
 def qr_steps(out, mesh):
@@ -95,7 +69,7 @@ def qr_steps(out, mesh):
     # a batch on one device (even with 4 devices in the process).
     for label, b, p in (("sharded", sharded, replicated), ("plain", batch, params)):
         jaxpr = jax.make_jaxpr(lambda p, s, b: tx.update(None, s, p, batch=b))(p, tx.init(p), b)
-        out[f"qr first factorisation {label}"] = list(first_qr_shape(jaxpr.jaxpr))
+        out[f"qr first factorisation {label}"] = list(qr_operand_shapes(jaxpr.jaxpr)[0])
 
 
 def poisson_blocks(dtype):

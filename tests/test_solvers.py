@@ -9,6 +9,7 @@ from helpers import (
     jit_update,
     log_cosh,
     mlp_apply,
+    qr_operand_shapes,
     reference_ggn,
     rel_err,
     small_problem,
@@ -579,12 +580,6 @@ def test_qr_primal_step_is_the_dense_solve(marquardt):
         np.testing.assert_allclose(np.asarray(step), expected, rtol=1e-10)
 
 
-def _qr_input_shapes(fn, *args):
-    """The operand shapes of the QR factorisations in ``fn``'s jaxpr."""
-    return [eqn.invars[0].aval.shape for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns
-            if eqn.params.get("name") == "qr"]
-
-
 @pytest.mark.parametrize("n, k, p, runs, shards, first_qr", [
     (24, 2, 5, None, 4, (4, 12, 5)),                  # the whole batch in 4 slices
     (24, 3, 7, ((0, 16), (16, 24)), 4, (4, 12, 7)),   # two blocks, both sliced
@@ -604,7 +599,7 @@ def test_sliced_qr_factor_has_the_whole_jacobians_gram(n, k, p, runs, shards, fi
     assert factor.shape == (p, p)
     np.testing.assert_allclose(factor.T @ factor, flat.T @ flat, rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(np.tril(factor, -1), 0.0)
-    shapes = _qr_input_shapes(lambda j: jacobian_factor(j, shards), parts)
+    shapes = qr_operand_shapes(jax.make_jaxpr(lambda j: jacobian_factor(j, shards))(parts).jaxpr)
     assert shapes[0] == first_qr
     assert len(shapes) == (1 if len(first_qr) == 2 else 2)
 
