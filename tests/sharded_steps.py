@@ -12,9 +12,11 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from helpers import qr_operand_shapes  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 import ggn_jax  # noqa: E402
 from ggn_jax.damping import batch_fingerprint  # noqa: E402
@@ -65,6 +67,16 @@ def qr_steps(out, mesh):
     jac = jax.device_put(jnp.ones((n * k, 67), jnp.float32), sharded[0].sharding)
     out["qr whole largest gather"] = largest_gather(whole.lower(jac).compile().as_text())
     out["qr loss"] = [float(one.state.loss), float(many.state.loss)]
+    # A batch replicated over the mesh (each device holds all 4 slices), and
+    # one split over "data" of a 2 × 2 (data, model) mesh: the one-device
+    # step too. A batched QR of the slices hung on both (jaxlib's CPU
+    # kernel waits on the thread pool that 4 host devices share).
+    whole_batch = ggn_jax.fit(apply_fn, replicated, ggn_jax.replicate(batch, mesh), **options)
+    out["fit qr replicated batch"] = rel(whole_batch.last_params, one.last_params)
+    grid = Mesh(np.asarray(jax.devices()).reshape(2, 2), ("data", "model"))
+    on_grid = ggn_jax.fit(apply_fn, ggn_jax.replicate(params, grid),
+                          ggn_jax.shard_batch(batch, grid, "data"), **options)
+    out["fit qr data x model"] = rel(on_grid.last_params, one.last_params)
     # What is factored first: the 4 slices of a sharded batch, all of J̄ for
     # a batch on one device (even with 4 devices in the process).
     for label, b, p in (("sharded", sharded, replicated), ("plain", batch, params)):
@@ -131,9 +143,6 @@ def fingerprint(out, mesh):
 
 def slices(out):
     """`batch_devices` (TSQR's s), read inside a trace as `Primal` does."""
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
     def traced(batch):
         seen = []
         jax.eval_shape(lambda b: seen.append(batch_devices(b)) or 0, batch)

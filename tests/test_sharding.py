@@ -38,15 +38,19 @@ def test_sharded_steps_equal_one_device_steps(sharded_results, solver, dtype, to
 
 def test_sharded_float32_qr_step_gathers_no_jacobian(sharded_results):
     """The float32 QR ``primal`` step (N·K = 768 ≥ P = 67) on 4 devices
-    factors the 4 slices first (TSQR, `jacobian_factor`) and a batch on one
-    device all of J̄ at once; the two steps agree (1.0e-5 measured after one
-    step: the unfloored QR step carries κ·eps). The sharded program gathers
+    factors the 4 slices first, each device its own 192 rows (TSQR,
+    `jacobian_factor`), and a batch on one device all of J̄ at once; the
+    two steps agree (1.0e-5 measured after one step: the unfloored QR step
+    carries κ·eps). So do the steps on a batch replicated over the 4
+    devices and on one split over "data" of a 2 × 2 (data, model) mesh,
+    which hung with a batched QR of the slices. The sharded program gathers
     only the four slices' P×P factors (4·67² entries), where one QR of the
     whole J̄ gathers all N·K·P = 51 456."""
     r = sharded_results
-    assert r["qr first factorisation sharded"] == [4, 192, 67]
+    assert r["qr first factorisation sharded"] == [192, 67]
     assert r["qr first factorisation plain"] == [768, 67]
     assert r["fit qr float32"] < 1e-4
+    assert r["fit qr replicated batch"] < 1e-4 and r["fit qr data x model"] < 1e-4
     one, four = r["qr loss"]
     assert four == pytest.approx(one, rel=1e-4)
     assert r["qr whole largest gather"] == r["qr jacobian entries"] == 256 * 3 * 67

@@ -28,7 +28,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
+from jax.sharding import PartitionSpec
 
 from ggn_jax.curvature import dense_ggn
 from ggn_jax.sharding import BATCH_AXIS
@@ -92,7 +94,9 @@ def solve_primal(
 
 
 def jacobian_factor(
-    jac: jax.Array | tuple[jax.Array, ...], shards: int = 1
+    jac: jax.Array | tuple[jax.Array, ...],
+    shards: int = 1,
+    slicing: tuple[Any, tuple[str, ...]] | None = None,
 ) -> jax.Array:
     """R of the QR factorisation of J̄ = N^{-1/2}[J_1; …; J_N] (NK×P), so
     RᵀR = G for identity loss Hessians; (min(NK, P), P).
@@ -104,20 +108,33 @@ def jacobian_factor(
     of consecutive samples, each slice is factored on its own,
     J̄_j = Q_j R_j, and R is the triangular factor of the stacked R_j (and
     of the rows of the runs left whole). Then J̄ = diag(Q_j)·[R_1; …; R_s]
-    and RᵀR = Σ_j R_jᵀR_j = J̄ᵀJ̄ still. The slices are those
-    `ggn_jax.shard_batch` puts on s devices, so XLA factors each on its own
-    device and gathers s·P×P numbers for the last factorisation, not the
-    N·K×P Jacobian. A slice needs at least P rows ((N_s/s)·K ≥ P), else
-    its run is left whole. s = 1 is one QR, as before. Slices on one device
-    cost about 1.0–1.6× one QR (float32, a 2-core x86 CPU; BENCHMARKS.md,
-    "A sharded batch of blocks, TSQR and the batch fingerprint"), which is
-    why `Primal` slices only a batch that lies on a mesh (`batch_devices`).
+    and RᵀR = Σ_j R_jᵀR_j = J̄ᵀJ̄ still. A slice needs at least P rows
+    ((N_s/s)·K ≥ P), else its run is left whole. s = 1 is one QR, as
+    before.
+
+    With ``slicing``, the slices are those `ggn_jax.shard_batch` puts on the
+    mesh's devices, and each device factors its own inside a
+    `jax.shard_map` (one unbatched QR a device); only the s·P×P factors
+    are gathered for the last factorisation, not the N·K×P Jacobian.
+    Without it, the s slices are one batched QR, wherever XLA puts it.
+    (jaxlib's batched QR on the CPU spreads its matrices over the intra-op
+    thread pool and waits for them. Several host devices doing that at
+    once hung with every pool thread waiting: 4 devices on 2 cores, a
+    batch replicated over the mesh, so that each device held all 4
+    slices. One QR a device does not wait on the pool.) Slices on one
+    device cost about 1.0–1.6× one QR (float32, a 2-core x86 CPU;
+    BENCHMARKS.md, "A sharded batch of blocks, TSQR and the batch
+    fingerprint"), which is why `Primal` slices only a batch that lies on
+    a mesh (`batch_slicing`).
 
     Args:
       jac: per-sample Jacobians J_i, (N, K, P), or a tuple of runs of them
         (N_s, K, P) in the order of the samples.
-      shards: s, the number of slices (`Primal` passes the devices of the
-        batch's mesh, `batch_devices`); 1 for one Householder QR of J̄.
+      shards: s, the number of slices; 1 for one Householder QR of J̄.
+      slicing: (mesh, axes) from `batch_slicing`: the mesh (concrete or
+        abstract) the batch lies on and the axes its samples are split
+        over, whose sizes multiply to s; None for a batched QR of the s
+        slices.
 
     Returns:
       R, upper triangular, (min(NK, P), P) up to the signs of its rows.
@@ -133,41 +150,66 @@ def jacobian_factor(
         return jnp.linalg.qr(flat.reshape(-1, p) / root, mode="r")
     rows = []
     for run, slice_it in zip(runs, sliced):
-        if slice_it:
+        if not slice_it:
+            rows.append(run.reshape(-1, p) / root)
+        elif slicing is None:
             local = jnp.linalg.qr(run.reshape(shards, -1, p) / root, mode="r")  # (s, P, P)
             rows.append(local.reshape(-1, p))
         else:
-            rows.append(run.reshape(-1, p) / root)
+            rows.append(_factor_on_devices(run / root, *slicing))
     return jnp.linalg.qr(jnp.concatenate(rows), mode="r")
 
 
-def batch_devices(inputs: Any) -> int:
-    """s for `jacobian_factor`: the devices the batch is split over, read
-    from its arrays' types at trace time (`jax.typeof`).
+def _factor_on_devices(run: jax.Array, mesh: Any, axes: tuple[str, ...]) -> jax.Array:
+    """The R_j of each device's own slice of ``run`` (N_s, K, P), its
+    samples split over ``axes`` of ``mesh``; stacked, (s·P, P)."""
+    p = run.shape[-1]
+    spec = PartitionSpec(axes)
+    factor = jax.shard_map(
+        lambda part: jnp.linalg.qr(part.reshape(-1, p), mode="r")[None],
+        mesh=mesh, in_specs=spec, out_specs=spec,
+    )
+    return factor(run).reshape(-1, p)
+
+
+def batch_slicing(inputs: Any) -> tuple[int, tuple[Any, tuple[str, ...]] | None]:
+    """s and (mesh, axes) for `jacobian_factor`: the devices the batch is
+    split over, read from its arrays' types at trace time (`jax.typeof`).
 
     The types carry the batch's mesh but not (under JAX's default, "auto"
-    sharding) how the arrays lie on it. So this is the size of the mesh's
+    sharding) how the arrays lie on it. So the axes are the mesh's
     ``batch`` axis (`ggn_jax.sharding.BATCH_AXIS`, as `data_mesh` names
-    it) where it has one, else the size of the whole mesh; 1 for arrays on
-    no mesh, so that a batch on one device never pays for slices. Where
-    this JAX carries no sharding in its types (older than ``jax.typeof``),
-    every device, ``jax.device_count()``. A wrong s costs time, never
+    it) where it has one, else all of its axes, and s is their size;
+    (1, None) for arrays on no mesh, so that a batch on one device never
+    pays for slices. Where this JAX carries no sharding in its types
+    (older than ``jax.typeof``), s is every device, ``jax.device_count()``;
+    there, and where it has no ``jax.shard_map``, with no mesh (a batched
+    QR of the slices). A wrong s costs time, never
     accuracy: RᵀR is the same for every s. A batch placed on devices only
     by ``jit``'s ``in_shardings`` has no mesh in its type and gets s = 1.
     """
     typeof = getattr(jax, "typeof", None)
     if typeof is None:
-        return jax.device_count()
-    size = 1
+        return jax.device_count(), None
+    best: tuple[int, tuple[Any, tuple[str, ...]] | None] = (1, None)
     for leaf in jax.tree_util.tree_leaves(inputs):
         sharding = getattr(typeof(leaf), "sharding", None)
         mesh = getattr(sharding, "mesh", None)
         if mesh is None:
-            return jax.device_count()
+            return jax.device_count(), None
         if not mesh.empty:
-            axes = dict(mesh.shape)
-            size = max(size, axes.get(BATCH_AXIS, mesh.size))
-    return size
+            sizes = dict(mesh.shape)
+            axes = (BATCH_AXIS,) if BATCH_AXIS in sizes else tuple(mesh.axis_names)
+            size = int(np.prod([sizes[a] for a in axes]))
+            if size > best[0]:
+                # (JAX without jax.shard_map: a batched QR of the slices.)
+                best = (size, (mesh, axes) if hasattr(jax, "shard_map") else None)
+    return best
+
+
+def batch_devices(inputs: Any) -> int:
+    """s of `batch_slicing`: the number of devices the batch is split over."""
+    return batch_slicing(inputs)[0]
 
 
 def solve_primal_qr(
@@ -247,7 +289,7 @@ class Primal(Solver):
     def prepare(self, problem, config):
         local = local_from_jacobians(problem)
         if uses_qr(local, config):
-            factor = jacobian_factor(local.jacobians, batch_devices(problem.inputs))
+            factor = jacobian_factor(local.jacobians, *batch_slicing(problem.inputs))
             # diag(G) = diag(RᵀR), the squared column norms of R; G itself
             # is not needed.
             return local._replace(diagonal=jnp.sum(factor * factor, axis=0),
