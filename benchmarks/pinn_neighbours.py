@@ -182,9 +182,11 @@ CASES: dict[str, Callable[[], Case]] = {
 }
 
 
-def _resampled_loop(case: Case, params: Any, steps: int, seed: int) -> tuple[Any, Any]:
-    """The optax loop of ``ggn(blocks)`` with new interior points every step."""
-    tx = ggn_jax.ggn(case.blocks)
+def _resampled_loop(case: Case, params: Any, steps: int, seed: int, at: tuple[int, ...] = (),
+                    **options: Any) -> tuple[Any, Any, list[float]]:
+    """The optax loop of ``ggn(blocks, **options)`` with new interior points
+    every step; also the relative L2 errors after the steps in ``at``."""
+    tx = ggn_jax.ggn(case.blocks, **options)
     points = case.blocks["interior"].inputs.shape[0]
 
     @jax.jit
@@ -193,11 +195,13 @@ def _resampled_loop(case: Case, params: Any, steps: int, seed: int) -> tuple[Any
         updates, state = tx.update(None, state, p, batch=moved.batch)
         return optax.apply_updates(p, updates), state
 
-    state, key = tx.init(params), jax.random.PRNGKey(100 + seed)
-    for _ in range(steps):
+    state, key, errors = tx.init(params), jax.random.PRNGKey(100 + seed), []
+    for i in range(1, steps + 1):
         key, sub = jax.random.split(key)
         params, state = step(params, state, sub)
-    return params, state
+        if i in at:
+            errors.append(relative_l2(case, params))
+    return params, state, errors
 
 
 def sweep(seeds: int, steps: int, cases: list[str]) -> list[dict]:
@@ -208,7 +212,7 @@ def sweep(seeds: int, steps: int, cases: list[str]) -> list[dict]:
             params = case.init(seed)
             start = time.perf_counter()
             if case.resample:
-                params, state = _resampled_loop(case, params, steps, seed)
+                params, state, _ = _resampled_loop(case, params, steps, seed)
                 solver, rejected = int(state.solver), int(state.num_rejected)
             else:
                 fitted = ggn_jax.fit(case.blocks, params, max_steps=steps, tol=0.0)

@@ -138,11 +138,14 @@ CLASSIFICATION_DEFAULTS = {"cg_max_iters": 5, "cg_preconditioner": "none", "mome
                            "cross_batch_damping": True, "curvature_samples": 32,
                            "residual_exponent": 1.0, "geodesic_acceleration": False,
                            "shorten_rejected_steps": True}
-# ... and for every other loss. The residual rule's δ = 2 (λ = μ‖r‖², the
-# choice of Yamashita & Fukushima 2001) was measured against δ = 1 on exact
-# learning, the classic set and a PINN: BENCHMARKS.md, "Damping defaults".
+# ... and for every other loss. Cross-batch damping acts only on a new
+# batch; on minibatch regression and resampled PINN points it was measured
+# in BENCHMARKS.md, "Cross-batch damping for every loss". The residual
+# rule's δ = 2 (λ = μ‖r‖², the choice of Yamashita & Fukushima 2001) was
+# measured against δ = 1 on exact learning, the classic set and a PINN:
+# BENCHMARKS.md, "Damping defaults".
 OTHER_DEFAULTS = {"cg_max_iters": None, "cg_preconditioner": "diagonal", "momentum": 0.0,
-                  "cross_batch_damping": False, "curvature_samples": None,
+                  "cross_batch_damping": True, "curvature_samples": None,
                   "residual_exponent": 2.0, "geodesic_acceleration": None,
                   "shorten_rejected_steps": False}
 
@@ -1275,10 +1278,11 @@ def ggn(
       cross_batch_damping: on a new batch, also judge the last step by its
         gain on these fresh samples (one forward pass at θ − δ_prev): if it
         raised their loss, μ grows as after a failed step (ρ = 0). A step
-        that fits its own minibatch too well then gets a larger λ. None
-        (default): on for a classification loss, off otherwise. The
-        classification defaults (``CLASSIFICATION_DEFAULTS``) were chosen
-        by measurement: BENCHMARKS.md, "Minibatch classification".
+        that fits its own minibatch too well then gets a larger λ. It acts
+        only where the batch changes between updates, so never in `fit`
+        or on a fixed batch. None (default): on, for every loss
+        (BENCHMARKS.md, "Minibatch classification" and "Cross-batch
+        damping for every loss").
       step_growth: c ≥ 1; on the same batch a step longer than c times the
         last accepted step is shortened along its direction to that length
         (`ggn_jax.damping`, "A bound on the step's growth"); inf: no bound.

@@ -459,19 +459,23 @@ def test_batch_fingerprint_of_a_long_batch_is_its_weighted_sum():
     assert f((x, z)) != f((x, turned))
 
 
-def _classification_step(cross, last_step_sign):
-    """One softmax step on a fresh batch after a stored accepted step δ_prev
-    whose gain on this batch is known: last_step_sign = +1 makes θ − δ_prev
-    worse than θ on it (the last step helped), −1 better (it hurt)."""
-    params, batch = small_problem("softmax_cross_entropy", 3, n=16)
+def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy"):
+    """One step on a fresh batch after a stored accepted step δ_prev whose
+    gain on this batch is known: last_step_sign = +1 makes θ − δ_prev worse
+    than θ on it (the last step helped), −1 better (it hurt). ``cross`` None
+    is `ggn`'s default."""
+    params, batch = small_problem(loss, 3, n=16)
     x, y = batch
     theta, unravel = ravel_pytree(params)
-    mean = lambda th: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        mlp_apply(unravel(th), x), y))
+    if loss == "softmax_cross_entropy":
+        mean = lambda th: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+            mlp_apply(unravel(th), x), y))
+    else:  # squared error, written out
+        mean = lambda th: 0.5 * jnp.mean(jnp.sum((mlp_apply(unravel(th), x) - y) ** 2, -1))
     g = jax.grad(mean)(theta)
     previous = last_step_sign * -0.05 * g / jnp.linalg.norm(g)
-    tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", damping_rule="nielsen", damping=1.0,
-                     cross_batch_damping=cross)
+    options = {} if cross is None else {"cross_batch_damping": cross}
+    tx = ggn_jax.ggn(mlp_apply, loss, damping_rule="nielsen", damping=1.0, **options)
     state = tx.init(params)
     state = state._replace(last_step=previous, accepted=jnp.array(True),
                            last_predicted=jnp.asarray(1e-3), batch_fingerprint=jnp.asarray(1.0))
@@ -480,12 +484,15 @@ def _classification_step(cross, last_step_sign):
     return state, after, float(cross_gain)
 
 
-def test_cross_batch_damping_doubles_mu_after_a_step_that_hurt_fresh_samples():
-    state, after, gain = _classification_step(True, -1.0)
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "squared_error"])
+def test_cross_batch_damping_doubles_mu_after_a_step_that_hurt_fresh_samples(loss):
+    """On by default for every loss: μ doubles (Nielsen) where the last
+    step raised the loss of this batch's fresh samples."""
+    state, after, gain = _fresh_batch_step(None, -1.0, loss)
     assert gain < 0 and bool(after.accepted)
     assert float(after.damping_scale) == pytest.approx(2 * float(state.damping_scale), rel=1e-12)
     # The same step without the rule: μ goes by this batch's own ρ.
-    state, plain, _ = _classification_step(False, -1.0)
+    state, plain, _ = _fresh_batch_step(False, -1.0, loss)
     rho = float(plain.rho)
     factor = max(1 / 3, 1 - (2 * rho - 1) ** 3)
     assert float(plain.damping_scale) == pytest.approx(factor * float(state.damping_scale),
@@ -493,8 +500,9 @@ def test_cross_batch_damping_doubles_mu_after_a_step_that_hurt_fresh_samples():
     assert factor < 2
 
 
-def test_cross_batch_damping_leaves_a_step_that_helped_to_the_batch_rule():
-    state, after, gain = _classification_step(True, 1.0)
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "squared_error"])
+def test_cross_batch_damping_leaves_a_step_that_helped_to_the_batch_rule(loss):
+    state, after, gain = _fresh_batch_step(True, 1.0, loss)
     assert gain > 0 and bool(after.accepted)
     rho = float(after.rho)
     factor = max(1 / 3, 1 - (2 * rho - 1) ** 3)
