@@ -2,14 +2,14 @@
 changes at every update and the loss is not a classification loss:
 minibatch regression, and a PINN with new collocation points every step.
 
-Run: ``python -m benchmarks.cross_batch [--seeds 5] [--steps 600] [--case NAME]``.
+Run: ``python -m benchmarks.cross_batch [--seeds 3] [--steps 600] [--case NAME]``.
 
 Regression: y = sin(a·x) + ½cos(b·x) (+ Gaussian noise of σ = 0.1 where
 the case says noisy) on 8192 uniform points of [−1, 1]⁸, a fixed draw; the
 error is the test MSE against the noise-free function on 2048 other
 points. Float32, tanh MLPs, `ggn(apply_fn)` (squared error) in an optax
 loop with a new minibatch each update, drawn without replacement from the
-training set. Adam's row is the best final test MSE of rates 1e-3, 3e-3
+training set. Adam's column is the best final test MSE of rates 1e-3, 3e-3
 and 1e-2 on the same minibatches, for scale. The PINN case is
 `benchmarks.pinn_neighbours`' ``resampled``: issue 14's Poisson 2-D with
 900 new interior points each step, float64, run for a third of

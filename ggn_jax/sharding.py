@@ -21,7 +21,10 @@ of floating-point additions. Two solves are not such sums:
   round-off (2e-6 relative on a float32 PINN). This holds for each run of
   samples (the batch, or each residual block) whose N_b divides by s with
   (N_b/s)·K ≥ P (`shard_batch` requires N_b to be a multiple of s). A run
-  with fewer rows a device is gathered whole.
+  with fewer rows a device is gathered whole. (On CPU host devices, a
+  ``jax.vmap`` of such a step runs jaxlib's batched QR on every device at
+  once, which can hang on its thread pool;
+  ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` avoids that.)
 
 A problem in residual blocks (`ggn_jax.Blocks`) keeps each block's
 per-sample Jacobians apart and sums block by block; only the ``dual``

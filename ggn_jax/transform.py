@@ -269,7 +269,11 @@ class GGNConfig:
       acceleration_ratio, weight_decay, momentum, cross_batch_damping,
       step_growth, shorten_rejected_steps: the
       keyword options of `ggn`, with its
-      defaults and meanings.
+      defaults and meanings. Where `ggn` takes an option as None it
+      resolves it by the loss (``CLASSIFICATION_DEFAULTS``,
+      ``OTHER_DEFAULTS``); the fields here keep plain defaults (e.g.
+      ``cross_batch_damping=False``, which `fit`, with one batch, never
+      reaches anyway).
 
     Example:
       >>> from ggn_jax import GGNConfig

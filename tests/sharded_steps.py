@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 import ggn_jax  # noqa: E402
 from ggn_jax.damping import batch_fingerprint  # noqa: E402
 from ggn_jax.pde import laplacian  # noqa: E402
-from ggn_jax.solvers.primal import batch_devices, jacobian_factor  # noqa: E402
+from ggn_jax.solvers.primal import batch_devices, batch_slicing, jacobian_factor  # noqa: E402
 
 # The repository root, for the benchmark's HLO reader (this file runs as a
 # script, whose path holds only tests/).
@@ -77,6 +77,14 @@ def qr_steps(out, mesh):
     on_grid = ggn_jax.fit(apply_fn, ggn_jax.replicate(params, grid),
                           ggn_jax.shard_batch(batch, grid, "data"), **options)
     out["fit qr data x model"] = rel(on_grid.last_params, one.last_params)
+    # Inside pmap each device holds its own 64 samples, and the mesh's axis
+    # is manual: one QR a device, the one-device step on those samples.
+    quarters = jax.tree_util.tree_map(lambda v: v.reshape(4, -1, *v.shape[1:]), batch)
+    local = lambda b: ravel_pytree(tx.update(None, tx.init(params), params, batch=b)[0])[0]
+    inside = jax.pmap(local)(quarters)
+    alone = jnp.stack([jax.jit(local)(jax.tree_util.tree_map(lambda v, i=i: v[i], quarters))
+                       for i in range(4)])
+    out["qr inside pmap"] = float(jnp.linalg.norm(inside - alone) / jnp.linalg.norm(alone))
     # What is factored first: the 4 slices of a sharded batch, all of J̄ for
     # a batch on one device (even with 4 devices in the process).
     for label, b, p in (("sharded", sharded, replicated), ("plain", batch, params)):
@@ -156,6 +164,11 @@ def slices(out):
         "data_mesh of 2": traced(ggn_jax.shard_batch(x, ggn_jax.data_mesh(jax.devices()[:2]))),
         "batch x model mesh": traced(jax.device_put(x, NamedSharding(grid, PartitionSpec("batch")))),
     }
+    seen = []
+    data_model = Mesh(np.asarray(jax.devices()).reshape(2, 2), ("data", "model"))
+    split = jax.device_put(x, NamedSharding(data_model, PartitionSpec("data")))
+    jax.eval_shape(lambda b: seen.append(batch_slicing(b)[1][1]) or 0, split)
+    out["slicing axes without a batch axis"] = list(seen[0])
 
 
 def rel(a, b):

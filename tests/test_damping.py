@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 import ggn_jax
 from ggn_jax.damping import (
     accept_step,
+    batch_fingerprint,
     gain_ratio,
     nonmonotone_reference,
     remember_loss,
@@ -420,8 +421,6 @@ def test_the_default_puts_no_bound_where_n_k_is_at_least_p():
 
 
 def test_batch_fingerprint_tells_batches_apart_and_not_repeats():
-    from ggn_jax.damping import batch_fingerprint
-
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
     y = jnp.arange(64)
     f = jax.jit(lambda b: batch_fingerprint(b, jnp.float64))
@@ -459,7 +458,7 @@ def test_batch_fingerprint_of_a_long_batch_is_its_weighted_sum():
     assert f((x, z)) != f((x, turned))
 
 
-def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy"):
+def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_batch=False):
     """One step on a fresh batch after a stored accepted step δ_prev whose
     gain on this batch is known: last_step_sign = +1 makes θ − δ_prev worse
     than θ on it (the last step helped), −1 better (it hurt). ``cross`` None
@@ -477,8 +476,10 @@ def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy"):
     options = {} if cross is None else {"cross_batch_damping": cross}
     tx = ggn_jax.ggn(mlp_apply, loss, damping_rule="nielsen", damping=1.0, **options)
     state = tx.init(params)
+    # The last batch's fingerprint: 1.0 (another batch), or this batch's own.
+    seen = batch_fingerprint(batch, state.loss.dtype) if same_batch else jnp.asarray(1.0)
     state = state._replace(last_step=previous, accepted=jnp.array(True),
-                           last_predicted=jnp.asarray(1e-3), batch_fingerprint=jnp.asarray(1.0))
+                           last_predicted=jnp.asarray(1e-3), batch_fingerprint=seen)
     _, after = jit_update(tx)(unravel(g), state, params, batch=batch)
     cross_gain = mean(theta - previous) - mean(theta)
     return state, after, float(cross_gain)
@@ -498,6 +499,18 @@ def test_cross_batch_damping_doubles_mu_after_a_step_that_hurt_fresh_samples(los
     assert float(plain.damping_scale) == pytest.approx(factor * float(state.damping_scale),
                                                        rel=1e-10)
     assert factor < 2
+
+
+def test_cross_batch_damping_never_acts_on_the_same_batch():
+    """On by default, but a step that "hurt" counts only on a new batch: on
+    the batch the last update saw, μ goes by this batch's ρ (the rule's
+    factor), as with the rule off."""
+    state, after, gain = _fresh_batch_step(None, -1.0, "squared_error", same_batch=True)
+    assert gain < 0 and bool(after.accepted)
+    factor = max(1 / 3, 1 - (2 * float(after.rho) - 1) ** 3)
+    assert factor < 2
+    assert float(after.damping_scale) == pytest.approx(factor * float(state.damping_scale),
+                                                       rel=1e-10)
 
 
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "squared_error"])

@@ -51,6 +51,10 @@ def test_sharded_float32_qr_step_gathers_no_jacobian(sharded_results):
     assert r["qr first factorisation plain"] == [768, 67]
     assert r["fit qr float32"] < 1e-4
     assert r["fit qr replicated batch"] < 1e-4 and r["fit qr data x model"] < 1e-4
+    # Inside pmap (a manual axis) no second split: each device's step is
+    # the one-device step on its own samples (it did not compile when the
+    # manual axis was split again).
+    assert r["qr inside pmap"] < 1e-5
     one, four = r["qr loss"]
     assert four == pytest.approx(one, rel=1e-4)
     assert r["qr whole largest gather"] == r["qr jacobian entries"] == 256 * 3 * 67
@@ -98,6 +102,8 @@ def test_tsqr_slices_follow_the_batchs_mesh(sharded_results):
     2 × 2 mesh of axes (batch, model)."""
     assert sharded_results["slices"] == {
         "one device": 1, "data_mesh of 4": 4, "data_mesh of 2": 2, "batch x model mesh": 2}
+    # A mesh with no ``batch`` axis is split over all of its axes.
+    assert sharded_results["slicing axes without a batch axis"] == ["data", "model"]
 
 
 def test_a_batch_that_does_not_divide_is_named(sharded_results):

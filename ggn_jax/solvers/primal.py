@@ -121,7 +121,10 @@ def jacobian_factor(
     thread pool and waits for them. Several host devices doing that at
     once hung with every pool thread waiting: 4 devices on 2 cores, a
     batch replicated over the mesh, so that each device held all 4
-    slices. One QR a device does not wait on the pool.) Slices on one
+    slices. One QR a device does not wait on the pool. Under ``jax.vmap``
+    it is batched again, and a vmapped QR step on several CPU host devices
+    can still hang; ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` keeps
+    the kernel off the pool, and ran 400 of 400 such steps.) Slices on one
     device cost about 1.0–1.6× one QR (float32, a 2-core x86 CPU;
     BENCHMARKS.md, "A sharded batch of blocks, TSQR and the batch
     fingerprint"), which is why `Primal` slices only a batch that lies on
@@ -181,29 +184,35 @@ def batch_slicing(inputs: Any) -> tuple[int, tuple[Any, tuple[str, ...]] | None]
     ``batch`` axis (`ggn_jax.sharding.BATCH_AXIS`, as `data_mesh` names
     it) where it has one, else all of its axes, and s is their size;
     (1, None) for arrays on no mesh, so that a batch on one device never
-    pays for slices. Where this JAX carries no sharding in its types
-    (older than ``jax.typeof``), s is every device, ``jax.device_count()``;
-    there, and where it has no ``jax.shard_map``, with no mesh (a batched
-    QR of the slices). A wrong s costs time, never
+    pays for slices. Axes that are already manual (inside a user's
+    ``jax.shard_map`` or ``jax.pmap``, where each device sees only its own
+    samples) are not split again. Where this JAX carries no sharding in
+    its types (older than ``jax.typeof``, or a leaf whose type has no
+    mesh), or has no ``jax.shard_map``, s = 1: one QR, always right,
+    gathering J̄ where the batch is split. A wrong s costs time, never
     accuracy: RᵀR is the same for every s. A batch placed on devices only
     by ``jit``'s ``in_shardings`` has no mesh in its type and gets s = 1.
     """
     typeof = getattr(jax, "typeof", None)
-    if typeof is None:
-        return jax.device_count(), None
+    if typeof is None or not hasattr(jax, "shard_map"):
+        return 1, None
     best: tuple[int, tuple[Any, tuple[str, ...]] | None] = (1, None)
     for leaf in jax.tree_util.tree_leaves(inputs):
         sharding = getattr(typeof(leaf), "sharding", None)
         mesh = getattr(sharding, "mesh", None)
         if mesh is None:
-            return jax.device_count(), None
-        if not mesh.empty:
-            sizes = dict(mesh.shape)
-            axes = (BATCH_AXIS,) if BATCH_AXIS in sizes else tuple(mesh.axis_names)
-            size = int(np.prod([sizes[a] for a in axes]))
-            if size > best[0]:
-                # (JAX without jax.shard_map: a batched QR of the slices.)
-                best = (size, (mesh, axes) if hasattr(jax, "shard_map") else None)
+            return 1, None
+        if mesh.empty:
+            continue
+        manual = set(getattr(mesh, "manual_axes", ()))
+        names = [a for a in mesh.axis_names if a not in manual]
+        if not names:
+            continue
+        sizes = dict(mesh.shape)
+        axes = (BATCH_AXIS,) if BATCH_AXIS in names else tuple(names)
+        size = int(np.prod([sizes[a] for a in axes]))
+        if size > best[0]:
+            best = (size, (mesh, axes))
     return best
 
 
