@@ -459,10 +459,11 @@ def test_batch_fingerprint_of_a_long_batch_is_its_weighted_sum():
 
 
 def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_batch=False):
-    """One step on a fresh batch after a stored accepted step δ_prev whose
-    gain on this batch is known: last_step_sign = +1 makes θ − δ_prev worse
-    than θ on it (the last step helped), −1 better (it hurt). ``cross`` None
-    is `ggn`'s default."""
+    """One step on a fresh batch (with ``same_batch``, on the batch the last
+    update saw) after a stored accepted step δ_prev whose gain on this
+    batch is known: last_step_sign = +1 makes θ − δ_prev worse than θ on it
+    (the last step helped), −1 better (it hurt). ``cross`` None is `ggn`'s
+    default."""
     params, batch = small_problem(loss, 3, n=16)
     x, y = batch
     theta, unravel = ravel_pytree(params)
