@@ -104,16 +104,12 @@ def dense_ggn(jac: jax.Array | tuple[jax.Array, ...], hessians: jax.Array | None
     for all N samples in the runs' order.
     """
     runs = jac if isinstance(jac, tuple) else (jac,)
-    total, start = None, 0
-    for run in runs:
-        if hessians is None:
-            part = jacobian_cross_product(run)
-        else:
-            h = hessians if len(runs) == 1 else hessians[start:start + run.shape[0]]
-            part = jacobian_cross_product(run, jnp.einsum("nkl,nlp->nkp", h, run))
-        total = part if total is None else total + part
-        start += run.shape[0]
-    return total / start
+    if hessians is None:
+        parts = [jacobian_cross_product(run) for run in runs]
+    else:
+        parts = [jacobian_cross_product(run, jnp.einsum("nkl,nlp->nkp", h, run))
+                 for run, h in zip(runs, split_runs(runs, hessians))]
+    return sum(parts[1:], parts[0]) / sum(run.shape[0] for run in runs)
 
 
 def dense_gram(jac: jax.Array) -> jax.Array:
@@ -298,6 +294,18 @@ def problem_jacobians(problem: Problem) -> tuple[jax.Array, jax.Array]:
 def join_runs(runs: tuple[jax.Array, ...]) -> jax.Array:
     """The runs' per-sample arrays as one, in order of samples."""
     return runs[0] if len(runs) == 1 else jnp.concatenate(runs)
+
+
+def split_runs(runs: tuple[jax.Array, ...], per_sample: jax.Array) -> tuple[jax.Array, ...]:
+    """``per_sample`` (N, …), one entry a sample, cut into the runs'
+    lengths in order: the inverse of `join_runs`."""
+    if len(runs) == 1:
+        return (per_sample,)
+    parts, start = [], 0
+    for run in runs:
+        parts.append(per_sample[start:start + run.shape[0]])
+        start += run.shape[0]
+    return tuple(parts)
 
 
 def problem_structure(

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 import ggn_jax  # noqa: E402
 from ggn_jax.damping import batch_fingerprint  # noqa: E402
 from ggn_jax.pde import laplacian  # noqa: E402
-from ggn_jax.solvers.primal import batch_devices, batch_slicing, jacobian_factor  # noqa: E402
+from ggn_jax.solvers.primal import batch_slicing, jacobian_factor  # noqa: E402
 
 # The repository root, for the benchmark's HLO reader (this file runs as a
 # script, whose path holds only tests/).
@@ -150,10 +150,10 @@ def fingerprint(out, mesh):
 
 
 def slices(out):
-    """`batch_devices` (TSQR's s), read inside a trace as `Primal` does."""
+    """TSQR's s (`batch_slicing`), read inside a trace as `Primal` does."""
     def traced(batch):
         seen = []
-        jax.eval_shape(lambda b: seen.append(batch_devices(b)) or 0, batch)
+        jax.eval_shape(lambda b: seen.append(batch_slicing(b)[0]) or 0, batch)
         return seen[0]
 
     x = jnp.ones((16, 3))

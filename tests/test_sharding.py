@@ -96,7 +96,7 @@ def test_the_fingerprint_of_a_sharded_batch_gathers_nothing(sharded_results):
 
 
 def test_tsqr_slices_follow_the_batchs_mesh(sharded_results):
-    """s for TSQR (`batch_devices`, read in a trace): 1 for a batch on one
+    """s for TSQR (`batch_slicing`, read in a trace): 1 for a batch on one
     device (with a None and a float leaf), the mesh's size for
     `data_mesh` over 4 and over 2 devices, and the ``batch`` axis's 2 on a
     2 × 2 mesh of axes (batch, model)."""

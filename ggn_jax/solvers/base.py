@@ -33,6 +33,7 @@ from ggn_jax.curvature import (
     linearize,
     loss_hessians,
     problem_jacobian_runs,
+    split_runs,
 )
 from ggn_jax.problem import Problem, mean_loss
 
@@ -321,13 +322,8 @@ def jacobian_along(local: LocalModel, step: jax.Array) -> jax.Array:
 
 def _transposed_product(runs: tuple[jax.Array, ...], weights: jax.Array) -> jax.Array:
     """Σ_i J_iᵀw_i (P,) over the runs of Jacobians, for weights (N, K)."""
-    if len(runs) == 1:
-        return jnp.einsum("nkp,nk->p", runs[0], weights)
-    total, start = 0, 0
-    for run in runs:
-        total = total + jnp.einsum("nkp,nk->p", run, weights[start:start + run.shape[0]])
-        start += run.shape[0]
-    return total
+    parts = [jnp.einsum("nkp,nk->p", run, w) for run, w in zip(runs, split_runs(runs, weights))]
+    return sum(parts[1:], parts[0])
 
 
 def damped_diagonal(n: int, damping: jax.Array, scale: jax.Array | None) -> jax.Array:

@@ -32,7 +32,7 @@ import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve, solve_triangular
 from jax.sharding import PartitionSpec
 
-from ggn_jax.curvature import dense_ggn
+from ggn_jax.curvature import dense_ggn, join_runs
 from ggn_jax.sharding import BATCH_AXIS
 from ggn_jax.solvers.base import (
     LocalModel,
@@ -149,8 +149,7 @@ def jacobian_factor(
     sliced = [shards > 1 and run.shape[0] % shards == 0 and run.shape[0] // shards * k >= p
               for run in runs]
     if not any(sliced):
-        flat = runs[0] if len(runs) == 1 else jnp.concatenate(runs)
-        return jnp.linalg.qr(flat.reshape(-1, p) / root, mode="r")
+        return jnp.linalg.qr(join_runs(runs).reshape(-1, p) / root, mode="r")
     rows = []
     for run, slice_it in zip(runs, sliced):
         if not slice_it:
@@ -214,11 +213,6 @@ def batch_slicing(inputs: Any) -> tuple[int, tuple[Any, tuple[str, ...]] | None]
         if size > best[0]:
             best = (size, (mesh, axes))
     return best
-
-
-def batch_devices(inputs: Any) -> int:
-    """s of `batch_slicing`: the number of devices the batch is split over."""
-    return batch_slicing(inputs)[0]
 
 
 def solve_primal_qr(
