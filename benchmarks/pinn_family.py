@@ -80,7 +80,7 @@ def sweep(seeds: int, steps: int, cases: list[str]) -> list[dict]:
         for seed in range(seeds):
             params = problem.net.init(jax.random.PRNGKey(seed), jnp.float64)
             record = trace(problem, method, params, steps, math.inf, CHUNK)
-            _, opt_state = method.steps(method.init(params))  # which solver auto took
+            _, opt_state, _ = method.steps(method.init(params))  # which solver auto took
             fitted = ggn_jax.fit(problem.blocks, params, max_steps=steps, tol=0.0)
             reached = {t: first_reaching(record, t)[1] for t in (1e-4, 1e-6)}
             row = {"case": name, "seed": seed, "P": int(opt_state.last_step.shape[0]),

@@ -8,10 +8,12 @@ interior mean + 4 × boundary mean. Each is a `ggn_jax.Block`; the
 Laplacian in x is `ggn_jax.pde.laplacian` (folx's forward Laplacian where
 folx is installed). 150 `fit` steps with the defaults (under a second of
 steps on a laptop CPU, plus compilation) reach a relative L2 error of
-8e-9 on a 100×100 grid from this initialisation, and below 1e-6 from
+1e-8 on a 100×100 grid from this initialisation, and below 1e-6 from
 each of 20 (BENCHMARKS.md, "A watchdog of 64 steps"). Adam does not reach
-1e-4 in 30 s (BENCHMARKS.md, "Physics-informed fits"). This is a README
-block.
+1e-4 in 30 s (BENCHMARKS.md, "Physics-informed fits"). Then the same
+problem in an optax loop of `ggn_jax.ggn(blocks)`, which keeps the
+parameters of the lowest loss with `ggn_jax.LowestLoss`. This is a README
+block and the one that continues it.
 
     python examples/poisson2d.py
 """
@@ -55,3 +57,25 @@ predicted = jax.vmap(lambda p: u(result.params, p))(points)
 reference = jax.vmap(exact)(points)
 error = jnp.linalg.norm(predicted - reference) / jnp.linalg.norm(reference)
 print(f"relative L2 error {float(error):.0e} after {result.steps} steps")
+
+# continues the block above
+import optax
+
+tx = ggn_jax.ggn(blocks)
+state, lowest = tx.init(params), ggn_jax.LowestLoss.init(params)
+
+@jax.jit
+def step(params, state, lowest):
+    updates, state = tx.update(None, state, params)  # None: ggn's own gradient
+    params = optax.apply_updates(params, updates)
+    return params, state, lowest.update(params, state)
+
+def l2(params):
+    predicted = jax.vmap(lambda p: u(params, p))(points)
+    return float(jnp.linalg.norm(predicted - reference) / jnp.linalg.norm(reference))
+
+last = params
+for _ in range(150):
+    last, state, lowest = step(last, state, lowest)
+print(f"optax loop: relative L2 error {l2(lowest.params):.0e} at the lowest loss, "
+      f"{l2(last):.0e} at the last iterate")

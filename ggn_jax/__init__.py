@@ -19,6 +19,7 @@ from ggn_jax.fit import StepLog as StepLog
 from ggn_jax.fit import fit as fit
 from ggn_jax.fit import lower_fit as lower_fit
 from ggn_jax.losses import NAMED_LOSSES as NAMED_LOSSES
+from ggn_jax.lowest import LowestLoss as LowestLoss
 from ggn_jax.sharding import data_mesh as data_mesh
 from ggn_jax.sharding import replicate as replicate
 from ggn_jax.sharding import shard_batch as shard_batch
@@ -59,6 +60,7 @@ __all__ = [
     "FitResult",
     "GGNConfig",
     "GGNState",
+    "LowestLoss",
     "StepLog",
     "data_mesh",
     "fit",

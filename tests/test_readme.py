@@ -54,9 +54,13 @@ EXPECTED = {
     # Checkpoints, both ways: "resumed bit for bit: True".
     r"^numpy: resumed bit for bit: (\w+)$": lambda m: m[1] == "True",
     r"^orbax: resumed bit for bit: (\w+)$": lambda m: m[1] == "True",
-    # Poisson 2-D: "relative L2 error 8e-09 after 150 steps".
+    # Poisson 2-D: "relative L2 error 1e-08 after 150 steps".
     r"^relative L2 error (\S+) after (\d+) steps$":
         lambda m: _number(m[1]) < 2e-6 and int(m[2]) == 150,
+    # The same in an optax loop, with LowestLoss: "optax loop: relative L2
+    # error 9e-09 at the lowest loss, 9e-09 at the last iterate".
+    r"^optax loop: relative L2 error (\S+) at the lowest loss, (\S+) at the last iterate$":
+        lambda m: _number(m[1]) < 2e-6 and _number(m[2]) > 0,
     # Sharding: "4 devices: relative difference 2e-13".
     r"^(\d+) devices: relative difference (\S+)$":
         lambda m: int(m[1]) == 4 and _number(m[2]) < 1e-10,
