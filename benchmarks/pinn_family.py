@@ -12,7 +12,9 @@ loop (`ggn_jax.bench.pinn.ggn_method`: chunks of 10 jitted steps, the
 relative L2 error on a fine grid after each chunk, `trace`) and
 ``fit(blocks, params, max_steps)``, from init seeds 0, 1, …; reported:
 the solver ``auto`` took, the steps to relative L2 1e-4 and 1e-6, and the
-final errors. Measured in BENCHMARKS.md, "The price of a pass" and
+final errors (the loop's at `ggn_jax.LowestLoss`'s parameters since
+2026-12-05, of its last iterate before; `fit`'s at the parameters it
+returns). Measured in BENCHMARKS.md, "The price of a pass" and
 "Dense solves up to 8192" (the 5-D case).
 """
 

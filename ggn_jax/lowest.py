@@ -28,7 +28,13 @@ are comparable only on one batch: where the update saw a batch other than
 the one the record's loss was measured on (``GGNState.batch_fingerprint``),
 the record starts again from the current parameters. In a minibatch loop
 it therefore holds the latest parameters; it is for loops over one batch
-(one `ggn_jax.Blocks` problem, a full-batch fit).
+(one `ggn_jax.Blocks` problem, a full-batch fit). A batch holding a NaN or
+an Inf has no fingerprint to compare (`ggn` stores the dtype's largest
+number for it): where the update on it was rejected, the parameters did
+not move and the record stays as it was; where it was taken (a model that
+masks missing values), the record starts again. With `ggn`'s
+``weight_decay`` the loss is the regularised objective L + ½ω‖θ‖², so a
+record compares objectives of one ω.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ class LowestLoss(NamedTuple):
       loss: that loss; +inf before any update.
       batch_fingerprint: the `ggn_jax.damping.batch_fingerprint` of the
         batch the loss was measured on (NaN before any update, which no
-        batch matches).
+        batch matches; the dtype's largest number after a batch with a NaN
+        or an Inf, which no later batch is taken to match).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, ggn_jax
@@ -81,11 +88,13 @@ class LowestLoss(NamedTuple):
       >>> tx = ggn_jax.ggn(apply_fn)
       >>> params = jnp.ones((1, 1))
       >>> state, lowest = tx.init(params), ggn_jax.LowestLoss.init(params)
+      >>> losses = []
       >>> for _ in range(3):
       ...     updates, state = tx.update(None, state, params, batch=(x, 0.5 * x))
       ...     params = optax.apply_updates(params, updates)
       ...     lowest = lowest.update(params, state)
-      >>> bool(lowest.loss == jnp.minimum(lowest.loss, state.loss))
+      ...     losses.append(float(state.loss))
+      >>> float(lowest.loss) == min(losses)
       True
     """
 
@@ -131,11 +140,18 @@ class LowestLoss(NamedTuple):
             )
         dtype = self.loss.dtype
         loss = state.loss.astype(dtype)
-        fingerprint = state.batch_fingerprint.astype(dtype)
-        new_batch = fingerprint != self.batch_fingerprint  # NaN: never the same
-        take = new_batch | (loss < self.loss)
+        stored = state.batch_fingerprint
+        # The largest number marks a batch with a NaN or an Inf: never the
+        # same batch as another, and where its step was rejected, nothing
+        # moved.
+        faulty = stored == jnp.finfo(stored.dtype).max
+        # Compared in the state's own dtype, not the record's.
+        fingerprint = stored.astype(jnp.result_type(stored, self.batch_fingerprint))
+        new_batch = faulty | (fingerprint != self.batch_fingerprint)  # NaN: never the same
+        take = (new_batch | (loss < self.loss)) & ~(faulty & ~state.accepted)
         kept = jax.tree_util.tree_map(
             lambda new, old: jnp.where(take, new, old).astype(jnp.result_type(old)),
             params, self.params)
         return LowestLoss(kept, jnp.where(take, loss, self.loss),
-                          jnp.where(take, fingerprint, self.batch_fingerprint))
+                          jnp.where(take, fingerprint, self.batch_fingerprint)
+                          .astype(self.batch_fingerprint.dtype))

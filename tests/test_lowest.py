@@ -14,6 +14,10 @@ from ggn_jax.bench.pde_problems import PROBLEMS
 from ggn_jax.lowest import ggn_state_of
 
 
+def _loss(params, batch):
+    return 0.5 * jnp.mean(jnp.sum((mlp_apply(params, batch[0]) - batch[1]) ** 2, 1))
+
+
 def _flat(tree):
     return np.asarray(ravel_pytree(tree)[0])
 
@@ -62,8 +66,7 @@ def test_a_new_batch_restarts_the_record():
         lowest = lowest.update(params, state)
         np.testing.assert_array_equal(_flat(lowest.params), _flat(params))
         assert float(lowest.loss) == float(state.loss)
-        batch_loss = 0.5 * jnp.mean(jnp.sum((mlp_apply(params, batch[0]) - batch[1]) ** 2, 1))
-        assert float(lowest.loss) == pytest.approx(float(batch_loss), rel=1e-10)
+        assert float(lowest.loss) == pytest.approx(float(_loss(params, batch)), rel=1e-10)
 
 
 def test_hand_made_losses_pick_their_minimum():
@@ -83,6 +86,47 @@ def test_hand_made_losses_pick_their_minimum():
         assert float(lowest.loss) == sequence[expected[i]][0]
 
 
+def test_a_batch_with_a_nan_is_never_the_same_batch():
+    """ggn stores the dtype's largest number as the fingerprint of a batch
+    with a NaN or an Inf. Two such batches are not one: a taken step on one
+    restarts the record. A rejected step on one moved nothing: the record
+    stays, and goes on when the clean batch comes back."""
+    params = {"w": jnp.zeros(2)}
+    base = ggn_jax.ggn(mlp_apply).init(params)
+    faulty = float(jnp.finfo(jnp.float64).max)
+    lowest = ggn_jax.LowestLoss.init(params)
+    # (loss, fingerprint, accepted) → the index whose params the record holds
+    sequence = [(1.0, 1.0, True), (0.5, 1.0, True), (2.0, 1.0, True),  # window climb
+                (2.0, faulty, False),  # a NaN batch, rejected: nothing moved
+                (1.9, 1.0, True),  # the clean batch again: 0.5 is still the lowest
+                (3.0, faulty, True), (4.0, faulty, True),  # two masked-NaN batches, taken
+                (3.5, faulty, True)]
+    expected = [0, 1, 1, 1, 1, 5, 6, 7]
+    for i, (loss, fingerprint, accepted) in enumerate(sequence):
+        state = base._replace(loss=jnp.asarray(loss), accepted=jnp.asarray(accepted),
+                              batch_fingerprint=jnp.asarray(fingerprint))
+        lowest = lowest.update({"w": jnp.full(2, float(i))}, state)
+        assert float(lowest.params["w"][0]) == expected[i], i
+
+
+def test_it_finds_the_state_under_inject_hyperparams_and_multisteps():
+    params, batch = small_problem("squared_error", 4, n=6)
+    wrapped = [optax.inject_hyperparams(ggn_jax.ggn, static_args=("apply_fn",))(
+                   apply_fn=mlp_apply, damping=1e-2),
+               optax.MultiSteps(ggn_jax.ggn(mlp_apply), every_k_schedule=1)]
+    for tx in wrapped:
+        state = tx.init(params)
+        lowest = ggn_jax.LowestLoss.init(params)
+        for _ in range(3):
+            # (MultiSteps sums the gradients it is handed: None will not do.)
+            updates, state = tx.update(jax.grad(_loss)(params, batch), state, params,
+                                       batch=batch)
+            params = optax.apply_updates(params, updates)
+            lowest = lowest.update(params, state)
+        assert float(lowest.loss) == pytest.approx(float(_loss(lowest.params, batch)), rel=1e-10)
+        assert float(lowest.loss) <= float(ggn_state_of(state).loss)
+
+
 def test_it_finds_the_state_in_a_chain_and_under_jit_and_scan():
     params, batch = small_problem("squared_error", 1, n=6)
     tx = optax.chain(optax.clip_by_global_norm(1e3), ggn_jax.ggn(mlp_apply))
@@ -91,9 +135,7 @@ def test_it_finds_the_state_in_a_chain_and_under_jit_and_scan():
 
     def body(carry, _):
         params, state, lowest = carry
-        updates, state = tx.update(jax.grad(lambda p: 0.5 * jnp.mean(
-            jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2, 1)))(params), state, params,
-            batch=batch)
+        updates, state = tx.update(jax.grad(_loss)(params, batch), state, params, batch=batch)
         params = optax.apply_updates(params, updates)
         return (params, state, lowest.update(params, state)), ggn_state_of(state).loss
 

@@ -70,6 +70,30 @@ def test_engd_step_is_the_least_squares_direction_with_the_best_grid_step():
     assert rel_err(0.5 * jnp.sum(r(theta) ** 2), problem.blocks.loss(params)) < 1e-12
 
 
+def test_ggn_and_adam_are_scored_at_their_lowest_loss():
+    """ggn's scored parameters are the iterate of least loss so far, Adam's
+    the iterate of least loss among those it evaluated (all but the
+    latest), by losses computed here with `blocks.loss`."""
+    problem = PROBLEMS["nonlinear"]()
+    params = problem.net.init(jax.random.PRNGKey(1), jnp.float64)
+    for method, behind in ((pinn.ggn_method(problem, 1), 0),
+                           (pinn.adam_method(problem, 1, 3e-2), 1)):
+        state = method.init(params)
+        iterates, losses, off_last = [ravel_pytree(params)[0]], [float(problem.blocks.loss(params))], 0
+        for _ in range(30):
+            state = method.steps(state)
+            current = state[0]
+            iterates.append(ravel_pytree(current)[0])
+            losses.append(float(problem.blocks.loss(current)))
+            considered = losses[:len(losses) - behind]
+            best = int(np.argmin(considered))
+            if sorted(considered)[1:2] and sorted(considered)[1] < considered[best] * (1 + 1e-9):
+                continue  # a tie within round-off
+            np.testing.assert_array_equal(ravel_pytree(method.params(state))[0], iterates[best])
+            off_last += best != len(losses) - 1
+        assert off_last >= 3  # both climbed above their lowest loss
+
+
 def test_engd_parts_give_the_jacobian_and_gram_of_the_weighted_residuals():
     # The parts `benchmarks.step_parts` times one by one are ENGD's own:
     # J̃ against jacfwd of the whole weighted residual vector.

@@ -36,11 +36,18 @@ The peers:
 Each optimiser is scored at the parameters a user would keep. ggn's
 non-monotone window lets its loss climb by decades between new lows, so
 its errors are those of the lowest loss it has reached
-(`ggn_jax.LowestLoss`, which the README's optax loops keep; `fit`
-returns the same); Adam's loss is not monotone either, and its errors are
-those of the lowest loss it has evaluated. ENGD's line search and
-L-BFGS's never raise the loss (ENGD keeps the least of 31 losses, one of
-them at a step of 2⁻³⁰), so their last iterates are their lowest.
+(`ggn_jax.LowestLoss`, which the README's Poisson optax loop keeps; `fit`
+also returns the parameters of its lowest loss); Adam's loss is not
+monotone either, and its errors are those of the lowest loss it has
+evaluated (the loss before each update, so one update behind). ENGD keeps
+the least of its 31 losses, one of them at a step of 2⁻³⁰, so it raises
+the loss by round-off at most (a relative 2e-10 on Poisson 2-D); L-BFGS's
+zoom line search asks for a decrease (where it finds no acceptable step
+it takes its last trial, which raised the loss in none of 400–600 steps
+on three of the problems). Their last iterates are scored. (Until
+2026-12-05 ggn and Adam were scored at their last iterates too: the
+BENCHMARKS.md sections before "The lowest-loss parameters of an optax
+loop" are.)
 """
 
 from __future__ import annotations
@@ -90,9 +97,8 @@ def _chunk(step: Callable, length: int) -> Callable:
 
 
 def ggn_method(problem: PDEProblem, chunk: int, **options: Any) -> Method:
-    """Scored at `ggn_jax.LowestLoss`'s parameters, the lowest loss reached,
-    as the README tells a user of an optax loop to keep them (and as `fit`
-    returns them)."""
+    """Scored at `ggn_jax.LowestLoss`'s parameters, those of the lowest
+    loss reached, as the README tells a user of an optax loop to keep them."""
     blocks = problem.blocks
     tx = ggn_jax.ggn(blocks, **options)
 
