@@ -494,6 +494,22 @@ def find_structure(
     return dataclasses.replace(structure, biases=tuple(pairs))
 
 
+def _jaxpr_at(structure: Structure, path: tuple[int, ...]) -> Any:
+    """The (nested) jaxpr whose equations a site's last index counts:
+    ``path`` is the site without that index."""
+    jaxpr = structure.jaxpr.jaxpr
+    for index in path:
+        jaxpr, _ = _sub_jaxpr(jaxpr.eqns[index])
+    return jaxpr
+
+
+def _consumers(jaxpr: Any, var: Any) -> int:
+    """How many times ``var`` is read in ``jaxpr``: as an operand of an
+    equation, or as an output."""
+    read = sum(1 for eqn in jaxpr.eqns for v in eqn.invars if v is var)
+    return read + sum(1 for v in jaxpr.outvars if v is var)
+
+
 def _bias_of(structure: Structure, weight: int) -> int | None:
     """The bias leaf added to a dense layer's product, if its Gram can share
     the layer's: o = A·W + b with δ = ∂o/∂(A·W) = ∂o/∂o, so
@@ -503,7 +519,10 @@ def _bias_of(structure: Structure, weight: int) -> int | None:
     one product of sensitivities for both leaves. It holds when W is
     factored with one use, no batch axes and one sample position (its
     operand's own axes have size 1), and b, with one use, is added to the
-    product's result and has as many elements as it.
+    product's result and has as many elements as it, and nothing else
+    reads the product: where A·W also feeds another path (h = A·W,
+    o = f(h + b) + g(h)), ∂o/∂(A·W) carries that path too and is not
+    b's sensitivity.
     """
     info = structure.leaves[weight]
     if info.mode != "factored" or len(info.uses) != 1:
@@ -516,6 +535,8 @@ def _bias_of(structure: Structure, weight: int) -> int | None:
     if batch[use.operand] or math.prod(other[d] for d in own) != 1:
         return None
     result = use.eqn.outvars[0]
+    if _consumers(_jaxpr_at(structure, use.site[:-1]), result) != 1:
+        return None
     for index, candidate in enumerate(structure.leaves):
         if candidate.mode != "materialised" or len(candidate.uses) != 1:
             continue

@@ -110,6 +110,26 @@ def test_a_weight_used_twice_gets_every_cross_term():
     assert len(w.uses) == 3
 
 
+def test_a_product_read_twice_does_not_share_its_sensitivity_with_the_bias():
+    """h = x·W feeds both tanh(h + b) and a skip path h·U: ∂o/∂h is not
+    b's sensitivity ∂o/∂(h + b), so b must not be paired with W (it was,
+    and the Gram and the dual step came out 27% and 14% wrong)."""
+    def skip(p, x):
+        h = x @ p["W"]
+        return jnp.tanh(h + p["b"]) @ p["V"] + h @ p["U"]
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    params = {"W": jax.random.normal(keys[0], (3, 5)), "b": 0.1 * jax.random.normal(keys[1], (5,)),
+              "V": jax.random.normal(keys[2], (5, 2)), "U": jax.random.normal(keys[3], (5, 2))}
+    x = jax.random.normal(keys[4], (4, 3))
+    found = _check_gram(skip, params, x)
+    names = [leaf.name for leaf in found.leaves]
+    assert (names.index("['W']"), names.index("['b']")) not in found.biases
+    # The same layer without the skip path still pairs them.
+    plain = _check_gram(lambda p, x: jnp.tanh(x @ p["W"] + p["b"]) @ p["V"], params, x)
+    assert (names.index("['W']"), names.index("['b']")) in plain.biases
+
+
 def test_an_unmatched_leaf_falls_back_and_is_named():
     def gained(p, x):
         return jnp.tanh((x @ p["w"]) * p["gain"]) @ p["v"]  # an elementwise gain
