@@ -18,7 +18,9 @@ three ways:
 All three are exact (they differ by round-off) and differentiable in the
 parameters, so the per-sample Jacobians and the structured Gram
 (`ggn_jax.structure`) work through them. ``"auto"`` takes folx where it is
-installed and ``"hessian"`` otherwise: on tanh MLPs from 2-[32]-1 to
+installed (and ``"hessian"`` for a function folx cannot trace, such as
+one with a ``lax.fori_loop`` or one that does not depend on x) and
+``"hessian"`` otherwise: on tanh MLPs from 2-[32]-1 to
 10-[128]-[128]-1, folx computes Δu in 0.46–0.63 of the time of the trace
 of ``jax.hessian``, and the per-sample θ-Jacobians of Δu (a GGN step's
 main cost) in 0.31–0.96 of it, while the forward jvps take up to 1.37 of
@@ -87,7 +89,13 @@ def laplacian(fn: Callable[[jax.Array], jax.Array], method: str = "auto"
       >>> [round(float(laplacian(u, m)(x)), 5) for m in ("forward", "hessian")]
       [0.75578, 0.75578]
     """
+    automatic = method == "auto"
     method = _resolve(method)
+
+    def by_hessian(x):
+        h = jax.hessian(fn)(x)  # (*out, d, d)
+        return jnp.trace(h, axis1=-2, axis2=-1)
+
     if method == "folx":
         import folx
 
@@ -95,12 +103,25 @@ def laplacian(fn: Callable[[jax.Array], jax.Array], method: str = "auto"
         # a nested jit per call would compile again for every parameter
         # value folx closes over.
         forward = folx.forward_laplacian(fn, disable_jit=True)
-        return lambda x: forward(x).laplacian
-    if method == "hessian":
-        def by_hessian(x):
-            h = jax.hessian(fn)(x)  # (*out, d, d)
-            return jnp.trace(h, axis1=-2, axis2=-1)
 
+        def by_folx(x):
+            # folx traces fn through its own rules, and some functions it
+            # cannot take: a loop (lax.fori_loop, scan), a fn that does not
+            # depend on x. That fails at trace time, so "auto" can still
+            # take the trace of the Hessian instead; "folx" names it.
+            try:
+                return forward(x).laplacian
+            except Exception as error:  # folx raises many kinds
+                if automatic:
+                    return by_hessian(x)
+                raise ValueError(
+                    f"folx cannot take the forward Laplacian of this function "
+                    f"({type(error).__name__}: {error}); use method='forward' or "
+                    "'hessian', or 'auto', which falls back to 'hessian'"
+                ) from error
+
+        return by_folx
+    if method == "hessian":
         return by_hessian
 
     def by_jvps(x):

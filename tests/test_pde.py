@@ -56,3 +56,21 @@ def test_by_hand_and_second_derivative():
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="unknown Laplacian method 'jet'"):
         laplacian(jnp.sum, "jet")
+
+
+def test_auto_falls_back_where_folx_cannot_trace_and_folx_names_it():
+    """folx cannot take a function with a lax.fori_loop, nor one that does
+    not depend on x; "auto" then gives the trace of the Hessian (checked
+    against a hand derivation), and "folx" is a ValueError that says so."""
+    pytest.importorskip("folx")
+    w = jnp.array([0.7, -1.3])
+    # u = sin(w·x) after two passes of z ↦ 1.1·z: u = 1.21·sin(w·x), Δu = −1.21·|w|²·sin(w·x).
+    looped = lambda x: jax.lax.fori_loop(0, 2, lambda i, z: 1.1 * z, jnp.sin(x @ w))
+    constant = lambda x: jnp.asarray(2.0)
+    x = jnp.array([0.3, 0.7])
+    expected = -1.21 * float(w @ w) * float(jnp.sin(x @ w))
+    assert float(jax.jit(laplacian(looped))(x)) == pytest.approx(expected, rel=1e-12)
+    assert float(laplacian(constant)(x)) == 0.0
+    for fn in (looped, constant):
+        with pytest.raises(ValueError, match="folx cannot take the forward Laplacian"):
+            laplacian(fn, "folx")(x)
