@@ -183,6 +183,8 @@ class Blocks:
         if not merged:
             raise ValueError("Blocks needs at least one Block")
         for name, block in merged.items():
+            if not isinstance(name, str):
+                raise TypeError(f"block names must be strings, got {name!r}")
             if not isinstance(block, Block):
                 raise TypeError(f"block {name!r} is a {type(block).__name__}, not a ggn_jax.Block")
         self._blocks = merged
@@ -237,6 +239,12 @@ class Blocks:
                              f"got {got}")
         return {n: _num_samples(inputs[n], f"inputs[{n!r}]") for n in self.names}
 
+    def _check_target_names(self, targets: Any) -> None:
+        if targets is not None and (not isinstance(targets, Mapping)
+                                    or set(targets) - set(self._blocks)):
+            raise ValueError(
+                f"block targets must be a dict keyed by block names {list(self.names)}")
+
     def _scales(self, sizes: Mapping[str, int]) -> dict[str, float]:
         total = sum(sizes.values())
         return {n: math.sqrt(self._blocks[n].weight * total / sizes[n]) for n in self.names}
@@ -246,7 +254,17 @@ class Blocks:
         """The block's residuals (N_b, K_b), or padded with zeros to (N_b, width)."""
         residual = self._blocks[name].residual
         r = jax.vmap(residual, in_axes=(None, 0))(params, x)
+        if not isinstance(r, jax.Array):
+            raise TypeError(
+                f"block {name!r}: its residual returned a {type(r).__name__}, not an array; "
+                "return the values of a sample as one array (jnp.stack a system's residuals)"
+            )
+        if not jnp.issubdtype(r.dtype, jnp.floating):
+            raise TypeError(f"block {name!r}: its residual returned {r.dtype} values, not "
+                            "real floating-point ones")
         r = r.reshape(r.shape[0], -1)
+        if r.shape[1] == 0:
+            raise ValueError(f"block {name!r}: its residual returned no values for a sample")
         if width is not None and width > r.shape[1]:
             r = jnp.pad(r, ((0, 0), (0, width - r.shape[1])))
         return r
@@ -269,6 +287,9 @@ class Blocks:
     def residuals(self, params: Any, batch: tuple | None = None) -> dict[str, jax.Array]:
         """Each block's unscaled residuals r_b(θ, x_i) − y_i, (N_b, K_b)."""
         inputs, targets = self.batch if batch is None else batch
+        if batch is not None:  # the checks `fit` and `update` make
+            self._sizes(inputs)
+            self._check_target_names(targets)
         out = {}
         for n in self.names:
             r = self._block_outputs(n, params, inputs[n])
@@ -303,8 +324,7 @@ class Blocks:
         sizes = self._sizes(inputs)
         if targets is None:
             targets = {}
-        if not isinstance(targets, Mapping) or set(targets) - set(self._blocks):
-            raise ValueError(f"block targets must be a dict keyed by block names {list(self.names)}")
+        self._check_target_names(targets)
         scales = self._scales(sizes)
         theta, unravel = ravel_pytree(params)
         dtype = theta.dtype

@@ -90,8 +90,24 @@ def laplacian(fn: Callable[[jax.Array], jax.Array], method: str = "auto"
       [0.75578, 0.75578]
     """
     automatic = method == "auto"
-    method = _resolve(method)
+    return _one_point(_laplacian(fn, _resolve(method), automatic))
 
+
+def _one_point(laplacian_at: Callable) -> Callable:
+    """``laplacian_at`` for x of shape (d,) only: the trace of the Hessian
+    of an x of another shape is no Laplacian of it."""
+    def at(x):
+        if jnp.ndim(x) != 1:
+            raise ValueError(f"laplacian takes one point x of shape (d,), got shape "
+                             f"{jnp.shape(x)}; jax.vmap it over points")
+        return laplacian_at(x)
+
+    return at
+
+
+def _laplacian(fn: Callable, method: str, automatic: bool) -> Callable:
+    """The Laplacian by a resolved ``method``; ``automatic``: the user asked
+    for "auto", so that folx may fall back to the Hessian."""
     def by_hessian(x):
         h = jax.hessian(fn)(x)  # (*out, d, d)
         return jnp.trace(h, axis1=-2, axis2=-1)

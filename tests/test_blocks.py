@@ -341,3 +341,33 @@ def test_bad_blocks_are_named():
         ggn_jax.fit(pair, params, max_steps=1)
     with pytest.raises(ValueError, match="no single order"):
         ggn_jax.fit(blocks, params, max_steps=1, curvature_samples=3)
+
+
+def test_residuals_of_the_wrong_kind_and_bad_names_are_named():
+    """A residual returning a tuple, integers or no values, a block name
+    that is not a string, and a batch handed to `loss` with the wrong
+    blocks: each a clear error naming it (they were an AttributeError, a
+    silent integer loss, a ZeroDivisionError, a sorting error and a
+    KeyError or nothing)."""
+    x = jnp.linspace(0.1, 0.9, 5)[:, None]
+    params = {"a": jnp.asarray(0.5), "b": jnp.asarray(0.1)}
+    u = lambda p, x: p["a"] * x[0] + p["b"]
+    cases = [
+        (lambda p, x: (u(p, x), u(p, x) - 1), TypeError, "returned a tuple"),
+        (lambda p, x: jnp.round(u(p, x)).astype(int), TypeError, "int"),
+        (lambda p, x: jnp.zeros((0,)) * u(p, x), ValueError, "no values"),
+    ]
+    for residual, error, message in cases:
+        blocks = ggn_jax.Blocks(pde=ggn_jax.Block(residual, x))
+        with pytest.raises(error, match=message):
+            ggn_jax.fit(blocks, params, max_steps=1)
+        with pytest.raises(error, match=message):
+            blocks.loss(params)
+    with pytest.raises(TypeError, match="block names must be strings"):
+        ggn_jax.Blocks({1: ggn_jax.Block(u, x)})
+    blocks = ggn_jax.Blocks(a=ggn_jax.Block(u, x), b=ggn_jax.Block(u, x[:2], jnp.ones(2)))
+    inputs, targets = blocks.batch
+    for batch in (({**inputs, "edge": x}, targets), ({"a": x}, targets),
+                  (inputs, {**targets, "edge": x[:, 0]})):
+        with pytest.raises(ValueError, match="must be a dict"):
+            blocks.loss(params, batch)

@@ -74,3 +74,13 @@ def test_auto_falls_back_where_folx_cannot_trace_and_folx_names_it():
     for fn in (looped, constant):
         with pytest.raises(ValueError, match="folx cannot take the forward Laplacian"):
             laplacian(fn, "folx")(x)
+
+
+@pytest.mark.parametrize("method", ["forward", "hessian", "auto"])
+def test_a_point_that_is_not_a_vector_is_named(method):
+    """The trace of the Hessian of an x of shape (2, 2) is no Laplacian of
+    it ("hessian" returned a wrong (2, 2) array): every method asks for (d,)."""
+    u = lambda x: jnp.sum(jnp.sin(x))
+    for x in (jnp.asarray(0.3), jnp.ones((2, 2))):
+        with pytest.raises(ValueError, match=r"one point x of shape \(d,\)"):
+            laplacian(u, method)(x)
