@@ -107,20 +107,41 @@ def _softmax_cross_entropy(o, y):
 
 
 def _softmax_cross_entropy_grad(o, y):
+    # s·p − q (s = Σq); for the most probable class s·(p_c − 1) + Σ_{j≠c} q_j
+    # with 1 − p_c from `_softmax_and_complement`: p_c − 1 as written has no
+    # digits left where p_c → 1, and g = Σ J_iᵀ∇l_i then carries an error of
+    # eps·‖J‖ against a size of (1 − p_c)·‖J‖.
     q = _as_distribution(o, y)
-    return jnp.sum(q) * jax.nn.softmax(o) - q
+    p, top, complement = _softmax_and_complement(o)
+    s = jnp.sum(q)
+    return jnp.where(top, -s * complement + jnp.sum(jnp.where(top, 0, q)), s * p - q)
+
+
+def _softmax_and_complement(o):
+    """p = softmax(o), the most probable class (a mask) and 1 − p, the last
+    to relative accuracy also where p_c → 1: 1 − p_c there is Σ_{j≠c} p_j,
+    not a difference of two numbers near 1 (which has no digits left once
+    1 − p_c < eps: a confidently classified sample)."""
+    p = jax.nn.softmax(o)
+    top = jax.nn.one_hot(jnp.argmax(o), o.shape[0], dtype=bool)
+    return p, top, jnp.where(top, jnp.sum(jnp.where(top, 0, p)), 1 - p)
 
 
 def _softmax_cross_entropy_hessian(o, y):
-    p = jax.nn.softmax(o)
+    # diag(p) − ppᵀ with the diagonal p(1 − p) from the accurate 1 − p.
+    p, _, complement = _softmax_and_complement(o)
     s = jnp.sum(_as_distribution(o, y))
-    return s * (jnp.diag(p) - jnp.outer(p, p))
+    off = jnp.outer(p, p) * (1 - jnp.eye(o.shape[0], dtype=o.dtype))
+    return s * (jnp.diag(p * complement) - off)
 
 
 def _softmax_cross_entropy_hvp(o, y, v):
-    p = jax.nn.softmax(o)
+    # (Hv)_i = p_i(v_i − pᵀv) = p_i((1 − p_i)v_i − Σ_{j≠i} p_j v_j), the
+    # last sum taken directly for the most probable class.
+    p, top, complement = _softmax_and_complement(o)
     s = jnp.sum(_as_distribution(o, y))
-    return s * (p * v - p * jnp.dot(p, v))
+    rest = jnp.where(top, jnp.sum(jnp.where(top, 0, p * v)), jnp.dot(p, v) - p * v)
+    return s * p * (complement * v - rest)
 
 
 def _softmax_cross_entropy_factor(o, y):
@@ -139,7 +160,8 @@ def _softmax_cross_entropy_factor(o, y):
     weighted = s > 0
     root_s = jnp.sqrt(jnp.where(weighted, s, 1))
     factor = jnp.where(weighted, root_s, 0) * (jnp.diag(root_p) - jnp.outer(p, root_p))
-    return factor, jnp.where(weighted, (s * p - q) / (root_s * root_p), 0)
+    gradient = _softmax_cross_entropy_grad(o, y)  # s·p − q, accurate where p_c → 1
+    return factor, jnp.where(weighted, gradient / (root_s * root_p), 0)
 
 
 # --- sigmoid binary cross-entropy --------------------------------------------
@@ -150,19 +172,21 @@ def _sigmoid_binary_cross_entropy(o, y):
 
 
 def _sigmoid_binary_cross_entropy_grad(o, y):
-    return jax.nn.sigmoid(o) - y.astype(o.dtype)
+    # p − y as (1 − y)·σ(o) − y·σ(−o): 1 − p = σ(−o) keeps its digits
+    # where p → 1, which p − 1 does not.
+    y = y.astype(o.dtype)
+    return (1 - y) * jax.nn.sigmoid(o) - y * jax.nn.sigmoid(-o)
 
 
 def _sigmoid_curvature(o):
-    p = jax.nn.sigmoid(o)
-    return p * (1 - p)
+    # p(1 − p) = σ(o)·σ(−o), accurate for outputs of either sign.
+    return jax.nn.sigmoid(o) * jax.nn.sigmoid(-o)
 
 
 def _sigmoid_binary_cross_entropy_factor(o, y):
     """B = diag(√(p(1−p))), r = (p − y)/√(p(1−p)), p(1−p) kept ≥ tiny."""
-    p = jax.nn.sigmoid(o)
-    root = jnp.sqrt(jnp.maximum(p * (1 - p), jnp.finfo(o.dtype).tiny))
-    return jnp.diag(root), (p - y.astype(o.dtype)) / root
+    root = jnp.sqrt(jnp.maximum(_sigmoid_curvature(o), jnp.finfo(o.dtype).tiny))
+    return jnp.diag(root), _sigmoid_binary_cross_entropy_grad(o, y) / root
 
 
 def _hvp_from_hessian_diagonal(diagonal_fn):
