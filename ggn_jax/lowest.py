@@ -145,13 +145,11 @@ class LowestLoss(NamedTuple):
         # same batch as another, and where its step was rejected, nothing
         # moved.
         faulty = stored == jnp.finfo(stored.dtype).max
-        # Compared in the state's own dtype, not the record's.
-        fingerprint = stored.astype(jnp.result_type(stored, self.batch_fingerprint))
-        new_batch = faulty | (fingerprint != self.batch_fingerprint)  # NaN: never the same
+        new_batch = faulty | (stored != self.batch_fingerprint)  # NaN: never the same
         take = (new_batch | (loss < self.loss)) & ~(faulty & ~state.accepted)
         kept = jax.tree_util.tree_map(
             lambda new, old: jnp.where(take, new, old).astype(jnp.result_type(old)),
             params, self.params)
         return LowestLoss(kept, jnp.where(take, loss, self.loss),
-                          jnp.where(take, fingerprint, self.batch_fingerprint)
-                          .astype(self.batch_fingerprint.dtype))
+                          jnp.where(take, stored.astype(self.batch_fingerprint.dtype),
+                                    self.batch_fingerprint))
