@@ -73,7 +73,13 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ggn_jax.losses import bind_loss
-from ggn_jax.problem import Problem, Segment, check_params
+from ggn_jax.problem import (
+    Problem,
+    Segment,
+    _warn_if_data_is_finer,
+    check_params,
+    refuse_number_list,
+)
 
 Residual = Callable[[Any, Any], jax.Array]
 
@@ -114,9 +120,20 @@ class Block:
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"Block.weight must be positive and finite, got {self.weight}")
         object.__setattr__(self, "weight", weight)
+        refuse_number_list(self.inputs, "Block.inputs", "inputs")
+        _refuse_list_targets(self.targets, "Block.targets", "targets")
+
+
+def _refuse_list_targets(targets: Any, what: str, expression: str) -> None:
+    """A block's targets are one array; a Python list would reach ``jit``
+    as a pytree of scalars."""
+    if isinstance(targets, (list, tuple)):
+        raise TypeError(f"{what} is a Python {type(targets).__name__}; pass one array "
+                        f"with the samples on the first axis, e.g. jnp.asarray({expression})")
 
 
 def _num_samples(tree: Any, what: str) -> int:
+    refuse_number_list(tree, what, what)
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
         raise ValueError(f"{what} holds no arrays")
@@ -138,6 +155,7 @@ def _num_samples(tree: Any, what: str) -> int:
 def _check_targets(name: str, targets: Any, samples: int, width: int) -> None:
     """Raises ValueError, naming the block, unless ``targets`` holds ``samples``
     rows of ``width`` values (any shape with that leading axis and size)."""
+    _refuse_list_targets(targets, f"targets[{name!r}]", f"targets[{name!r}]")
     shape = jnp.shape(targets)
     if jnp.size(targets) != samples * width or shape[:1] != (samples,):
         raise ValueError(f"targets[{name!r}] has shape {shape}; block {name!r} has {samples} "
@@ -328,6 +346,7 @@ class Blocks:
         scales = self._scales(sizes)
         theta, unravel = ravel_pytree(params)
         dtype = theta.dtype
+        _warn_if_data_is_finer(dtype, inputs, targets)
         widths = self._widths(params, inputs)
         k = max(widths.values())  # narrower blocks are padded with zeros
         scaled_targets = []

@@ -130,14 +130,21 @@ def check_params(params: Any) -> None:
         )
 
 
-def _leading_dims(tree: Any, what: str) -> set[int]:
-    if isinstance(tree, (list, tuple)) and tree and all(
-            isinstance(x, (int, float, bool, list, tuple)) for x in tree):
-        # A Python list of numbers (or of lists) is a pytree of scalars.
+def refuse_number_list(tree: Any, what: str, expression: str) -> None:
+    """Raises TypeError if ``tree`` is a Python list or tuple of numbers (or
+    of such lists): a pytree of scalars, not an array of samples. `fit`
+    passes the batch through ``jit``, which makes the numbers 0-d arrays,
+    so those count as numbers too."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if isinstance(tree, (list, tuple)) and leaves and all(np.ndim(x) == 0 for x in leaves):
         raise TypeError(
-            f"batch {what} is a Python {type(tree).__name__} of numbers; pass an array "
-            f"with the samples on the first axis, e.g. jnp.asarray({what})"
+            f"{what} is a Python {type(tree).__name__} of numbers; pass an array "
+            f"with the samples on the first axis, e.g. jnp.asarray({expression})"
         )
+
+
+def _leading_dims(tree: Any, what: str) -> set[int]:
+    refuse_number_list(tree, f"batch {what}", what)
     dims = set()
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         shape = jnp.shape(leaf)

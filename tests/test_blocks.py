@@ -371,3 +371,35 @@ def test_residuals_of_the_wrong_kind_and_bad_names_are_named():
                   (inputs, {**targets, "edge": x[:, 0]})):
         with pytest.raises(ValueError, match="must be a dict"):
             blocks.loss(params, batch)
+
+
+def test_python_lists_in_blocks_are_named_and_float32_params_warn():
+    """A Python list as a block's inputs or targets (at the Block, in a
+    batch, in `fit`, whose `jit` makes the numbers 0-d arrays) is a
+    TypeError that names it and says what to pass (it was a
+    TracerArrayConversionError or a reshape error); float32 params with
+    float64 blocks warn as `fit(apply_fn)` does."""
+    line = lambda p, x: p["a"] * x + p["b"]
+    params = {"a": jnp.zeros(()), "b": jnp.zeros(())}
+    x, y = jnp.array([1.0, 2.0, 3.0]), jnp.array([2.0, 4.1, 5.9])
+    with pytest.raises(TypeError, match=r"Block.targets is a Python list; pass one array"):
+        ggn_jax.Block(line, x, targets=[2.0, 4.1, 5.9])
+    with pytest.raises(TypeError, match=r"Block.inputs is a Python list of numbers.*jnp.asarray"):
+        ggn_jax.Block(line, [1.0, 2.0, 3.0], targets=y)
+    blocks = ggn_jax.Blocks(d=ggn_jax.Block(line, x, targets=y))
+    with pytest.raises(TypeError, match=r"targets\['d'\] is a Python list"):
+        blocks.loss(params, ({"d": x}, {"d": [2.0, 4.1, 5.9]}))
+    with pytest.raises(TypeError, match=r"inputs\['d'\] is a Python list of numbers"):
+        ggn_jax.fit(blocks, params, ({"d": [1.0, 2.0, 3.0]}, {"d": y}), max_steps=1)
+    with pytest.raises(TypeError, match=r"batch targets is a Python list of numbers"):
+        ggn_jax.fit(line, params, (x, [2.0, 4.1, 5.9]), max_steps=1)
+    # A tuple of arrays is a pytree of inputs, not a list of numbers.
+    pair = ggn_jax.Blocks(d=ggn_jax.Block(lambda p, x: line(p, x[0]) * x[1], (x, 2 * x), y))
+    hand = 0.5 * jnp.mean(y**2)  # a = b = 0: every residual is −y
+    assert abs(float(pair.loss(params)) - float(hand)) < 1e-12
+    p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    with pytest.warns(UserWarning, match="params are float32 but the batch holds float64"):
+        ggn_jax.fit(blocks, p32, max_steps=1)
+    tx = ggn_jax.ggn(blocks)
+    with pytest.warns(UserWarning, match="params are float32 but the batch holds float64"):
+        tx.update(None, tx.init(p32), p32)
