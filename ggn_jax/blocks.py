@@ -156,6 +156,9 @@ def _check_targets(name: str, targets: Any, samples: int, width: int) -> None:
     """Raises ValueError, naming the block, unless ``targets`` holds ``samples``
     rows of ``width`` values (any shape with that leading axis and size)."""
     _refuse_list_targets(targets, f"targets[{name!r}]", f"targets[{name!r}]")
+    if jnp.issubdtype(jnp.result_type(targets), jnp.complexfloating):
+        raise TypeError(f"targets[{name!r}] have dtype {jnp.result_type(targets)}; blocks take "
+                        "real targets (a complex residual is two real ones: stack them)")
     shape = jnp.shape(targets)
     if jnp.size(targets) != samples * width or shape[:1] != (samples,):
         raise ValueError(f"targets[{name!r}] has shape {shape}; block {name!r} has {samples} "

@@ -310,7 +310,8 @@ def _raise_non_finite(counts: np.ndarray, params: Any, batch: Any) -> None:
 def _check_labels(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> None:
     """`check_labels` on the host before compiling: inside the loop the
     labels are traced. K comes from the model's output shape."""
-    if loss != "softmax_cross_entropy" or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+    if (loss not in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
+            or not isinstance(batch, (tuple, list)) or len(batch) != 2):
         return  # (a malformed batch is named by bind_problem)
     outputs = jax.eval_shape(apply_fn, params, batch[0])
     if isinstance(outputs, jax.ShapeDtypeStruct) and outputs.ndim >= 1:

@@ -183,22 +183,49 @@ def check_batch(batch: Any) -> tuple[Any, Any, int]:
 
 
 def check_labels(loss: LossSpec, targets: Any, num_classes: int) -> None:
-    """For softmax cross-entropy with integer labels: raises ValueError unless
-    every label lies in [0, num_classes). Other losses pass.
+    """Raises ValueError unless the targets are in the classification
+    loss's domain: for softmax cross-entropy, integer labels in
+    [0, num_classes) or non-negative float targets (probabilities; a row's
+    sum weights its sample); for sigmoid binary cross-entropy, targets in
+    [0, 1]. With a target outside, the loss has no lower bound (or trains
+    on a label that does not exist). Other losses pass.
 
-    Only concrete labels can be checked: under ``jit`` they are traced (and
+    Only concrete targets can be checked: under ``jit`` they are traced (and
     pass), so `fit` also checks them before it compiles.
     """
     if (
-        loss != "softmax_cross_entropy"
+        loss not in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
         or isinstance(targets, jax.core.Tracer)
         or not hasattr(targets, "dtype")
-        or not jnp.issubdtype(targets.dtype, jnp.integer)
+        or jnp.issubdtype(targets.dtype, jnp.complexfloating)  # named by bind_problem
     ):
         return
-    labels = np.asarray(targets)
-    if labels.size == 0:
+    values = np.asarray(targets)
+    if values.size == 0:
         return
+    flat = values.reshape(-1)
+    if loss == "sigmoid_binary_cross_entropy":
+        bad = ~((flat >= 0) & (flat <= 1))
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ValueError(
+                "sigmoid_binary_cross_entropy: targets must lie in [0, 1] (labels 0/1 or "
+                f"probabilities); got values from {flat.min()} to {flat.max()} (first "
+                f"outside: targets.reshape(-1)[{first}] = {flat[first]}); for ±1 labels "
+                "pass (y + 1) / 2"
+            )
+        return
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        bad = ~(flat >= 0)
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ValueError(
+                "softmax_cross_entropy: float targets must be non-negative (class "
+                "probabilities; a row's sum weights its sample); got a minimum of "
+                f"{flat.min()} (first: targets.reshape(-1)[{first}] = {flat[first]})"
+            )
+        return
+    labels = values
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         bad = int(np.argmax((labels < 0) | (labels >= num_classes)))
@@ -251,6 +278,12 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
             "apply_fn must return one array of outputs; a model with richer "
             "outputs should flatten them per sample"
         )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"apply_fn returned outputs of dtype {out.dtype}; the GGN needs real "
+            f"floating-point outputs (their derivatives in the params), e.g. of the "
+            f"params' dtype {theta.dtype}"
+        )
     if out.ndim == 0 or out.shape[0] != n:
         raise ValueError(
             f"apply_fn returned outputs of shape {out.shape}, but the batch has "
@@ -260,6 +293,11 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
     if len(target_leaves) != 1:
         raise TypeError("targets must be a single array with a leading sample axis")
     target = target_leaves[0]
+    if jnp.issubdtype(jnp.result_type(target), jnp.complexfloating):
+        raise TypeError(
+            f"targets have dtype {jnp.result_type(target)}; the losses take real targets "
+            "(a complex fit is two real ones: stack the real and imaginary parts)"
+        )
     integer_targets = bool(jnp.issubdtype(jnp.result_type(target), jnp.integer))
     sample_shape = tuple(out.shape[1:])
     bound = bind_loss(

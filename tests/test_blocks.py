@@ -393,6 +393,8 @@ def test_python_lists_in_blocks_are_named_and_float32_params_warn():
         ggn_jax.fit(blocks, params, ({"d": [1.0, 2.0, 3.0]}, {"d": y}), max_steps=1)
     with pytest.raises(TypeError, match=r"batch targets is a Python list of numbers"):
         ggn_jax.fit(line, params, (x, [2.0, 4.1, 5.9]), max_steps=1)
+    with pytest.raises(TypeError, match=r"targets\['d'\] have dtype complex"):
+        blocks.loss(params, ({"d": x}, {"d": y * (1 + 1j)}))
     # A tuple of arrays is a pytree of inputs, not a list of numbers.
     pair = ggn_jax.Blocks(d=ggn_jax.Block(lambda p, x: line(p, x[0]) * x[1], (x, 2 * x), y))
     hand = 0.5 * jnp.mean(y**2)  # a = b = 0: every residual is −y

@@ -594,6 +594,45 @@ def test_out_of_range_labels_are_named_by_update_and_fit():
     assert int(state.count) == 1
 
 
+def test_targets_outside_the_losses_domain_and_bad_dtypes_are_named():
+    """±1 labels for the sigmoid, negative softmax probabilities, complex
+    targets or outputs and integer outputs: each a named error from update
+    and fit (the first two made the loss unbounded below and fit reported
+    convergence at a negative loss; the others dropped the imaginary part
+    or gave zero updates marked accepted)."""
+    apply_fn = lambda w, x: x @ w
+    x, w = jnp.ones((4, 3)), jnp.zeros((3, 2))
+    signs = jnp.array([[1.0], [-1.0], [1.0], [-1.0]])
+    cases = [
+        ("sigmoid_binary_cross_entropy", jnp.zeros((3, 1)), signs, ValueError,
+         r"targets must lie in \[0, 1\].*\[1\] = -1.0.*\(y \+ 1\) / 2"),
+        ("softmax_cross_entropy", w, jnp.array([[1.0, 0], [0, 1], [-1, 2], [0.5, 0.5]]),
+         ValueError, r"float targets must be non-negative.*\[4\] = -1.0"),
+        ("squared_error", w, jnp.ones((4, 2)) * (1 + 1j), TypeError,
+         "targets have dtype complex"),
+    ]
+    for loss, params, targets, error, message in cases:
+        tx = ggn_jax.ggn(apply_fn, loss)
+        with pytest.raises(error, match=message):
+            tx.update(None, tx.init(params), params, batch=(x, targets))
+        with pytest.raises(error, match=message):
+            ggn_jax.fit(apply_fn, params, (x, targets), loss, max_steps=1)
+    for model, dtype in ((lambda w, x: (x @ w) * (1 + 1j), "complex"),
+                         (lambda w, x: jnp.round(x @ w).astype(jnp.int32), "int32")):
+        tx = ggn_jax.ggn(model)
+        with pytest.raises(TypeError, match=f"outputs of dtype {dtype}.*real floating-point"):
+            tx.update(None, tx.init(w), w, batch=(x, jnp.ones((4, 2))))
+    # In the domain: soft labels in [0, 1], weighted probability rows, and
+    # bool labels for the sigmoid all run.
+    for loss, params, targets in (
+            ("sigmoid_binary_cross_entropy", jnp.zeros((3, 1)), (signs + 1) / 2 * 0.9),
+            ("sigmoid_binary_cross_entropy", jnp.zeros((3, 1)), signs > 0),
+            ("softmax_cross_entropy", w, jnp.array([[2.0, 0], [0, 1], [0, 0], [0.5, 0.5]]))):
+        tx = ggn_jax.ggn(apply_fn, loss)
+        _, state = tx.update(None, tx.init(params), params, batch=(x, targets))
+        assert bool(jnp.isfinite(state.loss))
+
+
 def test_deprecated_names_still_work_with_a_warning():
     apply_fn = lambda w, x: x @ w
     x, y = jnp.eye(3), jnp.ones(3)
