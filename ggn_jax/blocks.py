@@ -152,6 +152,12 @@ def _num_samples(tree: Any, what: str) -> int:
     return n
 
 
+def _pair(batch: Any) -> tuple[Any, Any]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError("a Blocks batch is a pair (inputs dict, targets dict); see Blocks.batch")
+    return batch[0], batch[1]
+
+
 def _check_targets(name: str, targets: Any, samples: int, width: int) -> None:
     """Raises ValueError, naming the block, unless ``targets`` holds ``samples``
     rows of ``width`` values (any shape with that leading axis and size)."""
@@ -307,7 +313,7 @@ class Blocks:
 
     def residuals(self, params: Any, batch: tuple | None = None) -> dict[str, jax.Array]:
         """Each block's unscaled residuals r_b(θ, x_i) − y_i, (N_b, K_b)."""
-        inputs, targets = self.batch if batch is None else batch
+        inputs, targets = self.batch if batch is None else _pair(batch)
         if batch is not None:  # the checks `fit` and `update` make
             self._sizes(inputs)
             self._check_target_names(targets)
@@ -337,11 +343,7 @@ class Blocks:
                 f"Blocks are a least-squares problem: the loss must be 'squared_error', got {loss!r}"
             )
         check_params(params)
-        if batch is None:
-            batch = self.batch
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise TypeError("a Blocks batch is a pair (inputs dict, targets dict); see Blocks.batch")
-        inputs, targets = batch
+        inputs, targets = _pair(self.batch if batch is None else batch)
         sizes = self._sizes(inputs)
         if targets is None:
             targets = {}

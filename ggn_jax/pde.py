@@ -70,7 +70,8 @@ def _resolve(method: str) -> str:
 
 def laplacian(fn: Callable[[jax.Array], jax.Array], method: str = "auto"
               ) -> Callable[[jax.Array], jax.Array]:
-    """x ↦ Δfn(x) for one point x of shape (d,).
+    """x ↦ Δfn(x) for one point x of shape (d,); a 0-d x is a point of a
+    1-D domain (Δfn = fn″ there).
 
     Args:
       fn: ``fn(x) -> u``, a scalar or an array of outputs (each output's
@@ -90,16 +91,19 @@ def laplacian(fn: Callable[[jax.Array], jax.Array], method: str = "auto"
       [0.75578, 0.75578]
     """
     automatic = method == "auto"
-    return _one_point(_laplacian(fn, _resolve(method), automatic))
+    method = _resolve(method)
+    laplacian_at = _laplacian(fn, method, automatic)
 
-
-def _one_point(laplacian_at: Callable) -> Callable:
-    """``laplacian_at`` for x of shape (d,) only: the trace of the Hessian
-    of an x of another shape is no Laplacian of it."""
     def at(x):
+        # Only a point: the trace of the Hessian of an x of another shape
+        # is no Laplacian of it. A 0-d x (1-D samples of shape (N,)) is
+        # the point x[None] of fn(x[0]).
+        if jnp.ndim(x) == 0:
+            on_line = _laplacian(lambda y: fn(y[0]), method, automatic)
+            return on_line(jnp.reshape(x, (1,)))
         if jnp.ndim(x) != 1:
-            raise ValueError(f"laplacian takes one point x of shape (d,), got shape "
-                             f"{jnp.shape(x)}; jax.vmap it over points")
+            raise ValueError(f"laplacian takes one point x of shape (d,) (or a 0-d x in 1-D), "
+                             f"got shape {jnp.shape(x)}; jax.vmap it over points")
         return laplacian_at(x)
 
     return at
@@ -130,6 +134,9 @@ def _laplacian(fn: Callable, method: str, automatic: bool) -> Callable:
             except Exception as error:  # folx raises many kinds
                 if automatic:
                     return by_hessian(x)
+                # A fault of fn itself (a shape error, a NameError) fails
+                # the Hessian too: raise that, as fn's own, not folx's.
+                by_hessian(x)
                 raise ValueError(
                     f"folx cannot take the forward Laplacian of this function "
                     f"({type(error).__name__}: {error}); use method='forward' or "

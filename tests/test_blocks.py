@@ -367,6 +367,8 @@ def test_residuals_of_the_wrong_kind_and_bad_names_are_named():
         ggn_jax.Blocks({1: ggn_jax.Block(u, x)})
     blocks = ggn_jax.Blocks(a=ggn_jax.Block(u, x), b=ggn_jax.Block(u, x[:2], jnp.ones(2)))
     inputs, targets = blocks.batch
+    with pytest.raises(TypeError, match=r"a Blocks batch is a pair \(inputs dict, targets dict\)"):
+        blocks.loss(params, x)
     for batch in (({**inputs, "edge": x}, targets), ({"a": x}, targets),
                   (inputs, {**targets, "edge": x[:, 0]})):
         with pytest.raises(ValueError, match="must be a dict"):

@@ -77,10 +77,25 @@ def test_auto_falls_back_where_folx_cannot_trace_and_folx_names_it():
 
 
 @pytest.mark.parametrize("method", ["forward", "hessian", "auto"])
-def test_a_point_that_is_not_a_vector_is_named(method):
+def test_a_point_that_is_not_a_vector_is_named_and_a_0d_point_is_one_on_a_line(method):
     """The trace of the Hessian of an x of shape (2, 2) is no Laplacian of
-    it ("hessian" returned a wrong (2, 2) array): every method asks for (d,)."""
+    it ("hessian" returned a wrong (2, 2) array): every method asks for (d,).
+    A 0-d x (1-D samples of shape (N,)) is a point of a line: Δu = u″."""
     u = lambda x: jnp.sum(jnp.sin(x))
-    for x in (jnp.asarray(0.3), jnp.ones((2, 2))):
-        with pytest.raises(ValueError, match=r"one point x of shape \(d,\)"):
-            laplacian(u, method)(x)
+    with pytest.raises(ValueError, match=r"one point x of shape \(d,\)"):
+        laplacian(u, method)(jnp.ones((2, 2)))
+    cubic = lambda x: 0.5 * x**3 + x  # u″ = 3x
+    xs = jnp.linspace(0.1, 1.0, 4)
+    values = jax.jit(jax.vmap(laplacian(cubic, method)))(xs)
+    assert values.shape == (4,)
+    assert float(jnp.max(jnp.abs(values - 3 * xs))) < 1e-13
+
+
+def test_folx_leaves_a_fault_of_the_function_its_own():
+    """A shape error in fn is fn's, not folx's: "folx" raises it as
+    "hessian" does, not as a ValueError that blames folx."""
+    pytest.importorskip("folx")
+    broken = lambda x: jnp.sin(x @ jnp.ones(4))  # x has 3 coordinates
+    for method in ("folx", "auto", "hessian"):
+        with pytest.raises(TypeError, match="dot_general requires contracting dimensions"):
+            laplacian(broken, method)(jnp.ones(3))
