@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -323,19 +324,37 @@ def _cached_build(apply_fn, loss, config, max_steps, every):
     return _build(apply_fn, loss, config, max_steps, every)
 
 
+def _real_number(value: Any) -> float | None:
+    """``value`` as a float where it is one real number (Python, NumPy or a
+    concrete JAX scalar, not a bool), else None."""
+    if value is None or isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0:
+        return None
+    try:
+        dtype = jnp.result_type(value)
+        if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+            return None
+        return float(value)
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+        return None
+
+
 def _checked_inputs(apply_fn, params, batch, loss, max_steps, tol, options):
     """`fit`'s and `lower_fit`'s argument checks: the bound loss name, the
     config, and the batch (a `Blocks` problem's own where none is given)."""
     loss = check_loss(loss)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+    # NumPy and concrete JAX scalars count as the numbers they hold.
+    if (isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral)
+            or max_steps < 0):
         raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or math.isnan(tol):
-        raise ValueError(f"tol must be a number, got {tol!r}")
+    max_steps = int(max_steps)
+    value = _real_number(tol)
+    if value is None or math.isnan(value):
+        raise ValueError(f"tol must be a real number, got {tol!r}")
     config = make_config(**options)
     if batch is None and isinstance(getattr(apply_fn, "batch", None), tuple):
         batch = apply_fn.batch  # ggn_jax.Blocks carries its own samples
     _check_labels(apply_fn, loss, params, batch)
-    return loss, config, batch
+    return loss, config, batch, max_steps, value
 
 
 def lower_fit(
@@ -369,8 +388,8 @@ def lower_fit(
       >>> compiled.memory_analysis() is None or compiled.memory_analysis().temp_size_in_bytes >= 0
       True
     """
-    loss, config, batch = _checked_inputs(apply_fn, params, batch, loss, max_steps, tol,
-                                          options)
+    loss, config, batch, max_steps, tol = _checked_inputs(apply_fn, params, batch, loss,
+                                                          max_steps, tol, options)
     return _build(apply_fn, loss, config, max_steps, 0).lower(params, batch, tol)
 
 
@@ -424,8 +443,8 @@ def fit(
         every = progress
     else:
         raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
-    loss, config, batch = _checked_inputs(apply_fn, params, batch, loss, max_steps, tol,
-                                          options)
+    loss, config, batch, max_steps, tol = _checked_inputs(apply_fn, params, batch, loss,
+                                                          max_steps, tol, options)
     try:
         run = _cached_build(apply_fn, loss, config, max_steps, every)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache

@@ -1058,6 +1058,13 @@ def _check_state(state: Any, params: Any) -> None:
             f"the state was made for {state.last_step.shape[0]} parameters, but params have "
             f"{size}: call tx.init(params) for these parameters"
         )
+    leaves = jax.tree_util.tree_leaves(params)
+    dtype = jnp.result_type(*leaves) if leaves else state.last_step.dtype
+    if jnp.issubdtype(dtype, jnp.floating) and dtype != state.last_step.dtype:
+        raise ValueError(
+            f"the state was made for {state.last_step.dtype} parameters, but params are "
+            f"{dtype}: call tx.init(params) for these parameters (after casting them)"
+        )
 
 
 def _check_grads(grads: Any, params: Any) -> None:

@@ -161,6 +161,25 @@ def test_fit_rejects_bad_arguments():
         ggn_jax.fit(mlp_apply, params, batch, loss="l2")
     with pytest.raises(ValueError, match="progress must be True, False or a positive integer"):
         ggn_jax.fit(mlp_apply, params, batch, progress=-2)
+    for tol in (None, "1e-10", True, jnp.ones(2), 1j, float("nan")):
+        with pytest.raises(ValueError, match="tol must be a real number"):
+            ggn_jax.fit(mlp_apply, params, batch, tol=tol)
+    for steps in (5.0, True):
+        with pytest.raises(ValueError, match="max_steps must be a non-negative integer"):
+            ggn_jax.fit(mlp_apply, params, batch, max_steps=steps)
+
+
+def test_numpy_and_jax_scalars_are_numbers_to_fit():
+    """max_steps=np.int64(…) and tol=np.float32(…) or a JAX scalar (from a
+    config or an earlier computation) were refused as not numbers, though
+    `ggn` takes them for its options. A tolerance of 1e6 is met at once, and
+    max_steps bounds the run."""
+    params, batch = _over_parameterised(0)
+    for tol in (np.float32(1e6), jnp.asarray(1e6), np.int64(10**6)):
+        result = ggn_jax.fit(mlp_apply, params, batch, max_steps=np.int64(5), tol=tol)
+        assert result.steps == 0 and result.converged
+    result = ggn_jax.fit(mlp_apply, params, batch, max_steps=np.int32(3), tol=np.float64(0))
+    assert result.steps == 3 and result.loss_history.shape == (3,)
 
 
 def test_poisson_pinn_reaches_1e_6_in_150_steps_where_a_short_watchdog_stalled():

@@ -734,6 +734,14 @@ def test_first_hour_mistakes_get_messages_that_name_the_fix():
     with pytest.raises(ValueError, match=r"the state was made for 14 parameters, but params "
                                          r"have 26: call tx.init\(params\)"):
         tx.update(grads, other, params, batch=batch)
+    # A state made for the same parameters in another dtype (a CG step
+    # failed deep in jax.linearize; the dense ones ran in the state's dtype).
+    cast = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    for solver in ("cg", "primal"):
+        tx32 = ggn_jax.ggn(mlp_apply, solver=solver)
+        with pytest.raises(ValueError, match=r"the state was made for float32 parameters, "
+                                             r"but params are float64: call tx.init"):
+            tx32.update(None, tx32.init(cast), params, batch=batch)
     # Float class labels for softmax cross-entropy.
     labels = jnp.asarray([0.0, 1.0, 1.0, 0.0, 1.0])
     soft = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy")
