@@ -42,7 +42,9 @@ Rules (μ is the state's ``damping_scale``):
   few dozen steps to bring it down (μ's floor, below, lets it go as far
   as that takes).
 * ``fixed``: λ = μ never changes and every finite step is accepted: the
-  pure GGN iteration of Shen (2018) with a tiny λ and step size 1.
+  pure GGN iteration of Shen (2018) with a tiny λ and step size 1. Only a
+  fault (a NaN or Inf, a failed solve) rejects a step; λ then grows as
+  under Nielsen's rule until a step is taken, and returns to μ after it.
 
 λ is clipped to [``min_damping``, λ_max]; by default `ggn` passes λ_max =
 10¹²·max(1, tr(G)), since λ is measured in the units of G and an absolute
@@ -349,6 +351,7 @@ def update_damping(
     min_damping: float,
     max_damping: float,
     window_only: jax.Array | bool = False,
+    fixed_value: jax.Array | float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The next (μ, ν) from this step's gain ratio and acceptance.
 
@@ -357,6 +360,11 @@ def update_damping(
     failed the monotone test: μ grows by ``WINDOW_GROWTH`` (ν resets as
     after any accepted step), so that such steps cannot cycle between two
     losses at a tiny λ.
+
+    Under ``fixed`` a step is rejected only where something was not finite
+    or the solve failed; the same λ would repeat the same step, so μ grows
+    by ν as under Nielsen's rule, and the next taken step returns it to
+    ``fixed_value`` (the ``damping`` option; μ as it is where None).
     """
     one = jnp.ones_like(damping_scale)
     if rule in ("nielsen", "residual"):
@@ -370,6 +378,8 @@ def update_damping(
         factor = jnp.where(bad, up, jnp.where(good, down, 1.0))
         scale = damping_scale * factor.astype(damping_scale.dtype)
     else:
-        scale = damping_scale
+        back = damping_scale if fixed_value is None else jnp.asarray(fixed_value, damping_scale.dtype)
+        scale = jnp.where(accepted, back, damping_scale * nu)
+        nu = jnp.where(accepted, 2 * one, jnp.minimum(2 * nu, _MAX_NU))
     scale = jnp.where(window_only, damping_scale * WINDOW_GROWTH, scale)
     return jnp.clip(scale, min_damping, max_damping), nu

@@ -980,6 +980,7 @@ def ggn_step(
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
         scale_min, scale_max, window_only=accepted & ~monotone_accepted,
+        fixed_value=state.last_damping_option,
     )
     # A rejected step, shortened (`ggn_jax.damping`): α*δ from the parabola
     # through L(θ), its slope bᵀδ and the trial loss, where the loss at

@@ -74,12 +74,25 @@ def test_nielsen_success_and_failure(rule, rho):
     [
         ("martens", 0.1, True, 1.5), ("martens", 0.5, True, 1.0), ("martens", 0.9, True, 2 / 3),
         ("martens", 0.9, False, 1.5), ("martens", 0.5, False, 1.5),
-        ("fixed", 0.0, False, 1.0),
+        ("fixed", 0.0, False, 2.0), ("fixed", 0.3, True, 1.0),
     ],
 )
 def test_threshold_rules(rule, rho, accepted, factor):
     mu, _ = update_damping(rule, A(1.0), A(2.0), A(rho), A(accepted), 1e-20, 1e20)
     assert float(mu) == pytest.approx(factor)
+
+
+def test_fixed_rule_grows_only_on_a_fault_and_returns_to_its_value():
+    """Under ``fixed`` only a fault rejects a step; the same λ would repeat
+    it, so μ grows ×2, ×4, … (ν doubling) and the next taken step puts it
+    back to the option's value."""
+    mu, nu = A(1e-8), A(2.0)
+    for growth in (2, 4, 8):
+        mu, nu = update_damping("fixed", mu, nu, A(-1.0), A(False), 1e-20, 1e20,
+                                fixed_value=A(1e-8))
+    assert float(mu) == pytest.approx(1e-8 * 2 * 4 * 8) and float(nu) == 16.0
+    mu, nu = update_damping("fixed", mu, nu, A(0.2), A(True), 1e-20, 1e20, fixed_value=A(1e-8))
+    assert float(mu) == 1e-8 and float(nu) == 2.0
 
 
 def test_residual_rule_scales_with_the_residual_and_clips():

@@ -186,3 +186,23 @@ def test_minibatch_classification_never_lets_a_fault_through(options, own_gradie
             assert not bool(state.accepted), f"the {kind} step at {k} was accepted"
     assert int(state.num_non_finite) == len(faults)
     assert float(loss_fn(params, whole)) < 0.9 * start
+
+
+def test_the_fixed_rule_gets_past_a_step_that_leaves_the_models_domain():
+    """u = √c·tanh(xw) is NaN where c < 0, and the full Gauss-Newton step at
+    λ = 1e-8 takes c below 0 from this start. Under ``fixed`` that step
+    was retried unchanged forever (100 of 100 rejected, the loss where it
+    started); now λ grows until a step is taken, then returns to 1e-8."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (24, 2))
+    y = 0.1 * jnp.tanh(x @ jnp.array([[1.0], [-0.5]]))
+    model = lambda p, x: jnp.sqrt(p["c"]) * jnp.tanh(x @ p["w"])
+    params = {"c": jnp.array(4.0), "w": jnp.array([[0.8], [-0.3]])}
+    result = ggn_jax.fit(model, params, (x, y), damping_rule="fixed", damping=1e-8,
+                         max_steps=100, tol=0.0)
+    log = result.log
+    assert int(result.state.num_non_finite) > 0 and log.accepted.sum() > 5
+    assert result.loss < 1e-2 * result.initial_loss
+    # Every taken step after a taken step was solved with the option's λ.
+    after_taken = log.accepted[1:] & log.accepted[:-1]
+    np.testing.assert_allclose(log.damping[1:][after_taken], 1e-8, rtol=1e-12)
+    assert bool(jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(result.params)[0])))
