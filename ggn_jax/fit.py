@@ -208,6 +208,10 @@ def _build(
             outputs = problem.model(problem.theta, problem.inputs)
             initial_loss = mean_loss(problem, outputs)
         initial_loss = regularised_loss(config, initial_loss, problem.theta)
+        # Nor can a step be taken from a loss that is not finite on finite
+        # data (the model or a residual is NaN at these params): the host
+        # names the samples.
+        clean = clean & jnp.isfinite(initial_loss)
         log = _empty_log(max(max_steps, 1), dtype)
         state = init_state(config, problem.theta)._replace(loss=initial_loss.astype(dtype))
 
@@ -306,6 +310,33 @@ def _raise_non_finite(counts: np.ndarray, params: Any, batch: Any) -> None:
                 f"{name} holds {int(count)} non-finite value(s) (NaN or Inf); fit cannot "
                 "make progress on them"
             )
+
+
+def _raise_non_finite_loss(apply_fn: Callable, params: Any, batch: Any, loss: float) -> None:
+    """The loss at finite params on finite data is not finite: names the
+    first block or sample whose outputs are not finite, where it can."""
+    where = ""
+    try:
+        residuals = getattr(apply_fn, "residuals", None)
+        if callable(residuals):  # ggn_jax.Blocks: block by block
+            outputs = residuals(params, batch).items()
+        else:
+            outputs = [("outputs", apply_fn(params, batch[0]))]
+        for name, values in outputs:
+            values = np.asarray(values).reshape(len(values), -1)
+            bad = ~np.isfinite(values).all(axis=1)
+            if bad.any():
+                label = name if name == "outputs" else f"block {name!r}"
+                where = (f": {label} of {int(bad.sum())} sample(s) are not finite "
+                         f"(the first: sample {int(np.argmax(bad))})")
+                break
+    except Exception:  # noqa: BLE001 (only the message is at stake)
+        where = ""
+    raise ValueError(
+        f"the loss at the initial params is {loss}, though params and batch are finite"
+        f"{where}; fit cannot take a step from there (is the model defined at these "
+        "params and inputs?)"
+    )
 
 
 def _check_labels(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> None:
@@ -461,6 +492,8 @@ def fit(
         steps = int(steps)
         bar.update(steps, loss=final_loss, damping=damping, rho=rho)
     _raise_non_finite(non_finite, params, batch)
+    if not np.isfinite(initial_loss):
+        _raise_non_finite_loss(apply_fn, params, batch, float(initial_loss))
     log = StepLog(*(np.asarray(column[:steps]) for column in log))
     return FitResult(
         best_params,

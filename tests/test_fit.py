@@ -388,3 +388,24 @@ def test_trajectories_are_bitwise_identical_across_processes():
         for _ in range(2)
     ]
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+def test_a_model_not_finite_at_the_initial_params_is_named():
+    """Finite params and data, but log of a negative input (samples 0 and
+    1) or a block's √ of a negative number: fit ran every step, rejecting
+    each, and returned a NaN loss with no word why. Now it names them."""
+    x = jnp.linspace(-0.1, 1.0, 16)[:, None]  # x₀ = −0.1, x₁ ≈ −0.027
+    params = {"a": jnp.asarray(0.5), "b": jnp.asarray(0.0)}
+    model = lambda p, x: (p["a"] * jnp.log(x) + p["b"])[:, 0]
+    with pytest.raises(ValueError, match=r"loss at the initial params is nan.*outputs of 2 "
+                                         r"sample\(s\) are not finite \(the first: sample 0\)"):
+        ggn_jax.fit(model, params, (x, jnp.zeros(16)), max_steps=20)
+    u = lambda p, x: p["a"] * x[0] + p["b"]
+    blocks = ggn_jax.Blocks(
+        inside=ggn_jax.Block(u, x[5:], targets=jnp.ones(11)),
+        edge=ggn_jax.Block(lambda p, x: jnp.sqrt(x[0] - 0.05) * u(p, x), x[:3]))
+    with pytest.raises(ValueError, match=r"block 'edge' of 3 sample\(s\) are not finite"):
+        ggn_jax.fit(blocks, params, max_steps=20)
+    # Finite at the start: no error, whatever the steps meet later.
+    result = ggn_jax.fit(model, params, (x[3:], jnp.log1p(x[3:, 0])), max_steps=5)
+    assert np.isfinite(result.initial_loss)
