@@ -56,6 +56,11 @@ def test_bad_model_arguments():
         ggn_jax.paper.mlp([2, 3, 1], "relu6")
     with pytest.raises(ValueError, match="at least two positive widths"):
         ggn_jax.paper.mlp([2])
+    # int() truncated 5.5 to 5 and took True as a width of 1.
+    for width in (5.5, True, np.float64(5.0)):
+        with pytest.raises(ValueError, match=r"sizes must be integer widths.*is not an integer"):
+            ggn_jax.paper.mlp([2, width, 1])
+    assert ggn_jax.paper.mlp([2, np.int64(5), jnp.int32(4), 1]).sizes == (2, 5, 4, 1)
     with pytest.raises(ValueError, match="unknown scale"):
         ggn_jax.paper.mlp([2, 1]).init(jax.random.PRNGKey(0), scale="xavier")
 

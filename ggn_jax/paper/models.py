@@ -17,6 +17,7 @@ sigmoid, whose derivatives vanish as |t| → ∞.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -230,7 +231,16 @@ def mlp(sizes: Sequence[int], activation: str | Activation = "bent_identity") ->
       >>> net.apply(params, jax.numpy.zeros((3, 2))).shape, net.num_params
       ((3, 4), 184)
     """
-    sizes = tuple(int(s) for s in sizes)
+    sizes = tuple(sizes)
+    for s in sizes:  # int() would truncate 5.5 to 5 and take True as 1
+        try:
+            if isinstance(s, bool) or jnp.asarray(s).dtype == bool:
+                raise TypeError
+            operator.index(s)
+        except TypeError:
+            raise ValueError(f"sizes must be integer widths, got {list(sizes)} ({s!r} is not "
+                             "an integer)") from None
+    sizes = tuple(operator.index(s) for s in sizes)
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
     return MLP(sizes, get_activation(activation))
