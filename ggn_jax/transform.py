@@ -1045,6 +1045,22 @@ def ggn_step(
     return update, new_state
 
 
+def _check_unmasked(params: Any) -> None:
+    """optax.masked and optax.multi_transform hand an inner transformation
+    the params with the other leaves replaced by ``optax.MaskedNode``; the
+    GGN step needs the whole model (it calls ``apply_fn`` on the params)."""
+    masked = any(isinstance(leaf, optax.MaskedNode) for leaf in jax.tree_util.tree_leaves(
+        params, is_leaf=lambda node: isinstance(node, optax.MaskedNode)))
+    if masked:
+        raise TypeError(
+            "ggn got params with optax.MaskedNode leaves (from optax.masked or "
+            "optax.multi_transform): its step calls apply_fn on the whole model's "
+            "params. To train only some leaves with ggn, give it those and let "
+            "apply_fn close over the rest, e.g. apply_fn = lambda p, x: "
+            "model({**p, **frozen}, x)"
+        )
+
+
 def _check_state(state: Any, params: Any) -> None:
     """The state must be this transformation's, made for these params."""
     if not hasattr(state, "last_step"):
@@ -1404,6 +1420,7 @@ def ggn(
         del extra_args  # other members' arguments in an optax.chain
         if params is None:
             raise ValueError("ggn's update needs params: update(grads, state, params, batch=...)")
+        _check_unmasked(params)
         if updates is not None:
             _check_grads(updates, params)
         _check_state(state, params)

@@ -633,6 +633,29 @@ def test_targets_outside_the_losses_domain_and_bad_dtypes_are_named():
         assert bool(jnp.isfinite(state.loss))
 
 
+def test_masked_params_from_optax_wrappers_are_named():
+    """optax.multi_transform hands ggn params whose other leaves are
+    optax.MaskedNode; the user saw a TypeError from inside apply_fn
+    ('@' between an array and a MaskedNode). The advice the error gives,
+    closing apply_fn over the frozen leaves, trains the rest."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+    y = jnp.sin(x[:, :1])
+    params = {"w": 0.1 * jnp.ones((3, 4)), "v": 0.1 * jnp.ones((4, 1))}
+    model = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+    tx = optax.multi_transform({"ggn": ggn_jax.ggn(model), "sgd": optax.sgd(0.1)},
+                               {"w": "ggn", "v": "sgd"})
+    grads = jax.grad(lambda p: 0.5 * jnp.mean((model(p, x) - y) ** 2))(params)
+    with pytest.raises(TypeError, match=r"MaskedNode leaves.*close over the rest"):
+        tx.update(grads, tx.init(params), params, batch=(x, y))
+    frozen = {"v": params["v"]}
+    inner = ggn_jax.ggn(lambda p, x: model({**p, **frozen}, x))
+    trained = {"w": params["w"]}
+    result = ggn_jax.fit(lambda p, x: model({**p, **frozen}, x), trained, (x, y), max_steps=20)
+    updates, _ = inner.update(None, inner.init(trained), trained, batch=(x, y))
+    assert set(updates) == {"w"}
+    assert result.loss < 0.5 * result.initial_loss
+
+
 def test_deprecated_names_still_work_with_a_warning():
     apply_fn = lambda w, x: x @ w
     x, y = jnp.eye(3), jnp.ones(3)
