@@ -70,6 +70,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ggn_jax.losses import bind_loss
@@ -117,6 +118,9 @@ class Block:
             raise TypeError(
                 f"Block.weight must be a number (it fixes the scaling √w), got {self.weight!r}"
             ) from None
+        if isinstance(self.weight, (bool, np.bool_)):
+            raise TypeError(f"Block.weight must be a number (it fixes the scaling √w), got "
+                            f"{self.weight!r}")
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"Block.weight must be positive and finite, got {self.weight}")
         object.__setattr__(self, "weight", weight)
@@ -150,6 +154,14 @@ def _num_samples(tree: Any, what: str) -> int:
     if n == 0:
         raise ValueError(f"{what} has no samples")
     return n
+
+
+def check_least_squares(loss: Any) -> None:
+    """Blocks state a least-squares problem: only ``"squared_error"``."""
+    if loss != "squared_error":
+        raise ValueError(
+            f"Blocks are a least-squares problem: the loss must be 'squared_error', got {loss!r}"
+        )
 
 
 def _pair(batch: Any) -> tuple[Any, Any]:
@@ -338,10 +350,7 @@ class Blocks:
     def bind_problem(self, loss: Any, params: Any, batch: tuple | None) -> Problem:
         """The checked `Problem` with one `Segment` per block (called by
         `ggn_jax.problem.bind_problem`)."""
-        if loss != "squared_error":
-            raise ValueError(
-                f"Blocks are a least-squares problem: the loss must be 'squared_error', got {loss!r}"
-            )
+        check_least_squares(loss)
         check_params(params)
         inputs, targets = _pair(self.batch if batch is None else batch)
         sizes = self._sizes(inputs)

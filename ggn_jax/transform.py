@@ -36,6 +36,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ggn_jax.acceleration import geodesic_acceleration
+from ggn_jax.blocks import Blocks, check_least_squares
 from ggn_jax.curvature import hessian_product, linearize
 from ggn_jax.damping import (
     DAMPING_RULES,
@@ -1371,6 +1372,8 @@ def ggn(
     loss = check_loss(loss)
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+    if isinstance(apply_fn, Blocks):  # named here, not at the first update
+        check_least_squares(loss)
     by_loss = {"cg_max_iters": cg_max_iters, "cg_preconditioner": cg_preconditioner,
                "momentum": momentum, "cross_batch_damping": cross_batch_damping,
                "curvature_samples": curvature_samples,

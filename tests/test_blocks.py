@@ -328,6 +328,10 @@ def test_bad_blocks_are_named():
         ggn_jax.Blocks(a=(_bc, jnp.ones((3, 2))))
     with pytest.raises(ValueError, match="must be 'squared_error'"):
         ggn_jax.fit(blocks, params, loss="softmax_cross_entropy", max_steps=1)
+    with pytest.raises(ValueError, match="must be 'squared_error'"):  # at ggn(), not update
+        ggn_jax.ggn(blocks, "softmax_cross_entropy")
+    with pytest.raises(TypeError, match="Block.weight must be a number"):
+        ggn_jax.Block(_bc, jnp.ones((3, 2)), weight=True)
     with pytest.raises(ValueError, match="unknown blocks"):
         blocks.with_inputs({"edge": jnp.ones((3, 2))})
     wrong = blocks.with_inputs({"boundary": jnp.ones((5, 2))}, {"boundary": jnp.ones(4)})
