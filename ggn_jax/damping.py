@@ -43,8 +43,9 @@ Rules (μ is the state's ``damping_scale``):
   as that takes).
 * ``fixed``: λ = μ never changes and every finite step is accepted: the
   pure GGN iteration of Shen (2018) with a tiny λ and step size 1. Only a
-  fault (a NaN or Inf, a failed solve) rejects a step; λ then grows as
-  under Nielsen's rule until a step is taken, and returns to μ after it.
+  fault (a NaN or Inf, a failed solve) rejects a step; where the step is
+  at fault (the data were finite), λ then grows as under Nielsen's rule
+  until a step is taken, and returns to μ after it.
 
 λ is clipped to [``min_damping``, λ_max]; by default `ggn` passes λ_max =
 10¹²·max(1, tr(G)), since λ is measured in the units of G and an absolute

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import numbers
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -330,12 +330,14 @@ def _raise_non_finite_loss(apply_fn: Callable, params: Any, batch: Any, loss: fl
                 where = (f": {label} of {int(bad.sum())} sample(s) are not finite "
                          f"(the first: sample {int(np.argmax(bad))})")
                 break
+        else:
+            where = (": the outputs are finite, so the loss itself overflows in the "
+                     "params' dtype")
     except Exception:  # noqa: BLE001 (only the message is at stake)
         where = ""
     raise ValueError(
         f"the loss at the initial params is {loss}, though params and batch are finite"
-        f"{where}; fit cannot take a step from there (is the model defined at these "
-        "params and inputs?)"
+        f"{where}; fit cannot take a step from there"
     )
 
 
@@ -374,10 +376,15 @@ def _checked_inputs(apply_fn, params, batch, loss, max_steps, tol, options):
     config, and the batch (a `Blocks` problem's own where none is given)."""
     loss = check_loss(loss)
     # NumPy and concrete JAX scalars count as the numbers they hold.
-    if (isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral)
-            or max_steps < 0):
+    try:
+        if isinstance(max_steps, bool) or jnp.asarray(max_steps).dtype == bool:
+            raise TypeError
+        steps = operator.index(max_steps)
+    except TypeError:
+        steps = -1
+    if steps < 0:
         raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-    max_steps = int(max_steps)
+    max_steps = steps
     value = _real_number(tol)
     if value is None or math.isnan(value):
         raise ValueError(f"tol must be a real number, got {tol!r}")
@@ -492,7 +499,7 @@ def fit(
         steps = int(steps)
         bar.update(steps, loss=final_loss, damping=damping, rho=rho)
     _raise_non_finite(non_finite, params, batch)
-    if not np.isfinite(initial_loss):
+    if not np.isfinite(initial_loss) and max_steps > 0:  # 0 steps: only the loss asked
         _raise_non_finite_loss(apply_fn, params, batch, float(initial_loss))
     log = StepLog(*(np.asarray(column[:steps]) for column in log))
     return FitResult(

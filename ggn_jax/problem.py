@@ -188,7 +188,9 @@ def check_labels(loss: LossSpec, targets: Any, num_classes: int) -> None:
     [0, num_classes) or non-negative float targets (probabilities; a row's
     sum weights its sample); for sigmoid binary cross-entropy, targets in
     [0, 1]. With a target outside, the loss has no lower bound (or trains
-    on a label that does not exist). Other losses pass.
+    on a label that does not exist). Other losses pass. Float targets may
+    miss the domain by round-off (100 ulps: a softmax's −1e-17); NaN and
+    Inf are left to the non-finite checks, which name them as such.
 
     Only concrete targets can be checked: under ``jit`` they are traced (and
     pass), so `fit` also checks them before it compiles.
@@ -204,25 +206,28 @@ def check_labels(loss: LossSpec, targets: Any, num_classes: int) -> None:
     if values.size == 0:
         return
     flat = values.reshape(-1)
+    slack = 0.0
+    if jnp.issubdtype(values.dtype, jnp.floating):
+        slack = 100 * float(jnp.finfo(values.dtype).eps)
     if loss == "sigmoid_binary_cross_entropy":
-        bad = ~((flat >= 0) & (flat <= 1))
+        bad = (flat < -slack) | (flat > 1 + slack)  # False for NaN
         if bad.any():
             first = int(np.argmax(bad))
             raise ValueError(
                 "sigmoid_binary_cross_entropy: targets must lie in [0, 1] (labels 0/1 or "
-                f"probabilities); got values from {flat.min()} to {flat.max()} (first "
+                f"probabilities); got values from {np.nanmin(flat)} to {np.nanmax(flat)} (first "
                 f"outside: targets.reshape(-1)[{first}] = {flat[first]}); for ±1 labels "
                 "pass (y + 1) / 2"
             )
         return
     if not jnp.issubdtype(targets.dtype, jnp.integer):
-        bad = ~(flat >= 0)
+        bad = flat < -slack  # False for NaN
         if bad.any():
             first = int(np.argmax(bad))
             raise ValueError(
                 "softmax_cross_entropy: float targets must be non-negative (class "
                 "probabilities; a row's sum weights its sample); got a minimum of "
-                f"{flat.min()} (first: targets.reshape(-1)[{first}] = {flat[first]})"
+                f"{np.nanmin(flat)} (first: targets.reshape(-1)[{first}] = {flat[first]})"
             )
         return
     labels = values

@@ -206,3 +206,23 @@ def test_the_fixed_rule_gets_past_a_step_that_leaves_the_models_domain():
     after_taken = log.accepted[1:] & log.accepted[:-1]
     np.testing.assert_allclose(log.damping[1:][after_taken], 1e-8, rtol=1e-12)
     assert bool(jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(result.params)[0])))
+
+
+def test_the_fixed_rule_keeps_its_damping_through_batches_of_bad_data():
+    """A NaN sample is no fault of the step: under ``fixed`` λ stays at the
+    option through three such batches (it grew 2·4·8× before the next clean
+    batch when every rejection counted)."""
+    model = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+    y = jnp.sin(x[:, :1])
+    params = {"w": 0.3 * jnp.ones((3, 4)), "v": 0.3 * jnp.ones((4, 1))}
+    tx = ggn_jax.ggn(model, damping_rule="fixed", damping=1e-8)
+    state = tx.init(params)
+    update = jax.jit(lambda p, s, b: tx.update(None, s, p, batch=b))
+    bad = (x.at[0, 0].set(jnp.nan), y)
+    for batch, taken in ((bad, False), (bad, False), (bad, False), ((x, y), True)):
+        updates, state = update(params, state, batch)
+        params = optax.apply_updates(params, updates)
+        assert bool(state.accepted) == taken
+        assert float(state.damping) == 1e-8 and float(state.damping_scale) == 1e-8
+    assert int(state.num_non_finite) == 3

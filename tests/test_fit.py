@@ -178,8 +178,9 @@ def test_numpy_and_jax_scalars_are_numbers_to_fit():
     for tol in (np.float32(1e6), jnp.asarray(1e6), np.int64(10**6)):
         result = ggn_jax.fit(mlp_apply, params, batch, max_steps=np.int64(5), tol=tol)
         assert result.steps == 0 and result.converged
-    result = ggn_jax.fit(mlp_apply, params, batch, max_steps=np.int32(3), tol=np.float64(0))
-    assert result.steps == 3 and result.loss_history.shape == (3,)
+    for steps in (np.int32(3), jnp.int32(3), np.array(3)):
+        result = ggn_jax.fit(mlp_apply, params, batch, max_steps=steps, tol=np.float64(0))
+        assert result.steps == 3 and result.loss_history.shape == (3,)
 
 
 def test_poisson_pinn_reaches_1e_6_in_150_steps_where_a_short_watchdog_stalled():
@@ -406,6 +407,13 @@ def test_a_model_not_finite_at_the_initial_params_is_named():
         edge=ggn_jax.Block(lambda p, x: jnp.sqrt(x[0] - 0.05) * u(p, x), x[:3]))
     with pytest.raises(ValueError, match=r"block 'edge' of 3 sample\(s\) are not finite"):
         ggn_jax.fit(blocks, params, max_steps=20)
+    # No step asked for: the loss is reported, NaN as it is.
+    assert np.isnan(ggn_jax.fit(model, params, (x, jnp.zeros(16)), max_steps=0).loss)
+    # Outputs finite, the loss not: an overflow, said so.
+    big = lambda p, x: 1e20 * (p["a"] * x[:, 0] + 1)
+    with pytest.raises(ValueError, match="the outputs are finite, so the loss itself overflows"):
+        ggn_jax.fit(big, jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params),
+                    (x.astype(jnp.float32), jnp.zeros(16, jnp.float32)), max_steps=5)
     # Finite at the start: no error, whatever the steps meet later.
     result = ggn_jax.fit(model, params, (x[3:], jnp.log1p(x[3:, 0])), max_steps=5)
     assert np.isfinite(result.initial_loss)

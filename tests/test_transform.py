@@ -622,15 +622,25 @@ def test_targets_outside_the_losses_domain_and_bad_dtypes_are_named():
         tx = ggn_jax.ggn(model)
         with pytest.raises(TypeError, match=f"outputs of dtype {dtype}.*real floating-point"):
             tx.update(None, tx.init(w), w, batch=(x, jnp.ones((4, 2))))
-    # In the domain: soft labels in [0, 1], weighted probability rows, and
-    # bool labels for the sigmoid all run.
+    # In the domain: soft labels in [0, 1], weighted probability rows, bool
+    # labels for the sigmoid, and targets off it by round-off (a softmax's
+    # −1e-17, 0.1·3/0.3 = 1 + 2.2e-16) all run.
     for loss, params, targets in (
             ("sigmoid_binary_cross_entropy", jnp.zeros((3, 1)), (signs + 1) / 2 * 0.9),
             ("sigmoid_binary_cross_entropy", jnp.zeros((3, 1)), signs > 0),
+            ("sigmoid_binary_cross_entropy", jnp.zeros((3, 1)), jnp.full((4, 1), 0.1 * 3 / 0.3)),
+            ("softmax_cross_entropy", w, jnp.array([[1.0, -1e-17], [0, 1], [0, 0], [0.5, 0.5]])),
             ("softmax_cross_entropy", w, jnp.array([[2.0, 0], [0, 1], [0, 0], [0.5, 0.5]]))):
         tx = ggn_jax.ggn(apply_fn, loss)
         _, state = tx.update(None, tx.init(params), params, batch=(x, targets))
         assert bool(jnp.isfinite(state.loss))
+    # A NaN target is a fault, counted as one, not a target off the domain.
+    nan_labels = jnp.full((4, 1), 0.5).at[0, 0].set(jnp.nan)
+    tx = ggn_jax.ggn(apply_fn, "sigmoid_binary_cross_entropy")
+    _, state = tx.update(None, tx.init(jnp.zeros((3, 1))), jnp.zeros((3, 1)), batch=(x, nan_labels))
+    assert int(state.num_non_finite) == 1
+    with pytest.raises(ValueError, match=r"batch\[1\] holds 1 non-finite value"):
+        ggn_jax.fit(apply_fn, jnp.zeros((3, 1)), (x, nan_labels), "sigmoid_binary_cross_entropy")
 
 
 def test_masked_params_from_optax_wrappers_are_named():
