@@ -77,9 +77,9 @@ from ggn_jax.losses import bind_loss
 from ggn_jax.problem import (
     Problem,
     Segment,
-    _warn_if_data_is_finer,
     check_params,
     refuse_number_list,
+    warn_if_data_is_finer,
 )
 
 Residual = Callable[[Any, Any], jax.Array]
@@ -360,7 +360,7 @@ class Blocks:
         scales = self._scales(sizes)
         theta, unravel = ravel_pytree(params)
         dtype = theta.dtype
-        _warn_if_data_is_finer(dtype, inputs, targets)
+        warn_if_data_is_finer(dtype, inputs, targets)
         widths = self._widths(params, inputs)
         k = max(widths.values())  # narrower blocks are padded with zeros
         scaled_targets = []

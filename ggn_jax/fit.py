@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -49,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggn_jax.losses import LossSpec, check_loss
-from ggn_jax.problem import bind_problem, check_labels, mean_loss
+from ggn_jax.problem import as_integer, bind_problem, check_labels, mean_loss
 from ggn_jax.progress import ProgressBar, active, report_from_device
 from ggn_jax.transform import (
     GGNConfig,
@@ -376,15 +375,9 @@ def _checked_inputs(apply_fn, params, batch, loss, max_steps, tol, options):
     config, and the batch (a `Blocks` problem's own where none is given)."""
     loss = check_loss(loss)
     # NumPy and concrete JAX scalars count as the numbers they hold.
-    try:
-        if isinstance(max_steps, bool) or jnp.asarray(max_steps).dtype == bool:
-            raise TypeError
-        steps = operator.index(max_steps)
-    except TypeError:
-        steps = -1
-    if steps < 0:
+    steps = as_integer(max_steps)
+    if steps is None or steps < 0:
         raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-    max_steps = steps
     value = _real_number(tol)
     if value is None or math.isnan(value):
         raise ValueError(f"tol must be a real number, got {tol!r}")
@@ -392,7 +385,7 @@ def _checked_inputs(apply_fn, params, batch, loss, max_steps, tol, options):
     if batch is None and isinstance(getattr(apply_fn, "batch", None), tuple):
         batch = apply_fn.batch  # ggn_jax.Blocks carries its own samples
     _check_labels(apply_fn, loss, params, batch)
-    return loss, config, batch, max_steps, value
+    return loss, config, batch, steps, value
 
 
 def lower_fit(

@@ -10,6 +10,7 @@ the form `ggn_jax.curvature` and `ggn_jax.solvers` expect.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -130,6 +131,17 @@ def check_params(params: Any) -> None:
         )
 
 
+def as_integer(value: Any) -> int | None:
+    """``value`` as a Python int where it is one integer (Python, NumPy or
+    a concrete JAX integer, not a bool), else None."""
+    try:
+        if isinstance(value, bool) or jnp.asarray(value).dtype == bool:
+            return None
+        return operator.index(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def refuse_number_list(tree: Any, what: str, expression: str) -> None:
     """Raises TypeError if ``tree`` is a Python list or tuple of numbers (or
     of such lists): a pytree of scalars, not an array of samples. `fit`
@@ -241,7 +253,7 @@ def check_labels(loss: LossSpec, targets: Any, num_classes: int) -> None:
         )
 
 
-def _warn_if_data_is_finer(dtype, inputs: Any, targets: Any) -> None:
+def warn_if_data_is_finer(dtype, inputs: Any, targets: Any) -> None:
     """float32 params with float64 data compute in float32, the params'
     dtype, and so reach only float32's accuracy: say so, naming both."""
     finer = sorted({
@@ -276,7 +288,7 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
     check_params(params)
     inputs, targets, n = check_batch(batch)
     theta, unravel = ravel_pytree(params)
-    _warn_if_data_is_finer(theta.dtype, inputs, targets)
+    warn_if_data_is_finer(theta.dtype, inputs, targets)
     out = jax.eval_shape(apply_fn, params, inputs)
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(

@@ -17,12 +17,13 @@ sigmoid, whose derivatives vanish as |t| → ∞.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from ggn_jax.problem import as_integer
 
 
 class Activation(NamedTuple):
@@ -231,16 +232,12 @@ def mlp(sizes: Sequence[int], activation: str | Activation = "bent_identity") ->
       >>> net.apply(params, jax.numpy.zeros((3, 2))).shape, net.num_params
       ((3, 4), 184)
     """
-    sizes = tuple(sizes)
-    for s in sizes:  # int() would truncate 5.5 to 5 and take True as 1
-        try:
-            if isinstance(s, bool) or jnp.asarray(s).dtype == bool:
-                raise TypeError
-            operator.index(s)
-        except TypeError:
-            raise ValueError(f"sizes must be integer widths, got {list(sizes)} ({s!r} is not "
-                             "an integer)") from None
-    sizes = tuple(operator.index(s) for s in sizes)
+    widths = tuple(as_integer(s) for s in sizes)  # int() truncated 5.5, took True as 1
+    if None in widths:
+        bad = tuple(sizes)[widths.index(None)]
+        raise ValueError(f"sizes must be integer widths, got {list(sizes)} ({bad!r} is not "
+                         "an integer)")
+    sizes = widths
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
     return MLP(sizes, get_activation(activation))
