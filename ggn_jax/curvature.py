@@ -46,6 +46,7 @@ from ggn_jax.problem import (
     FlatModel,
     Problem,
     bind_problem,
+    check_params,
     per_sample_rows,
     segments_of,
 )
@@ -544,5 +545,6 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
         problem = apply_fn.bind_problem("squared_error", params, (inputs, None))
         structure = problem_structure(problem)
         return structured_gram(structure, structured_factors(problem, structure))
+    check_params(params)
     structure, leaves = _structure_of(apply_fn, params, inputs)
     return structured.gram(structure, structured.sample_factors(structure, leaves, inputs))

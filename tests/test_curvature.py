@@ -253,3 +253,10 @@ def test_kronecker_solve_inverts_the_damped_block_diagonal():
     v = jax.random.normal(jax.random.PRNGKey(0), (offset,))
     got = kronecker_solve(problem, kfac, jnp.asarray(lam), scale, v)
     assert rel_err(got, np.linalg.solve(dense, np.asarray(v))) < 1e-10
+
+
+def test_gram_matrix_names_integer_params():
+    """Integer params failed inside jax.jacrev; ggn_matrix already named them."""
+    apply_fn = lambda w, x: x @ w
+    with pytest.raises(TypeError, match="params has dtype int"):
+        gram_matrix(apply_fn, jnp.zeros(3, jnp.int32), jnp.eye(3))

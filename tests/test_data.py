@@ -59,3 +59,11 @@ def test_teacher_student_targets_come_from_the_teacher():
     student = net.init(jax.random.PRNGKey(1), jnp.float64)
     result = ggn_jax.fit(net.apply, student, (data.inputs, data.targets), max_steps=300, tol=1e-20)
     assert float(result.state.loss) < 1e-6
+
+
+def test_four_region_names_a_sample_count_that_is_not_a_positive_integer():
+    """−1 failed deep in XLA (an MLIRError) and 2.5 in jax.random."""
+    for count in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+            ggn_jax.paper.four_region(jax.random.PRNGKey(0), count)
+    assert ggn_jax.paper.four_region(jax.random.PRNGKey(0), np.int64(3)).inputs.shape == (3, 2)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ggn_jax.paper.models import Activation, mlp
+from ggn_jax.problem import as_integer
 
 
 class Dataset(NamedTuple):
@@ -105,7 +106,10 @@ def four_region(key: jax.Array, num_samples: int, dtype=jnp.float32) -> Dataset:
       >>> data.targets.sum(axis=1).tolist() == [1.0] * 10  # one-hot rows
       True
     """
-    inputs = jax.random.uniform(key, (num_samples, 2), dtype, minval=-4.0, maxval=4.0)
+    count = as_integer(num_samples)
+    if count is None or count < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    inputs = jax.random.uniform(key, (count, 2), dtype, minval=-4.0, maxval=4.0)
     labels = four_region_labels(inputs)
     return Dataset(inputs, jax.nn.one_hot(labels, 4, dtype=dtype), labels)
 
