@@ -129,3 +129,17 @@ def test_condition_report_flags_what_fails():
     net = ggn_jax.paper.MLP((2, 12, 4), custom)
     report = ggn_jax.paper.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
     assert report.derivative_sampled and not report.derivative_holds
+
+
+def test_bad_input_to_the_paper_tools_is_named():
+    """A NaN target failed in numpy's eigvalsh (LinAlgError); 1-D inputs to
+    the condition report failed deep in its matrix algebra."""
+    apply_fn = lambda p, x: p[0] * p[1] * x[:, 0]
+    x = jnp.array([[1.0], [2.0]])
+    with pytest.raises(ValueError, match="or its Hessian is not finite"):
+        ggn_jax.paper.critical_point(apply_fn, jnp.zeros(2), (x, jnp.array([1.0, jnp.nan])))
+    net = ggn_jax.paper.mlp([2, 5, 1], "tanh")
+    params = net.init(jax.random.PRNGKey(0))
+    for inputs in (jnp.ones(4), jnp.ones((4, 3))):
+        with pytest.raises(ValueError, match=r"inputs must be the T samples as a \(T, 2\) array"):
+            ggn_jax.paper.exact_learning_conditions(net, params, inputs)

@@ -196,6 +196,9 @@ def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> Condi
       >>> report.holds, report.jacobian_rank, report.manifold_dimension
       (True, 40, 144)
     """
+    if jnp.ndim(inputs) != 2 or jnp.shape(inputs)[1] != net.sizes[0]:
+        raise ValueError(f"inputs must be the T samples as a (T, {net.sizes[0]}) array for "
+                         f"this network, got shape {jnp.shape(inputs)}")
     t = inputs.shape[0]
     width = net.sizes[-2]
     k = net.sizes[-1]
@@ -345,6 +348,10 @@ def critical_point(
 
     value, grad = jax.value_and_grad(loss_at)(theta)
     hessian = np.asarray(jax.hessian(loss_at)(theta))
+    if not (np.isfinite(float(value)) and np.all(np.isfinite(hessian))):
+        raise ValueError(f"the loss at params is {float(value)} or its Hessian is not finite "
+                         "(NaN or Inf in the batch, or a model not defined there): no "
+                         "eigenvalues to classify")
     outputs, jac = problem_jacobians(problem._replace(theta=theta))
     hessians = None if problem.loss.identity_hessian else loss_hessians(
         problem.loss, outputs, problem.targets
