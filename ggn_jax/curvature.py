@@ -46,7 +46,7 @@ from ggn_jax.problem import (
     FlatModel,
     Problem,
     bind_problem,
-    check_params,
+    check_param_leaves,
     per_sample_rows,
     segments_of,
 )
@@ -545,6 +545,6 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
         problem = apply_fn.bind_problem("squared_error", params, (inputs, None))
         structure = problem_structure(problem)
         return structured_gram(structure, structured_factors(problem, structure))
-    check_params(params)
+    check_param_leaves(params)  # a mix of float32 and float64 is fine here
     structure, leaves = _structure_of(apply_fn, params, inputs)
     return structured.gram(structure, structured.sample_factors(structure, leaves, inputs))

@@ -112,6 +112,18 @@ def mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
 
 def check_params(params: Any) -> None:
     """Raises TypeError unless the parameters are float32 or float64 arrays of one dtype."""
+    check_param_leaves(params)
+    dtypes = {jnp.result_type(leaf) for leaf in jax.tree_util.tree_leaves(params)}
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"params mix floating dtypes {sorted(str(d) for d in dtypes)}; cast them "
+            "to one dtype (the step is solved in a single precision)"
+        )
+
+
+def check_param_leaves(params: Any) -> None:
+    """Raises unless every parameter leaf is a float32 or float64 array (a
+    mix of the two is left to the caller: `gram_matrix` takes one)."""
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves:
         raise ValueError("params has no array leaves: there is nothing to train")
@@ -123,12 +135,6 @@ def check_params(params: Any) -> None:
                 "needs real floating-point parameters of float32 or float64 (the "
                 "damped solves need more precision than 16-bit floats give)"
             )
-    dtypes = {jnp.result_type(leaf) for leaf in leaves}
-    if len(dtypes) > 1:
-        raise TypeError(
-            f"params mix floating dtypes {sorted(str(d) for d in dtypes)}; cast them "
-            "to one dtype (the step is solved in a single precision)"
-        )
 
 
 def as_integer(value: Any) -> int | None:
