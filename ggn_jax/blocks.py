@@ -113,14 +113,13 @@ class Block:
         if not callable(self.residual):
             raise TypeError(f"Block.residual must be callable, got {type(self.residual).__name__}")
         try:
+            if isinstance(self.weight, (bool, np.bool_)):
+                raise TypeError
             weight = float(self.weight)
         except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
             raise TypeError(
                 f"Block.weight must be a number (it fixes the scaling √w), got {self.weight!r}"
             ) from None
-        if isinstance(self.weight, (bool, np.bool_)):
-            raise TypeError(f"Block.weight must be a number (it fixes the scaling √w), got "
-                            f"{self.weight!r}")
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"Block.weight must be positive and finite, got {self.weight}")
         object.__setattr__(self, "weight", weight)

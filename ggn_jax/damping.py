@@ -353,6 +353,7 @@ def update_damping(
     max_damping: float,
     window_only: jax.Array | bool = False,
     fixed_value: jax.Array | float | None = None,
+    data_finite: jax.Array | bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """The next (μ, ν) from this step's gain ratio and acceptance.
 
@@ -365,7 +366,8 @@ def update_damping(
     Under ``fixed`` a step is rejected only where something was not finite
     or the solve failed; the same λ would repeat the same step, so μ grows
     by ν as under Nielsen's rule, and the next taken step returns it to
-    ``fixed_value`` (the ``damping`` option; μ as it is where None).
+    ``fixed_value`` (the ``damping`` option; μ as it is where None). Bad
+    data (``data_finite`` False) are no fault of λ: (μ, ν) stay.
     """
     one = jnp.ones_like(damping_scale)
     if rule in ("nielsen", "residual"):
@@ -380,7 +382,8 @@ def update_damping(
         scale = damping_scale * factor.astype(damping_scale.dtype)
     else:
         back = damping_scale if fixed_value is None else jnp.asarray(fixed_value, damping_scale.dtype)
-        scale = jnp.where(accepted, back, damping_scale * nu)
-        nu = jnp.where(accepted, 2 * one, jnp.minimum(2 * nu, _MAX_NU))
+        grow = ~accepted & data_finite
+        scale = jnp.where(accepted, back, jnp.where(grow, damping_scale * nu, damping_scale))
+        nu = jnp.where(accepted, 2 * one, jnp.where(grow, jnp.minimum(2 * nu, _MAX_NU), nu))
     scale = jnp.where(window_only, damping_scale * WINDOW_GROWTH, scale)
     return jnp.clip(scale, min_damping, max_damping), nu

@@ -981,12 +981,8 @@ def ggn_step(
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,
         scale_min, scale_max, window_only=accepted & ~monotone_accepted,
-        fixed_value=state.last_damping_option,
+        fixed_value=state.last_damping_option, data_finite=data_finite,
     )
-    if config.damping_rule == "fixed":
-        # Its λ grows only against a faulty step; bad data is no fault of λ.
-        damping_scale = jnp.where(data_finite, damping_scale, state.damping_scale)
-        rejection_growth = jnp.where(data_finite, rejection_growth, state.rejection_growth)
     # A rejected step, shortened (`ggn_jax.damping`): α*δ from the parabola
     # through L(θ), its slope bᵀδ and the trial loss, where the loss at
     # θ + α*δ passes the same test; λ has grown as after the rejection.
