@@ -559,6 +559,13 @@ _SYNTHETIC_REFERENCE: dict[str, float] = {
 
 PROBLEMS: dict[str, LeastSquares] = _build()
 
+# x64 inside a `with`: ``jax.enable_x64`` from JAX 0.8, jax.experimental's
+# before.
+if hasattr(jax, "enable_x64"):
+    _enable_x64 = jax.enable_x64
+else:  # pragma: no cover - JAX < 0.8
+    from jax.experimental import enable_x64 as _enable_x64
+
 
 def starts(problem: LeastSquares,
            factors=(1, 10, 100)) -> list[tuple[float, np.ndarray]]:
@@ -580,7 +587,7 @@ def scipy_reference(problem: LeastSquares, x0, method: str = "lm", *,
     """
     from scipy.optimize import least_squares
 
-    with jax.enable_x64(True):
+    with _enable_x64(True):
         fun = jax.jit(problem.residual)
         jac = jax.jit(jax.jacfwd(problem.residual))
 

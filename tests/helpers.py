@@ -16,6 +16,12 @@ from jax.flatten_util import ravel_pytree
 
 from ggn_jax.losses import bind_loss
 
+# x64 switched on or off inside a `with`: ``jax.enable_x64`` from JAX 0.8,
+# ``jax.experimental.enable_x64`` before (the suite runs on both).
+enable_x64 = getattr(jax, "enable_x64", None)
+if enable_x64 is None:  # pragma: no cover - JAX < 0.8
+    from jax.experimental import enable_x64
+
 
 def mlp_init(key, sizes, dtype=jnp.float64):
     """A list of (W, b) with N(0, 1/fan_in) weights and small random biases."""
@@ -205,6 +211,19 @@ def jit_update(tx):
     return lambda g, s, p, batch=None: step(g, s, p, batch)
 
 
+def nested_jaxprs(params: dict) -> list:
+    """The jaxprs an equation's params hold (jit, cond branches, scan, …),
+    closed ones opened. What ``jax.extend.core.jaxprs_in_params`` returns,
+    which JAX has only from 0.10: the suite runs on older JAX too."""
+    found = []
+    for param in params.values():
+        for inner in param if isinstance(param, (tuple, list)) else (param,):
+            inner = getattr(inner, "jaxpr", inner)
+            if hasattr(inner, "eqns"):
+                found.append(inner)
+    return found
+
+
 def qr_operand_shapes(jaxpr) -> list[tuple[int, ...]]:
     """The operand shapes of the QR factorisations in a jaxpr, in order,
     searched through the jaxprs nested in its equations (jit, cond, …)."""
@@ -213,9 +232,6 @@ def qr_operand_shapes(jaxpr) -> list[tuple[int, ...]]:
         if eqn.params.get("name") == "qr":
             shapes.append(eqn.invars[0].aval.shape)
             continue
-        for param in eqn.params.values():
-            for inner in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(inner, "jaxpr", inner)
-                if hasattr(inner, "eqns"):
-                    shapes.extend(qr_operand_shapes(inner))
+        for inner in nested_jaxprs(eqn.params):
+            shapes.extend(qr_operand_shapes(inner))
     return shapes

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import mlp_apply, reference_ggn, rel_err, small_problem
+from helpers import enable_x64, mlp_apply, reference_ggn, rel_err, small_problem
 from jax.flatten_util import ravel_pytree
 
 from ggn_jax.acceleration import geodesic_acceleration, second_directional_derivative
@@ -13,7 +13,7 @@ from ggn_jax.transform import make_config
 
 
 def test_second_directional_derivative_matches_a_central_difference():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params, batch = small_problem("squared_error", 3)
         problem = bind_problem(mlp_apply, "squared_error", params, batch)
         v = jax.random.normal(jax.random.PRNGKey(9), problem.theta.shape)
@@ -26,7 +26,7 @@ def test_second_directional_derivative_matches_a_central_difference():
 def test_acceleration_solves_the_damped_system_on_the_second_derivative():
     """a = −(G + λI)⁻¹ Jᵀ f''[v, v] / N for squared error, from a dense G,
     through the sample-space solve (NK < P) and the primal one."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params, batch = small_problem("squared_error", 4, n=3)  # NK = 12 < P = 44
         g_dense, j_full = reference_ggn("squared_error", params, batch)
         problem = bind_problem(mlp_apply, "squared_error", params, batch)

@@ -191,14 +191,19 @@ def test_the_adam_driver_matches_a_plain_optax_loop():
 
 def test_an_unrolled_chunk_takes_the_same_steps_as_the_loop():
     """run.unroll compiles a chunk's steps one after another: the same
-    losses as the compiled loop (checked against plain optax above)."""
+    losses as the compiled loop (checked against plain optax above). The two
+    programs may round differently (JAX 0.8 does, 0.10 does not here), and
+    quadratic convergence doubles the digits of that difference each step:
+    as in the test below, 1e-6 until the losses fall under 1e-15 of the
+    first."""
     problem = _small()
     for spec in ({"kind": "adam", "label": "a", "learning_rate": 1e-2},
                  {"kind": "ggn", "label": "g"}):
         looped = run_stepper(problem, spec, RUN, seed=0, quiet=True)
         unrolled = run_stepper(problem, spec, {**RUN, "unroll": True}, seed=0, quiet=True)
+        first = looped["trace"]["loss"][0]
         np.testing.assert_allclose(unrolled["trace"]["loss"], looped["trace"]["loss"],
-                                   rtol=1e-10, atol=1e-25)
+                                   rtol=1e-6, atol=1e-15 * first)
 
 
 @pytest.mark.parametrize("caller_gradient", [False, True])

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import mlp_apply, mlp_init, rel_err
-from jax.extend import core as jax_core
+from helpers import mlp_apply, mlp_init, nested_jaxprs, rel_err
 from jax.flatten_util import ravel_pytree
 
 import ggn_jax
@@ -195,7 +194,7 @@ def _ops_with(jaxpr, primitive):
         for eqn in jp.eqns:
             if eqn.primitive.name == primitive:
                 dims.extend(v.aval.shape[0] if v.aval.shape else None for v in eqn.outvars)
-            for sub in jax_core.jaxprs_in_params(eqn.params):
+            for sub in nested_jaxprs(eqn.params):
                 walk(sub)
 
     walk(jaxpr.jaxpr)

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import (
+    enable_x64,
     jit_update,
     mlp_apply,
     mlp_init,
@@ -153,7 +154,7 @@ def _paper_demo(seed):
 def test_defaults_reach_exact_learning_within_15_steps(make):
     """Seeds the benchmark (`benchmarks/damping.py`) does not use; the pure
     iteration of the paper needs up to 15 steps on these families."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         for seed in (300, 301):
             apply_fn, params, batch = make(seed)
             result = ggn_jax.fit(apply_fn, params, batch, max_steps=15, tol=1e-20)
@@ -180,7 +181,7 @@ CLASSIC_SAMPLE = [
 def test_defaults_solve_what_scipy_lm_solves(name, factor):
     from benchmarks.classic import PROBLEMS, scipy_reference, starts
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         problem = PROBLEMS[name]
         x0 = dict(starts(problem))[factor]
         reference = scipy_reference(problem, x0, "lm")
@@ -230,7 +231,7 @@ def test_damping_stays_bounded_at_the_roundoff_floor_and_recovers(dtype):
     """2-[8]-1 on 4 samples: 40 steps reach the round-off floor; λ must not
     ratchet towards max_damping (1e12), and a changed batch is fitted again
     within a few steps."""
-    with jax.enable_x64(dtype == jnp.float64):
+    with enable_x64(dtype == jnp.float64):
         params = mlp_init(jax.random.PRNGKey(0), [2, 8, 1], dtype)
         x = jax.random.normal(jax.random.PRNGKey(1), (4, 2), dtype)
         tx = ggn_jax.ggn(mlp_apply)
@@ -249,7 +250,7 @@ def test_damping_stays_bounded_at_the_roundoff_floor_and_recovers(dtype):
 
 def test_weight_decay_step_is_the_regularised_gauss_newton_step():
     """δ = −(G + (λ + ω)I)⁻¹(b + ωθ): the GGN of L + ½ω‖θ‖², from a dense G."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params, batch = small_problem("squared_error", 8, n=3)  # NK = 12 < P = 44
         reference, _ = reference_ggn("squared_error", params, batch)
         mean_loss = lambda p: 0.5 * jnp.mean(jnp.sum((mlp_apply(p, batch[0]) - batch[1]) ** 2, 1))
@@ -274,7 +275,7 @@ def test_weight_decay_step_is_the_regularised_gauss_newton_step():
 
 
 def test_weight_decay_in_fit_reaches_a_stationary_point_of_the_regularised_loss():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params, batch = small_problem("squared_error", 5, n=12)
         decay = 1e-2
 
@@ -301,7 +302,7 @@ def test_weight_decay_chained_before_ggn_gives_bounded_steps_and_lowers_the_regu
     """``chain(add_decayed_weights(ω), ggn)``: g = b + ωθ while G lacks ωI and
     the gain ratio measures L alone; steps stay bounded and
     L + ½ω‖θ‖² still falls (the ``weight_decay`` option is the exact form)."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         n = 3 if solver == "dual" else 24
         params, batch = small_problem("squared_error", 6, n=n)
         decay = 1e-2
@@ -360,7 +361,7 @@ def test_a_fit_whose_residuals_start_huge_reaches_the_least_squares_solution(dam
     0.79 with Levenberg, 1.01 with Marquardt after 80 steps); μ's floor is
     min_damping/2L, so λ falls with the curvature's needs. Against numpy's
     least squares."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         rng = np.random.default_rng(0)
         matrix = rng.standard_normal((30, 4)) * np.array([1.0, 10.0, 100.0, 1000.0])
         targets = 1e8 * rng.standard_normal(30)
@@ -490,11 +491,15 @@ def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_
     options = {} if cross is None else {"cross_batch_damping": cross}
     tx = ggn_jax.ggn(mlp_apply, loss, damping_rule="nielsen", damping=1.0, **options)
     state = tx.init(params)
-    # The last batch's fingerprint: 1.0 (another batch), or this batch's own.
-    seen = batch_fingerprint(batch, state.loss.dtype) if same_batch else jnp.asarray(1.0)
+    update = jit_update(tx)
+    # The last batch's fingerprint: 1.0 (another batch), or this batch's own,
+    # as the update's program computes it (its bits are those of the program
+    # that computed them: an eager `batch_fingerprint` may round otherwise).
+    seen = (update(unravel(g), state, params, batch=batch)[1].batch_fingerprint
+            if same_batch else jnp.asarray(1.0))
     state = state._replace(last_step=previous, accepted=jnp.array(True),
                            last_predicted=jnp.asarray(1e-3), batch_fingerprint=seen)
-    _, after = jit_update(tx)(unravel(g), state, params, batch=batch)
+    _, after = update(unravel(g), state, params, batch=batch)
     cross_gain = mean(theta - previous) - mean(theta)
     return state, after, float(cross_gain)
 
@@ -593,7 +598,7 @@ def test_a_rejected_step_is_shortened_to_the_parabolas_minimiser(seed):
     """The full step −(G + λI)⁻¹b (dense, from jacfwd and jax.hessian) raises
     the loss; the update is α*δ with α* from the losses computed here, it
     lowers the loss, and λ grows as after a rejection."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         update, state, after, mean, theta, g, full, reference = _first_step(True, seed, 1e-6)
         loss0, trial, slope, alpha = _parabola(mean, theta, g, full)
         assert trial > loss0  # the full step was rejected
@@ -625,7 +630,7 @@ def test_a_shortened_step_passes_the_gain_ratio_test_of_its_own_model():
     """Seed 3: the loss at α*δ is lower, by ρ_α = 0.62 of the model's
     decrease −α*bᵀδ − ½α*²δᵀGδ (dense G): shortened with η = 0.5, rejected
     with η = 0.7."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         for eta in (0.5, 0.7):
             update, _, after, mean, theta, g, full, reference = _first_step(
                 True, 3, 1e-6, min_gain_ratio=eta)
@@ -669,7 +674,7 @@ def test_shortening_is_a_classification_default_and_a_python_bool():
 def test_a_shortened_step_that_fails_the_test_is_rejected():
     """Where the loss at α*δ does not fall by η times the model's decrease,
     the step is rejected as without shortening."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         update, _, after, mean, theta, g, full, _ = _first_step(True, SHORTENING_FAILS, 1e-6)
         loss0, _, _, alpha = _parabola(mean, theta, g, full)
         assert 0 < alpha < 1 and float(mean(theta + alpha * full)) >= loss0
@@ -699,7 +704,7 @@ def test_classification_defaults_take_the_damped_step_without_acceleration():
     """With N·K < P (where other losses turn the geodesic correction on) the
     default classification step is the plain damped GGN step, against the
     dense −(G + λI)⁻¹g from jacfwd and jax.hessian."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params, batch = small_problem("softmax_cross_entropy", 8, n=4, sizes=(3, 8, 4))
         theta = ravel_pytree(params)[0]
         assert batch[0].shape[0] * 4 < theta.size  # N·K = 16 < P = 68

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
-from helpers import mlp_apply, mlp_init
+from helpers import enable_x64, mlp_apply, mlp_init
 
 import ggn_jax
 import ggn_jax.progress
@@ -191,7 +191,7 @@ def test_poisson_pinn_reaches_1e_6_in_150_steps_where_a_short_watchdog_stalled()
     seed = 12
     from ggn_jax.bench.pde_problems import PROBLEMS
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         problem = PROBLEMS["poisson2d"]()
         params = problem.net.init(jax.random.PRNGKey(seed), jnp.float64)
         result = ggn_jax.fit(problem.blocks, params, max_steps=150, tol=0.0)

@@ -16,6 +16,7 @@ from helpers import (
     log_cosh,
     mlp_apply,
     mlp_init,
+    nested_jaxprs,
     reference_ggn,
     rel_err,
     small_problem,
@@ -302,7 +303,7 @@ def _largest_intermediate(fn, *args):
         for eqn in jaxpr.eqns:
             for v in eqn.outvars:
                 yield int(np.prod(v.aval.shape)) if hasattr(v.aval, "shape") else 0
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            for sub in nested_jaxprs(eqn.params):
                 yield from sizes(sub)
     return max(sizes(jax.make_jaxpr(fn)(*args).jaxpr))
 

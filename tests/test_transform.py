@@ -10,6 +10,7 @@ import optax
 import pytest
 from helpers import (
     dtype_tol,
+    enable_x64,
     jit_update,
     log_cosh,
     mlp_apply,
@@ -801,7 +802,7 @@ def test_default_damping_ceiling_is_1e12_times_the_trace_where_it_exceeds_one():
     from ggn_jax.transform import damping_ceiling
 
     config = ggn_jax.GGNConfig()  # max_damping None: relative to tr(G)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         f64 = jnp.float64
         assert float(damping_ceiling(config, jnp.asarray(1e13, f64), f64)) == pytest.approx(1e25)
         assert float(damping_ceiling(config, jnp.asarray(0.5, f64), f64)) == 1e12
@@ -822,7 +823,7 @@ def test_lambda_rises_past_max_damping_where_the_curvature_is_larger():
     # step the loss accepts λ must be of G's order, c²e^{−10} ≈ 4.5e13 >
     # max_damping = 1e12 (by hand). With the ceiling relative to tr(G) it
     # gets there and the fit converges to θ = 0.
-    with jax.enable_x64(True):
+    with enable_x64(True):
         c = 1e9
         apply_fn = lambda theta, x: c * (jnp.exp(theta[0]) - 1.0) * jnp.ones((1, 1)) + 0 * x
         batch = (jnp.zeros((1, 1)), jnp.zeros((1, 1)))
