@@ -148,18 +148,34 @@ def gain_ratio(actual: jax.Array, predicted: jax.Array) -> jax.Array:
     return jnp.where(valid & jnp.isfinite(rho), rho, -1).astype(actual.dtype)
 
 
+# c of the second-order term of `roundoff_noise`, ½·mean_i ‖c·eps·o_i‖².
+ROUNDOFF_QUADRATIC = 4
+
+
 def roundoff_noise(
-    loss: jax.Array, outputs: jax.Array, output_grads: jax.Array
+    loss: jax.Array, outputs: jax.Array, output_grads: jax.Array,
+    squared_error: bool = False,
 ) -> jax.Array:
-    """The round-off in the mean loss: 64·eps·(|L| + mean_i Σ_k |∂l_i/∂o_ik|·|o_ik|).
+    """The round-off in the mean loss: 64·eps·(|L| + mean_i Σ_k |∂l_i/∂o_ik|·|o_ik|),
+    plus ½·mean_i ‖c·eps·o_i‖² (c = ``ROUNDOFF_QUADRATIC``) for squared error.
 
     The second term is the loss's response to a relative error eps in each
     output; at the floor of a zero-residual fit (r ≈ eps·|o|) it is larger
-    than L itself, so the loss there is pure noise.
+    than L itself, so the loss there is pure noise. It is first order in
+    the error e of an output, r·e; squared error adds ½e², which is all
+    that is left once r is smaller than e: a trial step from the floor
+    measures a loss of order (eps·|o|)²/2 whatever it does, and without
+    the last term such a step was rejected again and again, each time growing
+    μ while λ stayed at its floor, until a new batch met λ at its ceiling
+    (BENCHMARKS.md, "The oldest JAX the suite passes on, and the round-off
+    floor of squared error").
     """
     eps = jnp.finfo(loss.dtype).eps
     sensitivity = jnp.sum(jnp.abs(output_grads) * jnp.abs(outputs)) / outputs.shape[0]
     noise = 64 * eps * (jnp.abs(loss) + sensitivity.astype(loss.dtype))
+    if squared_error:
+        spread = ROUNDOFF_QUADRATIC * eps * outputs
+        noise = noise + (0.5 * jnp.sum(spread * spread) / outputs.shape[0]).astype(loss.dtype)
     return jnp.where(jnp.isfinite(noise), noise, 64 * eps * jnp.abs(loss))
 
 

@@ -928,7 +928,7 @@ def ggn_step(
     trial_loss = objective(config, problem, theta + step)
     actual = loss0 - trial_loss
 
-    noise = roundoff_noise(loss0, local.outputs, local.output_grads)
+    noise = roundoff_noise(loss0, local.outputs, local.output_grads, loss.identity_hessian)
     accepted, in_roundoff = accept_step(
         config.damping_rule, actual, predicted, config.min_gain_ratio, noise
     )

@@ -130,6 +130,26 @@ def test_roundoff_noise_counts_the_outputs_round_off():
     assert float(noise) == pytest.approx(64 * np.finfo(np.float32).eps * (0.5 + 1e8), rel=1e-6)
 
 
+def test_roundoff_noise_of_squared_error_has_the_second_order_term():
+    """r·e + ½e² for an output error e = c·eps·|o|: at r = 0 only the second
+    term is left, ½·mean_i Σ_k (c·eps·o_ik)² (c = 4), by hand."""
+    from ggn_jax.damping import ROUNDOFF_QUADRATIC
+
+    assert ROUNDOFF_QUADRATIC == 4
+    eps = np.finfo(np.float64).eps
+    outputs = jnp.array([[0.5, -2.0], [1.5, 0.0], [3.0, 1.0]])
+    zero = jnp.zeros((), jnp.float64)
+    noise = roundoff_noise(zero, outputs, jnp.zeros_like(outputs), True)
+    expected = 0.5 * (4 * eps) ** 2 * (0.25 + 4 + 2.25 + 0 + 9 + 1) / 3
+    assert float(noise) == pytest.approx(expected, rel=1e-12)
+    # Other losses: the first-order terms alone (0 here).
+    assert float(roundoff_noise(zero, outputs, jnp.zeros_like(outputs))) == 0.0
+    residuals = jnp.full_like(outputs, 1e-3)
+    first = 64 * eps * 1e-3 * float(jnp.sum(jnp.abs(outputs))) / 3
+    assert float(roundoff_noise(zero, outputs, residuals, True)) == pytest.approx(
+        first + expected, rel=1e-12)
+
+
 def _teacher_student(seed, width):
     from ggn_jax.paper.data import teacher_student
     from ggn_jax.paper.models import mlp
@@ -245,6 +265,28 @@ def test_damping_stays_bounded_at_the_roundoff_floor_and_recovers(dtype):
         y2 = jnp.cos(x[:, :1])
         loss0 = float(0.5 * jnp.mean((mlp_apply(params, x) - y2) ** 2))
         _, _, _, losses = _loop(tx, params, state, (x, y2), 6)
+        assert losses[-1] < 1e-6 * loss0
+
+
+@pytest.mark.parametrize(("dtype", "seed"), [(jnp.float64, 15), (jnp.float32, 18)])
+def test_rejections_at_the_roundoff_floor_leave_mu_for_the_next_batch(dtype, seed):
+    """Two inits where 100 steps on one batch end in a run of rejected
+    trials at the round-off floor (loss ≈ 1e-34 in float64, 1e-17 in
+    float32; the trial loss a few times that of the first-order noise).
+    Those rejections grew μ by 10¹⁰ or more while λ sat at its floor, and the
+    next batch started at λ ≈ 10¹² and did not move in 6 steps. With the
+    second-order round-off term they are steps in round-off, and the next
+    batch is fitted as from any other start."""
+    with enable_x64(dtype == jnp.float64):
+        params = mlp_init(jax.random.PRNGKey(seed), [2, 8, 1], dtype)
+        x = jax.random.normal(jax.random.PRNGKey(1000 + seed), (4, 2), dtype)
+        tx = ggn_jax.ggn(mlp_apply)
+        params, state, _, _ = _loop(tx, params, tx.init(params), (x, jnp.sin(x[:, :1])), 100)
+        assert float(state.damping_scale) < 1.0
+        y2 = jnp.cos(x[:, :1])
+        loss0 = float(0.5 * jnp.mean((mlp_apply(params, x) - y2) ** 2))
+        _, _, dampings, losses = _loop(tx, params, state, (x, y2), 6)
+        assert dampings[0] < 1.0, dampings
         assert losses[-1] < 1e-6 * loss0
 
 
