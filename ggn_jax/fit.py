@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ggn_jax.losses import LossSpec, check_loss
+from ggn_jax.losses import CLASSIFICATION_LOSSES, LossSpec, check_loss
 from ggn_jax.problem import as_integer, bind_problem, check_labels, mean_loss
 from ggn_jax.progress import ProgressBar, active, report_from_device
 from ggn_jax.transform import (
@@ -343,7 +343,7 @@ def _raise_non_finite_loss(apply_fn: Callable, params: Any, batch: Any, loss: fl
 def _check_labels(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> None:
     """`check_labels` on the host before compiling: inside the loop the
     labels are traced. K comes from the model's output shape."""
-    if (loss not in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
+    if (loss not in CLASSIFICATION_LOSSES
             or not isinstance(batch, (tuple, list)) or len(batch) != 2):
         return  # (a malformed batch is named by bind_problem)
     outputs = jax.eval_shape(apply_fn, params, batch[0])

@@ -35,6 +35,9 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 LossSpec = str | LossFn
 
 NAMED_LOSSES = ("squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy")
+# The named losses of a classifier: their targets have a domain
+# (`ggn_jax.problem.check_labels`), and `ggn` has defaults for them.
+CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
 
 
 class BoundLoss(NamedTuple):

@@ -93,13 +93,13 @@ def laplacian(fn: Callable[[jax.Array], jax.Array], method: str = "auto"
     automatic = method == "auto"
     method = _resolve(method)
     laplacian_at = _laplacian(fn, method, automatic)
+    # A 0-d x (1-D samples of shape (N,)) is the point x[None] of fn(x[0]).
+    on_line = _laplacian(lambda y: fn(y[0]), method, automatic)
 
     def at(x):
         # Only a point: the trace of the Hessian of an x of another shape
-        # is no Laplacian of it. A 0-d x (1-D samples of shape (N,)) is
-        # the point x[None] of fn(x[0]).
+        # is no Laplacian of it.
         if jnp.ndim(x) == 0:
-            on_line = _laplacian(lambda y: fn(y[0]), method, automatic)
             return on_line(jnp.reshape(x, (1,)))
         if jnp.ndim(x) != 1:
             raise ValueError(f"laplacian takes one point x of shape (d,) (or a 0-d x in 1-D), "

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ggn_jax.losses import BoundLoss, LossSpec, bind_loss
+from ggn_jax.losses import CLASSIFICATION_LOSSES, BoundLoss, LossSpec, bind_loss
 
 FlatModel = Callable[[jax.Array, Any], jax.Array]
 
@@ -214,7 +214,7 @@ def check_labels(loss: LossSpec, targets: Any, num_classes: int) -> None:
     pass), so `fit` also checks them before it compiles.
     """
     if (
-        loss not in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
+        loss not in CLASSIFICATION_LOSSES
         or isinstance(targets, jax.core.Tracer)
         or not hasattr(targets, "dtype")
         or jnp.issubdtype(targets.dtype, jnp.complexfloating)  # named by bind_problem

@@ -52,7 +52,7 @@ from ggn_jax.damping import (
     step_growth_factor,
     update_damping,
 )
-from ggn_jax.losses import LossSpec, check_loss
+from ggn_jax.losses import CLASSIFICATION_LOSSES, LossSpec, check_loss
 from ggn_jax.momentum import momentum_anchor, shifted_problem
 from ggn_jax.problem import Problem, bind_problem, check_params, mean_loss
 from ggn_jax.solvers import (
@@ -134,7 +134,6 @@ OVERDETERMINED_ACCELERATION_RATIO = 0.25
 # `ggn`'s defaults for a classification loss, where each update sees a new
 # minibatch and a step is worth a few GGN products, not an exact solve:
 # measured in BENCHMARKS.md, "Minibatch classification (issue 15)".
-CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
 CLASSIFICATION_DEFAULTS = {"cg_max_iters": 5, "cg_preconditioner": "none", "momentum": 0.0,
                            "cross_batch_damping": True, "curvature_samples": 32,
                            "residual_exponent": 1.0, "geodesic_acceleration": False,
