@@ -161,7 +161,8 @@ def second_derivative(fn: Callable[[jax.Array], jax.Array], x: jax.Array, direct
     Args:
       fn: ``fn(x) -> u`` for one point x (d,).
       x: the point, (d,).
-      direction: v, (d,); e_j gives ∂²u/∂x_j².
+      direction: v, (d,), the shape of x (cast to x's dtype); e_j gives
+        ∂²u/∂x_j².
 
     Returns:
       vᵀ(∇²fn(x))v, with the shape of ``fn(x)``.
@@ -173,5 +174,13 @@ def second_derivative(fn: Callable[[jax.Array], jax.Array], x: jax.Array, direct
       >>> float(second_derivative(u, jnp.array([0.0, 2.0]), jnp.array([0.0, 1.0])))  # 6 x₁ sin x₀
       0.0
     """
+    x = jnp.asarray(x)
+    direction = jnp.asarray(direction)
+    if direction.shape != x.shape:
+        raise ValueError(f"second_derivative: the direction has shape {direction.shape}, "
+                         f"the point x has shape {x.shape}; they must be equal")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"second_derivative: the point x must be real floating point, got {x.dtype}")
+    direction = direction.astype(x.dtype)
     first = lambda y: jax.jvp(fn, (y,), (direction,))[1]
     return jax.jvp(first, (x,), (direction,))[1]

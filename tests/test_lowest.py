@@ -118,7 +118,7 @@ def test_it_finds_the_state_under_inject_hyperparams_and_multisteps():
         state = tx.init(params)
         lowest = ggn_jax.LowestLoss.init(params)
         for _ in range(3):
-            # (MultiSteps sums the gradients it is handed: None will not do.)
+            # (MultiSteps averages the gradients it is handed: None will not do.)
             updates, state = tx.update(jax.grad(_loss)(params, batch), state, params,
                                        batch=batch)
             params = optax.apply_updates(params, updates)

@@ -53,6 +53,17 @@ def test_by_hand_and_second_derivative():
     assert abs(float(second_derivative(u, x, v)) - float(fd)) < 1e-6
 
 
+def test_second_derivative_checks_its_direction():
+    u = lambda x: x[0] ** 2 * x[1]
+    x = jnp.array([0.5, 3.0])
+    with pytest.raises(ValueError, match=r"direction has shape \(3,\), the point x has shape \(2,\)"):
+        second_derivative(u, x, jnp.ones(3))
+    with pytest.raises(TypeError, match="real floating point"):
+        second_derivative(u, jnp.array([1, 2]), jnp.array([1, 0]))
+    # An integer basis vector is taken in x's dtype: ∂²u/∂x₀² = 2 x₁.
+    assert float(second_derivative(u, x, jnp.array([1, 0]))) == 6.0
+
+
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="unknown Laplacian method 'jet'"):
         laplacian(jnp.sum, "jet")

@@ -667,6 +667,36 @@ def test_masked_params_from_optax_wrappers_are_named():
     assert result.loss < 0.5 * result.initial_loss
 
 
+def test_multisteps_runs_ggn_on_the_mean_gradient_and_the_last_batch():
+    """What the README says of optax.MultiSteps(ggn, k): it needs the
+    gradients (None fails inside optax), returns zeros on the first k − 1
+    calls, and on the k-th runs ggn with the mean of the k gradients on
+    the k-th call's batch."""
+    model = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+    params = {"w": 0.3 * jax.random.normal(jax.random.PRNGKey(0), (3, 4)),
+              "v": 0.3 * jax.random.normal(jax.random.PRNGKey(1), (4, 2))}
+    (x1, x2), (y1, y2) = (jax.random.normal(jax.random.PRNGKey(k), (2, 8, d)) for k, d in ((2, 3), (3, 2)))
+    loss = lambda p, x, y: 0.5 * jnp.mean(jnp.sum((model(p, x) - y) ** 2, -1))
+    inner = ggn_jax.ggn(model)
+    tx = optax.MultiSteps(inner, every_k_schedule=2)
+    with pytest.raises((TypeError, ValueError)):
+        tx.update(None, tx.init(params), params, batch=(x1, y1))
+    state = tx.init(params)
+    first, state = tx.update(jax.grad(loss)(params, x1, y1), state, params, batch=(x1, y1))
+    second, state = tx.update(jax.grad(loss)(params, x2, y2), state, params, batch=(x2, y2))
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, jax.grad(loss)(params, x1, y1), jax.grad(loss)(params, x2, y2))
+    expected, expected_state = inner.update(mean, inner.init(params), params, batch=(x2, y2))
+    assert float(_flat(first) @ _flat(first)) == 0.0
+    np.testing.assert_allclose(_flat(second), _flat(expected), rtol=1e-5, atol=1e-7)
+    # The inner step ran once, on the second batch, with the mean gradient:
+    # its gain ratio and its mismatch with that batch's own gradient agree.
+    ran = state.inner_opt_state
+    assert int(ran.count) == 1
+    for field in ("rho", "loss", "gradient_mismatch"):
+        np.testing.assert_allclose(float(getattr(ran, field)), float(getattr(expected_state, field)), rtol=1e-5)
+    assert float(ran.gradient_mismatch) > 0.1
+
+
 def test_deprecated_names_still_work_with_a_warning():
     apply_fn = lambda w, x: x @ w
     x, y = jnp.eye(3), jnp.ones(3)
