@@ -681,10 +681,11 @@ def test_multisteps_runs_ggn_on_the_mean_gradient_and_the_last_batch():
     tx = optax.MultiSteps(inner, every_k_schedule=2)
     with pytest.raises((TypeError, ValueError)):
         tx.update(None, tx.init(params), params, batch=(x1, y1))
+    g1, g2 = jax.grad(loss)(params, x1, y1), jax.grad(loss)(params, x2, y2)
     state = tx.init(params)
-    first, state = tx.update(jax.grad(loss)(params, x1, y1), state, params, batch=(x1, y1))
-    second, state = tx.update(jax.grad(loss)(params, x2, y2), state, params, batch=(x2, y2))
-    mean = jax.tree.map(lambda a, b: (a + b) / 2, jax.grad(loss)(params, x1, y1), jax.grad(loss)(params, x2, y2))
+    first, state = tx.update(g1, state, params, batch=(x1, y1))
+    second, state = tx.update(g2, state, params, batch=(x2, y2))
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
     expected, expected_state = inner.update(mean, inner.init(params), params, batch=(x2, y2))
     assert float(_flat(first) @ _flat(first)) == 0.0
     np.testing.assert_allclose(_flat(second), _flat(expected), rtol=1e-5, atol=1e-7)
