@@ -446,6 +446,102 @@ def test_kfac_preconditioned_cg_gives_the_dense_step(loss):
     assert rel_err(step, expected) < 1e-8
 
 
+def test_cg_skips_the_warm_start_and_its_product_where_it_is_not_usable():
+    """initial_usable=False: the solve from zero, and at run time one
+    product per iteration only (the warm residual's product is in a
+    branch that does not run); True: the warm start as without the flag."""
+    eig = np.arange(1.0, 7.0)
+    a, g, lam = jnp.diag(eig), jnp.ones(6), 1e-3
+    exact = -1 / (eig + lam)  # the warm start that would end the solve at once
+    runs = []
+
+    def counted(v):
+        jax.debug.callback(lambda: runs.append(1))
+        return a @ v
+
+    def solve(usable):
+        result = jax.jit(lambda flag: solve_cg(counted, g, jnp.asarray(lam), None, None,
+                                               jnp.asarray(exact), 1e-12, 3,
+                                               initial_usable=flag))(usable)
+        jax.block_until_ready(result.step)
+        return result
+
+    runs.clear()
+    cold = solve(jnp.array(False))
+    jax.effects_barrier()
+    krylov = np.stack([np.linalg.matrix_power(np.diag(eig + lam), j) @ -np.ones(6)
+                       for j in range(3)], 1)
+    shifted = np.diag(eig + lam)
+    coef = np.linalg.solve(krylov.T @ shifted @ krylov, krylov.T @ -np.ones(6))
+    np.testing.assert_allclose(cold.step, krylov @ coef, rtol=1e-8)
+    assert int(cold.iterations) == 3
+    assert len(runs) == 3  # (unrolled: each iteration's product runs once)
+    runs.clear()
+    warm = solve(jnp.array(True))
+    jax.effects_barrier()
+    np.testing.assert_allclose(warm.step, exact, rtol=1e-12)
+    assert int(warm.iterations) == 0
+    assert len(runs) == 4  # the warm residual's product, then 3 (discarded) iterations
+
+
+def test_ggn_warm_starts_cg_only_on_the_batch_of_the_last_step():
+    """Three fixed-λ CG updates (3 iterations, float64): on batch A, on a new
+    batch B (11 of A's samples and one more), on B again. Each is the
+    Krylov minimiser of the damped model of its batch (dense G from jacfwd
+    and jax.hessian, numpy), from zero on A and on the new B, and from
+    0.9 × the last step on B the second time, where that start lowers the
+    model."""
+    params, _ = small_problem("softmax_cross_entropy", 3, sizes=(4, 6, 5))
+    x = jax.random.normal(jax.random.PRNGKey(5), (13, 4))
+    labels = jax.random.randint(jax.random.PRNGKey(6), (13,), 0, 5)
+    # B shares 11 of its 12 samples with A: a new batch to ggn, with nearly
+    # A's model, so that the last step would lower B's model too.
+    batch_a, batch_b = (x[:12], labels[:12]), (x[1:], labels[1:])
+    lam, iters = 3.0, 3  # short steps, so that the last one lowers the next model
+    tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver="cg", damping=lam,
+                     damping_rule="fixed", relative_damping_floor=0.0, cg_max_iters=iters,
+                     cg_tol=1e-30, curvature_samples=12, shorten_rejected_steps=False)
+    update = jit_update(tx)
+
+    def krylov_minimiser(params, batch, start, used=None):
+        g_dense, _ = reference_ggn("softmax_cross_entropy", params, batch)
+        a = np.asarray(g_dense) + lam * np.eye(g_dense.shape[0])
+        grad = np.asarray(ravel_pytree(jax.grad(lambda p: jnp.mean(
+            optax.softmax_cross_entropy_with_integer_labels(mlp_apply(p, batch[0]), batch[1])
+        ))(params))[0])
+        b = -grad
+        r0 = b - a @ start
+        lowers = -0.5 * start @ (b + r0) < 0  # the model at the start is below φ(0)
+        if used is not None:
+            used.append(bool(lowers))
+        if not lowers:
+            start, r0 = np.zeros_like(start), b
+        basis = np.stack([np.linalg.matrix_power(a, j) @ r0 for j in range(iters)], 1)
+        coef = np.linalg.solve(basis.T @ a @ basis, basis.T @ r0)
+        return start + basis @ coef
+
+    state = tx.init(params)
+    unravel = ravel_pytree(params)[1]
+    zero = np.zeros(ravel_pytree(params)[0].shape[0])
+    used = []
+    for i, batch in enumerate((batch_a, batch_b, batch_b)):
+        # The warm start is 0.9 × the last step taken (the state's last_step),
+        # on the batch of that step only.
+        warm = 0.9 * np.asarray(state.last_step)
+        expected = krylov_minimiser(params, batch, zero if i < 2 else warm)
+        if i > 0:
+            # Where the warm start would lower the model, it changes the step:
+            # on the new batch B it would have (so the test tells the two
+            # apart), and on B the second time it does.
+            from_warm = krylov_minimiser(params, batch, warm, used)
+            assert used[-1] and rel_err(from_warm, krylov_minimiser(params, batch, zero)) > 1e-6
+        delta, state = update(None, state, params, batch=batch)
+        flat = np.asarray(ravel_pytree(delta)[0])
+        assert bool(state.accepted)
+        assert rel_err(flat, expected) < 1e-8
+        params = optax.apply_updates(params, unravel(jnp.asarray(flat)))
+
+
 def test_kfac_is_exact_for_a_linear_layer_under_squared_error():
     """o = x·W: G = (XᵀX/N) ⊗ I is its own K-FAC, so preconditioned CG
     takes one iteration to the exact step."""

@@ -266,8 +266,14 @@ class Solver:
         damping: jax.Array,
         scale: jax.Array | None,
         warm_start: jax.Array,
+        warm_usable: jax.Array | None = None,
     ) -> tuple[jax.Array, SolveInfo]:
-        """δ with (G + λD)δ ≈ −g (D = diag(scale) or I) and its `SolveInfo`."""
+        """δ with (G + λD)δ ≈ −g (D = diag(scale) or I) and its `SolveInfo`.
+
+        ``warm_start`` is an iterative solver's starting point, and
+        ``warm_usable`` (a traced boolean, None for True) says whether it
+        may be used at all: False where the batch changed since the step
+        it came from (then CG skips the product that tests it)."""
         raise NotImplementedError
 
     def along(

@@ -63,10 +63,11 @@ def solve_cg(
     damping: jax.Array,
     scale: jax.Array | None,
     preconditioner: jax.Array | Callable[[jax.Array], jax.Array] | None,
-    initial_step: jax.Array,
+    initial_step: jax.Array | None,
     tol: float,
     max_iters: int,
     stop: str = "residual",
+    initial_usable: jax.Array | None = None,
 ) -> CGResult:
     """Preconditioned CG on (G + λD) δ = −g, matrix-free.
 
@@ -92,6 +93,9 @@ def solve_cg(
         also stops once the model φ makes little progress: at iteration i,
         with k = max(10, ⌈i/10⌉), when (φ_i − φ_{i−k})/φ_i < k·5·10⁻⁴
         (Martens 2010, §4.4; φ < 0 falls monotonically in CG).
+      initial_usable: a traced boolean, or None for True: where it is
+        False the solve starts from zero, and the warm residual's product
+        is skipped at run time (``lax.cond``), not only its result.
 
     Returns:
       `CGResult` with the step and the iteration count. If the very first
@@ -118,8 +122,15 @@ def solve_cg(
     if initial_step is None:  # no warm start: no product for its residual
         use_warm, x0, r0 = jnp.array(False), jnp.zeros_like(b), b
     else:
-        r_warm = b - operator(initial_step)
-        use_warm = model(initial_step, r_warm) < 0
+        def warm_residual(_):
+            r_warm = b - operator(initial_step)
+            return model(initial_step, r_warm) < 0, r_warm
+
+        if initial_usable is None:
+            use_warm, r_warm = warm_residual(None)
+        else:
+            use_warm, r_warm = jax.lax.cond(
+                initial_usable, warm_residual, lambda _: (jnp.array(False), b), None)
         x0 = jnp.where(use_warm, initial_step, jnp.zeros_like(b))
         r0 = jnp.where(use_warm, r_warm, b)
     z0 = precondition(r0)
@@ -246,7 +257,8 @@ class CG(Solver):
             local = local._replace(kronecker=kronecker_curvature(problem, local.outputs))
         return local, lin
 
-    def solve(self, problem, config, local, lin, grad, damping, scale, warm_start):
+    def solve(self, problem, config, local, lin, grad, damping, scale, warm_start,
+              warm_usable=None):
         preconditioner = None
         if config.cg_preconditioner == "diagonal":
             preconditioner = local.diagonal + damping * (1 if scale is None else scale)
@@ -268,6 +280,7 @@ class CG(Solver):
             config.cg_tol,
             config.cg_max_iters,
             config.cg_stop,
+            warm_usable,
         )
         status = jnp.where(
             ~jnp.all(jnp.isfinite(result.step)), STATUS_BREAKDOWN,

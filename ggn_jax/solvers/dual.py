@@ -195,7 +195,8 @@ class Dual(Solver):
     def diagonal(self, problem, config, local):
         return structured_diagonal(problem, local.outputs)
 
-    def solve(self, problem, config, local, lin, grad, damping, scale, warm_start):
+    def solve(self, problem, config, local, lin, grad, damping, scale, warm_start,
+              warm_usable=None):
         if scale is not None:
             raise ValueError("the structured dual solve takes D = I; Marquardt uses dual_jacobian")
         lin = linearize(problem.model, problem.theta, problem.inputs) if lin is None else lin

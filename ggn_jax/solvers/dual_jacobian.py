@@ -93,7 +93,8 @@ class DualJacobian(Solver):
             diagonal=ggn_diagonal_from_jacobians(local.jacobians[0], local.hessians)
         ), None
 
-    def solve(self, problem, config, local, lin, grad, damping, scale, warm_start):
+    def solve(self, problem, config, local, lin, grad, damping, scale, warm_start,
+              warm_usable=None):
         step = solve_dual(local.jacobians[0], local.hessians, local.output_grads,
                           local.batch_grad, grad, damping, scale, local.loss_factors)
         return step, direct_info(step)

@@ -313,7 +313,8 @@ class Primal(Solver):
         # the QR solve needs none.
         return None
 
-    def solve(self, problem, config, local: LocalModel, lin, grad, damping, scale, warm_start):
+    def solve(self, problem, config, local: LocalModel, lin, grad, damping, scale, warm_start,
+              warm_usable=None):
         if local.factor is not None:
             step = solve_primal_qr(local.factor, grad, damping, scale)
             return step, direct_info(step)
