@@ -870,10 +870,11 @@ def ggn_step(
             solve_grad = solve_grad + decay * anchor_step
     fingerprint = batch_fingerprint((problem.inputs, problem.targets), dtype)
     same_batch = fingerprint == state.batch_fingerprint
-    # CG's warm start is the last step, tried only on the batch it was
-    # taken on: on new minibatches it changed the steps to the target of 1
-    # digits run in 20, by one step, so the product that tests it is
-    # skipped there (BENCHMARKS.md, "A warm start only on its own batch").
+    # CG's warm start (the last step taken) is tried only where this
+    # update's batch is the previous update's: on new minibatches starting
+    # warm changed the steps to the target in 1 digits run of 20, by one
+    # step, so the product that tests it is skipped there (BENCHMARKS.md,
+    # "A warm start only on its own batch").
     step, info = solver.solve(
         curved, config, solve_local, lin, solve_grad, system_damping, system_scale,
         state.last_step, warm_usable=same_batch,
@@ -1234,11 +1235,11 @@ def ggn(
         None: ``"none"`` for a classification loss, ``"diagonal"``
         otherwise.
       cg_warm_start_weight: CG starts from this multiple of the last
-        accepted step where that lowers the quadratic model, on the batch
-        that step was taken on (on a new batch it starts from zero, and
-        skips the GGN product that tests the warm start); 0: always a
-        cold start, which given as a plain number also leaves that
-        product out of the program. ``cg_warm_start``, its name before,
+        accepted step where that lowers the quadratic model, when the
+        batch is the one the previous update saw (on a new batch it
+        starts from zero, and skips the GGN product that tests the warm
+        start); 0: always a cold start, which given as a plain number
+        also leaves that product out of the program. ``cg_warm_start``, its name before,
         is accepted with a ``DeprecationWarning``.
       cg_stop: ``"residual"`` (tolerance and cap only) or ``"martens"``,
         which also stops once the quadratic model stops improving.

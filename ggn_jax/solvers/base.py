@@ -272,8 +272,8 @@ class Solver:
 
         ``warm_start`` is an iterative solver's starting point, and
         ``warm_usable`` (a traced boolean, None for True) says whether it
-        may be used at all: False where the batch changed since the step
-        it came from (then CG skips the product that tests it)."""
+        may be used at all: False where the batch is not the one the
+        previous update saw (then CG skips the product that tests it)."""
         raise NotImplementedError
 
     def along(

@@ -95,7 +95,9 @@ def solve_cg(
         (Martens 2010, §4.4; φ < 0 falls monotonically in CG).
       initial_usable: a traced boolean, or None for True: where it is
         False the solve starts from zero, and the warm residual's product
-        is skipped at run time (``lax.cond``), not only its result.
+        is skipped at run time (``lax.cond``), not only its result. Under
+        ``vmap`` with a batched flag the cond is a select: both run, and
+        the result is the same.
 
     Returns:
       `CGResult` with the step and the iteration count. If the very first
