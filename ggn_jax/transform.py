@@ -1435,7 +1435,20 @@ def ggn(
         _check_state(state, params)
         problem = bind_problem(apply_fn, loss, params, batch)
         grad = None if updates is None else ravel_pytree(updates)[0].astype(problem.theta.dtype)
-        step, state = ggn_step(config, problem, state, grad)
+        step, state = ggn_step(_in_dtype(config, problem.theta.dtype), problem, state, grad)
         return problem.unravel(step), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _in_dtype(config: GGNConfig, dtype: Any) -> GGNConfig:
+    """The config with its traced options (``optax.inject_hyperparams``)
+    in the params' dtype: a float64 hyperparameter (the default dtype of
+    an injected Python float under x64) would otherwise promote a float32
+    step and break its linearisation."""
+    changes = {
+        name: value.astype(dtype)
+        for name in DYNAMIC_OPTIONS
+        if _is_traced(value := getattr(config, name)) and value.dtype != dtype
+    }
+    return dataclasses.replace(config, **changes) if changes else config

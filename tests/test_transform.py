@@ -556,6 +556,36 @@ def test_sizing_options_cannot_be_injected():
     assert 0 < int(state.inner_state.cg_iterations) <= 10
 
 
+@pytest.mark.parametrize("solver", ["cg", "primal"])
+def test_float64_hyperparameters_drive_a_float32_step(solver):
+    """inject_hyperparams(hyperparam_dtype=float64) with float32 params
+    (x64 on): the injected λ and CG options are taken in the params' dtype,
+    and two updates equal those of plain ggn with the same values. (Before,
+    a float64 option promoted the CG step and broke its linearisation.)"""
+    params, batch = small_problem("softmax_cross_entropy", 5, n=16, sizes=(4, 8, 3))
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    batch = (batch[0].astype(jnp.float32), batch[1])
+    options = {"damping": 1e-2, "cg_warm_start_weight": 0.9, "cg_tol": 1e-6}
+    injected = optax.inject_hyperparams(
+        ggn_jax.ggn, static_args=("apply_fn", "solver"), hyperparam_dtype=jnp.float64,
+    )(mlp_apply, "softmax_cross_entropy", solver=solver, **options)
+    plain = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver=solver, **options)
+    runs = []
+    for tx, inner in ((injected, lambda s: s.inner_state), (plain, lambda s: s)):
+        state, p = tx.init(params), params
+        assert tx is plain or state.hyperparams["damping"].dtype == jnp.float64
+        update = jax.jit(lambda s, p, tx=tx: tx.update(None, s, p, batch=batch))
+        losses = []
+        for _ in range(2):
+            delta, state = update(state, p)
+            p = optax.apply_updates(p, delta)
+            losses.append(float(inner(state).loss))
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(p))
+        runs.append((np.asarray(ravel_pytree(p)[0]), losses))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5)
+
+
 def test_chain_with_a_backtracking_line_search():
     # optax's line searches hand the extra arguments they do not use to
     # value_fn, so a value_fn that takes the same ``batch`` keyword as ggn
