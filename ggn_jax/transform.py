@@ -1239,8 +1239,8 @@ def ggn(
         batch is the one the previous update saw (on a new batch it
         starts from zero, and skips the GGN product that tests the warm
         start); 0: always a cold start, which given as a plain number
-        also leaves that product out of the program. ``cg_warm_start``, its name before,
-        is accepted with a ``DeprecationWarning``.
+        also leaves that product out of the program. ``cg_warm_start``,
+        its name before, is accepted with a ``DeprecationWarning``.
       cg_stop: ``"residual"`` (tolerance and cap only) or ``"martens"``,
         which also stops once the quadratic model stops improving.
       relative_damping_floor: c ≥ 0, the floor that keeps the system
@@ -1443,9 +1443,9 @@ def ggn(
 
 def _in_dtype(config: GGNConfig, dtype: Any) -> GGNConfig:
     """The config with its traced options (``optax.inject_hyperparams``)
-    in the params' dtype: a float64 hyperparameter (the default dtype of
-    an injected Python float under x64) would otherwise promote a float32
-    step and break its linearisation."""
+    in the params' dtype: a float64 hyperparameter (``hyperparam_dtype=
+    jnp.float64``, or float64 arrays injected) would otherwise promote a
+    float32 step and break its linearisation."""
     changes = {
         name: value.astype(dtype)
         for name in DYNAMIC_OPTIONS
