@@ -76,11 +76,8 @@ def geodesic_acceleration(
     if factors is not None:  # H_i = B_iB_iᵀ: the weights are B_i(B_iᵀ f'')
         factors = (factors[0], jnp.einsum("nka,nk->na", factors[0], curvature))
     pseudo = local._replace(output_grads=weights, batch_grad=grad, loss_factors=factors)
-    # From zero: no warm start, and CG skips the product that would test one.
-    accel, _ = solver.solve(
-        problem, config, pseudo, lin, grad, damping, scale, jnp.zeros_like(velocity),
-        warm_usable=jnp.array(False),
-    )
+    # From zero (no warm start: CG leaves out the product that would test one).
+    accel, _ = solver.solve(problem, config, pseudo, lin, grad, damping, scale, None)
     accel = accel.astype(velocity.dtype)
     size = 2 * jnp.linalg.norm(accel)
     used = jnp.all(jnp.isfinite(accel)) & (size <= ratio * jnp.linalg.norm(velocity))

@@ -469,9 +469,8 @@ def test_cg_skips_the_warm_start_and_its_product_where_it_is_not_usable():
     runs.clear()
     cold = solve(jnp.array(False))
     jax.effects_barrier()
-    krylov = np.stack([np.linalg.matrix_power(np.diag(eig + lam), j) @ -np.ones(6)
-                       for j in range(3)], 1)
     shifted = np.diag(eig + lam)
+    krylov = np.stack([np.linalg.matrix_power(shifted, j) @ -np.ones(6) for j in range(3)], 1)
     coef = np.linalg.solve(krylov.T @ shifted @ krylov, krylov.T @ -np.ones(6))
     np.testing.assert_allclose(cold.step, krylov @ coef, rtol=1e-8)
     assert int(cold.iterations) == 3

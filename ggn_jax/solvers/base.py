@@ -265,13 +265,13 @@ class Solver:
         grad: jax.Array,
         damping: jax.Array,
         scale: jax.Array | None,
-        warm_start: jax.Array,
+        warm_start: jax.Array | None,
         warm_usable: jax.Array | None = None,
     ) -> tuple[jax.Array, SolveInfo]:
         """δ with (G + λD)δ ≈ −g (D = diag(scale) or I) and its `SolveInfo`.
 
-        ``warm_start`` is an iterative solver's starting point, and
-        ``warm_usable`` (a traced boolean, None for True) says whether it
+        ``warm_start`` is an iterative solver's starting point (None:
+        none), and ``warm_usable`` (a traced boolean, None for True) says whether it
         may be used at all: False where the batch is not the one the
         previous update saw (then CG skips the product that tests it)."""
         raise NotImplementedError

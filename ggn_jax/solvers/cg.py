@@ -278,7 +278,7 @@ class CG(Solver):
             damping,
             scale,
             preconditioner,
-            None if cold else weight * warm_start,
+            None if cold or warm_start is None else weight * warm_start,
             config.cg_tol,
             config.cg_max_iters,
             config.cg_stop,
