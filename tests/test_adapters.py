@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import mlp_apply, mlp_init, random_batch
+from helpers import mlp_apply, mlp_init, random_batch, rel_err
+from jax.flatten_util import ravel_pytree
 
 import ggn_jax
 from ggn_jax.adapters import from_equinox, from_nnx
@@ -148,3 +149,97 @@ def test_adapters_name_a_wrong_module():
         from_nnx({})
     with pytest.raises(TypeError, match="from_equinox needs an eqx.Module, got list"):
         from_equinox([])
+
+
+class StatefulNet(flax_linen.Module):
+    """Dense, BatchNorm, tanh, Dropout, Dense: a model with batch statistics
+    and a random mask, in float64."""
+
+    @flax_linen.compact
+    def __call__(self, x, train: bool, batch_statistics: bool = False):
+        h = flax_linen.Dense(8, param_dtype=jnp.float64)(x)
+        h = flax_linen.BatchNorm(use_running_average=not batch_statistics, momentum=0.5,
+                                 param_dtype=jnp.float64)(h)
+        h = flax_linen.Dropout(0.4, deterministic=not train)(jnp.tanh(h))
+        return flax_linen.Dense(3, param_dtype=jnp.float64)(h)
+
+
+def _stateful_problem(n=12):
+    key_x, key_p, key_y, key_d = jax.random.split(jax.random.PRNGKey(31), 4)
+    x = jax.random.normal(key_x, (n, 5), jnp.float64)
+    labels = jax.random.randint(key_y, (n,), 0, 3)
+    net = StatefulNet()
+    variables = net.init(key_p, x, train=False)
+    # Statistics that are not the initial ones: a train-mode pass on the batch.
+    _, new = net.apply(variables, x, train=False, batch_statistics=True,
+                       mutable=["batch_stats"])
+    keys = jax.random.split(key_d, n)  # one dropout key a sample
+    return net, variables["params"], new["batch_stats"], (x, keys), labels
+
+
+def _apply_with(net, stats):
+    """The net with its statistics held at ``stats`` and each sample's
+    dropout mask drawn from that sample's key: inputs = (x, keys)."""
+
+    def apply_fn(params, inputs):
+        def one(x, key):
+            return net.apply({"params": params, "batch_stats": stats}, x[None], train=True,
+                             rngs={"dropout": key})[0]
+
+        return jax.vmap(one)(*inputs)
+
+    return apply_fn
+
+
+def _dense_step(apply_fn, params, inputs, labels, damping, curvature_samples):
+    """−(G + λI)⁻¹b: b from jax.grad on the whole batch, G from jacfwd on
+    its first ``curvature_samples`` samples and diag(p) − ppᵀ written out."""
+    theta, unravel = ravel_pytree(params)
+
+    def outputs(th):
+        return apply_fn(unravel(th), inputs)
+
+    def mean_loss(th):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs(th), labels))
+
+    m = curvature_samples
+    jac = jax.jacfwd(outputs)(theta)[:m]  # (m, K, P): the whole batch's rows
+    p = jax.nn.softmax(outputs(theta))[:m]
+    hessians = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
+    g_dense = np.asarray(jnp.einsum("nkp,nkl,nlq->pq", jac, hessians, jac)) / m
+    return -np.linalg.solve(g_dense + damping * np.eye(theta.size),
+                            np.asarray(jax.grad(mean_loss)(theta)))
+
+
+@pytest.mark.parametrize("curvature_samples", [12, 5])
+@pytest.mark.parametrize("solver", ["dual", "primal", "cg"])
+def test_a_step_built_in_jit_with_held_statistics_and_per_sample_masks_is_the_dense_step(
+        solver, curvature_samples):
+    """README, "Batch statistics and dropout": `ggn` built inside the jitted
+    step around the statistics of that step (traced), with one dropout key
+    a sample in the inputs, continues a state from another `ggn` and gives
+    −(G + λI)⁻¹b for the model with those statistics and masks. With G from
+    the first 5 samples, their rows of the whole batch's Jacobian: the keys
+    travel with their samples."""
+    net, params, stats, inputs, labels = _stateful_problem()
+    apply_fn = _apply_with(net, stats)
+    masks_differ = not np.allclose(apply_fn(params, inputs),
+                                   net.apply({"params": params, "batch_stats": stats},
+                                             inputs[0], train=False))
+    assert masks_differ
+    damping = 0.05
+    options = dict(solver=solver, damping=damping, damping_rule="fixed",
+                   relative_damping_floor=0.0, geodesic_acceleration=False,
+                   cg_max_iters=2000, cg_tol=1e-15, curvature_samples=curvature_samples)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, stats)
+    state = ggn_jax.ggn(_apply_with(net, zeros), "softmax_cross_entropy", **options).init(params)
+
+    @jax.jit
+    def step(params, stats, state, inputs, labels):
+        tx = ggn_jax.ggn(_apply_with(net, stats), "softmax_cross_entropy", **options)
+        return tx.update(None, state, params, batch=(inputs, labels))
+
+    update, new_state = step(params, stats, state, inputs, labels)
+    assert bool(new_state.accepted)
+    expected = _dense_step(apply_fn, params, inputs, labels, damping, curvature_samples)
+    assert rel_err(ravel_pytree(update)[0], expected) < 1e-8

@@ -43,6 +43,9 @@ EXPECTED = {
         lambda m: _number(m[1]) < 1e-20 and int(m[2]) <= 6,
     # Flax on digits, classification defaults: "test accuracy 96.7%".
     r"^test accuracy (\S+)%$": lambda m: _number(m[1]) >= 95.0,
+    # Flax CNN with BatchNorm and dropout: "batch norm and dropout: test
+    # accuracy 97.6%" (seeds 0-4 of the benchmark: 93.6-97.3%).
+    r"^batch norm and dropout: test accuracy (\S+)%$": lambda m: _number(m[1]) >= 93.0,
     # Equinox PINN: "max |u - sin(πx)| = 9e-11 after 300 steps".
     r"^max \|u - sin\(πx\)\| = (\S+) after (\d+) steps$":
         lambda m: _number(m[1]) < 1e-7 and int(m[2]) == 300,
