@@ -15,6 +15,7 @@ called (``pip install ggn_jax[flax]`` or ``ggn_jax[equinox]``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -55,7 +56,18 @@ def from_nnx(module: Any) -> Adapted:
 
     Returns:
       `Adapted`: ``apply_fn(params, inputs) = module(inputs)`` with
-      ``params`` in place of the module's parameters.
+      ``params`` in place of the module's parameters. ``apply_fn`` is pure:
+      each call runs on a copy of the held variables, so it may be traced
+      (``jit``) and gives the same outputs for the same arguments.
+
+    Warns:
+      UserWarning: where a ``Dropout`` (rate > 0) is not deterministic or
+        a ``BatchNorm`` does not use its running averages (the training
+        mode). Held fixed, the dropout RNG gives masks that depend on the
+        shape of each call, so the step's evaluations on a subsample or on
+        one sample see other masks; and BatchNorm couples the samples of a
+        batch. Call ``module.eval()`` first, or see the README, "Batch
+        statistics and dropout".
 
     Example:
       >>> import jax.numpy as jnp
@@ -71,15 +83,45 @@ def from_nnx(module: Any) -> Adapted:
 
     if not isinstance(module, nnx.Module):
         raise TypeError(f"from_nnx needs an nnx.Module, got {type(module).__name__}")
+    training = _nnx_training_layers(module)
+    if training:
+        warnings.warn(
+            f"from_nnx: {', '.join(training)} of the module in training mode; the adapter "
+            "holds its RNG state and batch statistics fixed, so dropout masks depend on the "
+            "shape of each call and batch statistics couple the samples, which a GGN step "
+            "(curvature per sample, on a subsample) does not allow for. Call module.eval() "
+            "before from_nnx, or see the README, 'Batch statistics and dropout'",
+            UserWarning,
+            stacklevel=2,
+        )
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
     def apply_fn(params: Any, inputs: Any) -> Any:
-        return nnx.merge(graphdef, params, rest)(inputs)
+        # A copy of the held variables per call: a Dropout advances its RNG
+        # count and a training BatchNorm its averages in place, which would
+        # change the next call's outputs eagerly and fail under jit.
+        return nnx.merge(graphdef, params, rest, copy=True)(inputs)
 
     def rebuild(params: Any) -> Any:
         return nnx.merge(graphdef, params, rest)
 
     return Adapted(apply_fn, params, rebuild)
+
+
+def _nnx_training_layers(module: Any) -> list[str]:
+    """The paths of the module's Dropout (rate > 0, not deterministic) and
+    BatchNorm (not on running averages) layers, as their attributes set them
+    (a flag passed at call time is not seen)."""
+    from flax import nnx
+
+    found = []
+    for path, layer in nnx.iter_modules(module):
+        name = "/".join(map(str, path)) or "the module itself"
+        if isinstance(layer, nnx.Dropout) and layer.rate > 0 and layer.deterministic is False:
+            found.append(f"Dropout {name}")
+        elif isinstance(layer, nnx.BatchNorm) and layer.use_running_average is False:
+            found.append(f"BatchNorm {name}")
+    return found
 
 
 def from_equinox(module: Any, per_sample: bool = True) -> Adapted:

@@ -5,6 +5,8 @@ One 3-12-12-2 tanh network, its weights copied into each library's layers;
 round-off (each library orders its products its own way).
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,6 +151,40 @@ def test_adapters_name_a_wrong_module():
         from_nnx({})
     with pytest.raises(TypeError, match="from_equinox needs an eqx.Module, got list"):
         from_equinox([])
+
+
+class NNXDropoutNet(nnx.Module):
+    def __init__(self, rngs):
+        self.hidden = nnx.Linear(4, 16, rngs=rngs)
+        self.norm = nnx.BatchNorm(16, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.out = nnx.Linear(16, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(jnp.tanh(self.norm(self.hidden(x)))))
+
+
+def test_nnx_adapter_is_pure_and_names_the_layers_in_training_mode():
+    """A Dropout advances its RNG count and a training BatchNorm its
+    averages in place. The adapter's apply_fn runs on a copy of them: the
+    same outputs at every call, eagerly and under jit, those of a fresh
+    module's first call. In training mode `from_nnx` warns, naming the
+    layers; after eval() it does not, and gives the module's own outputs."""
+    x = jax.random.normal(jax.random.PRNGKey(4), (8, 4), jnp.float32)
+    module = NNXDropoutNet(nnx.Rngs(0, dropout=1))
+    with pytest.warns(UserWarning, match=r"module.eval\(\)") as record:
+        apply_fn, params, _ = from_nnx(module)
+    assert "Dropout drop" in str(record[0].message)
+    assert "BatchNorm norm" in str(record[0].message)
+    first = NNXDropoutNet(nnx.Rngs(0, dropout=1))(x)  # a fresh module's first mask
+    np.testing.assert_array_equal(apply_fn(params, x), first)
+    np.testing.assert_array_equal(apply_fn(params, x), first)
+    np.testing.assert_allclose(jax.jit(apply_fn)(params, x), first, rtol=1e-6)
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_fn, params, _ = from_nnx(module)
+    np.testing.assert_array_equal(apply_fn(params, x), module(x))
 
 
 class StatefulNet(flax_linen.Module):
