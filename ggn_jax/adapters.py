@@ -57,17 +57,24 @@ def from_nnx(module: Any) -> Adapted:
     Returns:
       `Adapted`: ``apply_fn(params, inputs) = module(inputs)`` with
       ``params`` in place of the module's parameters. ``apply_fn`` is pure:
-      each call runs on a copy of the held variables, so it may be traced
-      (``jit``) and gives the same outputs for the same arguments.
+      it holds the other variables as they were when ``from_nnx`` was
+      called (later updates of the module do not reach it) and each call
+      runs on a copy of them, so it may be traced (``jit``) and gives the
+      same outputs for the same arguments. ``rebuild`` gives a module of
+      its own, from a copy.
 
     Warns:
-      UserWarning: where a ``Dropout`` (rate > 0) is not deterministic or
-        a ``BatchNorm`` does not use its running averages (the training
-        mode). Held fixed, the dropout RNG gives masks that depend on the
-        shape of each call, so the step's evaluations on a subsample or on
-        one sample see other masks; and BatchNorm couples the samples of a
-        batch. Call ``module.eval()`` first, or see the README, "Batch
-        statistics and dropout".
+      UserWarning: where a layer with dropout (``Dropout`` with rate > 0,
+        or a layer with ``dropout_rate > 0`` such as ``MultiHeadAttention``)
+        is not deterministic, or a ``BatchNorm`` does not use its running
+        averages (the training mode). Held fixed, the dropout RNG gives
+        masks that depend on the shape of each call, so the step's
+        evaluations on a subsample or on one sample see other masks; and
+        BatchNorm couples the samples of a batch. Call ``module.eval()``
+        first, or see the README, "Batch statistics and dropout". The
+        check reads the layers' attributes: a flag the model passes at
+        call time (``deterministic=``, ``use_running_average=``) is not
+        seen, either way.
 
     Example:
       >>> import jax.numpy as jnp
@@ -95,6 +102,9 @@ def from_nnx(module: Any) -> Adapted:
             stacklevel=2,
         )
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    # The held variables as they are now, in containers of their own: the
+    # module's own would carry its later updates into apply_fn.
+    rest = jax.tree_util.tree_map(lambda value: value, rest)
 
     def apply_fn(params: Any, inputs: Any) -> Any:
         # A copy of the held variables per call: a Dropout advances its RNG
@@ -103,15 +113,16 @@ def from_nnx(module: Any) -> Adapted:
         return nnx.merge(graphdef, params, rest, copy=True)(inputs)
 
     def rebuild(params: Any) -> Any:
-        return nnx.merge(graphdef, params, rest)
+        return nnx.merge(graphdef, params, rest, copy=True)
 
     return Adapted(apply_fn, params, rebuild)
 
 
 def _nnx_training_layers(module: Any) -> list[str]:
-    """The paths of the module's Dropout (rate > 0, not deterministic) and
-    BatchNorm (not on running averages) layers, as their attributes set them
-    (a flag passed at call time is not seen)."""
+    """The paths of the module's layers that drop out at random (a Dropout
+    of rate > 0, or a layer with ``dropout_rate > 0``, not deterministic)
+    and of its BatchNorm layers not on running averages, as their
+    attributes set them (a flag passed at call time is not seen)."""
     from flax import nnx
 
     found = []
@@ -119,6 +130,9 @@ def _nnx_training_layers(module: Any) -> list[str]:
         name = "/".join(map(str, path)) or "the module itself"
         if isinstance(layer, nnx.Dropout) and layer.rate > 0 and layer.deterministic is False:
             found.append(f"Dropout {name}")
+        elif (getattr(layer, "dropout_rate", 0) or 0) > 0 and getattr(
+                layer, "deterministic", None) is False:
+            found.append(f"{type(layer).__name__} {name} (dropout_rate)")
         elif isinstance(layer, nnx.BatchNorm) and layer.use_running_average is False:
             found.append(f"BatchNorm {name}")
     return found

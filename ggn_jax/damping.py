@@ -196,12 +196,15 @@ def _periodic(table: np.ndarray, n: int, dtype) -> jax.Array:
 
 
 def batch_fingerprint(batch, dtype) -> jax.Array:
-    """A number that identifies a batch: Σ_leaves aᵀ X b, with X the leaf
-    as a matrix of its samples (rows) by the rest of its entries, and
-    periodic weights a_i = cos((i mod m)/φ) over samples and
+    """A number that identifies a batch: Σ_leaves aᵀ X b / (1 + Σ|X|), with
+    X the leaf as a matrix of its samples (rows) by the rest of its
+    entries, and periodic weights a_i = cos((i mod m)/φ) over samples and
     b_j = cos((j mod m)/ψ + 1) over entries, φ the golden ratio, ψ the
-    plastic number, m = ``FINGERPRINT_PERIOD``. A leaf with no samples
-    adds nothing. The same arrays give the
+    plastic number, m = ``FINGERPRINT_PERIOD``. Each leaf's term is scaled
+    by its own size, so that a leaf of large numbers (raw PRNG keys, whose
+    words reach 4·10⁹) does not swamp the others in float32; a typed PRNG
+    key leaf enters as its key data. A leaf with no samples adds nothing.
+    The same arrays give the
     same bits in the same program; another batch differs with probability
     one. (Comparing the loss at θ with the last trial loss cannot tell:
     round-off in a PDE residual, a cancellation of large terms, can exceed
@@ -216,13 +219,17 @@ def batch_fingerprint(batch, dtype) -> jax.Array:
     """
     total = jnp.zeros((), dtype)
     for leaf in jax.tree_util.tree_leaves(batch):
-        x = jnp.asarray(leaf).astype(dtype)
+        leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)  # (..., words): a sample's words are entries
+        x = leaf.astype(dtype)
         if x.size == 0:
             continue
         x = x.reshape(1, 1) if x.ndim == 0 else x.reshape(x.shape[0], -1)
         n, d = x.shape
         per_sample = x @ _periodic(_ENTRY_WEIGHTS, d, dtype)
-        total = total + jnp.dot(_periodic(_SAMPLE_WEIGHTS, n, dtype), per_sample)
+        term = jnp.dot(_periodic(_SAMPLE_WEIGHTS, n, dtype), per_sample)
+        total = total + term / (1 + jnp.sum(jnp.abs(x)))
     return jnp.where(jnp.isfinite(total), total, jnp.nan)
 
 

@@ -169,7 +169,8 @@ def test_nnx_adapter_is_pure_and_names_the_layers_in_training_mode():
     averages in place. The adapter's apply_fn runs on a copy of them: the
     same outputs at every call, eagerly and under jit, those of a fresh
     module's first call. In training mode `from_nnx` warns, naming the
-    layers; after eval() it does not, and gives the module's own outputs."""
+    layers; after eval() it does not, and gives the module's own outputs,
+    with the statistics held when the adapter was made."""
     x = jax.random.normal(jax.random.PRNGKey(4), (8, 4), jnp.float32)
     module = NNXDropoutNet(nnx.Rngs(0, dropout=1))
     with pytest.warns(UserWarning, match=r"module.eval\(\)") as record:
@@ -183,8 +184,18 @@ def test_nnx_adapter_is_pure_and_names_the_layers_in_training_mode():
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        apply_fn, params, _ = from_nnx(module)
-    np.testing.assert_array_equal(apply_fn(params, x), module(x))
+        apply_fn, params, rebuild = from_nnx(module)
+    held = module(x)
+    np.testing.assert_array_equal(apply_fn(params, x), held)
+    # The statistics held when the adapter was made: training the module
+    # afterwards, or a rebuilt one, does not reach apply_fn.
+    for trained in (module, rebuild(params)):
+        trained.train()
+        trained(x + 3.0)
+        trained.eval()
+    assert not np.allclose(module(x), held)
+    np.testing.assert_array_equal(apply_fn(params, x), held)
+    np.testing.assert_allclose(jax.jit(apply_fn)(params, x), held, rtol=1e-6)
 
 
 class StatefulNet(flax_linen.Module):
@@ -279,3 +290,22 @@ def test_a_step_built_in_jit_with_held_statistics_and_per_sample_masks_is_the_de
     assert bool(new_state.accepted)
     expected = _dense_step(apply_fn, params, inputs, labels, damping, curvature_samples)
     assert rel_err(ravel_pytree(update)[0], expected) < 1e-8
+
+
+def test_typed_dropout_keys_give_the_step_of_their_key_data():
+    """Keys from `jax.random.key` (typed) in the inputs: the step is the
+    dense step of the same masks (their key data as raw keys), on every
+    solver, with G from a subsample (typed keys crashed the batch
+    fingerprint's cast before)."""
+    net, params, stats, (x, raw), labels = _stateful_problem()
+    typed = jax.random.wrap_key_data(raw)
+    damping = 0.05
+    expected = _dense_step(_apply_with(net, stats), params, (x, raw), labels, damping, 5)
+    for solver in ("dual", "primal", "cg"):
+        tx = ggn_jax.ggn(_apply_with(net, stats), "softmax_cross_entropy", solver=solver,
+                         damping=damping, damping_rule="fixed", relative_damping_floor=0.0,
+                         geodesic_acceleration=False, cg_max_iters=2000, cg_tol=1e-15,
+                         curvature_samples=5)
+        update, state = jax.jit(tx.update)(None, tx.init(params), params, ((x, typed), labels))
+        assert bool(state.accepted)
+        assert rel_err(ravel_pytree(update)[0], expected) < 1e-8, solver
