@@ -2,7 +2,10 @@
 
 One 3-12-12-2 tanh network, its weights copied into each library's layers;
 `fit` and the optax transformation must give the raw-JAX losses to
-round-off (each library orders its products its own way).
+round-off (each library orders its products its own way). Then models
+with batch statistics and dropout: the NNX adapter holds them fixed and
+pure, and the README's recipe (statistics held in the step, a dropout key
+a sample) gives the dense step of the held model.
 """
 
 import warnings

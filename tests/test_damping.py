@@ -490,9 +490,9 @@ def test_batch_fingerprint_tells_batches_apart_and_not_repeats():
 
 def test_batch_fingerprint_of_a_long_batch_is_its_weighted_sum():
     """Past FINGERPRINT_PERIOD samples or entries the weights repeat:
-    against Σ aᵀXb / (1 + Σ|X|) written out in numpy, for a leaf with more samples than
-    the period and one with more entries a sample; two batches that differ
-    in one sample of thousands still differ."""
+    against Σ aᵀXb / (1 + Σ|X|) written out in numpy, for a leaf with
+    more samples than the period and one with more entries a sample; two
+    batches that differ in one sample of thousands still differ."""
     from ggn_jax.damping import FINGERPRINT_PERIOD, batch_fingerprint
 
     m = FINGERPRINT_PERIOD
