@@ -56,12 +56,12 @@ def from_nnx(module: Any) -> Adapted:
 
     Returns:
       `Adapted`: ``apply_fn(params, inputs) = module(inputs)`` with
-      ``params`` in place of the module's parameters. ``apply_fn`` is pure:
-      it holds the other variables as they were when ``from_nnx`` was
-      called (later updates of the module do not reach it) and each call
-      runs on a copy of them, so it may be traced (``jit``) and gives the
-      same outputs for the same arguments. ``rebuild`` gives a module of
-      its own, from a copy.
+      ``params`` in place of the module's parameters. ``params`` and the
+      other variables are a snapshot, as they were when ``from_nnx`` was
+      called (later updates of the module do not reach them). ``apply_fn``
+      is pure: each call runs on a copy of them, so it may be traced
+      (``jit``) and gives the same outputs for the same arguments.
+      ``rebuild`` gives a module of its own, from a copy.
 
     Warns:
       UserWarning: where a layer with dropout (``Dropout`` with rate > 0,
@@ -102,9 +102,10 @@ def from_nnx(module: Any) -> Adapted:
             stacklevel=2,
         )
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-    # The held variables as they are now, in containers of their own: the
-    # module's own would carry its later updates into apply_fn.
-    rest = jax.tree_util.tree_map(lambda value: value, rest)
+    # The params and the held variables as they are now, in containers of
+    # their own: the module's would carry its later updates (an optimiser's
+    # step on the module, a training pass) into them.
+    params, rest = jax.tree_util.tree_map(lambda value: value, (params, rest))
 
     def apply_fn(params: Any, inputs: Any) -> Any:
         # A copy of the held variables per call: a Dropout advances its RNG

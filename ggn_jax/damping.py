@@ -185,6 +185,8 @@ def roundoff_noise(
 FINGERPRINT_PERIOD = 4093
 _SAMPLE_WEIGHTS = np.cos(0.6180339887498949 * np.arange(FINGERPRINT_PERIOD))
 _ENTRY_WEIGHTS = np.cos(0.7548776662466927 * np.arange(FINGERPRINT_PERIOD) + 1.0)
+# The weight of a leaf's binary exponent in the fingerprint (1/φ²).
+_EXPONENT_WEIGHT = 0.3819660112501051
 
 
 def _periodic(table: np.ndarray, n: int, dtype) -> jax.Array:
@@ -196,15 +198,17 @@ def _periodic(table: np.ndarray, n: int, dtype) -> jax.Array:
 
 
 def batch_fingerprint(batch, dtype) -> jax.Array:
-    """A number that identifies a batch: Σ_leaves aᵀ X b / (1 + Σ|X|), with
-    X the leaf as a matrix of its samples (rows) by the rest of its
-    entries, and periodic weights a_i = cos((i mod m)/φ) over samples and
+    """A number that identifies a batch: Σ_leaves (2^{−e} aᵀ X b + e/φ²),
+    with X the leaf as a matrix of its samples (rows) by the rest of its
+    entries, periodic weights a_i = cos((i mod m)/φ) over samples and
     b_j = cos((j mod m)/ψ + 1) over entries, φ the golden ratio, ψ the
-    plastic number, m = ``FINGERPRINT_PERIOD``. Each leaf's term is scaled
-    by its own size, so that a leaf of large numbers (raw PRNG keys, whose
-    words reach 4·10⁹) does not swamp the others in float32; a typed PRNG
-    key leaf enters as its key data. A leaf with no samples adds nothing.
-    The same arrays give the
+    plastic number, m = ``FINGERPRINT_PERIOD``, and e the binary exponent
+    of max|X| (``frexp``). Scaling each leaf's term by a power of two near
+    its size is exact, so a leaf of large numbers (raw PRNG keys, whose
+    words reach 4·10⁹) does not swamp the others in float32, and a leaf
+    scaled as a whole still moves the sum (by 2^{−e} of its term, or by
+    e/φ² where e changes). A typed PRNG key leaf enters as its key data; a
+    leaf with no samples adds nothing. The same arrays give the
     same bits in the same program; another batch differs with probability
     one. (Comparing the loss at θ with the last trial loss cannot tell:
     round-off in a PDE residual, a cancellation of large terms, can exceed
@@ -229,7 +233,8 @@ def batch_fingerprint(batch, dtype) -> jax.Array:
         n, d = x.shape
         per_sample = x @ _periodic(_ENTRY_WEIGHTS, d, dtype)
         term = jnp.dot(_periodic(_SAMPLE_WEIGHTS, n, dtype), per_sample)
-        total = total + term / (1 + jnp.sum(jnp.abs(x)))
+        _, exponent = jnp.frexp(jnp.max(jnp.abs(x)))
+        total = total + jnp.ldexp(term, -exponent) + _EXPONENT_WEIGHT * exponent.astype(dtype)
     return jnp.where(jnp.isfinite(total), total, jnp.nan)
 
 

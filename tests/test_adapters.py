@@ -198,6 +198,11 @@ def test_nnx_adapter_is_pure_and_names_the_layers_in_training_mode():
         trained.eval()
     assert not np.allclose(module(x), held)
     np.testing.assert_array_equal(apply_fn(params, x), held)
+    # So do the params: a step taken on the module's own weights.
+    kernel = np.asarray(params["hidden"]["kernel"])
+    module.hidden.kernel[...] = module.hidden.kernel[...] + 1.0
+    np.testing.assert_array_equal(params["hidden"]["kernel"], kernel)
+    np.testing.assert_array_equal(apply_fn(params, x), held)
     np.testing.assert_allclose(jax.jit(apply_fn)(params, x), held, rtol=1e-6)
 
 

@@ -490,7 +490,7 @@ def test_batch_fingerprint_tells_batches_apart_and_not_repeats():
 
 def test_batch_fingerprint_of_a_long_batch_is_its_weighted_sum():
     """Past FINGERPRINT_PERIOD samples or entries the weights repeat:
-    against Σ aᵀXb / (1 + Σ|X|) written out in numpy, for a leaf with
+    against Σ (2^{−e} aᵀXb + e/φ²) written out in numpy, for a leaf with
     more samples than the period and one with more entries a sample; two
     batches that differ in one sample of thousands still differ."""
     from ggn_jax.damping import FINGERPRINT_PERIOD, batch_fingerprint
@@ -500,8 +500,11 @@ def test_batch_fingerprint_of_a_long_batch_is_its_weighted_sum():
     z = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (3, 2, 2500)))  # 5000 > m entries
     a = lambda n: np.cos(0.6180339887498949 * (np.arange(n) % m))
     b = lambda d: np.cos(0.7548776662466927 * (np.arange(d) % m) + 1.0)
-    expected = (a(5000) @ x @ b(5) / (1 + np.abs(x).sum())
-                + a(3) @ z.reshape(3, -1) @ b(5000) / (1 + np.abs(z).sum()))
+    def term(leaf, weights):  # 2^{-e} aᵀXb + e/φ², e the exponent of max|X|
+        exponent = np.frexp(np.abs(leaf).max())[1]
+        return np.ldexp(weights, -exponent) + 0.3819660112501051 * exponent
+
+    expected = term(x, a(5000) @ x @ b(5)) + term(z, a(3) @ z.reshape(3, -1) @ b(5000))
     f = jax.jit(lambda batch: batch_fingerprint(batch, jnp.float64))
     assert float(f((x, z))) == pytest.approx(float(expected), rel=1e-12)
     swapped = x.copy()
@@ -533,6 +536,26 @@ def test_batch_fingerprint_takes_prng_keys_and_is_not_swamped_by_them():
     assert f(((x, raw), y)) != f(((other, raw), y))
     assert f(((x, raw), y)) != f(((x[::-1], raw), y))       # the images reordered
     assert f(((x, raw), y)) != f(((x, raw), y.at[5].set(7)))  # one label
+
+
+def test_batch_fingerprint_tells_a_leaf_from_its_rescaled_copy_in_float32():
+    """A leaf scaled as a whole (collocation points of a stretched domain,
+    images in other units) is another batch, also in float32, as is a leaf
+    of huge finite numbers changed in one entry (a scaling by 1 + Σ|X|,
+    tried first, let the first collide by round-off and the second, where
+    Σ|X| overflows, contribute nothing)."""
+    f = jax.jit(lambda b: batch_fingerprint(b, jnp.float32))
+    points = jax.random.uniform(jax.random.PRNGKey(5), (4096, 2), jnp.float32)
+    zeros = jnp.zeros(4096, jnp.float32)
+    for c in (1.001, 1.0001, 2.0, 0.5):
+        assert f((points, zeros)) != f((points * c, zeros)), c
+    images = jnp.round(255 * jax.random.uniform(jax.random.PRNGKey(6), (256, 3072)))
+    labels = jnp.arange(256) % 10
+    assert f((images, labels)) != f((2 * images, labels))
+    assert f((images, labels)) != f((images.at[3, 7].add(1.0), labels))
+    huge = jnp.full((100, 100), 1e35, jnp.float32)
+    assert f((huge, points[:100])) != f((huge.at[0, 0].set(2e35), points[:100]))
+    assert f((huge, points[:100])) != f((jnp.zeros_like(huge), points[:100]))
 
 
 def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_batch=False):
