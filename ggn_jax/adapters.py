@@ -139,7 +139,7 @@ def _nnx_training_layers(module: Any) -> list[str]:
     return found
 
 
-def from_equinox(module: Any, per_sample: bool = True) -> Adapted:
+def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False) -> Adapted:
     """An Equinox module as ``Adapted``.
 
     Args:
@@ -149,6 +149,12 @@ def from_equinox(module: Any, per_sample: bool = True) -> Adapted:
       per_sample: Equinox layers take one sample, so by default ``apply_fn``
         maps the module over the leading axis of the inputs with
         ``jax.vmap``; False calls it on the whole batch.
+      keyed: the inputs are ``(x, keys)``, one PRNG key a sample, and each
+        sample runs as ``module(x_i, key=key_i)``: an ``eqx.nn.Dropout``
+        (which takes its key at call) then draws each sample's mask from
+        that sample's key, the same at every evaluation of a step and on
+        any subsample (README, "Batch statistics and dropout"). Needs
+        ``per_sample``.
 
     Returns:
       `Adapted`: ``apply_fn(params, inputs)`` runs the module with
@@ -167,10 +173,19 @@ def from_equinox(module: Any, per_sample: bool = True) -> Adapted:
 
     if not isinstance(module, eqx.Module):
         raise TypeError(f"from_equinox needs an eqx.Module, got {type(module).__name__}")
+    if keyed and not per_sample:
+        raise ValueError("from_equinox(keyed=True) gives each sample its own key: it needs "
+                         "per_sample=True")
     params, static = eqx.partition(module, eqx.is_inexact_array)
 
     def apply_fn(params: Any, inputs: Any) -> Any:
         model = eqx.combine(params, static)
+        if keyed:
+            if not (isinstance(inputs, tuple | list) and len(inputs) == 2):
+                raise TypeError("from_equinox(keyed=True): the inputs must be (x, keys), one "
+                                f"key a sample; got {type(inputs).__name__}")
+            x, keys = inputs
+            return jax.vmap(lambda sample, key: model(sample, key=key))(x, keys)
         return jax.vmap(model)(inputs) if per_sample else model(inputs)
 
     def rebuild(params: Any) -> Any:

@@ -317,3 +317,42 @@ def test_typed_dropout_keys_give_the_step_of_their_key_data():
         update, state = jax.jit(tx.update)(None, tx.init(params), params, ((x, typed), labels))
         assert bool(state.accepted)
         assert rel_err(ravel_pytree(update)[0], expected) < 1e-8, solver
+
+
+class EquinoxDropoutNet(eqx.Module):
+    hidden: eqx.nn.Linear
+    drop: eqx.nn.Dropout
+    out: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.hidden = eqx.nn.Linear(5, 8, key=k1, dtype=jnp.float64)
+        self.drop = eqx.nn.Dropout(0.4)
+        self.out = eqx.nn.Linear(8, 3, key=k2, dtype=jnp.float64)
+
+    def __call__(self, x, key=None):
+        return self.out(self.drop(jnp.tanh(self.hidden(x)), key=key))
+
+
+def test_equinox_keyed_adapter_gives_each_sample_its_key_and_the_dense_step():
+    """`from_equinox(keyed=True)`: sample i runs as module(x_i, key=k_i),
+    against the module called sample by sample; the CG step with G from
+    the first 5 of 12 samples is the dense step of those masks."""
+    _, _, _, (x, keys), labels = _stateful_problem()
+    module = EquinoxDropoutNet(jax.random.PRNGKey(8))
+    apply_fn, params, _ = from_equinox(module, keyed=True)
+    by_hand = jnp.stack([module(x[i], key=keys[i]) for i in range(x.shape[0])])
+    np.testing.assert_allclose(apply_fn(params, (x, keys)), by_hand, rtol=1e-13)
+    assert not np.allclose(by_hand, jax.vmap(eqx.nn.inference_mode(module))(x))
+    tx = ggn_jax.ggn(apply_fn, "softmax_cross_entropy", solver="cg", damping=0.05,
+                     damping_rule="fixed", relative_damping_floor=0.0,
+                     geodesic_acceleration=False, cg_max_iters=2000, cg_tol=1e-15,
+                     curvature_samples=5)
+    update, state = jax.jit(tx.update)(None, tx.init(params), params, ((x, keys), labels))
+    assert bool(state.accepted)
+    expected = _dense_step(apply_fn, params, (x, keys), labels, 0.05, 5)
+    assert rel_err(ravel_pytree(update)[0], expected) < 1e-8
+    with pytest.raises(ValueError, match="per_sample=True"):
+        from_equinox(module, per_sample=False, keyed=True)
+    with pytest.raises(TypeError, match=r"\(x, keys\)"):
+        apply_fn(params, x)
