@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import mlp_apply, mlp_init, random_batch, rel_err
+from helpers import mlp_apply, mlp_init, random_batch, rel_err, softmax_dense_step
 from jax.flatten_util import ravel_pytree
 
 import ggn_jax
@@ -246,26 +246,6 @@ def _apply_with(net, stats):
     return apply_fn
 
 
-def _dense_step(apply_fn, params, inputs, labels, damping, curvature_samples):
-    """−(G + λI)⁻¹b: b from jax.grad on the whole batch, G from jacfwd on
-    its first ``curvature_samples`` samples and diag(p) − ppᵀ written out."""
-    theta, unravel = ravel_pytree(params)
-
-    def outputs(th):
-        return apply_fn(unravel(th), inputs)
-
-    def mean_loss(th):
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs(th), labels))
-
-    m = curvature_samples
-    jac = jax.jacfwd(outputs)(theta)[:m]  # (m, K, P): the whole batch's rows
-    p = jax.nn.softmax(outputs(theta))[:m]
-    hessians = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
-    g_dense = np.asarray(jnp.einsum("nkp,nkl,nlq->pq", jac, hessians, jac)) / m
-    return -np.linalg.solve(g_dense + damping * np.eye(theta.size),
-                            np.asarray(jax.grad(mean_loss)(theta)))
-
-
 @pytest.mark.parametrize("curvature_samples", [12, 5])
 @pytest.mark.parametrize("solver", ["dual", "primal", "cg"])
 def test_a_step_built_in_jit_with_held_statistics_and_per_sample_masks_is_the_dense_step(
@@ -296,7 +276,7 @@ def test_a_step_built_in_jit_with_held_statistics_and_per_sample_masks_is_the_de
 
     update, new_state = step(params, stats, state, inputs, labels)
     assert bool(new_state.accepted)
-    expected = _dense_step(apply_fn, params, inputs, labels, damping, curvature_samples)
+    expected = softmax_dense_step(apply_fn, params, inputs, labels, damping, curvature_samples)
     assert rel_err(ravel_pytree(update)[0], expected) < 1e-8
 
 
@@ -308,7 +288,7 @@ def test_typed_dropout_keys_give_the_step_of_their_key_data():
     net, params, stats, (x, raw), labels = _stateful_problem()
     typed = jax.random.wrap_key_data(raw)
     damping = 0.05
-    expected = _dense_step(_apply_with(net, stats), params, (x, raw), labels, damping, 5)
+    expected = softmax_dense_step(_apply_with(net, stats), params, (x, raw), labels, damping, 5)
     for solver in ("dual", "primal", "cg"):
         tx = ggn_jax.ggn(_apply_with(net, stats), "softmax_cross_entropy", solver=solver,
                          damping=damping, damping_rule="fixed", relative_damping_floor=0.0,
@@ -350,7 +330,7 @@ def test_equinox_keyed_adapter_gives_each_sample_its_key_and_the_dense_step():
                      curvature_samples=5)
     update, state = jax.jit(tx.update)(None, tx.init(params), params, ((x, keys), labels))
     assert bool(state.accepted)
-    expected = _dense_step(apply_fn, params, (x, keys), labels, 0.05, 5)
+    expected = softmax_dense_step(apply_fn, params, (x, keys), labels, 0.05, 5)
     assert rel_err(ravel_pytree(update)[0], expected) < 1e-8
     with pytest.raises(ValueError, match="per_sample=True"):
         from_equinox(module, per_sample=False, keyed=True)
