@@ -139,7 +139,8 @@ def _nnx_training_layers(module: Any) -> list[str]:
     return found
 
 
-def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False) -> Adapted:
+def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False,
+                 state: Any = None) -> Adapted:
     """An Equinox module as ``Adapted``.
 
     Args:
@@ -155,10 +156,21 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False) -> A
         that sample's key, the same at every evaluation of a step and on
         any subsample (README, "Batch statistics and dropout"). Needs
         ``per_sample``.
+      state: an ``eqx.nn.State`` for a module built with
+        ``eqx.nn.make_with_state``, whose call is ``module(x, state)`` and
+        returns ``(output, new_state)``. It is held fixed: ``apply_fn``
+        gives the output and drops the new state, and each
+        ``eqx.nn.BatchNorm`` runs in inference mode, on the running
+        statistics in ``state``, so the samples are not coupled (other
+        layers run as they are: a Dropout still takes its key). For
+        statistics that follow training, update them with a training pass
+        and build the adapter inside the jitted step from that step's
+        state (README, "Batch statistics and dropout").
 
     Returns:
       `Adapted`: ``apply_fn(params, inputs)`` runs the module with
-      ``params`` in place of its arrays.
+      ``params`` in place of its arrays. ``rebuild`` gives the module as
+      passed (its BatchNorm layers in the mode they had).
 
     Example:
       >>> import jax, jax.numpy as jnp, equinox as eqx
@@ -176,19 +188,52 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False) -> A
     if keyed and not per_sample:
         raise ValueError("from_equinox(keyed=True) gives each sample its own key: it needs "
                          "per_sample=True")
+    if state is not None and not isinstance(state, eqx.nn.State):
+        raise TypeError("from_equinox(state=...) takes the eqx.nn.State of "
+                        f"eqx.nn.make_with_state; got {type(state).__name__}")
     params, static = eqx.partition(module, eqx.is_inexact_array)
+    held = static if state is None else _batch_norm_in_inference(static)
+
+    def run(model: Any, x: Any, **key: Any) -> Any:
+        if state is None:
+            return model(x, **key)
+        out = model(x, state, **key)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError("from_equinox(state=...): the module must return (output, state), "
+                            f"as a module built with eqx.nn.make_with_state does; got "
+                            f"{type(out).__name__}")
+        return out[0]
 
     def apply_fn(params: Any, inputs: Any) -> Any:
-        model = eqx.combine(params, static)
+        model = eqx.combine(params, held)
         if keyed:
             if not (isinstance(inputs, tuple | list) and len(inputs) == 2):
                 raise TypeError("from_equinox(keyed=True): the inputs must be (x, keys), one "
                                 f"key a sample; got {type(inputs).__name__}")
             x, keys = inputs
-            return jax.vmap(lambda sample, key: model(sample, key=key))(x, keys)
-        return jax.vmap(model)(inputs) if per_sample else model(inputs)
+            return jax.vmap(lambda sample, key: run(model, sample, key=key))(x, keys)
+        return jax.vmap(lambda sample: run(model, sample))(inputs) if per_sample else run(
+            model, inputs)
 
     def rebuild(params: Any) -> Any:
         return eqx.combine(params, static)
 
     return Adapted(apply_fn, params, rebuild)
+
+
+def _batch_norm_in_inference(static: Any) -> Any:
+    """``static`` with every ``eqx.nn.BatchNorm`` set to inference mode
+    (running statistics), the other layers as they are; unlike
+    ``eqx.nn.inference_mode``, which also makes a Dropout deterministic."""
+    import equinox as eqx
+
+    def is_batch_norm(node: Any) -> bool:
+        return isinstance(node, eqx.nn.BatchNorm)
+
+    def set_inference(node: Any) -> Any:
+        if not is_batch_norm(node):
+            return node
+        return eqx.tree_at(lambda layer: layer.inference, node, True,
+                           is_leaf=lambda leaf: leaf is None)
+
+    return jax.tree_util.tree_map(set_inference, static, is_leaf=is_batch_norm)

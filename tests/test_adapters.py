@@ -336,3 +336,86 @@ def test_equinox_keyed_adapter_gives_each_sample_its_key_and_the_dense_step():
         from_equinox(module, per_sample=False, keyed=True)
     with pytest.raises(TypeError, match=r"\(x, keys\)"):
         apply_fn(params, x)
+
+
+class EquinoxBatchNormNet(eqx.Module):
+    hidden: eqx.nn.Linear
+    norm: eqx.nn.BatchNorm
+    drop: eqx.nn.Dropout
+    out: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.hidden = eqx.nn.Linear(5, 8, key=k1, dtype=jnp.float64)
+        self.norm = eqx.nn.BatchNorm(8, axis_name="batch", momentum=0.5, mode="ema",
+                                     dtype=jnp.float64)
+        self.drop = eqx.nn.Dropout(0.4)
+        self.out = eqx.nn.Linear(8, 3, key=k2, dtype=jnp.float64)
+
+    def __call__(self, x, state, key=None):
+        h, state = self.norm(self.hidden(x), state)
+        return self.out(self.drop(jnp.tanh(h), key=key)), state
+
+
+class OutputOnly(eqx.Module):
+    layer: eqx.nn.Linear
+
+    def __call__(self, x, state):
+        return self.layer(x)
+
+
+def test_equinox_state_adapter_holds_the_running_statistics_and_gives_the_dense_step():
+    """`from_equinox(state=...)`: BatchNorm on the running statistics in
+    the state (normalisation written out by hand), dropout from each
+    sample's key; a step built in `jit` around a state a training pass
+    returned is the dense step of that model, with G from 5 of 12
+    samples. The module as passed comes back from `rebuild`."""
+    _, _, _, (x, keys), labels = _stateful_problem()
+    module, state = eqx.nn.make_with_state(EquinoxBatchNormNet)(jax.random.PRNGKey(8))
+    training = jax.vmap(module, axis_name="batch", in_axes=(0, None, 0), out_axes=(0, None))
+
+    def by_hand(state):
+        mean, var = state.get(module.norm.ema_state_index)
+
+        def apply_fn(params, inputs):
+            model = eqx.combine(params, eqx.partition(module, eqx.is_inexact_array)[1])
+
+            def one(sample, key):
+                h = (model.hidden(sample) - mean) / jnp.sqrt(var + model.norm.eps)
+                h = h * model.norm.weight + model.norm.bias
+                return model.out(model.drop(jnp.tanh(h), key=key))
+
+            return jax.vmap(one)(*inputs)
+
+        return apply_fn
+
+    _, state = training(x, state, keys)
+    _, state = training(2 * x + 1, state, keys)
+    apply_fn, params, rebuild = from_equinox(module, keyed=True, state=state)
+    np.testing.assert_allclose(apply_fn(params, (x, keys)), by_hand(state)(params, (x, keys)),
+                               rtol=1e-13)
+    assert not rebuild(params).norm.inference
+    damping = 0.05
+    options = dict(solver="cg", damping=damping, damping_rule="fixed",
+                   relative_damping_floor=0.0, geodesic_acceleration=False,
+                   cg_max_iters=2000, cg_tol=1e-15, curvature_samples=5)
+    opt_state = ggn_jax.ggn(apply_fn, "softmax_cross_entropy", **options).init(params)
+
+    @jax.jit
+    def step(params, model_state, opt_state, inputs, labels):
+        _, model_state = training(inputs[0], model_state, inputs[1])
+        adapted = from_equinox(module, keyed=True, state=model_state)
+        tx = ggn_jax.ggn(adapted.apply_fn, "softmax_cross_entropy", **options)
+        return tx.update(None, opt_state, params, batch=(inputs, labels)) + (model_state,)
+
+    update, opt_state, new_state = step(params, state, opt_state, (x, keys), labels)
+    assert bool(opt_state.accepted)
+    expected = softmax_dense_step(by_hand(new_state), params, (x, keys), labels, damping, 5)
+    assert rel_err(ravel_pytree(update)[0], expected) < 1e-8
+    stale = softmax_dense_step(by_hand(state), params, (x, keys), labels, damping, 5)
+    assert rel_err(stale, expected) > 1e-3
+    with pytest.raises(TypeError, match=r"eqx\.nn\.State"):
+        from_equinox(module, state={"mean": 0.0})
+    output_only = from_equinox(OutputOnly(module.hidden), state=state)
+    with pytest.raises(TypeError, match=r"must return \(output, state\)"):
+        output_only.apply_fn(output_only.params, x)
