@@ -83,7 +83,9 @@ Gauss-Newton step overshoots the quadratic model by a large factor (ρ of
 step after undoes: a cycle of good and wasted steps. With c = 2 such a
 step is cut to twice the last one. In the final, quadratic phase the steps
 shrink, so the bound never binds there; a new batch, or no accepted step
-yet, lifts it. Shortening costs nothing: no second solve.
+yet, lifts it, and a rejection on a new batch keeps it lifted until a
+step is taken there (the step before was another batch's). Shortening
+costs nothing: no second solve.
 
 **Across minibatches** (``cross_batch_damping``). On a minibatch the gain
 ratio is measured on the samples the step was fitted to, so it cannot see

@@ -531,7 +531,8 @@ class GGNState(NamedTuple):
         2 CG breakdown, 3 factorisation failed).
       cg_iterations: int32 (), CG iterations of the last step (0 for dense).
       last_step: float (P,), the last update taken over flat parameters
-        (an accepted δ, or a shortened α*δ), CG's warm start.
+        (an accepted δ, or a shortened α*δ), CG's warm start; zero after a
+        step rejected on a new batch, until one is taken on it.
       last_damping_option: float (), the ``damping`` option the last step
         saw.
         When an update sees another value (``optax.inject_hyperparams``),
@@ -1033,7 +1034,11 @@ def ggn_step(
         solver=jnp.asarray(solver.code, jnp.int32),
         solve_status=info.status.astype(jnp.int32),
         cg_iterations=info.iterations.astype(jnp.int32),
-        last_step=jnp.where(taken, update, state.last_step),
+        # The last step taken on this batch: a rejection on a new batch
+        # leaves none (the step before was another batch's, and bounding the
+        # growth by it would hold the next steps to its length).
+        last_step=jnp.where(taken, update,
+                            jnp.where(same_batch, state.last_step, jnp.zeros_like(update))),
         last_damping_option=state.last_damping_option,
         recent_losses=remember_loss(recent, loss0, taken),
         # A batch with a NaN (never "the same batch") is stored finite, so
