@@ -474,6 +474,12 @@ def fit(
         every = progress
     else:
         raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(
+            (params, batch))):
+        raise TypeError(
+            "fit cannot run under jax.jit, jax.vmap or jax.grad: it compiles a loop of its "
+            "own and returns host values (the step count, the log). Call it outside them; "
+            "for an ensemble, jax.vmap the update of ggn(...) in an optax loop")
     loss, config, batch, max_steps, tol = _checked_inputs(apply_fn, params, batch, loss,
                                                           max_steps, tol, options)
     try:

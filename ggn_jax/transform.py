@@ -1360,7 +1360,8 @@ def ggn(
       gradient b it computes itself (from its linearisation of the whole
       batch, or one reverse pass where G is subsampled), which saves the
       loop its own ``jax.grad``; as the first member of an ``optax.chain``
-      it gets the None and hands its step on.
+      it gets the None and hands its step on. A ``grads`` with no arrays
+      (``nnx.Optimizer`` makes an empty ``State`` of None) counts as None.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, ggn_jax
@@ -1435,6 +1436,10 @@ def ggn(
         if params is None:
             raise ValueError("ggn's update needs params: update(grads, state, params, batch=...)")
         _check_unmasked(params)
+        if not jax.tree_util.tree_leaves(updates) and jax.tree_util.tree_leaves(params):
+            # No gradient arrays at all: None as a wrapper passes it on
+            # (nnx.Optimizer turns None into an empty State).
+            updates = None
         if updates is not None:
             _check_grads(updates, params)
         _check_state(state, params)

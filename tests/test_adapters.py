@@ -419,3 +419,23 @@ def test_equinox_state_adapter_holds_the_running_statistics_and_gives_the_dense_
     output_only = from_equinox(OutputOnly(module.hidden), state=state)
     with pytest.raises(TypeError, match=r"must return \(output, state\)"):
         output_only.apply_fn(output_only.params, x)
+
+
+def test_nnx_optimizer_takes_ggn_with_none_for_the_gradient():
+    """`nnx.Optimizer(model, ggn(...), wrt=nnx.Param).update(model, None,
+    batch=...)`: NNX hands ggn an empty State for None, which ggn takes as
+    None. The step applied to the model is −(G + λI)⁻¹b of the network
+    (jacfwd, softmax Hessian written out)."""
+    raw, _ = _raw()
+    model = NNXMLP(raw)
+    adapted = from_nnx(model)
+    x = jax.random.normal(jax.random.PRNGKey(5), (9, SIZES[0]), jnp.float64)
+    labels = jax.random.randint(jax.random.PRNGKey(6), (9,), 0, SIZES[-1])
+    expected = softmax_dense_step(adapted.apply_fn, adapted.params, x, labels, 0.05)
+    tx = ggn_jax.ggn(adapted.apply_fn, "softmax_cross_entropy", solver="dual", damping=0.05,
+                     damping_rule="fixed", relative_damping_floor=0.0,
+                     geodesic_acceleration=False, curvature_samples=9)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer.update(model, None, batch=(x, labels))
+    moved = ravel_pytree(nnx.state(model, nnx.Param))[0] - ravel_pytree(adapted.params)[0]
+    assert rel_err(moved, expected) < 1e-10

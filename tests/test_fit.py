@@ -417,3 +417,22 @@ def test_a_model_not_finite_at_the_initial_params_is_named():
     # Finite at the start: no error, whatever the steps meet later.
     result = ggn_jax.fit(model, params, (x[3:], jnp.log1p(x[3:, 0])), max_steps=5)
     assert np.isfinite(result.initial_loss)
+
+
+def test_fit_under_a_transformation_is_refused_with_the_reason():
+    """`fit` returns host values (its step count, its log), so under
+    `jax.jit`, `jax.vmap` or `jax.grad` it cannot run: the error says so and
+    where to go instead (it was a ConcretizationTypeError from inside)."""
+    params = mlp_init(jax.random.PRNGKey(0), [2, 4, 1])
+    x = jnp.linspace(-1, 1, 12).reshape(6, 2)
+    batch = (x, jnp.sin(x[:, :1]))
+    stacked = jax.tree_util.tree_map(lambda w: jnp.stack([w, 2 * w]), params)
+    wrapped = [
+        lambda: jax.jit(lambda p: ggn_jax.fit(mlp_apply, p, batch, max_steps=3).loss)(params),
+        lambda: jax.vmap(lambda p: ggn_jax.fit(mlp_apply, p, batch, max_steps=3).loss)(stacked),
+        lambda: jax.jit(lambda b: ggn_jax.fit(mlp_apply, params, b, max_steps=3).loss)(batch),
+    ]
+    for run in wrapped:
+        with pytest.raises(TypeError, match=r"fit cannot run under jax\.jit.*vmap the update"):
+            run()
+    assert ggn_jax.fit(mlp_apply, params, batch, max_steps=3).steps == 3
