@@ -21,8 +21,15 @@ It fires at most once per run, and never in a monotone run, where every
 accepted step lowers the loss.
 
 ``fit`` returns the parameters of the lowest loss; among losses within
-round-off of each other (``ROUNDOFF_ULPS``·eps·|L|) the one with the
-smaller gradient. Near a minimum with non-zero loss, L(θ* + e) − L(θ*) =
+round-off of each other the one with the smaller gradient. The round-off
+is ``ROUNDOFF_ULPS``·eps·|L|, or, where the solver's local model is
+carried through the loop (the dense solvers on the whole batch), the
+larger `ggn_jax.damping.roundoff_noise`, which adds the loss's response
+to a relative error eps in each output: targets of 7·10⁴ fitted to
+residuals of 7 (a Gaussian peak on a baseline) make it 3·10⁴ ulps of L,
+500 times the first, and the lowest loss recorded, 170 ulps below the
+converged iterates', sat 2.8·10⁻⁸ (relative) from the minimiser, where
+they are 2·10⁻¹². Near a minimum with non-zero loss, L(θ* + e) − L(θ*) =
 ½eᵀGe falls below eps·L once e is about √eps of θ's scale, so the loss
 alone cannot tell those iterates apart: on a linear least-squares problem
 of the Moré–Garbow–Hillstrom set the lowest recorded loss sat 1.3·10⁻⁸
@@ -47,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ggn_jax.damping import roundoff_noise
 from ggn_jax.losses import CLASSIFICATION_LOSSES, LossSpec, check_loss
 from ggn_jax.problem import as_integer, bind_problem, check_labels, mean_loss
 from ggn_jax.progress import ProgressBar, active, report_from_device
@@ -102,7 +110,8 @@ class FitResult(NamedTuple):
       params: the parameters of the lowest loss reached (the initial ones
         if no step lowered it), in the pytree structure given; among
         losses within round-off of the lowest (``ROUNDOFF_ULPS``·eps
-        relative), those with the smallest gradient. With the
+        relative, or the outputs' round-off where larger: see the
+        module's docstring), those with the smallest gradient. With the
         non-monotone acceptance of squared error (`ggn`'s
         ``nonmonotone_window``) the last iterate can sit above an earlier
         one (until the watchdog sends it back, see the module's
@@ -237,6 +246,13 @@ def _build(
             # gradient norm there, NaN until needed).
             lower = state.accepted & (state.loss < best[2])
             tie = ROUNDOFF_ULPS * jnp.finfo(dtype).eps * jnp.abs(best[2])
+            if carried:
+                # With the outputs at hand, the loss's round-off from theirs
+                # too: large where the targets are far larger than the
+                # residuals (`roundoff_noise`).
+                tie = jnp.maximum(tie, roundoff_noise(
+                    best[2], local.outputs, local.output_grads,
+                    problem.loss.identity_hessian).astype(dtype))
             below = state.accepted & (state.loss < best[2] - tie)
             band = state.accepted & ~below & (state.loss <= best[2] + tie)
 

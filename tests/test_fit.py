@@ -436,3 +436,37 @@ def test_fit_under_a_transformation_is_refused_with_the_reason():
         with pytest.raises(TypeError, match=r"fit cannot run under jax\.jit.*vmap the update"):
             run()
     assert ggn_jax.fit(mlp_apply, params, batch, max_steps=3).steps == 3
+
+
+def test_params_are_the_minimiser_where_the_targets_dwarf_the_residuals():
+    """A Gaussian peak of height 7e4 on a baseline, fitted to residuals of
+    about 7: the loss's round-off comes from the outputs' (3e4 ulps of L),
+    and an iterate 170 ulps below the converged ones, 2.8e-8 (relative)
+    from the minimiser, was returned as the lowest. The parameters are the
+    minimiser to 1e-10: scipy's Levenberg-Marquardt solution refined by
+    Gauss-Newton steps (numpy's lstsq), as scipy itself stops up to 4e-9
+    from it, depending on its residuals' round-off."""
+
+    def peak(p, x):
+        return p["a"] * jnp.exp(-0.5 * ((x - p["mu"]) / p["s"]) ** 2) + p["b"]
+
+    x = np.linspace(1e-3, 5e-3, 40)
+    clean = np.asarray(peak({"a": 7.0e4, "mu": 3.0e-3, "s": 4.0e-4, "b": 1.0e2}, x))
+    y = clean + 2e-3 * clean.std() * np.random.RandomState(15).standard_normal(40)
+    start = {"a": 75357.88555700533, "b": 0.0, "mu": 0.0028275689374900105,
+             "s": 0.0006733529309393714}
+    start = {k: jnp.float64(v) for k, v in start.items()}
+    v0, unravel = jax.flatten_util.ravel_pytree(start)
+
+    def residual(v):
+        return peak(unravel(v), x) - y
+
+    jacobian = jax.jit(jax.jacfwd(residual))
+    expected = scipy.optimize.least_squares(jax.jit(residual), np.asarray(v0), jac=jacobian,
+                                            method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15).x
+    for _ in range(5):
+        expected = expected - np.linalg.lstsq(np.asarray(jacobian(expected)),
+                                              np.asarray(residual(expected)), rcond=None)[0]
+    result = ggn_jax.fit(peak, start, (jnp.asarray(x), jnp.asarray(y)), max_steps=100)
+    found = np.asarray(jax.flatten_util.ravel_pytree(result.params)[0])
+    assert np.max(np.abs(found - expected) / np.abs(expected)) < 1e-10
