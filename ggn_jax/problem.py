@@ -130,10 +130,14 @@ def check_param_leaves(params: Any) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         dtype = jnp.result_type(leaf)
         if dtype not in (jnp.float32, jnp.float64):
+            if jnp.issubdtype(dtype, jnp.floating):
+                why = "the damped solves need more precision than 16-bit floats give"
+            else:
+                why = ("a value that is not trained, such as a step counter or a flag, "
+                       "belongs in apply_fn's closure or in the inputs")
             raise TypeError(
                 f"params{jax.tree_util.keystr(path)} has dtype {dtype}; the GGN "
-                "needs real floating-point parameters of float32 or float64 (the "
-                "damped solves need more precision than 16-bit floats give)"
+                f"needs real floating-point parameters of float32 or float64 ({why})"
             )
 
 

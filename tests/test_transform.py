@@ -291,8 +291,11 @@ def test_a_huge_initial_damping_shrinks_instead_of_stalling():
 
 def test_half_precision_params_are_refused_with_a_reason():
     params = [(jnp.ones((2, 1), jnp.bfloat16), jnp.zeros(1, jnp.bfloat16))]
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32 or float64 .*16-bit floats"):
         ggn_jax.ggn(mlp_apply).init(params)
+    counted = {"w": jnp.ones((2, 1)), "step": jnp.zeros((), jnp.int32)}
+    with pytest.raises(TypeError, match=r"params\['step'\] has dtype int32.*closure"):
+        ggn_jax.ggn(lambda p, x: x @ p["w"]).init(counted)
 
 
 def _wide_float32_problem():
