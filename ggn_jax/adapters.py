@@ -158,11 +158,12 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False,
         ``per_sample``.
       state: an ``eqx.nn.State`` for a module built with
         ``eqx.nn.make_with_state``, whose call is ``module(x, state)`` and
-        returns ``(output, new_state)``. It is held fixed: ``apply_fn``
-        gives the output and drops the new state, and each
-        ``eqx.nn.BatchNorm`` runs in inference mode, on the running
-        statistics in ``state``, so the samples are not coupled (other
-        layers run as they are: a Dropout still takes its key). For
+        returns ``(output, new_state)``. It is held fixed, as it was when
+        ``from_equinox`` was called: ``apply_fn`` runs on a copy of it each
+        call, gives the output and drops the new state, and each ``eqx.nn.BatchNorm`` runs in inference mode, on
+        the running statistics in ``state``, so the samples are not coupled
+        (other layers run as they are: a Dropout still takes its key, a
+        SpectralNorm its power iteration from the held vectors). For
         statistics that follow training, update them with a training pass
         and build the adapter inside the jitted step from that step's
         state (README, "Batch statistics and dropout").
@@ -193,11 +194,16 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False,
                         f"eqx.nn.make_with_state; got {type(state).__name__}")
     params, static = eqx.partition(module, eqx.is_inexact_array)
     held = static if state is None else _batch_norm_in_inference(static)
+    if state is not None:
+        state = _copy_state(state)  # the caller's may be used up by its own calls
+
 
     def run(model: Any, x: Any, **key: Any) -> Any:
         if state is None:
             return model(x, **key)
-        out = model(x, state, **key)
+        # A copy per call: a layer that writes its state (SpectralNorm in
+        # training mode) marks the State it was given as used up.
+        out = model(x, _copy_state(state), **key)
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError("from_equinox(state=...): the module must return (output, state), "
                             f"as a module built with eqx.nn.make_with_state does; got "
@@ -219,6 +225,13 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False,
         return eqx.combine(params, static)
 
     return Adapted(apply_fn, params, rebuild)
+
+
+def _copy_state(state: Any) -> Any:
+    """A new ``eqx.nn.State`` object holding the same arrays: Equinox marks
+    a State used up once a layer has written to it."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _batch_norm_in_inference(static: Any) -> Any:

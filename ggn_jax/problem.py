@@ -132,6 +132,8 @@ def check_param_leaves(params: Any) -> None:
         if dtype not in (jnp.float32, jnp.float64):
             if jnp.issubdtype(dtype, jnp.floating):
                 why = "the damped solves need more precision than 16-bit floats give"
+            elif jnp.issubdtype(dtype, jnp.complexfloating):
+                why = "a complex parameter is two real ones: train its real and imaginary parts"
             else:
                 why = ("a value that is not trained, such as a step counter or a flag, "
                        "belongs in apply_fn's closure or in the inputs")

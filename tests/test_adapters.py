@@ -439,3 +439,36 @@ def test_nnx_optimizer_takes_ggn_with_none_for_the_gradient():
     optimizer.update(model, None, batch=(x, labels))
     moved = ravel_pytree(nnx.state(model, nnx.Param))[0] - ravel_pytree(adapted.params)[0]
     assert rel_err(moved, expected) < 1e-10
+
+
+class SpectralNet(eqx.Module):
+    layer: eqx.nn.SpectralNorm
+
+    def __init__(self, key):
+        self.layer = eqx.nn.SpectralNorm(eqx.nn.Linear(4, 3, key=key, dtype=jnp.float64),
+                                         "weight", key=key)
+
+    def __call__(self, x, state):
+        return self.layer(x, state)
+
+
+def test_equinox_state_adapter_leaves_a_state_that_a_layer_writes_usable():
+    """A SpectralNorm writes its vectors to the state at each call, which
+    marks the State it was given as used up: the adapter runs each call on
+    a copy, so every call (and the caller's own state afterwards) works and
+    gives the module's output on that state."""
+    module, state = eqx.nn.make_with_state(SpectralNet)(jax.random.PRNGKey(3))
+    x = jax.random.normal(jax.random.PRNGKey(4), (6, 4), jnp.float64)
+    apply_fn, params, _ = from_equinox(module, state=state)
+    first, second = apply_fn(params, x), apply_fn(params, x)
+
+    def fresh():  # the same state, made again
+        return eqx.nn.make_with_state(SpectralNet)(jax.random.PRNGKey(3))[1]
+
+    by_hand = jnp.stack([module(x[i], fresh())[0] for i in range(6)])
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, by_hand, rtol=1e-13)
+    module(x[0], state)  # the caller's state is not used up
+    tx = ggn_jax.ggn(apply_fn)
+    _, opt_state = tx.update(None, tx.init(params), params, batch=(x, jnp.ones((6, 3))))
+    assert bool(opt_state.accepted)

@@ -296,6 +296,8 @@ def test_half_precision_params_are_refused_with_a_reason():
     counted = {"w": jnp.ones((2, 1)), "step": jnp.zeros((), jnp.int32)}
     with pytest.raises(TypeError, match=r"params\['step'\] has dtype int32.*closure"):
         ggn_jax.ggn(lambda p, x: x @ p["w"]).init(counted)
+    with pytest.raises(TypeError, match=r"complex64.*real and imaginary parts"):
+        ggn_jax.ggn(lambda p, x: x @ p).init(jnp.ones((2, 1), jnp.complex64))
 
 
 def _wide_float32_problem():
