@@ -160,9 +160,10 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False,
         ``eqx.nn.make_with_state``, whose call is ``module(x, state)`` and
         returns ``(output, new_state)``. It is held fixed, as it was when
         ``from_equinox`` was called: ``apply_fn`` runs on a copy of it each
-        call, gives the output and drops the new state, and each ``eqx.nn.BatchNorm`` runs in inference mode, on
-        the running statistics in ``state``, so the samples are not coupled
-        (other layers run as they are: a Dropout still takes its key, a
+        call, gives the output and drops the new state, and each
+        ``eqx.nn.BatchNorm`` runs in inference mode, on the running
+        statistics in ``state``, so the samples are not coupled (other
+        layers run as they are: a Dropout still takes its key, a
         SpectralNorm its power iteration from the held vectors). For
         statistics that follow training, update them with a training pass
         and build the adapter inside the jitted step from that step's
@@ -196,7 +197,6 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False,
     held = static if state is None else _batch_norm_in_inference(static)
     if state is not None:
         state = _copy_state(state)  # the caller's may be used up by its own calls
-
 
     def run(model: Any, x: Any, **key: Any) -> Any:
         if state is None:
