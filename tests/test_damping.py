@@ -328,9 +328,9 @@ def test_a_rejection_on_a_new_batch_does_not_bound_the_next_step_by_the_old_batc
     batch" but no step taken on it. The first step taken there must be the
     plain damped step −(G + λI)⁻¹b (G, b from `jax.jacfwd`), not one cut to
     twice the old batch's length: that cut doubled a 1e-16 step per update
-    and took 50–70 updates to fit the new batch. (Which inits end at a
-    non-zero last step and a rejection follows round-off: the seeds where
-    they do are checked, and there must be some.)"""
+    and took 50–70 updates to fit the new batch. (Which inits end with a
+    non-zero last step and then a rejection depends on round-off: the seeds
+    where they do are checked, and there must be some.)"""
     with enable_x64(True):
         tx = ggn_jax.ggn(mlp_apply, geodesic_acceleration=False)
         step = jax.jit(lambda p, s, b: tx.update(None, s, p, batch=b))
