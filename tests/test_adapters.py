@@ -436,7 +436,12 @@ def test_nnx_optimizer_takes_ggn_with_none_for_the_gradient():
                      damping_rule="fixed", relative_damping_floor=0.0,
                      geodesic_acceleration=False, curvature_samples=9)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    optimizer.update(model, None, batch=(x, labels))
+
+    @nnx.jit
+    def train(model, optimizer, x, labels):
+        optimizer.update(model, None, batch=(x, labels))
+
+    train(model, optimizer, x, labels)
     moved = ravel_pytree(nnx.state(model, nnx.Param))[0] - ravel_pytree(adapted.params)[0]
     assert rel_err(moved, expected) < 1e-10
 
