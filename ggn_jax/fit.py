@@ -33,8 +33,10 @@ gradients are computed only when an accepted step lands within that band.
 The band is ``ROUNDOFF_ULPS``·eps·|L| at the lowest loss L. For squared
 error, where the solver's local model is carried through the loop (the
 dense solvers on the whole batch), it is at least the loss's round-off
-from that of its outputs, eps·mean Σ|r||o| ≤ eps·√(2L)·rms(o), which is
-far larger where the targets dwarf the residuals: for a Gaussian peak of
+from that of its outputs, eps·mean Σ|r||o| ≤ eps·√(2L)·rms(o), up to
+√eps·L (beyond it the loss is noise, and so is the gradient that would
+break the tie: float32 targets near 10⁶). That is far larger where the
+targets dwarf the residuals: for a Gaussian peak of
 height 7·10⁴ fitted to residuals of RMS 44 it is 1300 ulps of L, and the
 lowest loss recorded, 170 ulps below the converged iterates', sat
 2.8·10⁻⁸ (relative) from the minimiser, where they are 2·10⁻¹². A kept
@@ -252,9 +254,12 @@ def _build(
             if carried and problem.loss.identity_hessian:
                 # The loss's round-off from the outputs' own, eps·mean Σ|r||o|
                 # ≤ eps·√(2L)·rms(o) at the lowest loss: far above 64 ulps of L
-                # where the targets dwarf the residuals.
+                # where the targets dwarf the residuals. At most √eps·L: where
+                # the loss is noise beyond that, so is the gradient that would
+                # break the tie, and the lowest loss is the better guess.
                 rms = jnp.sqrt(jnp.sum(local.outputs * local.outputs) / local.outputs.shape[0])
-                tie = jnp.maximum(tie, eps * jnp.sqrt(2 * jnp.abs(best[2])) * rms.astype(dtype))
+                spread = eps * jnp.sqrt(2 * jnp.abs(best[2])) * rms.astype(dtype)
+                tie = jnp.maximum(tie, jnp.minimum(spread, jnp.sqrt(eps) * jnp.abs(best[2])))
             below = state.accepted & (state.loss < best[2] - tie)
             band = state.accepted & ~below & (state.loss <= best[2] + tie)
             # A kept point more than the band above a new lowest loss is out:
