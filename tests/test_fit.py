@@ -472,30 +472,37 @@ def test_params_are_the_minimiser_where_the_targets_dwarf_the_residuals():
     assert np.max(np.abs(found - expected) / np.abs(expected)) < 1e-10
 
 
-def test_params_stay_at_the_lowest_loss_where_the_band_is_wide():
-    """float32, targets 1000 + sin(3x) + noise: the band for the outputs'
-    round-off is 0.2% of L, and a run of small decreases, each within it and
-    each losing the gradient test, once left the kept parameters 4–16%
-    above the lowest loss. Their loss (evaluated here in float64) is the
-    lowest's to 0.1%."""
+def _offset_fit_ratio(seed, offset, splits):
+    """float32 1-[8]-1 tanh fit (60 steps) of offset + sin(3x) + 0.3·noise on
+    30 points, the output bias started at the offset: the loss at the
+    parameters `fit` returns, evaluated in float64, over the lowest loss it
+    reports."""
 
     def mlp(p, x):
         return (jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"])[:, 0] + p["b2"]
 
-    for seed in (0, 5, 6):
-        k = jax.random.split(jax.random.PRNGKey(seed), 4)
-        x = jnp.linspace(-1, 1, 30, dtype=jnp.float32)[:, None]
-        y = (1000 + jnp.sin(3 * x[:, 0])
-             + 0.3 * jax.random.normal(k[3], (30,), jnp.float32)).astype(jnp.float32)
-        params = {"w1": jax.random.normal(k[0], (1, 8), jnp.float32),
-                  "b1": jax.random.normal(k[1], (8,), jnp.float32),
-                  "w2": 0.1 * jax.random.normal(k[2], (8, 1), jnp.float32),
-                  "b2": jnp.asarray(1000, jnp.float32)}
-        result = ggn_jax.fit(mlp, params, (x, y), max_steps=60)
-        wide = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), result.params)
-        loss = 0.5 * np.mean((np.asarray(mlp(wide, np.asarray(x, np.float64)))
-                              - np.asarray(y, np.float64)) ** 2)
-        assert loss <= 1.001 * result.loss, (seed, loss, result.loss)
+    k = jax.random.split(jax.random.PRNGKey(seed), splits)
+    x = jnp.linspace(-1, 1, 30, dtype=jnp.float32)[:, None]
+    y = (offset + jnp.sin(3 * x[:, 0])
+         + 0.3 * jax.random.normal(k[3], (30,), jnp.float32)).astype(jnp.float32)
+    params = {"w1": jax.random.normal(k[0], (1, 8), jnp.float32),
+              "b1": jax.random.normal(k[1], (8,), jnp.float32),
+              "w2": 0.1 * jax.random.normal(k[2], (8, 1), jnp.float32),
+              "b2": jnp.asarray(offset, jnp.float32)}
+    result = ggn_jax.fit(mlp, params, (x, y), max_steps=60)
+    wide = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), result.params)
+    loss = 0.5 * np.mean((np.asarray(mlp(wide, np.asarray(x, np.float64)))
+                          - np.asarray(y, np.float64)) ** 2)
+    return loss / result.loss
+
+
+def test_params_stay_at_the_lowest_loss_where_the_band_is_wide():
+    """float32, targets near 1000: a run of small decreases, each within the
+    band and each losing the gradient test, once left the kept parameters
+    4–16% above the lowest loss (the band was then 0.2% of L). Their loss
+    (evaluated in float64) is the lowest's to 0.1%."""
+    ratios = [_offset_fit_ratio(seed, 1000.0, 4) for seed in (0, 5, 6)]
+    assert max(ratios) <= 1.001, ratios
 
 
 def test_where_float32_losses_are_noise_the_lowest_is_kept():
@@ -505,23 +512,5 @@ def test_where_float32_losses_are_noise_the_lowest_is_kept():
     over these seeds (1.9× on seed 0 in a run outside pytest). With it,
     the loss at the returned params (in float64) is the lowest's to 10%,
     as with the 64-ulp band (1.07 at most here)."""
-
-    def mlp(p, x):
-        return (jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"])[:, 0] + p["b2"]
-
-    ratios = []
-    for seed in range(4):
-        k = jax.random.split(jax.random.PRNGKey(seed), 6)
-        x = jnp.linspace(-1, 1, 30, dtype=jnp.float32)[:, None]
-        y = (1e6 + jnp.sin(3 * x[:, 0])
-             + 0.3 * jax.random.normal(k[3], (30,), jnp.float32)).astype(jnp.float32)
-        params = {"w1": jax.random.normal(k[0], (1, 8), jnp.float32),
-                  "b1": jax.random.normal(k[1], (8,), jnp.float32),
-                  "w2": 0.1 * jax.random.normal(k[2], (8, 1), jnp.float32),
-                  "b2": jnp.asarray(1e6, jnp.float32)}
-        result = ggn_jax.fit(mlp, params, (x, y), max_steps=60)
-        wide = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), result.params)
-        loss = 0.5 * np.mean((np.asarray(mlp(wide, np.asarray(x, np.float64)))
-                              - np.asarray(y, np.float64)) ** 2)
-        ratios.append(loss / result.loss)
+    ratios = [_offset_fit_ratio(seed, 1e6, 6) for seed in range(4)]
     assert max(ratios) <= 1.1, ratios
