@@ -194,8 +194,9 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False,
         raise TypeError("from_equinox(state=...) takes the eqx.nn.State of "
                         f"eqx.nn.make_with_state; got {type(state).__name__}")
     params, static = eqx.partition(module, eqx.is_inexact_array)
-    held = static if state is None else _batch_norm_in_inference(static)
+    held = static
     if state is not None:
+        held = _batch_norm_in_inference(static)
         state = _copy_state(state)  # the caller's may be used up by its own calls
 
     def run(model: Any, x: Any, **key: Any) -> Any:
@@ -218,8 +219,9 @@ def from_equinox(module: Any, per_sample: bool = True, keyed: bool = False,
                                 f"key a sample; got {type(inputs).__name__}")
             x, keys = inputs
             return jax.vmap(lambda sample, key: run(model, sample, key=key))(x, keys)
-        return jax.vmap(lambda sample: run(model, sample))(inputs) if per_sample else run(
-            model, inputs)
+        if not per_sample:
+            return run(model, inputs)
+        return jax.vmap(lambda sample: run(model, sample))(inputs)
 
     def rebuild(params: Any) -> Any:
         return eqx.combine(params, static)
