@@ -36,12 +36,12 @@ dense solvers on the whole batch), it is at least the loss's round-off
 from that of its outputs, eps·mean Σ|r||o| ≤ eps·√(2L)·rms(o), up to
 √eps·L (beyond it the loss is noise, and so is the gradient that would
 break the tie: float32 targets near 10⁶). That is far larger where the
-targets dwarf the residuals: for a Gaussian peak of
-height 7·10⁴ fitted to residuals of RMS 44 it is 1300 ulps of L, and the
-lowest loss recorded, 170 ulps below the converged iterates', sat
-2.8·10⁻⁸ (relative) from the minimiser, where they are 2·10⁻¹². A kept
-point more than the band above a new lowest loss gives way to it, so the
-loss at the returned parameters is within one band of the lowest.
+targets dwarf the residuals: for a Gaussian peak of height 7·10⁴ fitted
+to residuals of RMS 44 it is 1300 ulps of L, and the lowest loss
+recorded, 170 ulps below the converged iterates', sat 2.8·10⁻⁸
+(relative) from the minimiser, where they are 2·10⁻¹². A kept point more
+than the band above a new lowest loss gives way to it, so the loss at
+the returned parameters is within one band of the lowest.
 
 The compiled loop is cached per (apply_fn, loss, options, max_steps); a second
 call with arrays of the same shapes and dtypes reuses the compiled program.
@@ -65,6 +65,7 @@ from ggn_jax.progress import ProgressBar, active, report_from_device
 from ggn_jax.transform import (
     GGNConfig,
     GGNState,
+    _is_traced,
     curvature_problem,
     ggn_step,
     init_state,
@@ -501,8 +502,7 @@ def fit(
         every = progress
     else:
         raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(
-            (params, batch))):
+    if any(_is_traced(leaf) for leaf in jax.tree_util.tree_leaves((params, batch))):
         raise TypeError(
             "fit cannot run under jax.jit, jax.vmap or jax.grad: it compiles a loop of its "
             "own and returns host values (the step count, the log). Call it outside them; "
