@@ -1277,8 +1277,11 @@ def ggn(
       matmul_precision: ``"highest"`` (default: full float32 products even
         where a GPU or TPU would use TF32 or bf16 passes) or ``"default"``.
       curvature_samples: build G from the first M samples of each batch
-        only (None: 32 for a classification loss, all of the batch
-        otherwise; a batch of M or fewer is used whole); the loss, the gradient and the gain ratio
+        only (None: 32 for a classification loss with ``solver`` left at
+        ``"auto"`` or set to ``"cg"``, all of the batch otherwise: a
+        ``"primal"`` or ``"dual"`` named by hand gives the exact damped
+        step on the whole batch, as `fit` does; a batch of M or fewer is
+        used whole); the loss, the gradient and the gain ratio
         still use the whole batch. Cuts the cost of the curvature by N/M.
         Meant for minibatches, whose first M samples change every step: on
         a fixed batch the other samples only get gradient-like steps and
@@ -1394,6 +1397,10 @@ def ggn(
                "shorten_rejected_steps": shorten_rejected_steps}
     by_loss = {name: default if by_loss[name] is None else by_loss[name]
                for name, default in loss_defaults(loss).items()}
+    if curvature_samples is None and solver in ("primal", "dual"):
+        # A dense solver named by hand is asked for the exact step on the
+        # batch; the subsample is the short classification solve's default.
+        by_loss["curvature_samples"] = None
     if shorten_rejected_steps is None and geodesic_acceleration is True:
         # Shortening needs the plain step: the acceleration asked for wins
         # over the loss's default.

@@ -18,6 +18,7 @@ from helpers import (
     reference_ggn,
     rel_err,
     small_problem,
+    softmax_dense_step,
 )
 from jax.flatten_util import ravel_pytree
 
@@ -428,6 +429,26 @@ def test_curvature_from_a_subsample_with_the_full_gradient(solver):
     # The loss it reports is the whole batch's.
     new_params = optax.apply_updates(params, updates)
     assert float(state.loss) == pytest.approx(float(_mean_loss(new_params, batch)), rel=1e-12)
+
+
+def test_a_dense_solver_named_for_classification_solves_on_the_whole_batch():
+    """A classification loss subsamples G to 32 samples by default, for the
+    short CG solve; ``solver="primal"`` or ``"dual"`` named by hand gives the
+    exact damped step on all 40 samples (as `fit` does), and CG keeps the
+    32. Against −(G + λI)⁻¹b with G from jacfwd and diag(p) − ppᵀ
+    (`softmax_dense_step`)."""
+    params, (x, labels) = small_problem("softmax_cross_entropy", 5, n=40, sizes=(3, 6, 4))
+    assert 40 * 4 > _flat(params).size  # N·K > P: the subsample changes G
+    damping = 0.03
+    whole = softmax_dense_step(mlp_apply, params, x, labels, damping)
+    first_32 = softmax_dense_step(mlp_apply, params, x, labels, damping, curvature_samples=32)
+    assert rel_err(whole, first_32) > 0.05  # the two readings are far apart
+    for solver, expected in (("primal", whole), ("dual", whole), ("cg", first_32)):
+        tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver=solver, damping=damping,
+                         damping_rule="fixed", relative_damping_floor=0.0,
+                         cg_max_iters=500, cg_tol=1e-14)
+        updates, _ = jit_update(tx)(None, tx.init(params), params, batch=(x, labels))
+        assert rel_err(_flat(updates), expected) < 1e-9, solver
 
 
 @pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
