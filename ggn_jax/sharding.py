@@ -73,9 +73,16 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = BATCH_AXI
       >>> dict(ggn_jax.data_mesh(jax.devices()[:1], axis="data").shape)
       {'data': 1}
     """
+    if isinstance(devices, jax.Device):
+        raise TypeError(f"devices must be a sequence of devices, got one device ({devices}); "
+                        "pass [device]")
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("data_mesh needs at least one device")
+    strays = [d for d in devices if not isinstance(d, jax.Device)]
+    if strays:
+        raise TypeError(f"devices must be jax.Device objects (from jax.devices()), got "
+                        f"{type(strays[0]).__name__}")
     return Mesh(np.asarray(devices), (axis,))
 
 
@@ -114,6 +121,7 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | None = None) -> Any:
       ...     print(error)
       batch is a scalar; every batch leaf needs a sample axis
     """
+    _check_mesh(mesh, "shard_batch(batch, mesh)")
     axis = mesh.axis_names[0] if axis is None else axis
     if axis not in mesh.axis_names:
         raise ValueError(f"mesh has no axis {axis!r}; its axes: {mesh.axis_names}")
@@ -128,7 +136,8 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | None = None) -> Any:
         if shape[0] % count:
             raise ValueError(
                 f"{name} has {shape[0]} samples, not a multiple of the {count} devices on "
-                f"mesh axis {axis!r}; trim or pad the batch"
+                f"mesh axis {axis!r}; trim it to a multiple of {count} or use fewer "
+                "devices (a padding sample would enter the mean loss)"
             )
         return jax.device_put(leaf, sharding)
 
@@ -157,4 +166,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
       >>> bool(jnp.array_equal(placed["w"], params["w"]))
       True
     """
+    _check_mesh(mesh, "replicate(tree, mesh)")
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def _check_mesh(mesh: Any, call: str) -> None:
+    """A clear error where the mesh argument is not a mesh (a list of
+    devices, or the arguments swapped)."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"{call}: mesh must be a jax.sharding.Mesh (from "
+                        f"ggn_jax.data_mesh), got {type(mesh).__name__}")

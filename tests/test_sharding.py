@@ -120,3 +120,16 @@ def test_one_device_mesh_helpers():
         ggn_jax.shard_batch((jnp.ones((3, 2)), jnp.float32(1.0)), mesh)
     params = ggn_jax.replicate({"w": jnp.ones(2)}, mesh)
     assert params["w"].sharding.is_fully_replicated
+    # Misuse a review met: one device for a list, a list for a mesh, and
+    # replicate's arguments swapped (were "'Device' object is not
+    # iterable" and AttributeErrors).
+    with pytest.raises(TypeError, match=r"got one device .*; pass \[device\]"):
+        ggn_jax.data_mesh(jax.devices()[0])
+    with pytest.raises(TypeError, match="devices must be jax.Device objects"):
+        ggn_jax.data_mesh(["cpu:0"])
+    with pytest.raises(TypeError, match=r"shard_batch\(batch, mesh\): mesh must be a "
+                                        r"jax.sharding.Mesh .*got list"):
+        ggn_jax.shard_batch(batch, jax.devices())
+    with pytest.raises(TypeError, match=r"replicate\(tree, mesh\): mesh must be a "
+                                        r"jax.sharding.Mesh .*got dict"):
+        ggn_jax.replicate(mesh, {"w": jnp.ones(2)})
