@@ -1,11 +1,13 @@
 """The paper's theory as tools: conditions, critical points, convergence order."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ggn_jax
+import ggn_jax.paper.analysis
 
 # --- convergence_order -------------------------------------------------------
 
@@ -32,6 +34,40 @@ def test_convergence_order_drops_round_off_and_takes_iterates():
     # Sequences that do not converge over the last steps get no order.
     assert np.isnan(ggn_jax.paper.convergence_order([1.0, 2.0, 4.0, 8.0]).order)
     assert np.isnan(ggn_jax.paper.convergence_order([0.1, 0.01, 0.1, 0.001]).order)
+
+
+def test_convergence_order_takes_round_off_from_the_iterates_dtype():
+    """float32 iterates converging quadratically (e_{k+1} = e_k²) and then
+    wobbling by a few float32 ulps around the limit. With float64's eps the
+    wobble (3e-7, 2e-7) read as convergence and the order came out 0.1;
+    with float32's the floor is 1000·eps32·‖θ*‖ ≈ 2.7e-4 and the last
+    pairs above it give 2."""
+    limit = np.array([1.0, -2.0])
+    direction = np.array([0.6, 0.8])
+    errors = [0.5, 0.25, 0.0625, 0.0625**2, 0.0625**4]
+    rows = [limit + e * direction for e in errors]
+    rows += [limit + 3e-7 * direction, limit - 2e-7 * direction[::-1], limit]
+    iterates = np.array(rows, dtype=np.float32)
+    estimate = ggn_jax.paper.convergence_order(iterates)
+    assert estimate.order == pytest.approx(2.0, abs=0.01)
+    assert estimate.steps == (1, 2)  # e_1 → e_2 → e_3; e_4 = 1.5e-5 is round-off
+
+
+def test_convergence_order_warns_where_the_last_iterate_is_not_the_limit():
+    """θ_k = θ* + 0.8ᵏv for k ≤ 60 stops 1e-6 short of θ*: measured from the
+    last iterate the errors shrink too fast at the end (q read as 1.54).
+    The same errors against the true limit give q = 1, C = 0.8."""
+    limit = np.array([1.0, -2.0, 0.5])
+    direction = np.array([2.0, 1.0, -2.0]) / 3.0
+    iterates = np.stack([limit + 0.8**k * direction for k in range(61)])
+    with pytest.warns(UserWarning, match="it is not yet the limit"):
+        ggn_jax.paper.convergence_order(iterates)
+    truth = ggn_jax.paper.convergence_order(np.linalg.norm(iterates - limit, axis=1))
+    assert truth.order == pytest.approx(1.0, abs=1e-9) and truth.constant == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="errors must be finite and ≥ 0"):
+        ggn_jax.paper.convergence_order([1e-1, -1e-2, 1e-4])
+    with pytest.raises(ValueError, match="errors must be finite and ≥ 0"):
+        ggn_jax.paper.convergence_order([1e-1, float("nan"), 1e-4])
 
 
 # --- critical_point on constructed examples ---------------------------------
@@ -74,6 +110,37 @@ def test_a_flat_critical_point_is_called_degenerate():
     report = ggn_jax.paper.critical_point(apply_fn, jnp.array([0.0]), (jnp.ones((1, 1)), jnp.ones(1)))
     assert report.kind == "degenerate (second-order test inconclusive)"
     assert report.num_zero == 1
+
+
+def test_a_near_exact_fit_is_a_global_minimum_not_a_saddle():
+    """A [2, 12, 2] bent-identity net fitted exactly to T = 8 samples, then
+    the targets moved by 1e-10: L ≈ 1e-21 is an exact fit by the loss
+    tolerance, and H = G + Σ rᵢᵀ∇²fᵢ has eigenvalues of about −1e-10 where G
+    has its zeros, far below −P·eps·max|λ|. They are G's zeros moved by the
+    residual term (Weyl), so the point is a global minimum with
+    P − rank J zero eigenvalues, rank J from numpy on jacfwd's Jacobian.
+    (It was called a saddle: a fit that stops at tol=1e-20 lands here.)"""
+    net = ggn_jax.paper.mlp([2, 12, 2], "bent_identity")
+    x = jax.random.uniform(jax.random.PRNGKey(40), (8, 2), jnp.float64, -1.0, 1.0)
+    y = jax.random.normal(jax.random.PRNGKey(50), (8, 2), jnp.float64)
+    params = net.init(jax.random.PRNGKey(0), jnp.float64)
+    exact = ggn_jax.fit(net.apply, params, (x, y), max_steps=60, tol=1e-30).params
+    assert float(0.5 * jnp.mean(jnp.sum((net.apply(exact, x) - y) ** 2, -1))) < 1e-28
+    moved = y + 1e-10 * jax.random.normal(jax.random.PRNGKey(60), y.shape, jnp.float64)
+    report = ggn_jax.paper.critical_point(net.apply, exact, (x, moved))
+    theta, unravel = jax.flatten_util.ravel_pytree(exact)
+    jac = jax.jacfwd(lambda th: net.apply(unravel(th), x).ravel())(theta)
+    rank = np.linalg.matrix_rank(np.asarray(jac))
+    assert rank == 16 and theta.size == 62
+    eigenvalues = report.eigenvalues
+    assert eigenvalues[0] < -62 * np.finfo(np.float64).eps * np.max(np.abs(eigenvalues))
+    assert report.loss < 1e-18 and report.grad_norm < 1e-8
+    assert report.kind == "global minimum (exact learning)"
+    assert (report.num_zero, report.num_negative, report.num_positive) == (62 - rank, 0, rank)
+    # Away from an exact fit the same negative curvature would be a saddle's:
+    # the residual term's bound applies only where L ≤ loss_tol.
+    strict = ggn_jax.paper.critical_point(net.apply, exact, (x, moved), loss_tol=0.0)
+    assert strict.kind == "saddle" and strict.num_negative > 0
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +191,14 @@ def test_condition_report_flags_what_fails():
     net = ggn_jax.paper.MLP((2, 12, 4), relu)
     report = ggn_jax.paper.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
     assert report.derivative_sampled and report.derivative_inf == 0.0
+    # A decreasing activation, σ′ = −1.1 − tanh′ ≤ −1.1: |σ′| ≥ 1.1, bounded
+    # away from zero like an increasing one (it was reported as failing).
+    falling = ggn_jax.paper.Activation(
+        "falling", lambda t: -1.1 * t - jnp.tanh(t), lambda t: -1.1 - (1 - jnp.tanh(t) ** 2),
+        -2.1, -1.1)
+    net = ggn_jax.paper.MLP((2, 12, 4), falling)
+    report = ggn_jax.paper.exact_learning_conditions(net, net.init(jax.random.PRNGKey(0), jnp.float64), data.inputs)
+    assert report.derivative_holds and report.derivative_inf == pytest.approx(1.1)
     # A custom tanh: the declared infimum 0 counts, though no sample is 0.
     custom = ggn_jax.paper.Activation("tanh", jnp.tanh, lambda t: 1 - jnp.tanh(t) ** 2, 0.0, 1.0)
     net = ggn_jax.paper.MLP((2, 12, 4), custom)
@@ -143,3 +218,23 @@ def test_bad_input_to_the_paper_tools_is_named():
     for inputs in (jnp.ones(4), jnp.ones((4, 3))):
         with pytest.raises(ValueError, match=r"inputs must be the T samples as a \(T, 2\) array"):
             ggn_jax.paper.exact_learning_conditions(net, params, inputs)
+    # What a review met: no samples (an IndexError), params of a network of
+    # another width (a report of the wrong Φ under this net's width), params
+    # that are no (W, b) list, a network with no hidden layer (its input
+    # width reported as the hidden one), matrices numerical_rank cannot rank.
+    with pytest.raises(ValueError, match=r"no samples \(T = 0\)"):
+        ggn_jax.paper.exact_learning_conditions(net, params, jnp.ones((0, 2)))
+    narrower = ggn_jax.paper.mlp([2, 3, 1], "tanh").init(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"params do not fit the network \[2, 5, 1\]"):
+        ggn_jax.paper.exact_learning_conditions(net, narrower, jnp.ones((4, 2)))
+    with pytest.raises(TypeError, match="params must be the network's list of"):
+        ggn_jax.paper.exact_learning_conditions(net, {"w": jnp.ones((2, 5))}, jnp.ones((4, 2)))
+    linear = ggn_jax.paper.mlp([2, 1], "tanh")
+    with pytest.raises(ValueError, match=r"the network \[2, 1\] has none"):
+        ggn_jax.paper.exact_learning_conditions(linear, linear.init(jax.random.PRNGKey(0)),
+                                                jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"2-D matrix, got shape \(3,\)"):
+        ggn_jax.paper.analysis.numerical_rank(np.ones(3))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ggn_jax.paper.analysis.numerical_rank(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    assert ggn_jax.paper.analysis.numerical_rank(np.array([[1, 2], [2, 4]]))[0] == 1  # integers

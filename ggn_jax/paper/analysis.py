@@ -16,7 +16,7 @@ with a row of ones appended (the bias as an extra input), and W for the
 output weights, so the outputs are WᵀΦ. Our reading of the conditions:
 
 1. *Width*: h + 1 ≥ T, so that Φ can have rank T at all.
-2. *Activation*: σ is smooth and σ′ is bounded away from zero (inf σ′ > 0;
+2. *Activation*: σ is smooth and σ′ is bounded away from zero (inf |σ′| > 0;
    the bent identity has σ′ ∈ (½, 3/2), while tanh′ > 0 has infimum 0). Then no hidden unit is ever switched off,
    so the hidden layers cannot lose rank through σ′ = 0, and the rank of Φ
    is generic in the weights.
@@ -43,6 +43,8 @@ normal directions (claim c).
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +67,12 @@ from ggn_jax.problem import bind_problem, mean_loss
 def numerical_rank(matrix: np.ndarray) -> tuple[int, np.ndarray]:
     """Rank by singular values above max(m, n)·eps·σ_max (numpy's rule)."""
     matrix = np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise ValueError(f"numerical_rank takes a 2-D matrix, got shape {matrix.shape}")
+    if not np.issubdtype(matrix.dtype, np.inexact):
+        matrix = matrix.astype(np.float64)  # integers, booleans: exact in float64
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("numerical_rank: the matrix has NaN or Inf entries")
     singular = np.linalg.svd(matrix, compute_uv=False)
     if singular.size == 0 or singular[0] == 0:
         return 0, singular
@@ -83,11 +91,12 @@ class ConditionReport:
       last_hidden_width: h, the width of the last hidden layer.
       width_holds: h + 1 ≥ T (Φ with its bias row can have rank T).
       activation: the activation's name.
-      derivative_inf: inf σ′ — known for the built-in activations; for a
-        custom one the smaller of its declared bound and the minimum of |σ′|
+      derivative_inf: inf |σ′| — known for the built-in activations
+        (all increasing: their inf σ′); for a custom one the smaller of its
+        declared bound, max(inf σ′, −sup σ′, 0), and the minimum of |σ′|
         sampled on [−10, 10] and on the pre-activations seen.
       derivative_sampled: whether ``derivative_inf`` was sampled.
-      derivative_holds: inf σ′ > 0.
+      derivative_holds: inf |σ′| > 0.
       hidden_rank: the numerical rank of Φ ((h+1) × T).
       hidden_condition: σ_1/σ_T of Φ (inf where rank < T).
       hidden_rank_holds: rank Φ = T.
@@ -150,7 +159,7 @@ class ConditionReport:
         return "\n".join(
             [
                 f"width h + 1 ≥ T      : {self.last_hidden_width} + 1 vs {t}: {yes[self.width_holds]}",
-                f"inf σ′ > 0 ({self.activation}): {self.derivative_inf:.3g}"
+                f"inf |σ′| > 0 ({self.activation}): {self.derivative_inf:.3g}"
                 f"{' (sampled)' if self.derivative_sampled else ''}: {yes[self.derivative_holds]}",
                 f"rank Φ = T           : {self.hidden_rank} of {t}, cond {self.hidden_condition:.3g}: "
                 f"{yes[self.hidden_rank_holds]}",
@@ -163,15 +172,35 @@ class ConditionReport:
 
 
 def _derivative_inf(activation: Activation, pre_activations: list[jax.Array]) -> tuple[float, bool]:
-    """inf σ′: the built-in's known value, or for a custom activation its
-    declared ``derivative_inf`` checked against samples on [−10, 10] and at
+    """inf |σ′|: the built-in's known value, or for a custom activation its
+    declared bound checked against samples on [−10, 10] and at
     the pre-activations seen (the smaller wins; a grid can miss isolated
     zeros, so a custom activation should declare its bound)."""
+    # |σ′| is what must stay away from zero: a decreasing σ (σ′ ≤ sup σ′ < 0)
+    # qualifies as well as an increasing one, so the declared bound on |σ′|
+    # is max(inf σ′, −sup σ′, 0), the same for the built-ins (all increasing).
+    declared = max(activation.derivative_inf, -activation.derivative_sup, 0.0)
     if ACTIVATIONS.get(activation.name) is activation:
-        return activation.derivative_inf, False
+        return declared, False
     grid = [jnp.linspace(-10.0, 10.0, 2001)] + [a.ravel() for a in pre_activations]
     sampled = min(float(jnp.min(jnp.abs(activation.derivative(g)))) for g in grid)
-    return min(sampled, activation.derivative_inf), True
+    return min(sampled, declared), True
+
+
+def _check_params_fit(net: MLP, params: Any) -> None:
+    """Params must be the network's: a sequence of (W, b) per layer, with
+    W of shape (d_in, d_out) and b of (d_out,) as ``net.sizes`` says.
+    (Params of another width gave a report of the other network's Φ under
+    this one's width.)"""
+    expected = [((a, b), (b,)) for a, b in zip(net.sizes[:-1], net.sizes[1:], strict=True)]
+    try:
+        got = [(tuple(np.shape(w)), tuple(np.shape(b))) for w, b in params]
+    except (TypeError, ValueError):
+        raise TypeError(f"params must be the network's list of (W, b) pairs per layer, "
+                        f"got {type(params).__name__}") from None
+    if got != expected:
+        raise ValueError(f"params do not fit the network {list(net.sizes)}: their (W, b) "
+                         f"shapes are {got}, the network's {expected}")
 
 
 def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> ConditionReport:
@@ -199,6 +228,12 @@ def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> Condi
     if jnp.ndim(inputs) != 2 or jnp.shape(inputs)[1] != net.sizes[0]:
         raise ValueError(f"inputs must be the T samples as a (T, {net.sizes[0]}) array for "
                          f"this network, got shape {jnp.shape(inputs)}")
+    if jnp.shape(inputs)[0] == 0:
+        raise ValueError("inputs hold no samples (T = 0): nothing to learn exactly")
+    if len(net.sizes) < 3:
+        raise ValueError(f"the conditions concern the last hidden layer, and the network "
+                         f"{list(net.sizes)} has none")
+    _check_params_fit(net, params)
     t = inputs.shape[0]
     width = net.sizes[-2]
     k = net.sizes[-1]
@@ -245,7 +280,8 @@ class CriticalPointReport:
       grad_norm: ‖∇L‖.
       eigenvalues: the exact Hessian's eigenvalues, ascending.
       num_zero, num_negative, num_positive: eigenvalue counts, with |λ| ≤
-        ``zero_tol``·max|λ| counted as zero.
+        ``zero_tol``·max|λ| counted as zero; at an exact fit (L ≤
+        ``loss_tol``) also |λ| ≤ ‖H − G‖₂ (see `critical_point`).
       ggn_gap: ‖H − G‖_F / ‖H‖_F, zero at an exact fit (claim b).
       kind: ``"global minimum (exact learning)"``, ``"minimum (not exact
         learning)"``, ``"degenerate (second-order test inconclusive)"``,
@@ -299,8 +335,19 @@ def critical_point(
     *global (exact learning)* when L ≤ ``loss_tol``, which for squared error
     (L ≥ 0) is the global minimum value. Zero eigenvalues (the solution
     manifold's tangent directions) are expected at exact learning and are
-    counted apart. Tolerances default to the dtype: √eps for the gradient
-    and the relative eigenvalue threshold, eps for the loss.
+    counted apart. Tolerances default to the dtype: √eps for the gradient,
+    P·eps for the relative eigenvalue threshold, eps for the loss.
+
+    At an exact fit the loss tolerance lets residuals of up to about √eps
+    through, and H = G + Σ_i r_iᵀ∇²f_i differs from the positive
+    semi-definite G by that residual term. By Weyl's inequality each
+    eigenvalue of H is then within ‖H − G‖₂ of one of G's, so G's P − rank J
+    zero eigenvalues can show in H as ±‖H − G‖₂, far above P·eps·max|λ|
+    (−3e-12 at a mean loss of 5e-24 on a 2-[12]-2 net). Where L ≤
+    ``loss_tol`` eigenvalues with |λ| ≤ ‖H − G‖₂ are therefore counted as
+    zero too, and such a point is a global minimum, not a saddle. Away
+    from an exact fit the residual term is the curvature that makes
+    saddles, and only the relative threshold applies.
 
     Args:
       apply_fn: ``apply_fn(params, inputs) -> outputs``.
@@ -359,7 +406,10 @@ def critical_point(
     ggn = np.asarray(dense_ggn(jac, hessians))
     eigenvalues = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
     scale = max(float(np.max(np.abs(eigenvalues))), np.finfo(np.float64).tiny)
-    zero = np.abs(eigenvalues) <= zero_tol * scale
+    threshold = zero_tol * scale
+    if float(value) <= loss_tol:  # H − G is the residuals' term, of their size
+        threshold = max(threshold, float(np.linalg.norm(hessian - ggn, 2)))
+    zero = np.abs(eigenvalues) <= threshold
     negative = (eigenvalues < 0) & ~zero
     grad_norm = float(jnp.linalg.norm(grad))
     if grad_norm > grad_tol:
@@ -423,7 +473,11 @@ def convergence_order(
       floor: errors at or below it are round-off and are dropped with all
         that follow. By default 10·eps·max e for errors; for iterates
         1000·eps·‖θ*‖, since θ* itself is known only to round-off and the
-        errors of the last iterates measure that, not convergence.
+        errors of the last iterates measure that, not convergence; eps is
+        that of the sequence's dtype (float32's for float32 iterates). For
+        iterates a warning says where the last is not yet the limit: where
+        the last move d, with the contraction ρ = d/d_prev of the last two
+        moves, leaves dρ/(1 − ρ) above 1% of the smallest error fitted.
       window: the number of pairs (e_k, e_{k+1}) to fit, the last ones above
         the floor; q and log C come from a least-squares line through
         (log e_k, log e_{k+1}). The default 2 is the classic three-point
@@ -438,17 +492,33 @@ def convergence_order(
       >>> round(convergence_order(e).order, 6)
       2.0
     """
-    values = np.asarray(errors_or_iterates, dtype=np.float64)
-    eps = np.finfo(np.float64).eps
+    given = np.asarray(errors_or_iterates)
+    # Round-off is the given sequence's: float32 iterates stop converging
+    # at about 1e-7 relative, not float64's 1e-16.
+    dtype = given.dtype if np.issubdtype(given.dtype, np.floating) else np.float64
+    eps = float(np.finfo(dtype).eps)
+    values = given.astype(np.float64)
+    remaining = 0.0  # how far the last iterate may be from the limit
     if values.ndim == 2:
+        if values.shape[0] < 2:
+            raise ValueError("iterates: pass at least two rows, the last taken as the limit")
         limit = values[-1]
+        moves = np.linalg.norm(np.diff(values, axis=0), axis=1)  # ‖θ_{k+1} − θ_k‖
         values = np.linalg.norm(values[:-1] - limit, axis=1)
         if floor is None:
             floor = 1000 * eps * float(np.linalg.norm(limit))
+        # How far the last iterate may still be from the limit: after the
+        # last move d with contraction ρ = d/d_prev, about dρ/(1 − ρ).
+        if moves.size >= 2 and moves[-1] > floor:
+            ratio = moves[-1] / max(moves[-2], np.finfo(np.float64).tiny)
+            remaining = moves[-1] * ratio / (1 - ratio) if ratio < 1 else math.inf
     if values.ndim != 1:
         raise ValueError("pass a 1-D sequence of errors or a 2-D array of iterates")
     if window < 2:
         raise ValueError(f"window must be at least 2, got {window}")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError("errors must be finite and ≥ 0 (norms of θ_k − θ*); got "
+                         f"{values[~np.isfinite(values) | (values < 0)][:3]}")
     if floor is None:
         floor = 10 * eps * float(np.max(values, initial=0.0))
     above = values > floor
@@ -459,6 +529,13 @@ def convergence_order(
         return ConvergenceOrder(float("nan"), float("nan"), tuple(pairs))
     x = np.log(usable[pairs])
     y = np.log(usable[[k + 1 for k in pairs]])
+    if remaining > 0.01 * float(np.min(usable[pairs[0]:pairs[-1] + 2])):
+        warnings.warn(
+            f"the last iterate may still be {remaining:.3g} from the limit (its last move "
+            f"was {moves[-1]:.3g}), not small against the errors fitted: it is not yet the "
+            "limit, so the errors measured from it shrink too fast near the end and the "
+            "order is overestimated (a linear sequence can read as q ≈ 1.5); run to "
+            "round-off, or pass errors against a known limit", stacklevel=2)
     if np.any(y >= x) or np.ptp(x) == 0:  # not converging over these steps
         return ConvergenceOrder(float("nan"), float("nan"), tuple(pairs))
     order, log_constant = np.polyfit(x, y, 1)
