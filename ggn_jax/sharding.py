@@ -73,6 +73,9 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis: str = BATCH_AXI
       >>> dict(ggn_jax.data_mesh(jax.devices()[:1], axis="data").shape)
       {'data': 1}
     """
+    if isinstance(devices, Mesh):
+        raise TypeError("devices is already a Mesh; pass it on as the mesh, or pass "
+                        "list(mesh.devices.flat) for a new one")
     if isinstance(devices, jax.Device):
         raise TypeError(f"devices must be a sequence of devices, got one device ({devices}); "
                         "pass [device]")

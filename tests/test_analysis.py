@@ -1,5 +1,7 @@
 """The paper's theory as tools: conditions, critical points, convergence order."""
 
+import warnings
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -51,6 +53,10 @@ def test_convergence_order_takes_round_off_from_the_iterates_dtype():
     estimate = ggn_jax.paper.convergence_order(iterates)
     assert estimate.order == pytest.approx(2.0, abs=0.01)
     assert estimate.steps == (1, 2)  # e_1 → e_2 → e_3; e_4 = 1.5e-5 is round-off
+    # float16 (eps 1e-3): the floor is eps^(2/3)·‖θ*‖ ≈ 0.02, not 1000·eps·‖θ*‖ ≈ ‖θ*‖,
+    # which left nothing to fit.
+    half = ggn_jax.paper.convergence_order(iterates.astype(np.float16))
+    assert half.order == pytest.approx(2.0, abs=0.05) and half.steps == (0, 1)
 
 
 def test_convergence_order_warns_where_the_last_iterate_is_not_the_limit():
@@ -64,6 +70,13 @@ def test_convergence_order_warns_where_the_last_iterate_is_not_the_limit():
         ggn_jax.paper.convergence_order(iterates)
     truth = ggn_jax.paper.convergence_order(np.linalg.norm(iterates - limit, axis=1))
     assert truth.order == pytest.approx(1.0, abs=1e-9) and truth.constant == pytest.approx(0.8)
+    # No warning where the moves shrink superlinearly: e_{k+1} = e_k² stopped
+    # 0.0039 short of θ* (q read as 2.05), nor 1e-8 short (2.000).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for errors in ([0.5, 0.25, 0.0625, 0.0039], [1e-1, 1e-2, 1e-4, 1e-8]):
+            short = np.stack([limit + e * direction for e in errors])
+            assert ggn_jax.paper.convergence_order(short).order == pytest.approx(2.0, abs=0.05)
     with pytest.raises(ValueError, match="errors must be finite and ≥ 0"):
         ggn_jax.paper.convergence_order([1e-1, -1e-2, 1e-4])
     with pytest.raises(ValueError, match="errors must be finite and ≥ 0"):
@@ -137,10 +150,14 @@ def test_a_near_exact_fit_is_a_global_minimum_not_a_saddle():
     assert report.loss < 1e-18 and report.grad_norm < 1e-8
     assert report.kind == "global minimum (exact learning)"
     assert (report.num_zero, report.num_negative, report.num_positive) == (62 - rank, 0, rank)
-    # Away from an exact fit the same negative curvature would be a saddle's:
-    # the residual term's bound applies only where L ≤ loss_tol.
+    # The second-order test alone (loss_tol=0), or a callable loss (which
+    # may be negative, so L ≤ loss_tol says nothing of a global minimum),
+    # sees the residual term's negative curvature: a saddle.
     strict = ggn_jax.paper.critical_point(net.apply, exact, (x, moved), loss_tol=0.0)
     assert strict.kind == "saddle" and strict.num_negative > 0
+    squares = lambda o, t: 0.5 * jnp.sum((o - t) ** 2)  # noqa: E731
+    written = ggn_jax.paper.critical_point(net.apply, exact, (x, moved), squares)
+    assert written.kind == "saddle" and written.loss == pytest.approx(report.loss, rel=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +255,7 @@ def test_bad_input_to_the_paper_tools_is_named():
     with pytest.raises(ValueError, match="NaN or Inf"):
         ggn_jax.paper.analysis.numerical_rank(np.array([[1.0, np.nan], [0.0, 1.0]]))
     assert ggn_jax.paper.analysis.numerical_rank(np.array([[1, 2], [2, 4]]))[0] == 1  # integers
+    # Biases that broadcast as the network's own do ((1, d), a scalar) are its params.
+    broadcast = [(w, b[None]) for w, b in params[:-1]] + [(params[-1][0], params[-1][1][0])]
+    report = ggn_jax.paper.exact_learning_conditions(net, broadcast, jnp.ones((4, 2)))
+    assert report.num_params == 21

@@ -127,6 +127,8 @@ def test_one_device_mesh_helpers():
         ggn_jax.data_mesh(jax.devices()[0])
     with pytest.raises(TypeError, match="devices must be jax.Device objects"):
         ggn_jax.data_mesh(["cpu:0"])
+    with pytest.raises(TypeError, match="devices is already a Mesh"):
+        ggn_jax.data_mesh(mesh)
     with pytest.raises(TypeError, match=r"shard_batch\(batch, mesh\): mesh must be a "
                                         r"jax.sharding.Mesh .*got list"):
         ggn_jax.shard_batch(batch, jax.devices())

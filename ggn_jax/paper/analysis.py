@@ -198,7 +198,15 @@ def _check_params_fit(net: MLP, params: Any) -> None:
     except (TypeError, ValueError):
         raise TypeError(f"params must be the network's list of (W, b) pairs per layer, "
                         f"got {type(params).__name__}") from None
-    if got != expected:
+
+    def fits(shapes, wanted):  # a bias of shape (), (1,) or (1, d) broadcasts as (d,)
+        (w, b), (w_wanted, (d,)) = shapes, wanted
+        try:
+            return w == w_wanted and np.broadcast_shapes(b, (1, d)) == (1, d)
+        except ValueError:
+            return False
+
+    if len(got) != len(expected) or not all(map(fits, got, expected)):
         raise ValueError(f"params do not fit the network {list(net.sizes)}: their (W, b) "
                          f"shapes are {got}, the network's {expected}")
 
@@ -281,7 +289,8 @@ class CriticalPointReport:
       eigenvalues: the exact Hessian's eigenvalues, ascending.
       num_zero, num_negative, num_positive: eigenvalue counts, with |λ| ≤
         ``zero_tol``·max|λ| counted as zero; at an exact fit (L ≤
-        ``loss_tol``) also |λ| ≤ ‖H − G‖₂ (see `critical_point`).
+        ``loss_tol``, a named loss) also |λ| ≤ ‖H − G‖₂ (see
+        `critical_point`).
       ggn_gap: ‖H − G‖_F / ‖H‖_F, zero at an exact fit (claim b).
       kind: ``"global minimum (exact learning)"``, ``"minimum (not exact
         learning)"``, ``"degenerate (second-order test inconclusive)"``,
@@ -343,11 +352,17 @@ def critical_point(
     semi-definite G by that residual term. By Weyl's inequality each
     eigenvalue of H is then within ‖H − G‖₂ of one of G's, so G's P − rank J
     zero eigenvalues can show in H as ±‖H − G‖₂, far above P·eps·max|λ|
-    (−3e-12 at a mean loss of 5e-24 on a 2-[12]-2 net). Where L ≤
-    ``loss_tol`` eigenvalues with |λ| ≤ ‖H − G‖₂ are therefore counted as
-    zero too, and such a point is a global minimum, not a saddle. Away
-    from an exact fit the residual term is the curvature that makes
-    saddles, and only the relative threshold applies.
+    (−3e-12 at a mean loss of 5e-24 on a 2-[12]-2 net). For a named loss
+    (all are ≥ 0) with L ≤ ``loss_tol``, eigenvalues with |λ| ≤ ‖H − G‖₂ are
+    therefore counted as zero too. As G ⪰ 0, that is every negative one:
+    such a point is called a global minimum whatever the sign of the
+    residual term's curvature, since its loss is the global minimum value
+    0 to the tolerance and no direction can lower it by more than L. (At
+    θ = 0 of f = θ₁θ₂x with y = 1e-9, a saddle of a problem whose whole
+    loss is 5e-19, this says global minimum; ``loss_tol=0`` asks for the
+    second-order test alone.) For a callable loss, which may be negative,
+    and away from an exact fit, the residual term is the curvature that
+    makes saddles, and only the relative threshold applies.
 
     Args:
       apply_fn: ``apply_fn(params, inputs) -> outputs``.
@@ -407,8 +422,11 @@ def critical_point(
     eigenvalues = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
     scale = max(float(np.max(np.abs(eigenvalues))), np.finfo(np.float64).tiny)
     threshold = zero_tol * scale
-    if float(value) <= loss_tol:  # H − G is the residuals' term, of their size
-        threshold = max(threshold, float(np.linalg.norm(hessian - ggn, 2)))
+    if isinstance(loss, str) and float(value) <= loss_tol:
+        # H − G is the residuals' term, of their size; a margin of round-off
+        # keeps λ_min(H) = −‖H − G‖₂ (Weyl's equality) on the zero side.
+        residual_term = float(np.linalg.norm(hessian - ggn, 2))
+        threshold = max(threshold, residual_term * (1 + np.sqrt(eps)))
     zero = np.abs(eigenvalues) <= threshold
     negative = (eigenvalues < 0) & ~zero
     grad_norm = float(jnp.linalg.norm(grad))
@@ -461,6 +479,27 @@ class ConvergenceOrder:
     steps: tuple[int, ...]
 
 
+def _distance_left(moves: np.ndarray, floor: float) -> float:
+    """About how far the last iterate still is from the limit, from the
+    moves d_k = ‖θ_{k+1} − θ_k‖ (zero moves, rejected steps, skipped): with
+    the last two contractions ρ = d_K/d_{K−1} and ρ′ = d_{K−1}/d_{K−2}, the
+    local order q̂ = log ρ / log ρ′ (at least 1) predicts the next
+    contraction ρ^q̂, and the moves still to come add up to about
+    d_K·ρ^q̂/(1 − ρ^q̂); a linear sequence gives d_Kρ/(1 − ρ). Zero where the
+    last move is at round-off."""
+    if moves.size == 0 or moves[-1] <= floor:
+        return 0.0
+    before = moves[:-1][moves[:-1] > 0]
+    if before.size == 0:
+        return 0.0
+    ratio = moves[-1] / before[-1]
+    if ratio >= 1:
+        return math.inf
+    if before.size >= 2 and before[-1] < before[-2]:
+        ratio = ratio ** max(1.0, np.log(ratio) / np.log(before[-1] / before[-2]))
+    return float(moves[-1] * ratio / (1 - ratio))
+
+
 def convergence_order(
     errors_or_iterates: Any, *, floor: float | None = None, window: int = 2
 ) -> ConvergenceOrder:
@@ -474,10 +513,11 @@ def convergence_order(
         that follow. By default 10·eps·max e for errors; for iterates
         1000·eps·‖θ*‖, since θ* itself is known only to round-off and the
         errors of the last iterates measure that, not convergence; eps is
-        that of the sequence's dtype (float32's for float32 iterates). For
-        iterates a warning says where the last is not yet the limit: where
-        the last move d, with the contraction ρ = d/d_prev of the last two
-        moves, leaves dρ/(1 − ρ) above 1% of the smallest error fitted.
+        that of the sequence's dtype (for iterates eps^(2/3)·‖θ*‖ where
+        that is smaller: float32 and the 16-bit floats). For iterates a
+        warning says where the last is not yet the limit: where the moves
+        still to come, extrapolated from the last three moves, add up to
+        more than the floor and a tenth of the smallest error fitted.
       window: the number of pairs (e_k, e_{k+1}) to fit, the last ones above
         the floor; q and log C come from a least-squares line through
         (log e_k, log e_{k+1}). The default 2 is the classic three-point
@@ -494,9 +534,10 @@ def convergence_order(
     """
     given = np.asarray(errors_or_iterates)
     # Round-off is the given sequence's: float32 iterates stop converging
-    # at about 1e-7 relative, not float64's 1e-16.
-    dtype = given.dtype if np.issubdtype(given.dtype, np.floating) else np.float64
-    eps = float(np.finfo(dtype).eps)
+    # at about 1e-7 relative, not float64's 1e-16 (jnp's finfo and
+    # issubdtype know bfloat16, numpy's do not).
+    dtype = given.dtype if jnp.issubdtype(given.dtype, jnp.floating) else np.float64
+    eps = float(jnp.finfo(dtype).eps)
     values = given.astype(np.float64)
     remaining = 0.0  # how far the last iterate may be from the limit
     if values.ndim == 2:
@@ -506,12 +547,10 @@ def convergence_order(
         moves = np.linalg.norm(np.diff(values, axis=0), axis=1)  # ‖θ_{k+1} − θ_k‖
         values = np.linalg.norm(values[:-1] - limit, axis=1)
         if floor is None:
-            floor = 1000 * eps * float(np.linalg.norm(limit))
-        # How far the last iterate may still be from the limit: after the
-        # last move d with contraction ρ = d/d_prev, about dρ/(1 − ρ).
-        if moves.size >= 2 and moves[-1] > floor:
-            ratio = moves[-1] / max(moves[-2], np.finfo(np.float64).tiny)
-            remaining = moves[-1] * ratio / (1 - ratio) if ratio < 1 else math.inf
+            # 1000 eps, or eps^(2/3) where that is smaller (float32: 2.4e-5;
+            # float16's 1000 eps would be ‖θ*‖ itself).
+            floor = min(1000 * eps, eps ** (2 / 3)) * float(np.linalg.norm(limit))
+        remaining = _distance_left(moves, floor)
     if values.ndim != 1:
         raise ValueError("pass a 1-D sequence of errors or a 2-D array of iterates")
     if window < 2:
@@ -529,7 +568,9 @@ def convergence_order(
         return ConvergenceOrder(float("nan"), float("nan"), tuple(pairs))
     x = np.log(usable[pairs])
     y = np.log(usable[[k + 1 for k in pairs]])
-    if remaining > 0.01 * float(np.min(usable[pairs[0]:pairs[-1] + 2])):
+    # A limit off by a tenth of the smallest error fitted moves q by about
+    # 0.1/log(e_k/e_{k+1}); past that, and above round-off, say so.
+    if remaining > max(0.1 * float(np.min(usable[pairs[0]:pairs[-1] + 2])), floor):
         warnings.warn(
             f"the last iterate may still be {remaining:.3g} from the limit (its last move "
             f"was {moves[-1]:.3g}), not small against the errors fitted: it is not yet the "
