@@ -41,8 +41,8 @@ def test_convergence_order_drops_round_off_and_takes_iterates():
 def test_convergence_order_takes_round_off_from_the_iterates_dtype():
     """float32 iterates converging quadratically (e_{k+1} = e_k²) and then
     wobbling by a few float32 ulps around the limit. With float64's eps the
-    wobble (3e-7, 2e-7) read as convergence and the order came out 0.1;
-    with float32's the floor is 1000·eps32·‖θ*‖ ≈ 2.7e-4 and the last
+    wobble (3e-7, 2e-7) read as convergence and the order came out 0.03;
+    with float32's the floor is eps32^(2/3)·‖θ*‖ ≈ 5.4e-5 and the last
     pairs above it give 2."""
     limit = np.array([1.0, -2.0])
     direction = np.array([0.6, 0.8])

@@ -189,7 +189,8 @@ def _derivative_inf(activation: Activation, pre_activations: list[jax.Array]) ->
 
 def _check_params_fit(net: MLP, params: Any) -> None:
     """Params must be the network's: a sequence of (W, b) per layer, with
-    W of shape (d_in, d_out) and b of (d_out,) as ``net.sizes`` says.
+    W of shape (d_in, d_out) and b of (d_out,) as ``net.sizes`` says, or of
+    a shape that broadcasts as that in ``x @ W + b``.
     (Params of another width gave a report of the other network's Φ under
     this one's width.)"""
     expected = [((a, b), (b,)) for a, b in zip(net.sizes[:-1], net.sizes[1:], strict=True)]
