@@ -154,13 +154,18 @@ OTHER_DEFAULTS = {"cg_max_iters": None, "cg_preconditioner": "diagonal", "moment
 BY_LOSS_OPTIONS = tuple(CLASSIFICATION_DEFAULTS)
 
 
-def loss_defaults(loss: Any) -> dict[str, Any]:
+def loss_defaults(loss: Any, solver: str = "auto") -> dict[str, Any]:
     """The options `ggn` resolves by its loss where they are left at None:
     ``CLASSIFICATION_DEFAULTS`` for the named classification losses,
-    ``OTHER_DEFAULTS`` otherwise (a ``cg_max_iters`` of None is 100)."""
-    if isinstance(loss, str) and loss in CLASSIFICATION_LOSSES:
-        return dict(CLASSIFICATION_DEFAULTS)
-    return dict(OTHER_DEFAULTS)
+    ``OTHER_DEFAULTS`` otherwise (a ``cg_max_iters`` of None is 100). A
+    ``"primal"`` or ``"dual"`` solver named by hand is asked for the exact
+    step on the batch: its G comes from the whole batch, whatever the loss
+    (the subsample is the short classification CG solve's default)."""
+    defaults = dict(CLASSIFICATION_DEFAULTS if isinstance(loss, str)
+                    and loss in CLASSIFICATION_LOSSES else OTHER_DEFAULTS)
+    if solver in ("primal", "dual"):
+        defaults["curvature_samples"] = None
+    return defaults
 
 # The default ceiling of λ, relative to max(1, tr(G)) (`damping_ceiling`).
 DEFAULT_MAX_DAMPING = 1e12
@@ -1396,11 +1401,7 @@ def ggn(
                "geodesic_acceleration": geodesic_acceleration,
                "shorten_rejected_steps": shorten_rejected_steps}
     by_loss = {name: default if by_loss[name] is None else by_loss[name]
-               for name, default in loss_defaults(loss).items()}
-    if curvature_samples is None and solver in ("primal", "dual"):
-        # A dense solver named by hand is asked for the exact step on the
-        # batch; the subsample is the short classification solve's default.
-        by_loss["curvature_samples"] = None
+               for name, default in loss_defaults(loss, solver).items()}
     if shorten_rejected_steps is None and geodesic_acceleration is True:
         # Shortening needs the plain step: the acceleration asked for wins
         # over the loss's default.

@@ -422,12 +422,12 @@ def critical_point(
     ggn = np.asarray(dense_ggn(jac, hessians))
     eigenvalues = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
     scale = max(float(np.max(np.abs(eigenvalues))), np.finfo(np.float64).tiny)
+    residual_term = hessian - ggn  # Σ r_iᵀ∇²f_i
     threshold = zero_tol * scale
     if isinstance(loss, str) and float(value) <= loss_tol:
-        # H − G is the residuals' term, of their size; a margin of round-off
-        # keeps λ_min(H) = −‖H − G‖₂ (Weyl's equality) on the zero side.
-        residual_term = float(np.linalg.norm(hessian - ggn, 2))
-        threshold = max(threshold, residual_term * (1 + np.sqrt(eps)))
+        # The residuals' term is of their size; a margin of round-off keeps
+        # λ_min(H) = −‖H − G‖₂ (Weyl's equality) on the zero side.
+        threshold = max(threshold, float(np.linalg.norm(residual_term, 2)) * (1 + np.sqrt(eps)))
     zero = np.abs(eigenvalues) <= threshold
     negative = (eigenvalues < 0) & ~zero
     grad_norm = float(jnp.linalg.norm(grad))
@@ -448,7 +448,7 @@ def critical_point(
         num_zero=int(np.sum(zero)),
         num_negative=int(np.sum(negative)),
         num_positive=int(np.sum(~zero & ~negative)),
-        ggn_gap=float(np.linalg.norm(hessian - ggn) / max(np.linalg.norm(hessian), 1e-300)),
+        ggn_gap=float(np.linalg.norm(residual_term) / max(np.linalg.norm(hessian), 1e-300)),
         kind=kind,
     )
 
