@@ -102,7 +102,7 @@ def fit_defaults(steps=6) -> dict:
 
     import ggn_jax
     from ggn_jax.fit import _build
-    from ggn_jax.transform import make_config
+    from ggn_jax.options import make_config
 
     sizes, n = [10, 512, 512, 3], 200
     net, params = _mlp(sizes, jnp.float64)

@@ -25,7 +25,7 @@ from ggn_jax.sharding import replicate as replicate
 from ggn_jax.sharding import shard_batch as shard_batch
 from ggn_jax.solvers import SOLVER_NAMES as SOLVER_NAMES
 from ggn_jax.solvers import SOLVERS as SOLVERS
-from ggn_jax.transform import GGNConfig as GGNConfig
+from ggn_jax.options import GGNConfig as GGNConfig
 from ggn_jax.transform import GGNState as GGNState
 from ggn_jax.transform import ggn as ggn
 

@@ -63,7 +63,7 @@ def geodesic_acceleration(
     H̄ f''[δ_v, δ_v] instead of ∇_o l: the solver's own path for the batch
     gradient, so the sample-space solve stays exact (no division by λ).
 
-    ``ratio`` is α (`ggn_jax.transform.GGNConfig.resolved_options`).
+    ``ratio`` is α (`ggn_jax.options.GGNConfig.resolved_options`).
 
     Returns:
       (step, used): the step (the velocity where 2‖a‖ > α‖δ_v‖ or a is not

@@ -62,14 +62,12 @@ import numpy as np
 from ggn_jax.losses import CLASSIFICATION_LOSSES, LossSpec, check_loss
 from ggn_jax.problem import as_integer, bind_problem, check_labels, mean_loss
 from ggn_jax.progress import ProgressBar, active, report_from_device
+from ggn_jax.options import GGNConfig, _is_traced, make_config
 from ggn_jax.transform import (
-    GGNConfig,
     GGNState,
-    _is_traced,
     curvature_problem,
     ggn_step,
     init_state,
-    make_config,
     objective,
     regularised_loss,
     resolve_solver,

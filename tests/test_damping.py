@@ -838,7 +838,7 @@ def test_shortening_needs_the_plain_step():
 
 
 def test_shortening_is_a_classification_default_and_a_python_bool():
-    from ggn_jax.transform import loss_defaults
+    from ggn_jax.options import loss_defaults
 
     assert loss_defaults("softmax_cross_entropy")["shorten_rejected_steps"] is True
     assert loss_defaults("sigmoid_binary_cross_entropy")["shorten_rejected_steps"] is True

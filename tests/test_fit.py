@@ -10,7 +10,7 @@ from helpers import enable_x64, mlp_apply, mlp_init
 import ggn_jax
 import ggn_jax.progress
 from ggn_jax.solvers import SOLVER_CODES
-from ggn_jax.transform import DEFAULT_NONMONOTONE_WINDOW
+from ggn_jax.options import DEFAULT_NONMONOTONE_WINDOW
 
 # Moré, Garbow & Hillstrom (1981): residuals, start, the known minimiser
 # (None where the test relies on scipy's) and ½‖r‖² at the minimum.
@@ -204,7 +204,7 @@ def test_poisson_pinn_reaches_1e_6_in_150_steps_where_a_short_watchdog_stalled()
 def test_options_ggn_resolves_by_loss_take_none_in_fit_as_their_default():
     """`ggn` takes None for the loss-resolved options; so does `fit`, where
     None is the plain default (it was a TypeError): the same trajectory."""
-    from ggn_jax.transform import BY_LOSS_OPTIONS
+    from ggn_jax.options import BY_LOSS_OPTIONS
 
     params, batch = _over_parameterised(0)
     plain = ggn_jax.fit(mlp_apply, params, batch, max_steps=5)

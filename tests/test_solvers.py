@@ -45,7 +45,7 @@ from ggn_jax.solvers import (
 from ggn_jax.solvers.base import LocalModel
 from ggn_jax.solvers.cg import HEAVY_PASS_EFFICIENCY, HEAVY_PASS_RATIO
 from ggn_jax.solvers.primal import jacobian_factor, solve_primal_qr, uses_qr
-from ggn_jax.transform import make_config
+from ggn_jax.options import make_config
 
 LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
 IDS = ["squared_error", "softmax", "sigmoid", "callable"]
