@@ -141,11 +141,34 @@ def _with(section, **fields):
         ({**BASE, "problem": {"kind": "digits", "sizes": [64, 10]},
           "optimizers": [{"kind": "scipy_trf"}]}, r"is a least-squares solver"),
         ({**BASE, "extra": {}}, r"unknown section\(s\) extra"),
+        # Right types, values out of range: each named, none left to fail
+        # (or hang) mid-run.
+        (_with("run", target_loss=float("nan")), r"run.target_loss must be finite and ≥ 0"),
+        (_with("run", seeds=[]), r"run.seeds must name at least one seed"),
+        (_with("run", max_seconds=-1.0), r"run.max_seconds must be > 0, got -1.0"),
+        (_with("problem", test_fraction=0.0), r"problem.test_fraction must lie in \(0, 1\)"),
+        (_with("optimizers", kind="adam", learning_rate=0.0),
+         r"optimizers\[0\] \(kind 'adam'\): learning_rate must be finite and > 0"),
+        (_with("optimizers", kind="lbfgs", memory_size=0), r"memory_size must be ≥ 1"),
+        (_with("optimizers", kind="ggn_fit", damping=-1.0),
+         r"optimizers\[0\] \(kind 'ggn_fit'\): damping must be finite and > 0"),
+        (_with("optimizers", kind="ggn", cg_max_iters=0), r"cg_max_iters must be a positive integer"),
     ],
 )
 def test_bad_configs_name_the_file_field_and_allowed_values(raw, message):
     with pytest.raises(ConfigError, match=message):
         validate_bench(raw, "b.toml")
+
+
+def test_a_minibatch_larger_than_the_training_set_is_named_not_run(tmp_path):
+    """16 samples in batches of 64: named before anything runs (the batch
+    generator used to loop for ever looking for a whole batch)."""
+    raw = {"problem": {"kind": "teacher_student", "num_samples": 16, "sizes": [2, 3, 1]},
+           "run": {"target_loss": 1e-20, "batch_size": 64},
+           "optimizers": [{"kind": "adam"}], "output": {"dir": str(tmp_path)}}
+    with pytest.raises(ConfigError, match=r"run.batch_size \(64\) exceeds the problem's 16 "
+                                          "training samples"):
+        run_config(validate_bench(raw, "b.toml"), quiet=True)
 
 
 def test_a_missing_config_file_is_named(tmp_path):

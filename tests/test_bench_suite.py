@@ -110,6 +110,23 @@ def test_the_summary_ratio_is_the_one_computed_from_the_json_rows(user_config, t
     assert rate["flops"] is None or rate["flop_s"] == pytest.approx(rate["flops"] / rate["seconds"])
 
 
+def test_where_no_peer_reached_the_target_the_bound_is_the_shortest_peer_run():
+    """ggn_jax reached the target in 2 ms; Adam gave up after 14 ms, L-BFGS
+    after 78 ms. The fastest peer would have needed more than 14 ms, so the
+    speed-up is at least 7×, not 39× (78 / 2)."""
+    from ggn_jax.bench.summary import _row, markdown
+
+    kinds = {"ggn": "ggn", "Adam": "adam", "L-BFGS": "lbfgs"}
+    row = _row("c", "loss ≤ 1e-9", {"ggn": 0.002}, {"ggn": 0.002, "Adam": 0.014, "L-BFGS": 0.078},
+               kinds)
+    assert row["lower_bound"] and row["speedup"] == pytest.approx(7.0)
+    assert "≥ 7.00×" in markdown([row], "cpu")
+    # Where a peer reached it, the ratio is exact, from the fastest that did.
+    row = _row("c", "t", {"ggn": 0.002, "L-BFGS": 0.05}, {"ggn": 0.002, "Adam": 0.014,
+                                                          "L-BFGS": 0.05}, kinds)
+    assert not row["lower_bound"] and row["speedup"] == pytest.approx(25.0)
+
+
 def test_an_interrupted_run_keeps_its_finished_rows(user_config, tmp_path, monkeypatch):
     real = bench_run.run_whole_optimizer
 

@@ -185,6 +185,14 @@ def test_every_pinn_config_names_a_problem_and_known_optimisers():
     ('[problem]\nname = "heat"\n[[optimizers]]\nkind = "ggn"\nlabel = "g"\n',
      r"optimizers\[0\].chunk is required"),
     ('[problem]\nname = "heat"\n', r"give \[\[optimizers\]\] tables"),
+    ('[problem]\nname = "heat"\n[run]\nseeds = []\n', r"run.seeds must name at least one seed"),
+    ('[problem]\nname = "heat"\n[[optimizers]]\nkind = "adam"\nlabel = "a"\nchunk = 5\n'
+     'max_steps = 10\nmax_seconds = 1.0\nlearning_rates = []\n',
+     r"optimizers\[0\].learning_rates must list at least one rate"),
+    ('[problem]\nname = "heat"\n[[optimizers]]\nkind = "engd"\nlabel = "e"\nchunk = 5\n'
+     'max_steps = 10\nmax_seconds = 1.0\ngrid = 0\n', r"optimizers\[0\].grid and .memory_size"),
+    ('[problem]\nname = "heat"\n[[optimizers]]\nkind = "ggn"\nlabel = "g"\nchunk = 5\n'
+     'max_steps = 10\nmax_seconds = -1.0\n', r"optimizers\[0\].max_seconds must be > 0"),
 ])
 def test_a_bad_pinn_config_names_the_file_and_field(tmp_path, text, message):
     from ggn_jax.config import ConfigError

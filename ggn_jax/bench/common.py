@@ -25,6 +25,32 @@ _PEAKS = {
 }
 
 
+def lower_median(items: list, key) -> object:
+    """The item of median ``key``: the middle one of an odd count, the
+    lower of the two middle ones of an even count (with 2 items, the one of
+    smaller key). A timed run is a whole record (its per-step losses and
+    times), which cannot be averaged with another; the lower of the two
+    middle ones is also the one a noisy shared machine disturbed less.
+
+    >>> lower_median([3.0, 1.0, 2.0], key=float), lower_median([4.0, 1.0], key=float)
+    (2.0, 1.0)
+    """
+    if not items:
+        raise ValueError("no timed runs to take a median of")
+    return sorted(items, key=key)[(len(items) - 1) // 2]
+
+
+def median_words(repeats: int) -> str:
+    """How a table names the time it reports of ``repeats`` timed runs."""
+    if repeats == 1:
+        return "one timed run"
+    if repeats % 2:
+        return f"median of {repeats} timed runs"
+    if repeats == 2:
+        return "the faster of 2 timed runs"
+    return f"lower median of {repeats} timed runs"
+
+
 def peak_flops(device_kind: str, dtype: str) -> float | None:
     """The data-sheet peak of a device kind (JAX's ``device_kind``) for
     ``dtype``, or None where it is not known.

@@ -14,6 +14,7 @@ Every error names the file, the field and what is allowed
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 from ggn_jax.bench.optimizers import (
@@ -116,6 +117,18 @@ def _check_consistency(config: dict, source: str) -> None:
                           f"run.eval_every ({run['eval_every']})")
     if run["batch_size"] < 0 or problem["num_samples"] < 0:
         raise ConfigError(f"{source}: run.batch_size and problem.num_samples must be ≥ 0")
+    if not run["seeds"]:
+        raise ConfigError(f"{source}: run.seeds must name at least one seed")
+    if not (math.isfinite(run["target_loss"]) and run["target_loss"] >= 0):
+        raise ConfigError(f"{source}: run.target_loss must be finite and ≥ 0 (0: no loss "
+                          f"target), got {run['target_loss']}")
+    if not run["max_seconds"] > 0:  # inf: no time limit
+        raise ConfigError(f"{source}: run.max_seconds must be > 0, got {run['max_seconds']}")
+    if not (math.isfinite(problem["noise"]) and problem["noise"] >= 0):
+        raise ConfigError(f"{source}: problem.noise must be finite and ≥ 0, got {problem['noise']}")
+    if not 0 < problem["test_fraction"] < 1:
+        raise ConfigError(f"{source}: problem.test_fraction must lie in (0, 1), "
+                          f"got {problem['test_fraction']}")
     if not 0.0 <= run["target_accuracy"] <= 1.0:
         raise ConfigError(f"{source}: run.target_accuracy must be in [0, 1], "
                           f"got {run['target_accuracy']}")
@@ -132,6 +145,7 @@ def _check_consistency(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: optimizer labels must differ, got {labels}")
     for index, spec in enumerate(config["optimizers"]):
         where = f"{source}: optimizers[{index}] (kind {spec['kind']!r})"
+        _check_optimizer_values(spec, where)
         if run["batch_size"] and spec["kind"] not in MINIBATCH_KINDS:
             raise ConfigError(f"{where} cannot take minibatches (run.batch_size > 0); "
                               f"kinds that can: {', '.join(MINIBATCH_KINDS)}")
@@ -141,6 +155,29 @@ def _check_consistency(config: dict, source: str) -> None:
         if spec["kind"] in WHOLE_RUN_KINDS and run["target_accuracy"] > 0:
             raise ConfigError(f"{where} runs to a loss target by itself; it cannot "
                               "stop at run.target_accuracy")
+
+
+def _check_optimizer_values(spec: dict, where: str) -> None:
+    """Values of the right type but out of range: a peer's own fields here,
+    ggn_jax's options by `ggn_jax.options.make_config`, which names them."""
+    if spec["kind"] == "adam" and not (math.isfinite(spec["learning_rate"])
+                                       and spec["learning_rate"] > 0):
+        raise ConfigError(f"{where}: learning_rate must be finite and > 0, "
+                          f"got {spec['learning_rate']}")
+    if spec["kind"] == "lbfgs" and spec["memory_size"] < 1:
+        raise ConfigError(f"{where}: memory_size must be ≥ 1, got {spec['memory_size']}")
+    if spec["kind"] == "kfac" and not (math.isfinite(spec["damping"]) and spec["damping"] > 0):
+        raise ConfigError(f"{where}: damping must be finite and > 0, got {spec['damping']}")
+    if spec["kind"] in ("ggn", "ggn_fit"):
+        from ggn_jax.options import make_config
+
+        options = {name: spec[name] for name in _GGN_FIELDS if spec.get(name) is not None}
+        try:
+            make_config(**options)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{where}: {error}") from None
+    if spec.get("heavy_ball") is not None and not 0 <= spec["heavy_ball"] < 1:
+        raise ConfigError(f"{where}: heavy_ball must lie in [0, 1), got {spec['heavy_ball']}")
 
 
 def validate_bench(raw: dict, source: str) -> dict:

@@ -28,6 +28,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 import ggn_jax
+from ggn_jax.bench.common import lower_median
 from ggn_jax.bench.problems import BenchProblem, mean_loss, residuals
 
 # The peer module each kind needs (None: only ggn_jax, optax and jax).
@@ -303,7 +304,7 @@ def run_ggn_fit(problem: BenchProblem, spec: dict, params0: Any, target_loss: fl
         start = time.perf_counter()
         result = jax.block_until_ready(call())
         runs.append((time.perf_counter() - start, result))
-    total, result = sorted(runs, key=lambda run: run[0])[(repeats - 1) // 2]
+    total, result = lower_median(runs, key=lambda run: run[0])
     steps = result.steps
     losses = [float(v) for v in result.loss_history]
     times = [total * (k + 1) / max(steps, 1) for k in range(steps)]
@@ -344,8 +345,8 @@ def run_scipy_trf(problem: BenchProblem, spec: dict, params0: Any, target_loss: 
         return thetas, stamps
 
     solve()  # warm-up
-    runs = sorted((solve() for _ in range(repeats)), key=lambda run: run[1][-1] if run[1] else 0)
-    thetas, stamps = runs[(repeats - 1) // 2]
+    thetas, stamps = lower_median([solve() for _ in range(repeats)],
+                                  key=lambda run: run[1][-1] if run[1] else 0)
     loss = jax.jit(lambda th: mean_loss(problem, unravel(th), problem.train))
     losses = [float(loss(jnp.asarray(t, theta0.dtype))) for t in thetas]
     final = unravel(jnp.asarray(thetas[-1] if thetas else theta0, theta0.dtype))
@@ -354,7 +355,8 @@ def run_scipy_trf(problem: BenchProblem, spec: dict, params0: Any, target_loss: 
 
 def run_whole(problem: BenchProblem, spec: dict, params0: Any, target_loss: float,
               max_steps: int, repeats: int) -> WholeRunResult:
-    """After a warm-up, ``repeats`` timed runs; the one with the median time."""
+    """After a warm-up, ``repeats`` timed runs; the one with the median time
+    (`ggn_jax.bench.common.lower_median`)."""
     if not math.isfinite(target_loss) or target_loss <= 0:
         target_loss = 0.0
     if spec["kind"] == "ggn_fit":

@@ -12,8 +12,8 @@ and against steps, the time and steps to relative L2 ≤ 1e-4, 1e-5 and
 
 The peers:
 
-* ``ggn``: ``ggn_jax.ggn(blocks)`` with its defaults, as an optax loop with
-  ``jax.grad(blocks.loss)``.
+* ``ggn``: ``ggn_jax.ggn(blocks)`` with its defaults, as an optax loop that
+  hands ``update`` None for the gradient (ggn takes its own batch gradient).
 * ``engd``: energy natural gradient descent as published (Müller &
   Zeinhofer, *Achieving high accuracy with PINNs via energy natural
   gradient descent*, ICML 2023), written here: the Gram matrix JᵀJ of the
@@ -299,6 +299,8 @@ def load_pinn_config(path: str) -> dict:
                                   {"name": (tuple(PROBLEMS), REQUIRED)}, path, "problem"),
         "run": validate_table(raw.get("run", {}), {"seeds": ([int], [0])}, path, "run"),
     }
+    if not config["run"]["seeds"]:
+        raise ConfigError(f"{path}: run.seeds must name at least one seed")
     if not isinstance(optimizers, list) or not optimizers:
         raise ConfigError(f"{path}: give [[optimizers]] tables; kinds: "
                           f"{', '.join(OPTIMIZER_FIELDS)}")
@@ -310,6 +312,14 @@ def load_pinn_config(path: str) -> dict:
         spec = validate_table(given, {**_COMMON, **OPTIMIZER_FIELDS[kind]}, path, table)
         if spec["chunk"] < 1 or spec["max_steps"] < 1:
             raise ConfigError(f"{path}: {table}.chunk and .max_steps must be ≥ 1")
+        if not spec["max_seconds"] > 0:
+            raise ConfigError(f"{path}: {table}.max_seconds must be > 0, got {spec['max_seconds']}")
+        if spec.get("grid", 1) < 1 or spec.get("memory_size", 1) < 1:
+            raise ConfigError(f"{path}: {table}.grid and .memory_size must be ≥ 1")
+        rates = spec.get("learning_rates")
+        if rates is not None and not (rates and all(math.isfinite(r) and r > 0 for r in rates)):
+            raise ConfigError(f"{path}: {table}.learning_rates must list at least one rate, "
+                              f"each finite and > 0, got {rates}")
         config["optimizers"].append(spec)
     return config
 

@@ -7,7 +7,9 @@ shipped config (`ggn_jax.bench.suite`).
 
 For each optimiser and seed: compile apart (ahead of time, ``lower`` then
 ``compile``), one warm-up chunk, then ``repeats`` timed runs with
-``block_until_ready`` after every chunk of ``eval_every`` steps. The
+``block_until_ready`` after every chunk of ``eval_every`` steps, of which
+the run with the median time is kept (the lower median of an even count:
+with 2 repeats, the faster run). The
 parameters after each step come out of the compiled chunk, and the loss and
 test accuracy at each are computed afterwards, off the clock, by one shared
 function. Steps inside a chunk are taken as equally long. A run stops at
@@ -44,7 +46,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import ggn_jax
-from ggn_jax.bench.common import device_info, machine, peak_flops
+from ggn_jax.bench.common import (
+    device_info,
+    lower_median,
+    machine,
+    median_words,
+    peak_flops,
+)
 from ggn_jax.bench.optimizers import (
     PEER_MODULES,
     WHOLE_RUN_KINDS,
@@ -133,6 +141,8 @@ def _evaluator(problem: BenchProblem):
 def _minibatches(problem: BenchProblem, batch_size: int, seed: int):
     """Index sets of one minibatch each, reshuffled every epoch."""
     n = problem.train[0].shape[0]
+    if not 0 < batch_size <= n:
+        raise ValueError(f"a minibatch of {batch_size} from {n} training samples")
     rng = np.random.default_rng(seed)
     while True:
         order = rng.permutation(n)
@@ -300,10 +310,9 @@ def _evaluate_chunk(evaluate, stacked, length: int, stride: int):
 
 
 def _median_record(records: list[dict]) -> dict:
-    """The run with the median time (to the target, else in all)."""
-    key = lambda r: r["time_to_target"] if r["reached"] else r["run_s"]
-    ordered = sorted(records, key=key)
-    return ordered[(len(ordered) - 1) // 2]
+    """The run with the median time (to the target, else in all); the lower
+    median of an even count (`ggn_jax.bench.common.lower_median`)."""
+    return lower_median(records, key=lambda r: r["time_to_target"] if r["reached"] else r["run_s"])
 
 
 def run_whole_optimizer(problem: BenchProblem, spec: dict, run: dict, seed: int) -> dict:
@@ -335,6 +344,12 @@ def run_config(config: dict, quiet: bool = False, on_row=None) -> dict:
     if run["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
     problem = build_problem(config["problem"], jnp.dtype(run["dtype"]))
+    samples = jax.tree_util.tree_leaves(problem.train[0])[0].shape[0]
+    if run["batch_size"] > samples:
+        from ggn_jax.config import ConfigError
+
+        raise ConfigError(f"{config['output']['name']}: run.batch_size ({run['batch_size']}) "
+                          f"exceeds the problem's {samples} training samples")
     results: dict[str, Any] = {}
     payload = {
         "name": config["output"]["name"],
@@ -456,7 +471,7 @@ def markdown(payload: dict) -> str:
         f"### {payload['name']}: {payload['problem']}",
         "",
         f"{run['dtype']}, {batch}, target: {_targets(run)}; seeds {run['seeds']}, "
-        f"median of {run['repeats']} timed runs per seed"
+        f"{median_words(run['repeats'])} per seed"
         f"{'; the steps of a chunk compiled unrolled' if run.get('unroll') else ''}. "
         f"Machine: {payload['machine']}.",
         "",

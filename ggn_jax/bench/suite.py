@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_all(configs: list, args) -> int:
     from ggn_jax.bench import pinn, run, summary
     from ggn_jax.bench.common import device_info, machine
+    from ggn_jax.config import ConfigError
 
     device = machine()
     print(f"ggn-jax bench: {len(configs)} config(s) on {device}"
@@ -169,6 +170,9 @@ def _run_all(configs: list, args) -> int:
                 paths = pinn.write(results, args.out_dir, with_plot=True)
                 print(pinn.markdown(results))
                 rows.append(summary.pinn_row(results, name))
+        except ConfigError as error:  # found once the problem is built
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:  # inside a PINN run: that config is lost
             interrupted = True
             paths = {}
