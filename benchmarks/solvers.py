@@ -15,8 +15,8 @@ jax.config.update("jax_enable_x64", True)
 
 import ggn_jax  # noqa: E402
 from benchmarks.common import machine, mlp_apply, mlp_init, timed, write_results  # noqa: E402
-from ggn_jax.problem import bind_problem  # noqa: E402
 from ggn_jax.options import make_config  # noqa: E402
+from ggn_jax.problem import bind_problem  # noqa: E402
 from ggn_jax.transform import resolve_solver  # noqa: E402
 
 SIZES = [64, 256, 1024, 2048, 4096]

@@ -20,12 +20,12 @@ from ggn_jax.fit import fit as fit
 from ggn_jax.fit import lower_fit as lower_fit
 from ggn_jax.losses import NAMED_LOSSES as NAMED_LOSSES
 from ggn_jax.lowest import LowestLoss as LowestLoss
+from ggn_jax.options import GGNConfig as GGNConfig
 from ggn_jax.sharding import data_mesh as data_mesh
 from ggn_jax.sharding import replicate as replicate
 from ggn_jax.sharding import shard_batch as shard_batch
 from ggn_jax.solvers import SOLVER_NAMES as SOLVER_NAMES
 from ggn_jax.solvers import SOLVERS as SOLVERS
-from ggn_jax.options import GGNConfig as GGNConfig
 from ggn_jax.transform import GGNState as GGNState
 from ggn_jax.transform import ggn as ggn
 

@@ -7,9 +7,9 @@ from helpers import enable_x64, mlp_apply, reference_ggn, rel_err, small_problem
 from jax.flatten_util import ravel_pytree
 
 from ggn_jax.acceleration import geodesic_acceleration, second_directional_derivative
+from ggn_jax.options import make_config
 from ggn_jax.problem import bind_problem
 from ggn_jax.solvers import solver_for
-from ggn_jax.options import make_config
 
 
 def test_second_directional_derivative_matches_a_central_difference():

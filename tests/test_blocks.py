@@ -13,10 +13,10 @@ from jax.flatten_util import ravel_pytree
 
 import ggn_jax
 from ggn_jax.curvature import problem_jacobians
+from ggn_jax.options import make_config
 from ggn_jax.pde import laplacian
 from ggn_jax.problem import bind_problem
 from ggn_jax.solvers import solver_for
-from ggn_jax.options import make_config
 
 W_INTERIOR, W_BOUNDARY = 1.0, 4.0
 

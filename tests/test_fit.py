@@ -9,12 +9,12 @@ from helpers import enable_x64, mlp_apply, mlp_init
 
 import ggn_jax
 import ggn_jax.progress
-from ggn_jax.solvers import SOLVER_CODES
-from ggn_jax.options import DEFAULT_NONMONOTONE_WINDOW
 
 # Moré, Garbow & Hillstrom (1981): residuals, start, the known minimiser
 # (None where the test relies on scipy's) and ½‖r‖² at the minimum.
 from ggn_jax.bench.problems import CLASSIC  # noqa: E402
+from ggn_jax.options import DEFAULT_NONMONOTONE_WINDOW
+from ggn_jax.solvers import SOLVER_CODES
 
 
 @pytest.mark.parametrize("name", list(CLASSIC))

@@ -26,6 +26,7 @@ from ggn_jax.curvature import (
     loss_hessians,
     per_sample_jacobians,
 )
+from ggn_jax.options import make_config
 from ggn_jax.problem import bind_problem
 from ggn_jax.solvers import (
     SOLVING_CG_MARGIN,
@@ -45,7 +46,6 @@ from ggn_jax.solvers import (
 from ggn_jax.solvers.base import LocalModel
 from ggn_jax.solvers.cg import HEAVY_PASS_EFFICIENCY, HEAVY_PASS_RATIO
 from ggn_jax.solvers.primal import jacobian_factor, solve_primal_qr, uses_qr
-from ggn_jax.options import make_config
 
 LOSSES = ["squared_error", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", log_cosh]
 IDS = ["squared_error", "softmax", "sigmoid", "callable"]

@@ -26,9 +26,9 @@ from jax.flatten_util import ravel_pytree
 import ggn_jax
 from ggn_jax import structure
 from ggn_jax.curvature import problem_structure, structured_factors
+from ggn_jax.options import make_config
 from ggn_jax.problem import bind_problem
 from ggn_jax.solvers import Dual, DualJacobian
-from ggn_jax.options import make_config
 
 
 def _reference_gram(apply_fn, params, x):
