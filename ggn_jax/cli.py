@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -105,6 +106,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from ggn_jax.paper.experiments import paper_demo
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"error: --out {args.out} is a file, not a folder", file=sys.stderr)
+        return 2
     if args.landscape:
         return _landscape(args)
     start = time.perf_counter()
@@ -205,12 +209,20 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: data.num_samples must be ≥ 1 and analysis.max_steps ≥ 0",
               file=sys.stderr)
         return 2
+    if not (math.isfinite(run_cfg["tol"]) and run_cfg["tol"] >= 0):
+        print(f"error: {args.config}: analysis.tol must be finite and ≥ 0, got {run_cfg['tol']}",
+              file=sys.stderr)
+        return 2
     key = jax.random.PRNGKey(data_cfg["seed"])
     if data_cfg["kind"] == "four_region":
         data = four_region(key, data_cfg["num_samples"], jnp.float64)
     else:
-        data = teacher_student(key, data_cfg["num_samples"], data_cfg["teacher_sizes"],
-                               net_cfg["activation"], dtype=jnp.float64)
+        try:
+            data = teacher_student(key, data_cfg["num_samples"], data_cfg["teacher_sizes"],
+                                   net_cfg["activation"], dtype=jnp.float64)
+        except ValueError as error:
+            print(f"error: {args.config}: data.teacher_sizes: {error}", file=sys.stderr)
+            return 2
     if data.targets.shape[1] != net.sizes[-1] or data.inputs.shape[1] != net.sizes[0]:
         print(
             f"error: {args.config}: network.sizes {list(net.sizes)} does not fit the data "
@@ -227,7 +239,9 @@ def _analyze(args: argparse.Namespace) -> int:
     batch = (data.inputs, data.targets)
     if run_cfg["fit_first"]:
         result = fit(net.apply, params, batch, max_steps=run_cfg["max_steps"], tol=run_cfg["tol"])
-        print(f"\nfitted with GGN: {result.steps} steps, loss {float(result.state.loss):.2e}")
+        # result.loss is the loss at result.params, the point analysed below
+        # (the lowest reached; the last iterate's may be above it).
+        print(f"\nfitted with GGN: {result.steps} steps, loss {float(result.loss):.2e}")
         params = result.params
     report = critical_point(net.apply, params, batch)
     print(
@@ -239,7 +253,10 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value

@@ -18,7 +18,7 @@ watchdog stops them from carrying a run into another basin for good (the
 Kowalik–Osborne problem from 100× its standard start: 0 of 20 perturbed
 starts solved without it, 20 of 20 with it; BENCHMARKS.md, "Watchdog").
 It fires at most once per run, and never in a monotone run, where every
-accepted step lowers the loss.
+accepted step lowers the loss (or raises it by no more than its round-off).
 
 ``fit`` returns the parameters of the lowest loss; among losses within
 round-off of each other the one with the smaller gradient. Near a minimum
@@ -60,9 +60,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ggn_jax.losses import CLASSIFICATION_LOSSES, LossSpec, check_loss
+from ggn_jax.options import GGNConfig, _is_traced, make_config
 from ggn_jax.problem import as_integer, bind_problem, check_labels, mean_loss
 from ggn_jax.progress import ProgressBar, active, report_from_device
-from ggn_jax.options import GGNConfig, _is_traced, make_config
 from ggn_jax.transform import (
     GGNState,
     curvature_problem,
@@ -119,7 +119,9 @@ class FitResult(NamedTuple):
         ``nonmonotone_window``) the last iterate can sit above an earlier
         one (until the watchdog sends it back, see the module's
         docstring); with monotone acceptance they are the last
-        parameters.
+        parameters up to round-off (the test accepts a rise of the loss
+        within its round-off, `ggn_jax.damping.roundoff_noise`, which in
+        float32 can leave the lowest loss a few hundred ulps below the last).
       last_params: the parameters after the last step.
       loss_history: (steps,) array, one entry per step: the loss after it
         (unchanged by a rejected step); the same as ``log.loss``.
@@ -496,8 +498,8 @@ def fit(
     """
     if isinstance(progress, bool):
         every = int(progress)
-    elif isinstance(progress, int) and progress >= 0:
-        every = progress
+    elif isinstance(progress, (int, np.integer)) and progress >= 0:
+        every = int(progress)
     else:
         raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
     if any(_is_traced(leaf) for leaf in jax.tree_util.tree_leaves((params, batch))):

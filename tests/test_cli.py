@@ -67,3 +67,42 @@ def test_analyze_with_a_bad_config_fails_with_the_field(tmp_path, capsys):
     mismatch.write_text("[network]\nsizes = [3, 10, 4]\n")
     assert main(["analyze", "--config", str(mismatch)]) == 2
     assert "does not fit the data" in capsys.readouterr().err
+    # Values of the right type that no run can take, and a folder for a file.
+    teacher = tmp_path / "teacher.toml"
+    teacher.write_text('[network]\nsizes = [2, 10, 4]\n[data]\nkind = "teacher_student"\n'
+                       "teacher_sizes = [2]\n")
+    assert main(["analyze", "--config", str(teacher)]) == 2
+    assert "teacher.toml: data.teacher_sizes: sizes must list at least two" in capsys.readouterr().err
+    tol = tmp_path / "tol.toml"
+    tol.write_text("[network]\nsizes = [2, 10, 4]\n[analysis]\ntol = nan\n")
+    assert main(["analyze", "--config", str(tol)]) == 2
+    assert "tol.toml: analysis.tol must be finite and ≥ 0, got nan" in capsys.readouterr().err
+    assert main(["analyze", "--config", str(tmp_path)]) == 2
+    assert f"{tmp_path}: a folder, not a config file" in capsys.readouterr().err
+
+
+def test_analyze_prints_the_loss_of_the_point_it_analyses(tmp_path, capsys):
+    """fit returns its lowest-loss parameters; the line about the fit gives
+    their loss, which critical_point evaluates again (here the last iterate,
+    after 26 steps of a 2-[5]-[5]-4 tanh net, sat at 5e-6, the lowest at 1e-12)."""
+    config = tmp_path / "deep.toml"
+    config.write_text('[network]\nsizes = [2, 5, 5, 4]\nactivation = "tanh"\n'
+                      "[analysis]\nmax_steps = 26\n")
+    assert main(["analyze", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    fitted = out.split("fitted with GGN:")[1].split("loss ")[1].split()[0]
+    analysed = out.split("critical point:")[1].split("loss ")[1].split(",")[0]
+    assert fitted == analysed, out
+
+
+def test_bad_demo_arguments_are_named_before_the_run(tmp_path, capsys):
+    folder_taken = tmp_path / "a_file"
+    folder_taken.write_text("")
+    assert main(["demo", "--seeds", "1", "--out", str(folder_taken)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    try:
+        main(["demo", "--seeds", "abc"])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    err = capsys.readouterr().err
+    assert "must be a positive integer, got 'abc'" in err and "_positive_int" not in err

@@ -354,6 +354,10 @@ def test_progress_reports_every_n_steps_from_the_running_loop(monkeypatch):
     # (a no-op on the disabled bar).
     ggn_jax.fit(mlp_apply, params, batch, max_steps=10, tol=-1.0)
     assert [position for position, _ in seen] == [10]
+    seen.clear()
+    # A NumPy integer is a count like max_steps's.
+    ggn_jax.fit(mlp_apply, params, batch, max_steps=np.int64(10), tol=-1.0, progress=np.int64(5))
+    assert [position for position, _ in seen] == [5, 10, 10]
 
 
 _DETERMINISM_SCRIPT = """
