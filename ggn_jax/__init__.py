@@ -2,7 +2,9 @@
 
 The public names of the optimiser, one per line; everything else is
 internal. The paper's tools are in `ggn_jax.paper`, the benchmark runner in
-`ggn_jax.bench` (imported on use: it needs the ``bench`` extra's peers).
+`ggn_jax.bench` (imported on use: it needs the ``bench`` extra's peers), the
+Flax NNX and Equinox adapters in `ggn_jax.adapters` and the derivatives in
+x in `ggn_jax.pde` (both imported on use too).
 """
 
 import importlib as _importlib
@@ -45,8 +47,8 @@ def __getattr__(name: str):
             stacklevel=2,
         )
         return getattr(paper, name)
-    if name == "bench":  # a subpackage, imported on first use
-        return _importlib.import_module("ggn_jax.bench")
+    if name in ("bench", "adapters", "pde"):  # imported on first use, as
+        return _importlib.import_module(f"ggn_jax.{name}")  # ggn_jax.pde.laplacian
     raise AttributeError(f"module 'ggn_jax' has no attribute {name!r}")
 
 

@@ -106,8 +106,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     from ggn_jax.paper.experiments import paper_demo
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        print(f"error: --out {args.out} is a file, not a folder", file=sys.stderr)
+    try:  # the folder first: a run of minutes must not end in a bad path
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        print(f"error: --out {args.out}: cannot be a folder ({error.strerror})", file=sys.stderr)
         return 2
     if args.landscape:
         return _landscape(args)
@@ -209,8 +211,8 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: data.num_samples must be ≥ 1 and analysis.max_steps ≥ 0",
               file=sys.stderr)
         return 2
-    if not (math.isfinite(run_cfg["tol"]) and run_cfg["tol"] >= 0):
-        print(f"error: {args.config}: analysis.tol must be finite and ≥ 0, got {run_cfg['tol']}",
+    if not math.isfinite(run_cfg["tol"]):  # < 0: no early stop, as in fit
+        print(f"error: {args.config}: analysis.tol must be finite, got {run_cfg['tol']}",
               file=sys.stderr)
         return 2
     key = jax.random.PRNGKey(data_cfg["seed"])

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -1040,3 +1041,32 @@ def _in_dtype(config: GGNConfig, dtype: Any) -> GGNConfig:
         if _is_traced(value := getattr(config, name)) and value.dtype != dtype
     }
     return dataclasses.replace(config, **changes) if changes else config
+
+
+# Names defined here until the options had a module of their own
+# (`ggn_jax.options`, 2026-12-06), or imported here from the modules that
+# define them: they still import from here, with a warning that names
+# their home.
+_MOVED = {
+    "ggn_jax.options": (
+        "BY_LOSS_OPTIONS", "CG_PRECONDITIONERS", "CLASSIFICATION_DEFAULTS", "DAMPING_TYPES",
+        "DEFAULT_ACCELERATION_RATIO", "DEFAULT_MAX_DAMPING", "DEFAULT_NONMONOTONE_WINDOW",
+        "DEFAULT_STEP_GROWTH", "DEPRECATED_OPTIONS", "FINE_MIN_DAMPING", "MATMUL_PRECISIONS",
+        "NARROW_RELATIVE_DAMPING_FLOOR", "OTHER_DEFAULTS", "OVERDETERMINED_ACCELERATION_RATIO",
+        "PRIMAL_FACTORIZATIONS", "STATIC_INTEGER_DEFAULTS", "WIDE_RELATIVE_DAMPING_FLOOR",
+    ),
+    "ggn_jax.damping": ("DAMPING_RULES",),
+    "ggn_jax.losses": ("CLASSIFICATION_LOSSES",),
+    "ggn_jax.solvers": ("CG_STOPS", "SOLVERS"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    for module, names in _MOVED.items():
+        if name in names:
+            import importlib
+
+            warnings.warn(f"ggn_jax.transform.{name} is {module}.{name}; import it from there",
+                          DeprecationWarning, stacklevel=2)
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'ggn_jax.transform' has no attribute {name!r}")

@@ -146,7 +146,9 @@ def _with(section, **fields):
         (_with("run", target_loss=float("nan")), r"run.target_loss must be finite and ≥ 0"),
         (_with("run", seeds=[]), r"run.seeds must name at least one seed"),
         (_with("run", max_seconds=-1.0), r"run.max_seconds must be > 0, got -1.0"),
-        (_with("problem", test_fraction=0.0), r"problem.test_fraction must lie in \(0, 1\)"),
+        ({"problem": {"kind": "digits", "sizes": [64, 10], "test_fraction": 0.0},
+          "run": {"target_accuracy": 0.9}, "optimizers": [{"kind": "adam"}]},
+         r"problem.test_fraction must lie in \(0, 1\)"),
         (_with("optimizers", kind="adam", learning_rate=0.0),
          r"optimizers\[0\] \(kind 'adam'\): learning_rate must be finite and > 0"),
         (_with("optimizers", kind="lbfgs", memory_size=0), r"memory_size must be ≥ 1"),
@@ -166,8 +168,8 @@ def test_a_minibatch_larger_than_the_training_set_is_named_not_run(tmp_path):
     raw = {"problem": {"kind": "teacher_student", "num_samples": 16, "sizes": [2, 3, 1]},
            "run": {"target_loss": 1e-20, "batch_size": 64},
            "optimizers": [{"kind": "adam"}], "output": {"dir": str(tmp_path)}}
-    with pytest.raises(ConfigError, match=r"run.batch_size \(64\) exceeds the problem's 16 "
-                                          "training samples"):
+    with pytest.raises(ConfigError, match=r"^b: run.batch_size \(64\) exceeds the 16 "
+                                          "training samples of its problem"):
         run_config(validate_bench(raw, "b.toml"), quiet=True)
 
 

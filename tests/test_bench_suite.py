@@ -111,9 +111,9 @@ def test_the_summary_ratio_is_the_one_computed_from_the_json_rows(user_config, t
 
 
 def test_where_no_peer_reached_the_target_the_bound_is_the_shortest_peer_run():
-    """ggn_jax reached the target in 2 ms; Adam gave up after 14 ms, L-BFGS
-    after 78 ms. The fastest peer would have needed more than 14 ms, so the
-    speed-up is at least 7×, not 39× (78 / 2)."""
+    """ggn_jax reached the target in 2 ms; Adam stopped short of it after
+    14 ms, L-BFGS after 78 ms. The fastest peer would have needed more than
+    14 ms, so the speed-up is at least 7×, not 39× (78 / 2)."""
     from ggn_jax.bench.summary import _row, markdown
 
     kinds = {"ggn": "ggn", "Adam": "adam", "L-BFGS": "lbfgs"}
@@ -121,10 +121,19 @@ def test_where_no_peer_reached_the_target_the_bound_is_the_shortest_peer_run():
                kinds)
     assert row["lower_bound"] and row["speedup"] == pytest.approx(7.0)
     assert "≥ 7.00×" in markdown([row], "cpu")
-    # Where a peer reached it, the ratio is exact, from the fastest that did.
+    # Where a peer reached it (L-BFGS at 50 ms) and the others that missed
+    # ran longer (Adam, 80 ms), the ratio is the fastest reaching peer's.
+    row = _row("c", "t", {"ggn": 0.002, "L-BFGS": 0.05}, {"ggn": 0.002, "Adam": 0.08,
+                                                          "L-BFGS": 0.05}, kinds)
+    assert row["speedup"] == pytest.approx(25.0)
+    assert not row["lower_bound"] and not row["upper_bound"]
+    assert "| 25.00× |" in markdown([row], "cpu")
+    # Adam stopped short at 14 ms: it might have reached the target before
+    # 50 ms, so the speed-up lies in (7, 25]: an upper bound.
     row = _row("c", "t", {"ggn": 0.002, "L-BFGS": 0.05}, {"ggn": 0.002, "Adam": 0.014,
                                                           "L-BFGS": 0.05}, kinds)
-    assert not row["lower_bound"] and row["speedup"] == pytest.approx(25.0)
+    assert row["upper_bound"] and row["speedup"] == pytest.approx(25.0)
+    assert "≤ 25.00×" in markdown([row], "cpu")
 
 
 def test_an_interrupted_run_keeps_its_finished_rows(user_config, tmp_path, monkeypatch):
@@ -184,6 +193,15 @@ def test_every_config_is_checked_before_any_runs(user_config, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{bad}: optimizers[3].kind = 'sgd'; allowed: 'ggn'" in err
     assert not out.exists()  # nothing ran
+    # A value that needs the problem to be judged: judged before any runs too.
+    big_batch = tmp_path / "big_batch.toml"
+    big_batch.write_text('[problem]\nkind = "teacher_student"\nnum_samples = 16\n'
+                         'sizes = [2, 8, 1]\n[run]\ntarget_loss = 1e-4\nbatch_size = 64\n'
+                         '[[optimizers]]\nkind = "adam"\n')
+    assert suite.main([user_config, str(big_batch), "--out-dir", str(out)]) == 2
+    assert (f"{big_batch}: run.batch_size (64) exceeds the 16 training samples of its problem"
+            in capsys.readouterr().err)
+    assert not out.exists()
     with pytest.raises(SystemExit):
         suite.main([])  # neither a name nor --all
     assert suite.main([user_config, "--repeats", "0"]) == 2

@@ -76,9 +76,13 @@ def test_analyze_with_a_bad_config_fails_with_the_field(tmp_path, capsys):
     tol = tmp_path / "tol.toml"
     tol.write_text("[network]\nsizes = [2, 10, 4]\n[analysis]\ntol = nan\n")
     assert main(["analyze", "--config", str(tol)]) == 2
-    assert "tol.toml: analysis.tol must be finite and ≥ 0, got nan" in capsys.readouterr().err
+    assert "tol.toml: analysis.tol must be finite, got nan" in capsys.readouterr().err
     assert main(["analyze", "--config", str(tmp_path)]) == 2
     assert f"{tmp_path}: a folder, not a config file" in capsys.readouterr().err
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00sizes")
+    assert main(["analyze", "--config", str(binary)]) == 2
+    assert "binary.toml: not a TOML file (not UTF-8 text)" in capsys.readouterr().err
 
 
 def test_analyze_prints_the_loss_of_the_point_it_analyses(tmp_path, capsys):
@@ -99,7 +103,9 @@ def test_bad_demo_arguments_are_named_before_the_run(tmp_path, capsys):
     folder_taken = tmp_path / "a_file"
     folder_taken.write_text("")
     assert main(["demo", "--seeds", "1", "--out", str(folder_taken)]) == 2
-    assert "is a file, not a folder" in capsys.readouterr().err
+    assert "cannot be a folder" in capsys.readouterr().err
+    assert main(["demo", "--landscape", "--out", str(folder_taken / "sub")]) == 2
+    assert "cannot be a folder" in capsys.readouterr().err
     try:
         main(["demo", "--seeds", "abc"])
     except SystemExit as exit_:

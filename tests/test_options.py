@@ -91,3 +91,17 @@ def test_loss_defaults_and_the_relative_floor_by_dtype():
     # λ's ceiling stays finite in the dtype: √max of float32 under a huge option.
     assert make_config(max_damping=1e300).damping_bounds(jnp.float32)[1] == pytest.approx(
         float(np.finfo(np.float32).max) ** 0.5)
+
+
+def test_names_that_lived_in_transform_still_import_from_there_with_a_warning():
+    import importlib
+
+    import ggn_jax.transform as transform
+
+    for module, names in transform._MOVED.items():
+        home = importlib.import_module(module)
+        for name in names:
+            with pytest.warns(DeprecationWarning, match=f"is {module}.{name}"):
+                assert getattr(transform, name) is getattr(home, name)
+    with pytest.raises(AttributeError, match="no attribute 'NOT_AN_OPTION'"):
+        transform.NOT_AN_OPTION  # noqa: B018

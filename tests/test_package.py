@@ -72,6 +72,12 @@ def test_importing_the_optimiser_does_not_import_the_benchmarks():
     code = "import sys, ggn_jax; print(any(m.startswith('ggn_jax.bench') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+    # The submodules the README names as ggn_jax.adapters / ggn_jax.pde
+    # come on first use after a plain `import ggn_jax`.
+    code = ("import ggn_jax; print(ggn_jax.adapters.from_nnx.__name__, "
+            "ggn_jax.pde.laplacian.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["from_nnx", "laplacian"]
 
 
 def test_a_wheel_installed_in_a_fresh_venv_runs_the_benchmark(tmp_path):

@@ -126,7 +126,7 @@ def _check_consistency(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: run.max_seconds must be > 0, got {run['max_seconds']}")
     if not (math.isfinite(problem["noise"]) and problem["noise"] >= 0):
         raise ConfigError(f"{source}: problem.noise must be finite and ≥ 0, got {problem['noise']}")
-    if not 0 < problem["test_fraction"] < 1:
+    if problem["kind"] in CLASSIFICATION_KINDS and not 0 < problem["test_fraction"] < 1:
         raise ConfigError(f"{source}: problem.test_fraction must lie in (0, 1), "
                           f"got {problem['test_fraction']}")
     if not 0.0 <= run["target_accuracy"] <= 1.0:

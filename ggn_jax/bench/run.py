@@ -138,6 +138,23 @@ def _evaluator(problem: BenchProblem):
     return jax.jit(jax.vmap(one))
 
 
+def check_batch_size(config: dict, source: str, problem: BenchProblem | None = None) -> None:
+    """A `ConfigError` naming ``source`` where ``run.batch_size`` exceeds the
+    training samples of the config's problem (built in float32 to count
+    them where ``problem`` is not given)."""
+    batch = config["run"]["batch_size"]
+    if not batch:
+        return
+    if problem is None:
+        problem = build_problem(config["problem"], jnp.float32)
+    samples = jax.tree_util.tree_leaves(problem.train[0])[0].shape[0]
+    if batch > samples:
+        from ggn_jax.config import ConfigError
+
+        raise ConfigError(f"{source}: run.batch_size ({batch}) exceeds the {samples} training "
+                          "samples of its problem")
+
+
 def _minibatches(problem: BenchProblem, batch_size: int, seed: int):
     """Index sets of one minibatch each, reshuffled every epoch."""
     n = problem.train[0].shape[0]
@@ -344,12 +361,7 @@ def run_config(config: dict, quiet: bool = False, on_row=None) -> dict:
     if run["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
     problem = build_problem(config["problem"], jnp.dtype(run["dtype"]))
-    samples = jax.tree_util.tree_leaves(problem.train[0])[0].shape[0]
-    if run["batch_size"] > samples:
-        from ggn_jax.config import ConfigError
-
-        raise ConfigError(f"{config['output']['name']}: run.batch_size ({run['batch_size']}) "
-                          f"exceeds the problem's {samples} training samples")
+    check_batch_size(config, config["output"]["name"], problem)
     results: dict[str, Any] = {}
     payload = {
         "name": config["output"]["name"],

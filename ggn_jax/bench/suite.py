@@ -63,6 +63,7 @@ def _load(name: str, smoke: bool, max_seconds: float | None = None,
     from ggn_jax.bench.config import load_bench_config
     from ggn_jax.bench.config import smoke as smoke_config
     from ggn_jax.bench.pinn import load_pinn_config
+    from ggn_jax.bench.run import check_batch_size
 
     path = catalog.resolve(name)
     if catalog.is_pinn(name) or _looks_pinn(path):
@@ -74,6 +75,7 @@ def _load(name: str, smoke: bool, max_seconds: float | None = None,
     if name in catalog.shipped():
         config["output"]["name"] = name
     config = smoke_config(config) if smoke else config
+    check_batch_size(config, path + (" (at --smoke sizes)" if smoke else ""))
     run = config["run"]
     run["max_seconds"] = min(run["max_seconds"], max_seconds or float("inf"))
     run["repeats"] = repeats or run["repeats"]
@@ -149,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run_all(configs: list, args) -> int:
     from ggn_jax.bench import pinn, run, summary
     from ggn_jax.bench.common import device_info, machine
-    from ggn_jax.config import ConfigError
 
     device = machine()
     print(f"ggn-jax bench: {len(configs)} config(s) on {device}"
@@ -170,9 +171,6 @@ def _run_all(configs: list, args) -> int:
                 paths = pinn.write(results, args.out_dir, with_plot=True)
                 print(pinn.markdown(results))
                 rows.append(summary.pinn_row(results, name))
-        except ConfigError as error:  # found once the problem is built
-            print(f"error: {error}", file=sys.stderr)
-            return 2
         except KeyboardInterrupt:  # inside a PINN run: that config is lost
             interrupted = True
             paths = {}

@@ -11,7 +11,11 @@ The speed-up is the fastest peer's time ÷ ggn_jax's: above 1, ggn_jax got
 there first. Where no peer reached the target it is a lower bound, shown
 as "≥": each peer would have needed more time than it ran, so the fastest
 of them more than the shortest peer run, and that run ÷ ggn_jax's time
-bounds the speed-up from below. Where ggn_jax missed it, there is none.
+bounds the speed-up from below. Where a peer reached it, the ratio is to
+the fastest that did, unless another stopped short of the target (at its
+step cap) sooner than that: it might have got there first, and the ratio
+is then an upper bound, shown as "≤". Where ggn_jax missed it, there is
+none.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def _row(name: str, target: str, times: dict, run_s: dict, kinds: dict) -> dict:
     peers = {label: t for label, t in times.items() if not _is_ours(kinds[label])}
     ran_peers = {label: t for label, t in run_s.items() if not _is_ours(kinds[label])}
     row = {"config": name, "target": target, "ggn_row": None, "ggn_time": None,
-           "peer_row": None, "peer_time": None, "speedup": None, "lower_bound": False}
+           "peer_row": None, "peer_time": None, "speedup": None, "lower_bound": False,
+           "upper_bound": False}
     if ours:
         row["ggn_row"] = min(ours, key=ours.get)
         row["ggn_time"] = ours[row["ggn_row"]]
@@ -73,6 +78,10 @@ def _row(name: str, target: str, times: dict, run_s: dict, kinds: dict) -> dict:
         row["peer_time"] = peers[row["peer_row"]]
         if row["ggn_time"]:
             row["speedup"] = row["peer_time"] / row["ggn_time"]
+            # A peer that stopped short of the target sooner than the
+            # fastest one reached it might have got there sooner still.
+            missed = [t for label, t in ran_peers.items() if label not in peers]
+            row["upper_bound"] = bool(missed) and min(missed) < row["peer_time"]
     elif ran_peers and row["ggn_time"]:
         # No peer reached the target: each would have needed longer than it
         # ran, so the fastest peer's time exceeds the shortest run, and that
@@ -92,7 +101,8 @@ def markdown(rows: list[dict], device: str) -> str:
         if r["speedup"] is None:
             speedup = "—" if r["ggn_time"] is None else "no peer ran"
         else:
-            speedup = ("≥ " if r["lower_bound"] else "") + f"{r['speedup']:.2f}×"
+            bound = "≥ " if r["lower_bound"] else "≤ " if r.get("upper_bound") else ""
+            speedup = bound + f"{r['speedup']:.2f}×"
         peer = r["peer_row"] or ("no peer reached it" if r["ggn_time"] else "—")
         ours = r["ggn_row"] or "missed"
         note = " (interrupted)" if r.get("interrupted") else ""
