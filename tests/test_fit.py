@@ -518,3 +518,19 @@ def test_where_float32_losses_are_noise_the_lowest_is_kept():
     as with the 64-ulp band (1.07 at most here)."""
     ratios = [_offset_fit_ratio(seed, 1e6, 6) for seed in range(4)]
     assert max(ratios) <= 1.1, ratios
+
+
+def test_fit_keeps_the_plain_defaults_for_a_classification_loss():
+    """`ggn` resolves minibatch defaults for the classification losses
+    (δ = 1, no acceleration, CG on 32 samples); `fit`, on one batch, takes
+    δ = 2 and the acceleration where N·K < P, as the README says: its run
+    is that of those options named, and not that of δ = 1."""
+    params = mlp_init(jax.random.PRNGKey(0), [3, 8, 3])  # P = 59 > N·K = 18
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
+    labels = jnp.array([0, 1, 2, 0, 1, 2])
+    run = lambda **options: ggn_jax.fit(mlp_apply, params, (x, labels), "softmax_cross_entropy",  # noqa: E731
+                                        max_steps=8, tol=0.0, **options).log.loss
+    plain = run()
+    np.testing.assert_array_equal(plain, run(residual_exponent=2.0, geodesic_acceleration=True))
+    assert not np.array_equal(plain, run(residual_exponent=1.0))
+    assert not np.array_equal(plain, run(geodesic_acceleration=False))
