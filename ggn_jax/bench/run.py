@@ -9,10 +9,9 @@ For each optimiser and seed: compile apart (ahead of time, ``lower`` then
 ``compile``), one warm-up chunk, then ``repeats`` timed runs with
 ``block_until_ready`` after every chunk of ``eval_every`` steps, of which
 the run with the median time is kept (the lower median of an even count:
-with 2 repeats, the faster run). The
-parameters after each step come out of the compiled chunk, and the loss and
-test accuracy at each are computed afterwards, off the clock, by one shared
-function. Steps inside a chunk are taken as equally long. A run stops at
+with 2 repeats, the faster run). The parameters after each step come out
+of the compiled chunk, and the loss and test accuracy at each are computed
+afterwards, off the clock, by one shared function. Steps inside a chunk are taken as equally long. A run stops at
 the target (loss ≤ target_loss and/or test accuracy ≥ target_accuracy), at
 max_steps, or at max_seconds.
 
