@@ -61,7 +61,13 @@ import numpy as np
 
 from ggn_jax.losses import CLASSIFICATION_LOSSES, LossSpec, check_loss
 from ggn_jax.options import GGNConfig, _is_traced, make_config
-from ggn_jax.problem import as_integer, bind_problem, check_labels, mean_loss
+from ggn_jax.problem import (
+    as_integer,
+    bind_problem,
+    check_labels,
+    forward_mode_hint,
+    mean_loss,
+)
 from ggn_jax.progress import ProgressBar, active, report_from_device
 from ggn_jax.transform import (
     GGNState,
@@ -449,7 +455,8 @@ def lower_fit(
     """
     loss, config, batch, max_steps, tol = _checked_inputs(apply_fn, params, batch, loss,
                                                           max_steps, tol, options)
-    return _build(apply_fn, loss, config, max_steps, 0).lower(params, batch, tol)
+    with forward_mode_hint():
+        return _build(apply_fn, loss, config, max_steps, 0).lower(params, batch, tol)
 
 
 def fit(
@@ -515,7 +522,7 @@ def fit(
         run = _build(apply_fn, loss, config, max_steps, every)
     bar = ProgressBar(max_steps, "ggn fit", enabled=every > 0)
     # Only a run that reports needs its callbacks routed (and waited for).
-    with bar, active(bar) if every else contextlib.nullcontext():
+    with bar, active(bar) if every else contextlib.nullcontext(), forward_mode_hint():
         best_params, last_params, state, initial_loss, log, steps, non_finite = run(
             params, batch, tol)
         # One transfer for everything the host needs (each sync costs tens of µs).

@@ -10,9 +10,10 @@ the form `ggn_jax.curvature` and `ggn_jax.solvers` expect.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -103,6 +104,26 @@ def segments_of(problem: Problem) -> tuple[Segment, ...]:
         return problem.segments
     return (Segment("batch", problem.model, problem.inputs, problem.apply_fn, 0,
                     problem.num_samples),)
+
+
+@contextlib.contextmanager
+def forward_mode_hint() -> Iterator[None]:
+    """Names the way out where JAX cannot differentiate the model in forward
+    mode: a ``jax.custom_vjp`` function inside it has no jvp, which the
+    linearisation of the dual and CG solves and geodesic acceleration need
+    (the primal solve takes J row by row in reverse mode)."""
+    try:
+        yield
+    except (TypeError, NotImplementedError) as error:
+        text = str(error)
+        if "custom_vjp" not in text and "custom_lin" not in text:
+            raise
+        raise type(error)(
+            "the model contains a jax.custom_vjp function, which JAX cannot differentiate in "
+            "forward mode (jvp), as the dual and CG solves and geodesic acceleration need: "
+            "pass solver='primal' and geodesic_acceleration=False, or give the function a "
+            f"jax.custom_jvp rule. JAX said: {text.splitlines()[0]}"
+        ) from error
 
 
 def mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:

@@ -63,7 +63,13 @@ from ggn_jax.options import (
     loss_defaults,
     make_config,
 )
-from ggn_jax.problem import Problem, bind_problem, check_params, mean_loss
+from ggn_jax.problem import (
+    Problem,
+    bind_problem,
+    check_params,
+    forward_mode_hint,
+    mean_loss,
+)
 from ggn_jax.solvers import (
     LocalModel,
     Solver,
@@ -1024,7 +1030,8 @@ def ggn(
         _check_state(state, params)
         problem = bind_problem(apply_fn, loss, params, batch)
         grad = None if updates is None else ravel_pytree(updates)[0].astype(problem.theta.dtype)
-        step, state = ggn_step(_in_dtype(config, problem.theta.dtype), problem, state, grad)
+        with forward_mode_hint():
+            step, state = ggn_step(_in_dtype(config, problem.theta.dtype), problem, state, grad)
         return problem.unravel(step), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -950,3 +950,40 @@ def test_a_qr_primal_step_takes_float64s_lambda_floor_and_no_relative_floor():
     # solve (λ = 1e-12 + 0.1·eps·P) is 89% away from the unfloored one.
     assert error(1e-12) < 0.1
     assert error(1e-12 + 0.1 * eps32 * 17) > 1.0
+
+
+@jax.custom_vjp
+def _tanh_by_hand(z):
+    return jnp.tanh(z)
+
+
+_tanh_by_hand.defvjp(lambda z: (jnp.tanh(z), jnp.tanh(z)),
+                     lambda t, g: (g * (1 - t * t),))
+
+
+def test_a_custom_vjp_model_is_told_the_settings_that_work():
+    """JAX has no jvp of a jax.custom_vjp function: the dual and CG solves
+    and geodesic acceleration fail on such a model, and the error names the
+    way out; that way (primal, no acceleration) gives the step of the same
+    model with jnp.tanh, whose derivatives it shares."""
+    params = mlp_init(jax.random.PRNGKey(0), [3, 6, 2])
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+    y = jax.random.normal(jax.random.PRNGKey(2), (5, 2))
+
+    def model(activation):
+        return lambda p, inputs: activation(inputs @ p[0][0] + p[0][1]) @ p[1][0] + p[1][1]
+
+    hand, plain = model(_tanh_by_hand), model(jnp.tanh)
+    for options in ({}, {"solver": "cg"}, {"solver": "dual"}):
+        tx = ggn_jax.ggn(hand, **options)
+        with pytest.raises(TypeError, match="custom_vjp function.*solver='primal' and "
+                                            "geodesic_acceleration=False"):
+            tx.update(None, tx.init(params), params, batch=(x, y))
+    with pytest.raises(NotImplementedError, match="geodesic_acceleration=False"):
+        ggn_jax.fit(hand, params, (x, y), solver="primal", max_steps=2)
+    options = {"solver": "primal", "geodesic_acceleration": False}
+    steps = [ggn_jax.ggn(f, **options).update(None, ggn_jax.ggn(f, **options).init(params), params,
+                                              batch=(x, y))[0] for f in (hand, plain)]
+    np.testing.assert_allclose(_flat(steps[0]), _flat(steps[1]), rtol=1e-12, atol=1e-14)
+    result = ggn_jax.fit(hand, params, (x, y), max_steps=3, **options)
+    assert np.isfinite(float(result.loss)) and float(result.loss) < float(result.initial_loss)
