@@ -26,6 +26,7 @@ from ggn_jax.bench.optimizers import (
 )
 from ggn_jax.bench.problems import CLASSIC, CLASSIFICATION_KINDS, PROBLEM_KINDS
 from ggn_jax.config import REQUIRED, ConfigError, read_toml, validate, validate_table
+from ggn_jax.options import make_config
 from ggn_jax.paper.models import ACTIVATIONS
 
 SCHEMA = {
@@ -169,8 +170,6 @@ def _check_optimizer_values(spec: dict, where: str) -> None:
     if spec["kind"] == "kfac" and not (math.isfinite(spec["damping"]) and spec["damping"] > 0):
         raise ConfigError(f"{where}: damping must be finite and > 0, got {spec['damping']}")
     if spec["kind"] in ("ggn", "ggn_fit"):
-        from ggn_jax.options import make_config
-
         options = {name: spec[name] for name in _GGN_FIELDS if spec.get(name) is not None}
         try:
             make_config(**options)

@@ -61,6 +61,7 @@ from ggn_jax.bench.optimizers import (
     run_whole,
 )
 from ggn_jax.bench.problems import BenchProblem, accuracy, build_problem, mean_loss
+from ggn_jax.config import ConfigError
 
 
 class DoesNotFit(Exception):
@@ -148,8 +149,6 @@ def check_batch_size(config: dict, source: str, problem: BenchProblem | None = N
         problem = build_problem(config["problem"], jnp.float32)
     samples = jax.tree_util.tree_leaves(problem.train[0])[0].shape[0]
     if batch > samples:
-        from ggn_jax.config import ConfigError
-
         raise ConfigError(f"{source}: run.batch_size ({batch}) exceeds the {samples} training "
                           "samples of its problem")
 
