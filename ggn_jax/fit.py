@@ -480,7 +480,9 @@ def fit(
         it may be left out (its own ``batch``).
       loss: a loss name or per-sample callable, as for `ggn`.
       max_steps: the most steps (accepted or rejected) to take.
-      tol: stop once the mean loss is ≤ tol.
+      tol: stop once the mean loss is ≤ tol (for a callable loss whose
+        minimum is not 0, a value of its own, or ``-jnp.inf`` to run
+        ``max_steps``).
       progress: False (default) for silence; True for a progress bar with
         the loss, λ and ρ (tqdm if installed, else lines on stderr),
         updated every step; an integer n > 0 updates it every n steps (each

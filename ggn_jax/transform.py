@@ -300,13 +300,32 @@ def damping_ceiling(config: GGNConfig, size: jax.Array | None, dtype) -> jax.Arr
     return jnp.minimum(relative, jnp.sqrt(jnp.finfo(dtype).max)).astype(dtype)
 
 
+def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array) -> jax.Array:
+    """‖r‖ of the residual rule λ = μ‖r‖^δ.
+
+    For the named losses √(2|L|): the RMS residual for squared error (L =
+    ½ mean‖r_i‖²). A callable loss need not be 0, or even ≥ 0, at an exact
+    fit (a Poisson deviance written exp(o) − 1 − y·o is 0 at o = 0 whatever
+    y; exp(o) − y·o is negative at its minimum): λ = μ·2|L| would be 0 where
+    nothing fits, and held at the floor whatever μ (every step rejected).
+    There ‖r‖ is the RMS of the output gradients, √(mean_i ‖∇_o l_i‖²),
+    which is 0 exactly where each sample's loss is at its minimum and is
+    √(2L) for l = ½‖o − y‖².
+    """
+    if problem.loss.name != "callable":
+        return jnp.sqrt(2 * jnp.abs(loss))
+    grads = output_grads.astype(loss.dtype)
+    return jnp.sqrt(jnp.sum(grads * grads) / grads.shape[0])
+
+
 def _damping_for_step(
-    config: GGNConfig, state: GGNState, loss: jax.Array, size: jax.Array | None,
+    config: GGNConfig, state: GGNState, residual: jax.Array, size: jax.Array | None,
     max_damping: jax.Array, dtype, fine: bool = False,
 ) -> tuple[jax.Array, GGNState]:
     """λ for this step by the damping rule, floored (``size``: tr(G) for the
     floor) and capped at ``max_damping`` (`damping_ceiling`); and the state
-    with μ restarted where the ``damping`` option changed."""
+    with μ restarted where the ``damping`` option changed. ``residual`` is
+    ‖r‖ (`residual_norm`)."""
     min_damping, _ = config.damping_bounds(dtype, fine)
     # A changed ``damping`` option (optax.inject_hyperparams) restarts μ.
     option = jnp.asarray(config.damping, dtype)
@@ -316,9 +335,8 @@ def _damping_for_step(
         rejection_growth=jnp.where(restart, jnp.asarray(2, dtype), state.rejection_growth),
         last_damping_option=option,
     )
-    # ‖r‖ of the residual rule: √(2L), the RMS residual for squared error.
     damping = step_damping(
-        config.damping_rule, state.damping_scale, jnp.sqrt(2 * jnp.abs(loss)),
+        config.damping_rule, state.damping_scale, residual,
         config.residual_exponent, min_damping, max_damping,
     )
     # The relative damping floor λ ≥ c·eps·tr(G) (tr(G) ≥ λ_max(G)) keeps
@@ -433,7 +451,8 @@ def ggn_step(
     fine = solver.holds_at_tiny_damping(local)
     # ``size`` sets the ceiling whether or not the solver takes the floor.
     floor_size = size if solver.takes_relative_floor(local) else None
-    damping, state = _damping_for_step(config, state, loss0, floor_size, ceiling, dtype, fine)
+    residual = residual_norm(problem, loss0, local.output_grads)
+    damping, state = _damping_for_step(config, state, residual, floor_size, ceiling, dtype, fine)
     system_damping, system_scale = damping, scale
     if decayed:
         system_damping = damping + decay
@@ -562,8 +581,7 @@ def ggn_step(
         rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, 0), rho)
     min_damping, _ = config.damping_bounds(dtype, fine)
     scale_min, scale_max = scale_bounds(
-        config.damping_rule, jnp.sqrt(2 * jnp.abs(loss0)), config.residual_exponent,
-        min_damping, ceiling,
+        config.damping_rule, residual, config.residual_exponent, min_damping, ceiling,
     )
     damping_scale, rejection_growth = update_damping(
         config.damping_rule, state.damping_scale, state.rejection_growth, rule_rho, accepted,

@@ -902,3 +902,41 @@ def test_classification_defaults_take_the_damped_step_without_acceleration():
         expected = np.linalg.solve(reference + damping * np.eye(theta.size), -_flat(grads))
         assert bool(state.accepted)
         assert rel_err(_flat(updates), expected) < 1e-8
+
+
+def test_the_residual_rule_moves_a_callable_loss_that_is_zero_where_nothing_fits():
+    """A callable loss need not be 0 at a fit: the Poisson deviance in the
+    form exp(o) − 1 − y·o is 0 at o = 0 whatever the counts y. With λ =
+    μ·2|L| a zero-initialised GLM had λ at the floor whatever μ, and 100 of
+    100 steps were rejected. ‖r‖ is the RMS of ∇_o l for a callable loss:
+    `fit` reaches the maximum-likelihood weights of a numpy Newton
+    iteration (the GLM's Hessian, exact for a linear model), and for a
+    callable ½‖o − y‖² ‖r‖ is √(2L), as for the named loss."""
+    from ggn_jax.problem import bind_problem
+    from ggn_jax.transform import residual_norm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = rng.poisson(np.exp(2.0 + x @ np.array([0.5, -0.3, 0.2]))).astype(float)
+    apply_fn = lambda p, x: x @ p["w"] + p["b"]  # noqa: E731
+    params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    loss = lambda o, y: jnp.exp(o) - 1 - y * o  # noqa: E731
+    result = ggn_jax.fit(apply_fn, params, (jnp.asarray(x), jnp.asarray(y)), loss=loss,
+                         max_steps=100, tol=-np.inf)  # the loss is 0 at the start
+    design = np.hstack([x, np.ones((200, 1))])
+    beta = np.zeros(4)
+    for _ in range(50):  # Newton on the mean deviance
+        mu = np.exp(design @ beta)
+        beta -= np.linalg.solve(design.T @ (mu[:, None] * design), design.T @ (mu - y))
+    found = np.append(np.asarray(result.params["w"]), float(result.params["b"]))
+    np.testing.assert_allclose(found, beta, rtol=1e-8)
+    assert int(jnp.sum(~result.log.accepted)) <= 10
+
+    r = rng.normal(size=(16, 2))
+    half_squares = lambda o, y: 0.5 * jnp.sum((o - y) ** 2)  # noqa: E731
+    batch = (jnp.asarray(r), jnp.zeros((16, 2)))
+    problem = bind_problem(lambda p, x: x + p, half_squares, jnp.zeros(2), batch)
+    grads = jax.vmap(problem.loss.grad)(*batch)
+    value = 0.5 * np.mean(np.sum(r * r, axis=1))
+    assert float(residual_norm(problem, jnp.asarray(value), grads)) == pytest.approx(
+        np.sqrt(2 * value), rel=1e-14)
