@@ -364,8 +364,9 @@ def _raise_non_finite_loss(apply_fn: Callable, params: Any, batch: Any, loss: fl
                          f"(the first: sample {int(np.argmax(bad))})")
                 break
         else:
-            where = (": the outputs are finite, so the loss itself overflows in the "
-                     "params' dtype")
+            where = (": the outputs are finite, so the loss itself is not: it overflows "
+                     "in the params' dtype, or is undefined there (a callable loss's log "
+                     "of a non-positive output, say)")
     except Exception:  # noqa: BLE001 (only the message is at stake)
         where = ""
     raise ValueError(

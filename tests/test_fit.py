@@ -415,9 +415,16 @@ def test_a_model_not_finite_at_the_initial_params_is_named():
     assert np.isnan(ggn_jax.fit(model, params, (x, jnp.zeros(16)), max_steps=0).loss)
     # Outputs finite, the loss not: an overflow, said so.
     big = lambda p, x: 1e20 * (p["a"] * x[:, 0] + 1)
-    with pytest.raises(ValueError, match="the outputs are finite, so the loss itself overflows"):
+    with pytest.raises(ValueError, match="the outputs are finite, so the loss itself is not: "
+                                         "it overflows"):
         ggn_jax.fit(big, jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params),
                     (x.astype(jnp.float32), jnp.zeros(16, jnp.float32)), max_steps=5)
+    # A callable loss undefined at finite outputs (a log of a negative one):
+    # named as the loss's, not as an overflow only.
+    log_loss = lambda o, y: jnp.log(o) - y  # noqa: E731
+    with pytest.raises(ValueError, match="or is undefined there"):
+        ggn_jax.fit(lambda p, x: p["a"] * x[:, 0] - 10.0, params, (x, jnp.zeros(16)),
+                    loss=log_loss, max_steps=5)
     # Finite at the start: no error, whatever the steps meet later.
     result = ggn_jax.fit(model, params, (x[3:], jnp.log1p(x[3:, 0])), max_steps=5)
     assert np.isfinite(result.initial_loss)
