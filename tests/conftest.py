@@ -12,10 +12,20 @@ reaches the first test that needs them (``--dist loadfile`` keeps a file on
 one worker), while the other workers go on with other files.
 """
 
+import os
+
 import jax
-from helpers import background_processes, start_readme_programs, start_sharded_steps
+from helpers import (
+    background_processes,
+    compile_cache_settings,
+    start_readme_programs,
+    start_sharded_steps,
+)
 
 jax.config.update("jax_enable_x64", True)
+# This process's folder of the session's compile cache (../conftest.py).
+for _name, _value in compile_cache_settings(os.environ.get("PYTEST_XDIST_WORKER", "main")).items():
+    jax.config.update(_name.lower(), _value)
 
 
 def _in_xdist_worker(config) -> bool:
