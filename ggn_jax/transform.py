@@ -110,7 +110,10 @@ class GGNState(NamedTuple):
         (``ggn_jax.solvers.SOLVER_NAMES``); −1 before any step.
       solve_status: int32 (), the last solve's status
         (``ggn_jax.solvers.STATUS_NAMES``: 0 ok, 1 CG stopped at its cap,
-        2 CG breakdown, 3 factorisation failed).
+        2 CG breakdown: non-positive curvature on its first direction, no
+        step, 3 factorisation failed, 4 CG stopped on non-positive
+        curvature later, the step is the iterate before it; a loss convex
+        in the outputs meets 2 and 4 only by round-off).
       cg_iterations: int32 (), CG iterations of the last step (0 for dense).
       last_step: float (P,), the last update taken over flat parameters
         (an accepted δ, or a shortened α*δ), CG's warm start; zero after a

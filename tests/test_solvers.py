@@ -145,11 +145,36 @@ def test_cg_stops_on_non_positive_curvature():
     shifted = a + 1e-3 * jnp.eye(2)
     alpha = jnp.dot(g, g) / jnp.dot(g, shifted @ g)  # the first CG step along −g
     np.testing.assert_allclose(result.step, -alpha * g, rtol=1e-12)
-    assert int(result.iterations) == 2
+    assert int(result.iterations) == 2 and bool(result.non_positive_curvature)
     # Negative curvature on the very first direction: no step at all, flagged by NaN.
     a = jnp.diag(jnp.array([1.0, -5.0]))
     result = solve_cg(lambda v: a @ v, jnp.ones(2), jnp.asarray(1e-3), None, None, jnp.zeros(2), 1e-12, 50)
-    assert not np.any(np.isfinite(result.step))
+    assert not np.any(np.isfinite(result.step)) and bool(result.non_positive_curvature)
+    # Positive definite: solved, no flag.
+    result = solve_cg(lambda v: jnp.abs(a) @ v, jnp.ones(2), jnp.asarray(1e-3), None, None,
+                      jnp.zeros(2), 1e-12, 50)
+    assert np.all(np.isfinite(result.step)) and not bool(result.non_positive_curvature)
+
+
+def test_a_step_truncated_on_non_positive_curvature_is_taken_and_reported():
+    """A loss that is not convex in the outputs, ½(10·o₀² − o₁²), on the
+    outputs o = w: G = diag(10, −1) is indefinite. CG's first direction
+    −g has positive curvature, its second negative: the step is the first
+    CG step −αg, α = gᵀg / gᵀ(G + λI)g (by hand), taken, and the state
+    says CG stopped on non-positive curvature (it said "ok" before: only a
+    breakdown at the first direction, no step, was reported)."""
+    apply_fn = lambda w, x: x * w  # noqa: E731
+    loss = lambda o, y: 0.5 * (10.0 * o[0] ** 2 - o[1] ** 2)  # noqa: E731
+    w, batch = jnp.array([1.0, 0.1]), (jnp.ones((1, 2)), jnp.zeros((1, 2)))
+    lam = 1e-3
+    tx = ggn_jax.ggn(apply_fn, loss, damping=lam, damping_rule="fixed", solver="cg",
+                     cg_tol=1e-12, cg_preconditioner="none", geodesic_acceleration=False)
+    updates, state = jit_update(tx)(None, tx.init(w), w, batch=batch)
+    g = np.array([10.0 * 1.0, -0.1])
+    alpha = g @ g / (g @ (np.diag([10.0 + lam, -1.0 + lam]) @ g))
+    np.testing.assert_allclose(updates, -alpha * g, rtol=1e-12)
+    assert int(state.cg_iterations) == 2 and bool(state.accepted)
+    assert ggn_jax.solvers.STATUS_NAMES[int(state.solve_status)] == "non_positive_curvature"
 
 
 @pytest.mark.parametrize("unrolled", [True, False], ids=["unrolled", "loop"])

@@ -35,6 +35,9 @@ from ggn_jax.solvers.base import (
     STATUS_NAMES as STATUS_NAMES,
 )
 from ggn_jax.solvers.base import (
+    STATUS_NON_POSITIVE_CURVATURE as STATUS_NON_POSITIVE_CURVATURE,
+)
+from ggn_jax.solvers.base import (
     STATUS_OK as STATUS_OK,
 )
 from ggn_jax.solvers.base import (

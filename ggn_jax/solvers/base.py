@@ -40,13 +40,17 @@ from ggn_jax.problem import Problem, mean_loss
 # SolveInfo.status values.
 STATUS_OK = 0
 STATUS_MAX_ITERATIONS = 1  # CG stopped at its cap: a usable, inexact step
-STATUS_BREAKDOWN = 2  # CG found no direction of positive curvature
+STATUS_BREAKDOWN = 2  # CG's first direction had non-positive curvature: no step
 STATUS_FACTORISATION_FAILED = 3  # the damped matrix did not factor (NaN/Inf)
+# CG met non-positive curvature after its first direction: a usable step,
+# the iterate before it (a loss not convex in the outputs, or round-off).
+STATUS_NON_POSITIVE_CURVATURE = 4
 STATUS_NAMES = {
     STATUS_OK: "ok",
     STATUS_MAX_ITERATIONS: "max_iterations",
     STATUS_BREAKDOWN: "breakdown",
     STATUS_FACTORISATION_FAILED: "factorisation_failed",
+    STATUS_NON_POSITIVE_CURVATURE: "non_positive_curvature",
 }
 
 

@@ -34,6 +34,7 @@ from ggn_jax.curvature import (
 from ggn_jax.solvers.base import (
     STATUS_BREAKDOWN,
     STATUS_MAX_ITERATIONS,
+    STATUS_NON_POSITIVE_CURVATURE,
     STATUS_OK,
     ProblemShape,
     SolveInfo,
@@ -51,10 +52,12 @@ UNROLLED_ITERATIONS = 8
 
 
 class CGResult(NamedTuple):
-    """The outcome of `solve_cg`: the step and the iterations it took."""
+    """The outcome of `solve_cg`: the step, the iterations it took, and
+    whether it stopped on a direction of non-positive curvature."""
 
     step: jax.Array
     iterations: jax.Array
+    non_positive_curvature: jax.Array
 
 
 def solve_cg(
@@ -100,7 +103,10 @@ def solve_cg(
         the result is the same.
 
     Returns:
-      `CGResult` with the step and the iteration count. If the very first
+      `CGResult` with the step, the iteration count and whether a
+      direction of non-positive curvature stopped it. Where it did at a
+      later iteration, the step is the iterate before that direction (a
+      descent direction: truncated CG, as Steihaug's); if the very first
       direction has non-positive curvature there is no step to return, and
       the step is NaN, which the caller treats like a failed factorisation.
     """
@@ -181,7 +187,7 @@ def solve_cg(
     else:
         x, *_, iterations, broken, _ = jax.lax.while_loop(cond, body, init)
     no_step = broken & (iterations == 1) & ~use_warm
-    return CGResult(jnp.where(no_step, jnp.nan, x), iterations)
+    return CGResult(jnp.where(no_step, jnp.nan, x), iterations, broken)
 
 
 # Where one pass costs over HEAVY_PASS_RATIO times a dense network's 2·N·P
@@ -284,9 +290,13 @@ class CG(Solver):
             config.cg_stop,
             warm_usable,
         )
+        # Non-positive curvature: no step (NaN) at the first direction, a
+        # truncated one later; a convex loss meets it only by round-off.
         status = jnp.where(
             ~jnp.all(jnp.isfinite(result.step)), STATUS_BREAKDOWN,
-            jnp.where(result.iterations >= config.cg_max_iters, STATUS_MAX_ITERATIONS, STATUS_OK),
+            jnp.where(result.non_positive_curvature, STATUS_NON_POSITIVE_CURVATURE,
+                      jnp.where(result.iterations >= config.cg_max_iters,
+                                STATUS_MAX_ITERATIONS, STATUS_OK)),
         ).astype(jnp.int32)
         return result.step, SolveInfo(result.iterations, status)
 
