@@ -292,7 +292,37 @@ def bind_loss(
 
     grad = jax.grad(value)
 
+    @_names_the_loss
     def hvp(o, y, v):
         return jax.jvp(lambda o_: grad(o_, y), (o,), (v,))[1]
 
-    return BoundLoss("callable", value, grad, jax.hessian(value), hvp, False)
+    return BoundLoss("callable", value, grad, _names_the_loss(jax.hessian(value)), hvp, False)
+
+
+class LossNotForwardDifferentiable(TypeError):
+    """A callable loss whose curvature JAX cannot take: its Hessian in the
+    outputs differentiates its gradient in forward mode, which a
+    ``jax.custom_vjp`` function does not allow."""
+
+
+def _names_the_loss(curvature: Callable) -> Callable:
+    """``curvature`` (a callable loss's Hessian or its products), with JAX's
+    refusal to take a ``jax.custom_vjp`` function forward turned into an
+    error that names the loss (the model's own message says otherwise)."""
+
+    def wrapped(*args):
+        try:
+            return curvature(*args)
+        except (TypeError, NotImplementedError) as error:
+            text = str(error)
+            if "custom_vjp" not in text and "custom_lin" not in text:
+                raise
+            raise LossNotForwardDifferentiable(
+                "the loss contains a jax.custom_vjp function: its Hessian in the outputs, "
+                "which every solver needs, differentiates its gradient in forward mode, and "
+                "JAX cannot take a custom_vjp function forward. Give the function a "
+                "jax.custom_jvp rule instead, or write the loss in plain jax.numpy. JAX said: "
+                f"{text.splitlines()[0]}"
+            ) from error
+
+    return wrapped

@@ -21,7 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ggn_jax.losses import CLASSIFICATION_LOSSES, BoundLoss, LossSpec, bind_loss
+from ggn_jax.losses import (
+    CLASSIFICATION_LOSSES,
+    BoundLoss,
+    LossNotForwardDifferentiable,
+    LossSpec,
+    bind_loss,
+)
 
 FlatModel = Callable[[jax.Array, Any], jax.Array]
 
@@ -114,6 +120,8 @@ def forward_mode_hint() -> Iterator[None]:
     (the primal solve takes J row by row in reverse mode)."""
     try:
         yield
+    except LossNotForwardDifferentiable:
+        raise  # the loss's, and it says so
     except (TypeError, NotImplementedError) as error:
         text = str(error)
         if "custom_vjp" not in text and "custom_lin" not in text:

@@ -195,3 +195,43 @@ def test_classification_curvature_of_a_confident_sample_keeps_its_digits():
     np.testing.assert_allclose(sigmoid.grad(o, y), gradient, rtol=1e-13)
     b, r = sigmoid.factor(o, y)
     np.testing.assert_allclose(b @ r, gradient, rtol=1e-13)
+
+
+def test_a_custom_vjp_loss_is_named_and_a_custom_jvp_one_takes_the_step():
+    """½‖o − y‖² behind jax.custom_vjp: every solver needs its Hessian in
+    the outputs, forward over its gradient, which JAX refuses. The error
+    names the loss and the way out (it blamed the model and proposed
+    solver="primal", which fails the same way). The same loss behind
+    jax.custom_jvp gives the squared-error step, −(XᵀX/N + λI)⁻¹g by hand."""
+    import ggn_jax
+
+    def plain(o, y):
+        return 0.5 * jnp.sum((o - y) ** 2)
+
+    # Its forward rule calls the function itself, as JAX's documentation
+    # writes them: taking that forward is what JAX refuses.
+    by_vjp = jax.custom_vjp(plain)
+    by_vjp.defvjp(lambda o, y: (by_vjp(o, y), (o, y)),
+                  lambda res, g: (g * (res[0] - res[1]), -g * (res[0] - res[1])))
+    by_jvp = jax.custom_jvp(plain)
+    by_jvp.defjvp(lambda primals, tangents: (
+        plain(*primals), jnp.sum((primals[0] - primals[1]) * (tangents[0] - tangents[1]))))
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
+    y = jax.random.normal(jax.random.PRNGKey(1), (6, 2))
+    w = jnp.zeros((3, 2))
+    apply_fn = lambda w, x: x @ w  # noqa: E731
+    for solver in ("primal", "dual", "cg"):
+        tx = ggn_jax.ggn(apply_fn, by_vjp, solver=solver)
+        with pytest.raises(TypeError, match="the loss contains a jax.custom_vjp function"):
+            jax.eval_shape(lambda tx=tx: tx.update(None, tx.init(w), w, batch=(x, y)))
+    with pytest.raises(TypeError, match="the loss contains a jax.custom_vjp function"):
+        ggn_jax.fit(apply_fn, w, (x, y), loss=by_vjp, max_steps=1)
+
+    lam = 1e-2
+    tx = ggn_jax.ggn(apply_fn, by_jvp, solver="primal", damping=lam, damping_rule="fixed",
+                     geodesic_acceleration=False)
+    updates, _ = jax.jit(lambda: tx.update(None, tx.init(w), w, batch=(x, y)))()
+    xn, yn = np.asarray(x), np.asarray(y)
+    expected = np.linalg.solve(xn.T @ xn / 6 + lam * np.eye(3), xn.T @ yn / 6)
+    np.testing.assert_allclose(updates, expected, rtol=1e-10)
