@@ -150,14 +150,36 @@ def test_a_near_exact_fit_is_a_global_minimum_not_a_saddle():
     assert report.loss < 1e-18 and report.grad_norm < 1e-8
     assert report.kind == "global minimum (exact learning)"
     assert (report.num_zero, report.num_negative, report.num_positive) == (62 - rank, 0, rank)
-    # The second-order test alone (loss_tol=0), or a callable loss (which
-    # may be negative, so L ≤ loss_tol says nothing of a global minimum),
-    # sees the residual term's negative curvature: a saddle.
+    # The second-order test alone (loss_tol=0) sees the residual term's
+    # negative curvature: a saddle.
     strict = ggn_jax.paper.critical_point(net.apply, exact, (x, moved), loss_tol=0.0)
     assert strict.kind == "saddle" and strict.num_negative > 0
+    # ½‖o − y‖² written as a callable: its exact-fit measure ½·mean‖∇_o l‖²
+    # is L, so the same point and the same counts (it was a saddle: a
+    # callable loss had no exact-fit test).
     squares = lambda o, t: 0.5 * jnp.sum((o - t) ** 2)  # noqa: E731
     written = ggn_jax.paper.critical_point(net.apply, exact, (x, moved), squares)
-    assert written.kind == "saddle" and written.loss == pytest.approx(report.loss, rel=1e-12)
+    assert written.kind == report.kind and written.loss == pytest.approx(report.loss, rel=1e-12)
+    assert (written.num_zero, written.num_negative) == (report.num_zero, report.num_negative)
+
+
+def test_a_callable_loss_below_zero_is_exact_learning_only_where_every_sample_fits():
+    """l = ½(o − y)² − 1, whose minimum is −1: f = w·x on x = (1, 2). With
+    y = (1, 1) the least-squares minimum w = 3/5 leaves residuals
+    (−0.4, 0.2): a minimum (H = mean x² = 2.5), not exact learning, though
+    L = 0.05 − 1 < 0 (it was called exact learning: L ≤ eps). With
+    y = (1, 2), w = 1 fits both samples: exact learning at L = −1."""
+    shifted = lambda o, t: 0.5 * jnp.sum((o - t) ** 2) - 1.0  # noqa: E731
+    apply_fn = lambda w, x: x * w[0]  # noqa: E731
+    x = jnp.array([1.0, 2.0])
+    report = ggn_jax.paper.critical_point(apply_fn, jnp.array([0.6]), (x, jnp.array([1.0, 1.0])),
+                                          shifted)
+    assert report.kind == "minimum (not exact learning)"
+    assert report.loss == pytest.approx(0.5 * (0.16 + 0.04) / 2 - 1.0, rel=1e-12)
+    np.testing.assert_allclose(report.eigenvalues, [2.5], rtol=1e-12)
+    fitted = ggn_jax.paper.critical_point(apply_fn, jnp.array([1.0]), (x, jnp.array([1.0, 2.0])),
+                                          shifted)
+    assert fitted.kind == "global minimum (exact learning)" and fitted.loss == -1.0
 
 
 @pytest.fixture(scope="module")

@@ -289,9 +289,8 @@ class CriticalPointReport:
       grad_norm: ‖∇L‖.
       eigenvalues: the exact Hessian's eigenvalues, ascending.
       num_zero, num_negative, num_positive: eigenvalue counts, with |λ| ≤
-        ``zero_tol``·max|λ| counted as zero; at an exact fit (L ≤
-        ``loss_tol``, a named loss) also |λ| ≤ ‖H − G‖₂ (see
-        `critical_point`).
+        ``zero_tol``·max|λ| counted as zero; at an exact fit (to
+        ``loss_tol``) also |λ| ≤ ‖H − G‖₂ (see `critical_point`).
       ggn_gap: ‖H − G‖_F / ‖H‖_F, zero at an exact fit (claim b).
       kind: ``"global minimum (exact learning)"``, ``"minimum (not exact
         learning)"``, ``"degenerate (second-order test inconclusive)"``,
@@ -342,28 +341,32 @@ def critical_point(
 
     The point is *critical* when ‖∇L‖ ≤ ``grad_tol``. A critical point with a
     negative Hessian eigenvalue is a saddle; one without is a minimum —
-    *global (exact learning)* when L ≤ ``loss_tol``, which for squared error
-    (L ≥ 0) is the global minimum value. Zero eigenvalues (the solution
+    *global (exact learning)* when the fit is exact to ``loss_tol``: for a
+    named loss L ≤ ``loss_tol`` (for squared error, L ≥ 0, the global
+    minimum value); for a callable loss, whose minimum need not be 0,
+    ½·mean_i‖∇_o l_i‖² ≤ ``loss_tol``, every sample at its own loss's
+    minimum in the outputs (L itself for ½‖o − y‖²; a convex loss's
+    mean is then at its lower bound, mean_i min_o l_i). Zero eigenvalues (the solution
     manifold's tangent directions) are expected at exact learning and are
     counted apart. Tolerances default to the dtype: √eps for the gradient,
     P·eps for the relative eigenvalue threshold, eps for the loss.
 
     At an exact fit the loss tolerance lets residuals of up to about √eps
-    through, and H = G + Σ_i r_iᵀ∇²f_i differs from the positive
+    through, and H = G + Σ_i r_iᵀ∇²f_i (r_i = ∇_o l_i, the residual for
+    squared error) differs from the positive
     semi-definite G by that residual term. By Weyl's inequality each
     eigenvalue of H is then within ‖H − G‖₂ of one of G's, so G's P − rank J
     zero eigenvalues can show in H as ±‖H − G‖₂, far above P·eps·max|λ|
-    (−3e-12 at a mean loss of 5e-24 on a 2-[12]-2 net). For a named loss
-    (all are ≥ 0) with L ≤ ``loss_tol``, eigenvalues with |λ| ≤ ‖H − G‖₂ are
-    therefore counted as zero too. As G ⪰ 0, that is every negative one:
-    such a point is called a global minimum whatever the sign of the
-    residual term's curvature, since its loss is the global minimum value
-    0 to the tolerance and no direction can lower it by more than L. (At
+    (−3e-12 at a mean loss of 5e-24 on a 2-[12]-2 net). At a fit exact to
+    ``loss_tol``, eigenvalues with |λ| ≤ ‖H − G‖₂ are therefore counted as
+    zero too. As G ⪰ 0, that is every negative one: such a point is called
+    a global minimum whatever the sign of the residual term's curvature,
+    since its loss is the global minimum value to the tolerance. (At
     θ = 0 of f = θ₁θ₂x with y = 1e-9, a saddle of a problem whose whole
     loss is 5e-19, this says global minimum; ``loss_tol=0`` asks for the
-    second-order test alone.) For a callable loss, which may be negative,
-    and away from an exact fit, the residual term is the curvature that
-    makes saddles, and only the relative threshold applies.
+    second-order test alone.) Away from an exact fit the residual term is
+    the curvature that makes saddles, and only the relative threshold
+    applies.
 
     Args:
       apply_fn: ``apply_fn(params, inputs) -> outputs``.
@@ -373,8 +376,8 @@ def critical_point(
       grad_tol: the largest ‖∇L‖ of a critical point; default √eps.
       zero_tol: eigenvalues with |λ| ≤ ``zero_tol``·max|λ| count as zero;
         default P·eps.
-      loss_tol: the largest L of an exact fit (a global minimum); default
-        eps.
+      loss_tol: the largest L of an exact fit (a global minimum), or of
+        ½·mean_i‖∇_o l_i‖² for a callable loss; default eps.
 
     Returns:
       A `CriticalPointReport`.
@@ -424,7 +427,14 @@ def critical_point(
     scale = max(float(np.max(np.abs(eigenvalues))), np.finfo(np.float64).tiny)
     residual_term = hessian - ggn  # Σ r_iᵀ∇²f_i
     threshold = zero_tol * scale
-    if isinstance(loss, str) and float(value) <= loss_tol:
+    if isinstance(loss, str):
+        fitted = float(value) <= loss_tol
+    else:
+        # Every sample at its own loss's minimum: ½·mean_i‖∇_o l_i‖², which
+        # is L for ½‖o − y‖², whatever the loss's minimum value.
+        output_grads = jax.vmap(problem.loss.grad)(outputs, problem.targets)
+        fitted = float(0.5 * jnp.mean(jnp.sum(output_grads**2, axis=-1))) <= loss_tol
+    if fitted:
         # The residuals' term is of their size; a margin of round-off keeps
         # λ_min(H) = −‖H − G‖₂ (Weyl's equality) on the zero side.
         threshold = max(threshold, float(np.linalg.norm(residual_term, 2)) * (1 + np.sqrt(eps)))
@@ -435,7 +445,7 @@ def critical_point(
         kind = "not critical"
     elif np.any(negative):
         kind = "saddle"
-    elif float(value) <= loss_tol:
+    elif fitted:
         kind = "global minimum (exact learning)"
     elif np.any(zero):
         kind = "degenerate (second-order test inconclusive)"
