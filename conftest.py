@@ -14,8 +14,9 @@ suite, compile at full optimisation.
 
 Compile cache: many tests compile a program that another test compiled
 already, the same step on the same shapes from a transformation built
-anew. JAX's persistent compilation cache compiles each such program once
-(test_damping alone: 98 s → 81 s; the suite: 581 s → 499 s, 2026-12-07).
+anew. JAX's persistent compilation cache compiles each such program once:
+about a tenth of the compile time (test_damping and test_fit: 87 s of
+compiling → 77 s with the cache's reads and writes, 2026-12-07).
 Its directory is a scratch one of this session (removed at its end, so no
 run reads another's), with a folder per process that compiles tests (the
 xdist workers, tests/conftest.py; the sharding process, tests/helpers.py),
