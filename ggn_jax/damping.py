@@ -32,7 +32,7 @@ Rules (μ is the state's ``damping_scale``):
   vanishes where the loss does; with a loss whose minimum is not zero, μ
   alone drives λ down. For a callable loss, whose value need not be 0 (or
   ≥ 0) at a fit, ‖r‖ is the RMS of the output gradients ∇_o l_i (√(2L)
-  again for ½‖o − y‖²; `ggn_jax.transform.residual_norm`).
+  again for ½‖o − y‖²; `ggn_jax.problem.residual_norm`).
   (Fan & Yuan adapt μ by fixed factors 4 and ¼; measured on our
   benchmark problems, Nielsen's smooth update rejects far fewer steps.)
   `ggn` takes δ = 2 (Yamashita & Fukushima's λ = ‖r‖², so λ = μ·2L)

@@ -139,6 +139,25 @@ def mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
     return jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
 
 
+def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array) -> jax.Array:
+    """‖r‖ of the residual rule λ = μ‖r‖^δ (`ggn_jax.damping`); ½‖r‖² is
+    the exact-fit measure of `ggn_jax.paper.critical_point`.
+
+    For the named losses √(2|L|): the RMS residual for squared error (L =
+    ½ mean‖r_i‖²). A callable loss need not be 0, or even ≥ 0, at an exact
+    fit (a Poisson deviance written exp(o) − 1 − y·o is 0 at o = 0 whatever
+    y; exp(o) − y·o is negative at its minimum): λ = μ·2|L| would be 0 where
+    nothing fits, and held at the floor whatever μ (every step rejected).
+    There ‖r‖ is the RMS of the output gradients, √(mean_i ‖∇_o l_i‖²),
+    which is 0 exactly where each sample's loss is at its minimum and is
+    √(2L) for l = ½‖o − y‖².
+    """
+    if problem.loss.name != "callable":
+        return jnp.sqrt(2 * jnp.abs(loss))
+    grads = output_grads.astype(loss.dtype)
+    return jnp.sqrt(jnp.sum(grads * grads) / grads.shape[0])
+
+
 def check_params(params: Any) -> None:
     """Raises TypeError unless the parameters are float32 or float64 arrays of one dtype."""
     check_param_leaves(params)

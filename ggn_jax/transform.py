@@ -69,6 +69,7 @@ from ggn_jax.problem import (
     check_params,
     forward_mode_hint,
     mean_loss,
+    residual_norm,
 )
 from ggn_jax.solvers import (
     LocalModel,
@@ -301,24 +302,6 @@ def damping_ceiling(config: GGNConfig, size: jax.Array | None, dtype) -> jax.Arr
     size = jnp.asarray(size, dtype)
     relative = max_damping * jnp.where(jnp.isfinite(size), jnp.maximum(size, 1), 1)
     return jnp.minimum(relative, jnp.sqrt(jnp.finfo(dtype).max)).astype(dtype)
-
-
-def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array) -> jax.Array:
-    """‖r‖ of the residual rule λ = μ‖r‖^δ.
-
-    For the named losses √(2|L|): the RMS residual for squared error (L =
-    ½ mean‖r_i‖²). A callable loss need not be 0, or even ≥ 0, at an exact
-    fit (a Poisson deviance written exp(o) − 1 − y·o is 0 at o = 0 whatever
-    y; exp(o) − y·o is negative at its minimum): λ = μ·2|L| would be 0 where
-    nothing fits, and held at the floor whatever μ (every step rejected).
-    There ‖r‖ is the RMS of the output gradients, √(mean_i ‖∇_o l_i‖²),
-    which is 0 exactly where each sample's loss is at its minimum and is
-    √(2L) for l = ½‖o − y‖².
-    """
-    if problem.loss.name != "callable":
-        return jnp.sqrt(2 * jnp.abs(loss))
-    grads = output_grads.astype(loss.dtype)
-    return jnp.sqrt(jnp.sum(grads * grads) / grads.shape[0])
 
 
 def _damping_for_step(

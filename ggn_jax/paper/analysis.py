@@ -61,7 +61,7 @@ from ggn_jax.curvature import (
 )
 from ggn_jax.losses import LossSpec
 from ggn_jax.paper.models import ACTIVATIONS, MLP, Activation
-from ggn_jax.problem import bind_problem, mean_loss
+from ggn_jax.problem import bind_problem, mean_loss, residual_norm
 
 
 def numerical_rank(matrix: np.ndarray) -> tuple[int, np.ndarray]:
@@ -427,13 +427,11 @@ def critical_point(
     scale = max(float(np.max(np.abs(eigenvalues))), np.finfo(np.float64).tiny)
     residual_term = hessian - ggn  # Σ r_iᵀ∇²f_i
     threshold = zero_tol * scale
-    if isinstance(loss, str):
-        fitted = float(value) <= loss_tol
-    else:
-        # Every sample at its own loss's minimum: ½·mean_i‖∇_o l_i‖², which
-        # is L for ½‖o − y‖², whatever the loss's minimum value.
-        output_grads = jax.vmap(problem.loss.grad)(outputs, problem.targets)
-        fitted = float(0.5 * jnp.mean(jnp.sum(output_grads**2, axis=-1))) <= loss_tol
+    # ½‖r‖² of the residual rule: L for a named loss, and for a callable
+    # one ½·mean_i‖∇_o l_i‖², every sample at its own loss's minimum
+    # whatever that minimum's value.
+    output_grads = jax.vmap(problem.loss.grad)(outputs, problem.targets)
+    fitted = 0.5 * float(residual_norm(problem, value, output_grads)) ** 2 <= loss_tol
     if fitted:
         # The residuals' term is of their size; a margin of round-off keeps
         # λ_min(H) = −‖H − G‖₂ (Weyl's equality) on the zero side.
