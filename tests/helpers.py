@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -249,13 +250,30 @@ def background_processes() -> list[subprocess.Popen]:
 
 
 def jit_update(tx):
-    """``tx.update`` as one jitted program, called like ``tx.update``.
-
-    Eager calls dispatch and compile op by op; one program compiles in
-    about a third of the time for the ggn step (and runs the same maths).
-    """
+    """``tx.update`` in the caller's ``jit``, called like ``tx.update``:
+    the step as a user's jitted loop traces it (an eager ``ggn`` update is
+    one program too, `ggn_jax.transform._compiled_update_for`, but other
+    transformations run op by op)."""
     step = jax.jit(lambda g, s, p, b: tx.update(g, s, p, batch=b))
     return lambda g, s, p, batch=None: step(g, s, p, batch)
+
+
+@contextlib.contextmanager
+def count_lowerings():
+    """A list that gains one entry for each program JAX lowers to MLIR
+    inside the ``with`` (an eager op counts as one program): compiles that
+    the persistent cache serves are still lowered, so they count too."""
+    seen: list[float] = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def nested_jaxprs(params: dict) -> list:
