@@ -34,6 +34,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -47,7 +48,9 @@ from ggn_jax.problem import (
     Problem,
     bind_problem,
     check_param_leaves,
+    one_program,
     per_sample_rows,
+    rebind_problem,
     segments_of,
 )
 
@@ -491,7 +494,12 @@ def ggn_matrix(apply_fn: Callable, loss: Any, params: Any, batch: tuple) -> jax.
       >>> g.tolist()  # XᵀX / N for a linear model
       [[1.0, 1.0], [1.0, 2.0]]
     """
-    problem = bind_problem(apply_fn, loss, params, batch)
+    bind_problem(apply_fn, loss, params, batch)  # its checks, on concrete data
+    return one_program(_ggn_matrix, (apply_fn, loss), params, batch)
+
+
+def _ggn_matrix(apply_fn: Callable, loss: Any, params: Any, batch: tuple) -> jax.Array:
+    problem = rebind_problem(apply_fn, loss, params, batch)
     outputs, jac = problem_jacobians(problem)
     hessians = None if problem.loss.identity_hessian else loss_hessians(
         problem.loss, outputs, problem.targets
@@ -542,9 +550,18 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
       8
     """
     if callable(getattr(apply_fn, "bind_problem", None)):  # ggn_jax.Blocks
-        problem = apply_fn.bind_problem("squared_error", params, (inputs, None))
+        apply_fn.bind_problem("squared_error", params, (inputs, None))  # its checks
+    else:
+        check_param_leaves(params)  # a mix of float32 and float64 is fine here
+    return one_program(_gram_matrix, (apply_fn,), params, inputs)
+
+
+def _gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
+    if callable(getattr(apply_fn, "bind_problem", None)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # given by the eager call's checks
+            problem = apply_fn.bind_problem("squared_error", params, (inputs, None))
         structure = problem_structure(problem)
         return structured_gram(structure, structured_factors(problem, structure))
-    check_param_leaves(params)  # a mix of float32 and float64 is fine here
     structure, leaves = _structure_of(apply_fn, params, inputs)
     return structured.gram(structure, structured.sample_factors(structure, leaves, inputs))

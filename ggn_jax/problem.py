@@ -11,6 +11,7 @@ the form `ggn_jax.curvature` and `ggn_jax.solvers` expect.
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,6 +31,34 @@ from ggn_jax.losses import (
 )
 
 FlatModel = Callable[[jax.Array, Any], jax.Array]
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(fn: Callable, num_static: int) -> Callable:
+    return jax.jit(fn, static_argnums=tuple(range(num_static)))
+
+
+def one_program(fn: Callable, static: tuple, *args: Any) -> Any:
+    """``fn(*static, *args)`` as one jitted program, keyed on ``static``.
+
+    For the functions a user calls outside ``jit`` (an eager optax update,
+    the paper tools), which would otherwise run op by op: a few hundred
+    small programs compiled on the first call and as many dispatches on
+    every call. ``static`` holds what selects the program (the model, the
+    loss, the options), compared by ``==``, so equal ones share it; ``args``
+    are its traced arrays. Where ``static`` cannot key a cache (not
+    hashable) or an argument is already traced (inside the caller's
+    ``jit``, ``vmap`` or ``grad``), ``fn`` runs as it is called. As for any
+    static argument of ``jax.jit``, JAX's cache holds ``static`` until it
+    evicts it; ``jax.clear_caches()`` frees it.
+    """
+    try:
+        hash(static)
+    except TypeError:
+        return fn(*static, *args)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
+        return fn(*static, *args)
+    return _jitted(fn, len(static))(*static, *args)
 
 
 def per_sample_rows(outputs: jax.Array, inputs: Any) -> jax.Array:
@@ -252,6 +281,15 @@ def check_batch(batch: Any) -> tuple[Any, Any, int]:
     if n == 0:
         raise ValueError("the batch is empty (0 samples)")
     return inputs, targets, n
+
+
+def rebind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -> Problem:
+    """`bind_problem` once more, inside the program that `one_program`
+    compiles, after the eager call that checked the data and gave its
+    warnings: silent, so that they are not given twice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bind_problem(apply_fn, loss, params, batch)
 
 
 def check_labels(loss: LossSpec, targets: Any, num_classes: int) -> None:

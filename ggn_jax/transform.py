@@ -70,6 +70,8 @@ from ggn_jax.problem import (
     check_params,
     forward_mode_hint,
     mean_loss,
+    one_program,
+    rebind_problem,
     residual_norm,
 )
 from ggn_jax.solvers import (
@@ -1058,10 +1060,10 @@ def ggn(
             _check_grads(updates, params)
         _check_state(state, params)
         problem = bind_problem(apply_fn, loss, params, batch)  # its checks, on concrete data too
-        if compiled is not None and not any(
-                _is_traced(leaf) for leaf in jax.tree_util.tree_leaves((updates, state, params, batch))):
-            return compiled(updates, state, params, batch)
-        return _update(apply_fn, loss, config, updates, state, params, batch, problem)
+        if compiled is None or any(_is_traced(leaf) for leaf in
+                                   jax.tree_util.tree_leaves((updates, state, params, batch))):
+            return _update(apply_fn, loss, config, updates, state, params, batch, problem)
+        return compiled(updates, state, params, batch)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -1082,31 +1084,26 @@ def _update(apply_fn: Callable, loss: LossSpec, config: GGNConfig, updates: Any,
 _TRACED = "traced"
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "loss", "config", "names"))
-def _jitted_update(updates, state, params, batch, values, *, apply_fn, loss, config, names):
+def _update_program(apply_fn, loss, config, names, updates, state, params, batch, values):
     config = dataclasses.replace(config, **dict(zip(names, values, strict=True)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # bind_problem's warnings came from the eager call
-        problem = bind_problem(apply_fn, loss, params, batch)
+    problem = rebind_problem(apply_fn, loss, params, batch)
     return _update(apply_fn, loss, config, updates, state, params, batch, problem)
 
 
 def _compiled_update_for(apply_fn: Callable, loss: LossSpec, config: GGNConfig,
                          arrays: tuple[str, ...]) -> Callable | None:
-    """``update``'s body as one jitted program, for calls outside ``jit``.
+    """``update``'s body as one jitted program, for calls outside ``jit``
+    (`ggn_jax.problem.one_program`).
 
-    Called eagerly, the step would run op by op: a few hundred small
-    programs compiled on the first call (2.5 s of compiling for a 3-[5]-3
-    MLP on the 2-core CPU, against 0.4 s for the one program) and as many
+    Called eagerly, the step would run op by op: 218 small programs
+    compiled on the first call of a 3-[5]-3 MLP's step (2.5 s of compiling
+    on the 2-core CPU, against 0.6 s for the one program) and as many
     dispatches on every later call. The program is what ``jax.jit`` of the
     update compiles, shared by every transformation with the same model,
     loss and options (``optax.inject_hyperparams`` builds one per step);
     the options given as arrays (``arrays``, the hyperparameters it
     injects) are its traced arguments, so a schedule compiles it once.
-    None where the model, loss or options cannot key a cache (not hashable)
-    or an option is already traced: the update then runs as it is called.
-    As for any static argument of ``jax.jit``, JAX's cache holds the model
-    and the loss until it evicts them; ``jax.clear_caches()`` frees them.
+    None where an option is already traced (``ggn`` built inside ``jit``).
     """
     if any(_is_traced(getattr(config, name)) for name in DYNAMIC_OPTIONS):
         return None
@@ -1114,16 +1111,12 @@ def _compiled_update_for(apply_fn: Callable, loss: LossSpec, config: GGNConfig,
     static = copy.copy(config)
     for name in arrays:
         object.__setattr__(static, name, _TRACED)
-    try:
-        hash((apply_fn, loss, static))
-    except TypeError:
-        return None
-    return functools.partial(_call_jitted, values=values, apply_fn=apply_fn, loss=loss,
-                             config=static, names=arrays)
+    key = (apply_fn, loss, static, arrays)
 
+    def compiled(updates, state, params, batch):
+        return one_program(_update_program, key, updates, state, params, batch, values)
 
-def _call_jitted(updates, state, params, batch, *, values, **static):
-    return _jitted_update(updates, state, params, batch, values, **static)
+    return compiled
 
 
 def _in_dtype(config: GGNConfig, dtype: Any) -> GGNConfig:

@@ -7,6 +7,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import count_lowerings, enable_x64
 
 import ggn_jax
 import ggn_jax.paper.analysis
@@ -281,3 +282,34 @@ def test_bad_input_to_the_paper_tools_is_named():
     broadcast = [(w, b[None]) for w, b in params[:-1]] + [(params[-1][0], params[-1][1][0])]
     report = ggn_jax.paper.exact_learning_conditions(net, broadcast, jnp.ones((4, 2)))
     assert report.num_params == 21
+
+
+def test_the_paper_tools_run_as_one_program_that_the_next_point_reuses():
+    """critical_point and exact_learning_conditions compile their arrays as
+    one program (they ran op by op: 124 programs for critical_point's frame
+    alone in the demo), which a second point of the same network reuses;
+    the reports equal those of the op-by-op path, taken where the model
+    cannot key a cache (not hashable)."""
+    with enable_x64(True):
+        net = ggn_jax.paper.mlp([2, 6, 4], "tanh")
+        data = ggn_jax.paper.four_region(jax.random.PRNGKey(1), 5, jnp.float64)
+        batch = (data.inputs, data.targets)
+
+        class OpByOp:  # the same model, unhashable
+            __eq__ = lambda self, other: self is other  # noqa: E731
+            __call__ = staticmethod(net.apply)
+
+        for seed in (11, 12):
+            params = net.init(jax.random.PRNGKey(seed), jnp.float64)
+            with count_lowerings() as seen:
+                report = ggn_jax.paper.critical_point(net.apply, params, batch)
+                conditions = ggn_jax.paper.exact_learning_conditions(net, params, data.inputs)
+            assert len(seen) <= 8 if seed == 11 else seen == [], len(seen)
+            eager = ggn_jax.paper.critical_point(OpByOp(), params, batch)
+            np.testing.assert_allclose(report.eigenvalues, eager.eigenvalues, rtol=1e-10,
+                                       atol=1e-12 * np.abs(eager.eigenvalues).max())
+            assert (report.kind, report.num_zero, report.num_negative) == (
+                eager.kind, eager.num_zero, eager.num_negative)
+            assert report.loss == pytest.approx(eager.loss, rel=1e-12)
+            assert report.grad_norm == pytest.approx(eager.grad_norm, rel=1e-10)
+            assert conditions.jacobian_rank == 20 and conditions.hidden_rank == 5

@@ -61,7 +61,13 @@ from ggn_jax.curvature import (
 )
 from ggn_jax.losses import LossSpec
 from ggn_jax.paper.models import ACTIVATIONS, MLP, Activation
-from ggn_jax.problem import bind_problem, mean_loss, residual_norm
+from ggn_jax.problem import (
+    bind_problem,
+    mean_loss,
+    one_program,
+    rebind_problem,
+    residual_norm,
+)
 
 
 def numerical_rank(matrix: np.ndarray) -> tuple[int, np.ndarray]:
@@ -212,6 +218,21 @@ def _check_params_fit(net: MLP, params: Any) -> None:
                          f"shapes are {got}, the network's {expected}")
 
 
+def _layers_and_jacobian(net: MLP, params: Any, inputs: jax.Array) -> tuple:
+    """The hidden layers' pre-activations, the last hidden layer's outputs
+    and the per-sample Jacobians (T, K, P) (`exact_learning_conditions`'
+    arrays, in one program)."""
+    pre_activations = []
+    x = inputs
+    for w, b in params[:-1]:
+        pre = x @ w + b
+        pre_activations.append(pre)
+        x = net.activation.fn(pre)
+    theta, unravel = ravel_pytree(params)
+    _, jac = per_sample_jacobians(lambda th, xs: net.apply(unravel(th), xs), theta, inputs)
+    return pre_activations, x, jac
+
+
 def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> ConditionReport:
     """Measures each sufficient condition of exact learning at ``params``.
 
@@ -246,25 +267,17 @@ def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> Condi
     t = inputs.shape[0]
     width = net.sizes[-2]
     k = net.sizes[-1]
-    pre_activations = []
-    x = inputs
-    for w, b in params[:-1]:
-        pre = x @ w + b
-        pre_activations.append(pre)
-        x = net.activation.fn(pre)
+    pre_activations, x, jac = one_program(_layers_and_jacobian, (net,), params, inputs)
     phi = np.concatenate([np.asarray(x).T, np.ones((1, t), np.asarray(x).dtype)], axis=0)
     hidden_rank, singular = numerical_rank(phi)
     condition = float(singular[0] / singular[t - 1]) if hidden_rank >= t else float("inf")
-
-    theta, unravel = ravel_pytree(params)
-    model = lambda th, xs: net.apply(unravel(th), xs)
-    _, jac = per_sample_jacobians(model, theta, inputs)
     jacobian_rank, _ = numerical_rank(np.asarray(jac.reshape(t * k, -1)))
+    num_params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
     derivative_inf, sampled = _derivative_inf(net.activation, pre_activations)
     return ConditionReport(
         num_samples=t,
         num_outputs=k,
-        num_params=int(theta.shape[0]),
+        num_params=num_params,
         last_hidden_width=width,
         width_holds=width + 1 >= t,
         activation=net.activation.name,
@@ -276,7 +289,7 @@ def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> Condi
         hidden_rank_holds=hidden_rank == t,
         jacobian_rank=jacobian_rank,
         jacobian_rank_holds=jacobian_rank == t * k,
-        manifold_dimension=int(theta.shape[0]) - jacobian_rank,
+        manifold_dimension=num_params - jacobian_rank,
     )
 
 
@@ -325,6 +338,28 @@ class CriticalPointReport:
     num_positive: int
     ggn_gap: float
     kind: str
+
+
+def _point_curvature(apply_fn: Callable, loss: LossSpec, params: Any, batch: tuple) -> tuple:
+    """L, ∇L, the Hessian H, the GGN G and the exact-fit measure at params
+    (`critical_point`'s arrays, in one program)."""
+    problem = rebind_problem(apply_fn, loss, params, batch)
+
+    def loss_at(th):
+        return mean_loss(problem, problem.model(th, problem.inputs))
+
+    value, grad = jax.value_and_grad(loss_at)(problem.theta)
+    hessian = jax.hessian(loss_at)(problem.theta)
+    outputs, jac = problem_jacobians(problem)
+    hessians = None if problem.loss.identity_hessian else loss_hessians(
+        problem.loss, outputs, problem.targets
+    )
+    # ½‖r‖² of the residual rule: L for a named loss, and for a callable
+    # one ½·mean_i‖∇_o l_i‖², every sample at its own loss's minimum
+    # whatever that minimum's value.
+    output_grads = jax.vmap(problem.loss.grad)(outputs, problem.targets)
+    fit_measure = 0.5 * residual_norm(problem, value, output_grads) ** 2
+    return value, grad, hessian, dense_ggn(jac, hessians), fit_measure
 
 
 def critical_point(
@@ -402,43 +437,31 @@ def critical_point(
       >>> moving.kind, bool(np.isclose(moving.grad_norm, 0.75 * np.sqrt(0.5)))
       ('not critical', True)
     """
-    problem = bind_problem(apply_fn, loss, params, batch)
+    problem = bind_problem(apply_fn, loss, params, batch)  # its checks, on concrete data
     theta = problem.theta
     eps = float(jnp.finfo(theta.dtype).eps)
     grad_tol = np.sqrt(eps) if grad_tol is None else grad_tol
     zero_tol = theta.shape[0] * eps if zero_tol is None else zero_tol
     loss_tol = eps if loss_tol is None else loss_tol
 
-    def loss_at(th):
-        return mean_loss(problem, problem.model(th, problem.inputs))
-
-    value, grad = jax.value_and_grad(loss_at)(theta)
-    hessian = np.asarray(jax.hessian(loss_at)(theta))
+    value, grad, hessian, ggn, fit_measure = (
+        np.asarray(a) for a in one_program(_point_curvature, (apply_fn, loss), params, batch))
     if not (np.isfinite(float(value)) and np.all(np.isfinite(hessian))):
         raise ValueError(f"the loss at params is {float(value)} or its Hessian is not finite "
                          "(NaN or Inf in the batch, or a model not defined there): no "
                          "eigenvalues to classify")
-    outputs, jac = problem_jacobians(problem._replace(theta=theta))
-    hessians = None if problem.loss.identity_hessian else loss_hessians(
-        problem.loss, outputs, problem.targets
-    )
-    ggn = np.asarray(dense_ggn(jac, hessians))
     eigenvalues = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
     scale = max(float(np.max(np.abs(eigenvalues))), np.finfo(np.float64).tiny)
     residual_term = hessian - ggn  # Σ r_iᵀ∇²f_i
     threshold = zero_tol * scale
-    # ½‖r‖² of the residual rule: L for a named loss, and for a callable
-    # one ½·mean_i‖∇_o l_i‖², every sample at its own loss's minimum
-    # whatever that minimum's value.
-    output_grads = jax.vmap(problem.loss.grad)(outputs, problem.targets)
-    fitted = 0.5 * float(residual_norm(problem, value, output_grads)) ** 2 <= loss_tol
+    fitted = float(fit_measure) <= loss_tol
     if fitted:
         # The residuals' term is of their size; a margin of round-off keeps
         # λ_min(H) = −‖H − G‖₂ (Weyl's equality) on the zero side.
         threshold = max(threshold, float(np.linalg.norm(residual_term, 2)) * (1 + np.sqrt(eps)))
     zero = np.abs(eigenvalues) <= threshold
     negative = (eigenvalues < 0) & ~zero
-    grad_norm = float(jnp.linalg.norm(grad))
+    grad_norm = float(np.linalg.norm(grad))
     if grad_norm > grad_tol:
         kind = "not critical"
     elif np.any(negative):
