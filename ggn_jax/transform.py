@@ -23,7 +23,6 @@ in learning with feedforward neural networks, CVPR 2018 (arXiv 1611.05827).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import inspect
@@ -70,8 +69,6 @@ from ggn_jax.problem import (
     check_params,
     forward_mode_hint,
     mean_loss,
-    one_program,
-    rebind_problem,
     residual_norm,
 )
 from ggn_jax.solvers import (
@@ -963,9 +960,6 @@ def ggn(
       loop its own ``jax.grad``; as the first member of an ``optax.chain``
       it gets the None and hands its step on. A ``grads`` with no arrays
       (``nnx.Optimizer`` makes an empty ``State`` of None) counts as None.
-      Called outside ``jit``, ``update`` checks its arguments (the labels'
-      range too) and runs the step as one jitted program, shared by every
-      transformation with the same model, loss and options (not op by op).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, ggn_jax
@@ -1028,18 +1022,6 @@ def ggn(
         weight_decay=weight_decay,
         step_growth=step_growth,
     )
-    # The dynamic options passed as arrays (what optax.inject_hyperparams
-    # passes): an eager update takes them as traced arguments, so that a
-    # schedule does not compile a program per value.
-    given = dict(by_loss, damping=damping, min_damping=min_damping, max_damping=max_damping,
-                 min_gain_ratio=min_gain_ratio, marquardt_floor=marquardt_floor, cg_tol=cg_tol,
-                 cg_warm_start_weight=cg_warm_start_weight,
-                 relative_damping_floor=relative_damping_floor,
-                 acceleration_ratio=acceleration_ratio, weight_decay=weight_decay,
-                 step_growth=step_growth)
-    arrays = tuple(name for name in DYNAMIC_OPTIONS
-                   if isinstance(given[name], (jax.Array, np.ndarray, np.generic)))
-    compiled = _compiled_update_for(apply_fn, loss, config, arrays)
 
     def init_fn(params):
         check_params(params)
@@ -1059,64 +1041,13 @@ def ggn(
         if updates is not None:
             _check_grads(updates, params)
         _check_state(state, params)
-        problem = bind_problem(apply_fn, loss, params, batch)  # its checks, on concrete data too
-        if compiled is None or any(_is_traced(leaf) for leaf in
-                                   jax.tree_util.tree_leaves((updates, state, params, batch))):
-            return _update(apply_fn, loss, config, updates, state, params, batch, problem)
-        return compiled(updates, state, params, batch)
+        problem = bind_problem(apply_fn, loss, params, batch)
+        grad = None if updates is None else ravel_pytree(updates)[0].astype(problem.theta.dtype)
+        with forward_mode_hint():
+            step, state = ggn_step(_in_dtype(config, problem.theta.dtype), problem, state, grad)
+        return problem.unravel(step), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _update(apply_fn: Callable, loss: LossSpec, config: GGNConfig, updates: Any, state: GGNState,
-            params: Any, batch: Any, problem: Problem | None = None) -> tuple[Any, GGNState]:
-    """The body of ``update`` after its checks."""
-    if problem is None:
-        problem = bind_problem(apply_fn, loss, params, batch)
-    grad = None if updates is None else ravel_pytree(updates)[0].astype(problem.theta.dtype)
-    with forward_mode_hint():
-        step, state = ggn_step(_in_dtype(config, problem.theta.dtype), problem, state, grad)
-    return problem.unravel(step), state
-
-
-# A value that stands for a dynamic option passed as an array in the static
-# part of an eager update's key (`_compiled_update_for`).
-_TRACED = "traced"
-
-
-def _update_program(apply_fn, loss, config, names, updates, state, params, batch, values):
-    config = dataclasses.replace(config, **dict(zip(names, values, strict=True)))
-    problem = rebind_problem(apply_fn, loss, params, batch)
-    return _update(apply_fn, loss, config, updates, state, params, batch, problem)
-
-
-def _compiled_update_for(apply_fn: Callable, loss: LossSpec, config: GGNConfig,
-                         arrays: tuple[str, ...]) -> Callable | None:
-    """``update``'s body as one jitted program, for calls outside ``jit``
-    (`ggn_jax.problem.one_program`).
-
-    Called eagerly, the step would run op by op: 218 small programs
-    compiled on the first call of a 3-[5]-3 MLP's step (2.5 s of compiling
-    on the 2-core CPU, against 0.6 s for the one program) and as many
-    dispatches on every later call. The program is what ``jax.jit`` of the
-    update compiles, shared by every transformation with the same model,
-    loss and options (``optax.inject_hyperparams`` builds one per step);
-    the options given as arrays (``arrays``, the hyperparameters it
-    injects) are its traced arguments, so a schedule compiles it once.
-    None where an option is already traced (``ggn`` built inside ``jit``).
-    """
-    if any(_is_traced(getattr(config, name)) for name in DYNAMIC_OPTIONS):
-        return None
-    values = tuple(jnp.asarray(getattr(config, name)) for name in arrays)
-    static = copy.copy(config)
-    for name in arrays:
-        object.__setattr__(static, name, _TRACED)
-    key = (apply_fn, loss, static, arrays)
-
-    def compiled(updates, state, params, batch):
-        return one_program(_update_program, key, updates, state, params, batch, values)
-
-    return compiled
 
 
 def _in_dtype(config: GGNConfig, dtype: Any) -> GGNConfig:
