@@ -484,7 +484,9 @@ def ggn_matrix(apply_fn: Callable, loss: Any, params: Any, batch: tuple) -> jax.
       batch: ``(inputs, targets)``.
 
     Returns:
-      G = (1/N) Σ_i J_iᵀ H_i J_i, shape (P, P).
+      G = (1/N) Σ_i J_iᵀ H_i J_i, shape (P, P), computed in one jitted
+      program reused for the same model and loss
+      (`ggn_jax.problem.one_program`).
 
     Example:
       >>> import jax.numpy as jnp, ggn_jax
@@ -526,7 +528,8 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
     Returns:
       J̄ J̄ᵀ, shape (NK, NK), its rows and columns ordered sample-major
       (entry (iK + k, jK + l) pairs output k of sample i with output l of
-      sample j).
+      sample j). Computed in one jitted program reused for the same model
+      (`ggn_jax.problem.one_program`).
 
     Example:
       Against J Jᵀ/N with J the (NK × P) Jacobian of the flattened outputs

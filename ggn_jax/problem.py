@@ -10,6 +10,7 @@ the form `ggn_jax.curvature` and `ggn_jax.solvers` expect.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import operator
@@ -33,32 +34,43 @@ from ggn_jax.losses import (
 FlatModel = Callable[[jax.Array, Any], jax.Array]
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted(fn: Callable, num_static: int) -> Callable:
-    return jax.jit(fn, static_argnums=tuple(range(num_static)))
+# The programs `one_program` compiled last, by (fn, static): a few, so that
+# the models they hold (and what those close over) are freed soon after
+# the caller drops them.
+_PROGRAMS: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+_MAX_PROGRAMS = 8
 
 
 def one_program(fn: Callable, static: tuple, *args: Any) -> Any:
     """``fn(*static, *args)`` as one jitted program, keyed on ``static``.
 
-    For the functions a user calls outside ``jit`` (an eager optax update,
-    the paper tools), which would otherwise run op by op: a few hundred
-    small programs compiled on the first call and as many dispatches on
-    every call. ``static`` holds what selects the program (the model, the
-    loss, the options), compared by ``==``, so equal ones share it; ``args``
-    are its traced arrays. Where ``static`` cannot key a cache (not
-    hashable) or an argument is already traced (inside the caller's
-    ``jit``, ``vmap`` or ``grad``), ``fn`` runs as it is called. As for any
-    static argument of ``jax.jit``, JAX's cache holds ``static`` until it
-    evicts it; ``jax.clear_caches()`` frees it.
+    For the tools a user calls outside ``jit`` (the paper's analyses, the
+    dense matrices), which would otherwise run op by op: a few hundred
+    small programs compiled on the first call. ``static`` holds what
+    selects the program (the model, the loss), compared by ``==``, so a
+    second call with the same ones reuses it; ``args`` are its traced
+    arrays. As with ``jax.jit``, the model is traced once: Python state it
+    reads (a global, an attribute) is read at that trace, not at later
+    calls. The last 8 programs are kept, with the models they hold. Where
+    ``static`` cannot key a cache (not hashable) or an argument is already
+    traced (inside the caller's ``jit``, ``vmap`` or ``grad``), ``fn`` runs
+    as it is called. (The optax update is not compiled this way: it runs
+    as the caller runs it, op by op outside ``jit``, as optax's do.)
     """
+    key = (fn, static)
     try:
-        hash(static)
+        hash(key)
     except TypeError:
         return fn(*static, *args)
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
         return fn(*static, *args)
-    return _jitted(fn, len(static))(*static, *args)
+    program = _PROGRAMS.pop(key, None)
+    if program is None:
+        program = jax.jit(functools.partial(fn, *static))
+    _PROGRAMS[key] = program
+    while len(_PROGRAMS) > _MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    return program(*args)
 
 
 def per_sample_rows(outputs: jax.Array, inputs: Any) -> jax.Array:

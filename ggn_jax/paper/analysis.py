@@ -384,7 +384,10 @@ def critical_point(
     mean is then at its lower bound, mean_i min_o l_i). Zero eigenvalues (the solution
     manifold's tangent directions) are expected at exact learning and are
     counted apart. Tolerances default to the dtype: √eps for the gradient,
-    P·eps for the relative eigenvalue threshold, eps for the loss.
+    P·eps for the relative eigenvalue threshold, eps for the loss. The
+    arrays are computed in one jitted program, reused for the same model
+    and loss (`ggn_jax.problem.one_program`: the model is traced once, as
+    by ``jax.jit``).
 
     At an exact fit the loss tolerance lets residuals of up to about √eps
     through, and H = G + Σ_i r_iᵀ∇²f_i (r_i = ∇_o l_i, the residual for
