@@ -260,3 +260,33 @@ def test_gram_matrix_names_integer_params():
     apply_fn = lambda w, x: x @ w
     with pytest.raises(TypeError, match="params has dtype int"):
         gram_matrix(apply_fn, jnp.zeros(3, jnp.int32), jnp.eye(3))
+
+
+def test_ggn_matrix_keeps_a_dropped_model_only_until_eight_others_ran():
+    """ggn_matrix compiles one program per model (`one_program`) and keeps
+    the last 8: a model the caller dropped, with what it closes over, is
+    freed once 8 others ran (JAX's own jit cache would keep 8192). Each
+    matrix is XᵀX/N of the linear model, built by hand."""
+    import gc
+    import weakref
+
+    class Linear:  # hashable by identity, and weakly referable
+        def __call__(self, w, x):
+            return x @ w
+
+    x = jnp.arange(12.0).reshape(4, 3) / 10
+    batch = (x, jnp.zeros((4, 2)))
+    w = jnp.ones((3, 2))
+    expected = np.kron(np.asarray(x).T @ np.asarray(x) / 4, np.eye(2))  # θ = vec(W), row-major
+    model = Linear()
+    dropped = weakref.ref(model)
+    np.testing.assert_allclose(ggn_matrix(model, "squared_error", w, batch), expected,
+                               rtol=1e-6)
+    del model
+    gc.collect()
+    assert dropped() is not None  # its program is kept for the next call
+    for _ in range(8):
+        np.testing.assert_allclose(ggn_matrix(Linear(), "squared_error", w, batch),
+                                   expected, rtol=1e-6)
+    gc.collect()
+    assert dropped() is None
