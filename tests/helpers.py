@@ -265,16 +265,21 @@ def count_lowerings():
     inside the ``with`` (an eager op counts as one program): compiles that
     the persistent cache serves are still lowered, so they count too."""
     seen: list[float] = []
+    active = [True]
 
     def listen(event, duration, **_):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+        if active[0] and event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             seen.append(duration)
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         yield seen
     finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+        active[0] = False
+        # (an older JAX may have no way to unregister one listener)
+        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+        if unregister is not None:
+            unregister(listen)
 
 
 def nested_jaxprs(params: dict) -> list:
