@@ -34,7 +34,6 @@ References:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -552,18 +551,20 @@ def gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
       >>> int(jnp.linalg.matrix_rank(gram))
       8
     """
-    if callable(getattr(apply_fn, "bind_problem", None)):  # ggn_jax.Blocks
-        apply_fn.bind_problem("squared_error", params, (inputs, None))  # its checks
+    if _is_blocks(apply_fn):  # its checks (bind_problem hands them to the Blocks)
+        bind_problem(apply_fn, "squared_error", params, (inputs, None))
     else:
         check_param_leaves(params)  # a mix of float32 and float64 is fine here
     return one_program(_gram_matrix, (apply_fn,), params, inputs)
 
 
+def _is_blocks(apply_fn: Callable) -> bool:
+    return callable(getattr(apply_fn, "bind_problem", None))  # ggn_jax.Blocks
+
+
 def _gram_matrix(apply_fn: Callable, params: Any, inputs: Any) -> jax.Array:
-    if callable(getattr(apply_fn, "bind_problem", None)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # given by the eager call's checks
-            problem = apply_fn.bind_problem("squared_error", params, (inputs, None))
+    if _is_blocks(apply_fn):
+        problem = rebind_problem(apply_fn, "squared_error", params, (inputs, None))
         structure = problem_structure(problem)
         return structured_gram(structure, structured_factors(problem, structure))
     structure, leaves = _structure_of(apply_fn, params, inputs)

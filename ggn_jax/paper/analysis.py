@@ -272,7 +272,7 @@ def exact_learning_conditions(net: MLP, params: Any, inputs: jax.Array) -> Condi
     hidden_rank, singular = numerical_rank(phi)
     condition = float(singular[0] / singular[t - 1]) if hidden_rank >= t else float("inf")
     jacobian_rank, _ = numerical_rank(np.asarray(jac.reshape(t * k, -1)))
-    num_params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+    num_params = int(jac.shape[-1])  # (T, K, P)
     derivative_inf, sampled = _derivative_inf(net.activation, pre_activations)
     return ConditionReport(
         num_samples=t,
