@@ -9,7 +9,8 @@ of the price of an iteration. This script splits an ENGD iteration into the
 four parts of `ggn_jax.bench.pinn.engd_parts` (the weighted residual
 Jacobian J̃ from per-sample reverse-mode Jacobians, the Gram matrix J̃ᵀJ̃,
 the least-squares solve ``jnp.linalg.lstsq`` and the grid line search of 31
-loss evaluations in one ``vmap``) and times each alone, with ggn_jax's
+loss evaluations in one ``vmap``, as published, or one after another) and
+times each alone, with ggn_jax's
 own Cholesky solve of the same Gram matrix (`ggn_jax.solvers.primal.
 solve_primal`) beside the least-squares one, and times
 whole iterations of both optimisers (the benchmark's own chunked loops, 10
@@ -50,6 +51,7 @@ def measure(name: str) -> dict:
     jacobian, gram, direction, line_search, cholesky = (
         jax.jit(f) for f in (parts.jacobian, parts.gram, parts.direction,
                              parts.line_search, _cholesky))
+    one_at_a_time = jax.jit(engd_parts(problem, unravel, line_search="map").line_search)
     jac, residual = jacobian(theta)
     matrix, grad = gram(jac), jac.T @ residual
     move = direction(matrix, grad)
@@ -59,8 +61,11 @@ def measure(name: str) -> dict:
         "lstsq(J̃ᵀJ̃, g)": timed(lambda: direction(matrix, grad), 5)[1],
         "Cholesky solve (ggn_jax's primal, for comparison)": timed(lambda: cholesky(matrix, grad), 5)[1],
         "line search, 31 losses": timed(lambda: line_search(theta, move), 5)[1],
+        "the same, one step length at a time": timed(lambda: one_at_a_time(theta, move), 5)[1],
     }
     for label, method in (("ENGD iteration", engd_method(problem, CHUNK)),
+                          ("ENGD iteration, its step lengths one at a time",
+                           engd_method(problem, CHUNK, line_search="map")),
                           ("ggn_jax step (defaults, optax)", ggn_method(problem, CHUNK))):
         state = method.init(params)
         rows[label] = timed(lambda m=method, s=state: m.steps(s), 5)[1] / CHUNK

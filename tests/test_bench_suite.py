@@ -168,7 +168,8 @@ def test_select_runs_only_the_optimisers_whose_label_matches(user_config, tmp_pa
     # A PINN config is filtered the same way (checked before it would run).
     kind, config = suite._load("pinn/poisson2d", smoke=True, select="ENGD")
     assert kind == "pinn" and [s["label"] for s in config["optimizers"]] == [
-        "ENGD (Müller & Zeinhofer 2023)", "ENGD, Cholesky solve in place of lstsq"]
+        "ENGD (Müller & Zeinhofer 2023)", "ENGD, its step lengths one at a time (lax.map)",
+        "ENGD, Cholesky solve in place of lstsq"]
     capsys.readouterr()
     assert suite.main([user_config, "--select", "sgd", "--out-dir", str(out / "x")]) == 2
     err = capsys.readouterr().err

@@ -52,11 +52,15 @@ def test_sources_match_the_exact_solutions_by_finite_differences():
                 assert np.max(np.abs(jax.vmap(problem.exact)(inputs[name]))) < 1e-12
 
 
-def test_engd_step_is_the_least_squares_direction_with_the_best_grid_step():
+@pytest.mark.parametrize("line_search", pinn.ENGD_LINE_SEARCHES)
+def test_engd_step_is_the_least_squares_direction_with_the_best_grid_step(line_search):
+    """Both forms of the grid line search (all step lengths in one vmap, as
+    published, or one after another) take the step length of least loss
+    among 2⁻ᵏ, k = 0…30, each loss computed here in a Python loop."""
     problem = PROBLEMS["nonlinear"]()
     params = problem.net.init(jax.random.PRNGKey(0), jnp.float64)
     theta, unravel = ravel_pytree(params)
-    new = pinn.engd_method(problem, 1).steps(params)
+    new = pinn.engd_method(problem, 1, line_search=line_search).steps(params)
     # By hand: L = ½‖r̃‖², J = ∂r̃/∂θ by jacfwd of the whole vector.
     weighted = pinn._weighted_residuals(problem.blocks)
     r = lambda th: weighted(unravel(th))
@@ -68,6 +72,11 @@ def test_engd_step_is_the_least_squares_direction_with_the_best_grid_step():
     # two SVD-based least-squares solves agree only to a few digits.
     assert rel_err(ravel_pytree(new)[0], expected) < 1e-4
     assert rel_err(0.5 * jnp.sum(r(theta) ** 2), problem.blocks.loss(params)) < 1e-12
+    # The form asked for: one step length after another is a loop (a scan)
+    # in the program; all at once has none.
+    search = pinn.engd_parts(problem, unravel, line_search=line_search).line_search
+    program = str(jax.make_jaxpr(search)(theta, jnp.asarray(direction)))
+    assert ("scan[" in program) == (line_search == "map")
 
 
 def test_ggn_and_adam_are_scored_at_their_lowest_loss():
@@ -137,6 +146,8 @@ def test_engd_cholesky_solve_is_the_floored_normal_equations():
         assert rel_err(direction(jnp.asarray(well), jnp.asarray(b)), np.linalg.solve(well, b)) < 1e-10
     with pytest.raises(ValueError, match="solve must be one of"):
         pinn.engd_parts(problem, unravel, solve="qr")
+    with pytest.raises(ValueError, match="line_search must be one of"):
+        pinn.engd_parts(problem, unravel, line_search="scan")
 
 
 def test_smoke_run_writes_tables(tmp_path):

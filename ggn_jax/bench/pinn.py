@@ -79,6 +79,14 @@ from ggn_jax.solvers.primal import solve_primal
 # default; the ENGD peer runs in float64).
 ENGD_SOLVES = ("lstsq", "cholesky")
 CHOLESKY_FLOOR = 10.0
+# How it evaluates the losses of its grid of step lengths: "vmap", all at
+# once over a batch of parameter vectors, as published; or "map", one step
+# length after another (`jax.lax.map`). The same losses; on XLA's CPU
+# backend the batch of parameter vectors makes the PDE residuals about 8×
+# dearer on heat and Poisson 5-D (BENCHMARKS.md, "ENGD's line search one
+# step length at a time"), so the configs run both and the faster is the
+# peer to beat.
+ENGD_LINE_SEARCHES = ("vmap", "map")
 
 THRESHOLDS = (1e-4, 1e-5, 1e-6)
 
@@ -137,12 +145,15 @@ class EngdParts(NamedTuple):
 
 
 def engd_parts(problem: PDEProblem, unravel: Callable, grid: int = 31,
-               solve: str = "lstsq") -> EngdParts:
+               solve: str = "lstsq", line_search: str = "vmap") -> EngdParts:
     """The parts, for flat parameters that ``unravel`` turns into the
     network's pytree (`jax.flatten_util.ravel_pytree`); ``solve`` is
-    ``"lstsq"`` (as published) or ``"cholesky"``."""
+    ``"lstsq"`` (as published) or ``"cholesky"``; ``line_search`` is
+    ``"vmap"`` (as published) or ``"map"`` (`ENGD_LINE_SEARCHES`)."""
     if solve not in ENGD_SOLVES:
         raise ValueError(f"solve must be one of {ENGD_SOLVES}, got {solve!r}")
+    if line_search not in ENGD_LINE_SEARCHES:
+        raise ValueError(f"line_search must be one of {ENGD_LINE_SEARCHES}, got {line_search!r}")
     blocks = problem.blocks
     inputs, targets = blocks.batch
     etas = 0.5 ** jnp.arange(grid)
@@ -184,19 +195,24 @@ def engd_parts(problem: PDEProblem, unravel: Callable, grid: int = 31,
             return jax.lax.cond(jnp.all(jnp.isfinite(move)), lambda: move, lstsq)
         return lstsq()
 
-    def line_search(theta, step):
-        losses = jax.vmap(lambda eta: blocks.loss(unravel(theta - eta * step)))(etas)
+    all_at_once = line_search == "vmap"
+
+    def search(theta, step):
+        def loss_at(eta):
+            return blocks.loss(unravel(theta - eta * step))
+
+        losses = jax.vmap(loss_at)(etas) if all_at_once else jax.lax.map(loss_at, etas)
         losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
         return theta - etas[jnp.argmin(losses)] * step
 
-    return EngdParts(jacobian, gram, direction, line_search)
+    return EngdParts(jacobian, gram, direction, search)
 
 
 def engd_method(problem: PDEProblem, chunk: int, grid: int = 31,
-                solve: str = "lstsq") -> Method:
+                solve: str = "lstsq", line_search: str = "vmap") -> Method:
     def step(params):
         theta, unravel = ravel_pytree(params)
-        parts = engd_parts(problem, unravel, grid, solve)
+        parts = engd_parts(problem, unravel, grid, solve, line_search)
         jac, residual = parts.jacobian(theta)
         move = parts.direction(parts.gram(jac), jac.T @ residual)
         return unravel(parts.line_search(theta, move))
@@ -279,7 +295,8 @@ _COMMON = {"kind": (str, REQUIRED), "label": (str, REQUIRED), "chunk": (int, REQ
            "max_steps": (int, REQUIRED), "max_seconds": (float, REQUIRED)}
 OPTIMIZER_FIELDS = {
     "ggn": {},
-    "engd": {"grid": (int, 31), "solve": (ENGD_SOLVES, "lstsq")},
+    "engd": {"grid": (int, 31), "solve": (ENGD_SOLVES, "lstsq"),
+             "line_search": (ENGD_LINE_SEARCHES, "vmap")},
     "adam": {"learning_rates": ([float], REQUIRED)},
     "lbfgs": {"memory_size": (int, 10)},
 }
