@@ -53,12 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ggn_jax.curvature import (
-    dense_ggn,
-    loss_hessians,
-    per_sample_jacobians,
-    problem_jacobians,
-)
+from ggn_jax.curvature import dense_ggn, per_sample_jacobians
 from ggn_jax.losses import LossSpec
 from ggn_jax.paper.models import ACTIVATIONS, MLP, Activation
 from ggn_jax.problem import (
@@ -68,6 +63,7 @@ from ggn_jax.problem import (
     rebind_problem,
     residual_norm,
 )
+from ggn_jax.solvers.base import local_from_jacobians
 
 
 def numerical_rank(matrix: np.ndarray) -> tuple[int, np.ndarray]:
@@ -342,24 +338,22 @@ class CriticalPointReport:
 
 def _point_curvature(apply_fn: Callable, loss: LossSpec, params: Any, batch: tuple) -> tuple:
     """L, ∇L, the Hessian H, the GGN G and the exact-fit measure at params
-    (`critical_point`'s arrays, in one program)."""
+    (`critical_point`'s arrays, in one program). L, ∇L = J̄ᵀ∇_o l/N and G
+    come from the per-sample Jacobians' one pass (`local_from_jacobians`,
+    as a ``primal`` step has them)."""
     problem = rebind_problem(apply_fn, loss, params, batch)
 
     def loss_at(th):
         return mean_loss(problem, problem.model(th, problem.inputs))
 
-    value, grad = jax.value_and_grad(loss_at)(problem.theta)
     hessian = jax.hessian(loss_at)(problem.theta)
-    outputs, jac = problem_jacobians(problem)
-    hessians = None if problem.loss.identity_hessian else loss_hessians(
-        problem.loss, outputs, problem.targets
-    )
+    local = local_from_jacobians(problem)
     # ½‖r‖² of the residual rule: L for a named loss, and for a callable
     # one ½·mean_i‖∇_o l_i‖², every sample at its own loss's minimum
     # whatever that minimum's value.
-    output_grads = jax.vmap(problem.loss.grad)(outputs, problem.targets)
-    fit_measure = 0.5 * residual_norm(problem, value, output_grads) ** 2
-    return value, grad, hessian, dense_ggn(jac, hessians), fit_measure
+    fit_measure = 0.5 * residual_norm(problem, local.loss, local.output_grads) ** 2
+    return (local.loss, local.batch_grad, hessian, dense_ggn(local.jacobians, local.hessians),
+            fit_measure)
 
 
 def critical_point(
