@@ -99,9 +99,18 @@ def _squared_error_grad(o, y):
 
 
 def _as_distribution(o, y):
-    """Targets as a vector over the K classes (integer labels become one-hot)."""
+    """Targets as a vector over the K classes (integer labels become one-hot).
+
+    A label outside 0…K−1 gives a vector of NaNs, so the sample's loss is
+    NaN: a fault the step rejects (counted in ``num_non_finite``), as
+    optax's own loss gives NaN there. ``jax.nn.one_hot`` alone gives a row
+    of zeros, which would drop the sample from the loss without a word.
+    The eager checks name such a label before any step; this is for the
+    labels they cannot see, those traced under ``jit``."""
     if jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
-        return jax.nn.one_hot(y, o.shape[0], dtype=o.dtype)
+        k = o.shape[0]
+        in_range = (y >= 0) & (y < k)
+        return jnp.where(in_range, jax.nn.one_hot(y, k, dtype=o.dtype), jnp.nan)
     return y.astype(o.dtype)
 
 
@@ -200,10 +209,15 @@ def _check_target_shape(name, sample_shape, target_sample_shape, integer_targets
     """Raises a ValueError naming the mismatch between outputs and targets."""
     if name == "softmax_cross_entropy" and integer_targets:
         if target_sample_shape != ():
+            hint = ""
+            if target_sample_shape == sample_shape:
+                # Integer one-hot rows: the outputs' shape, but integers.
+                hint = ("; for one-hot rows of the outputs' shape pass them as floats "
+                        "(targets.astype(jnp.float32)), or as labels (targets.argmax(-1))")
             raise ValueError(
                 "softmax_cross_entropy with integer labels needs one label per "
                 f"sample (targets of shape (N,)), got per-sample target shape "
-                f"{target_sample_shape}"
+                f"{target_sample_shape}{hint}"
             )
         return
     if target_sample_shape != sample_shape:

@@ -100,7 +100,10 @@ def test_unknown_loss_name_lists_the_allowed_names():
     [
         ("squared_error", (3,), (2,), False, "per-sample shape of the outputs"),
         ("sigmoid_binary_cross_entropy", (3,), (), False, "per-sample shape"),
-        ("softmax_cross_entropy", (3,), (3, 1), True, "one label per sample"),
+        ("softmax_cross_entropy", (3,), (3, 1), True, r"one label per sample.*\(3, 1\)$"),
+        # Integer one-hot rows: named, with the two ways that work.
+        ("softmax_cross_entropy", (3,), (3,), True,
+         r"one label per sample.*\(3,\); for one-hot rows.*astype\(jnp.float32\).*argmax"),
         ("softmax_cross_entropy", (4,), (3,), False, "per-sample shape"),
     ],
 )

@@ -649,6 +649,32 @@ def test_out_of_range_labels_are_named_by_update_and_fit():
     assert int(state.count) == 1
 
 
+@pytest.mark.parametrize("solver", ["auto", "primal", "dual", "cg"])
+def test_out_of_range_labels_under_jit_are_a_fault_not_a_dropped_sample(solver):
+    """Traced labels cannot be checked: one outside [0, K) makes the loss
+    NaN (as optax's loss is), so the step is rejected and counted as a
+    fault, the params unchanged. A one-hot row of zeros used to drop the
+    sample silently (labels 1…3 for K = 3 trained, at a finite loss)."""
+    apply_fn = lambda w, x: x @ w  # noqa: E731
+    x = jax.random.normal(jax.random.PRNGKey(0), (12, 4))
+    w = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (4, 3))
+    tx = ggn_jax.ggn(apply_fn, "softmax_cross_entropy", solver=solver)
+    update = jax.jit(lambda s, p, y: tx.update(None, s, p, batch=(x, y)))
+    for labels in (jnp.arange(12) % 3 + 1, jnp.arange(12) % 3 - 1):
+        updates, state = update(tx.init(w), w, labels)
+        assert int(state.num_non_finite) == 1 and not bool(state.accepted)
+        np.testing.assert_array_equal(updates, jnp.zeros_like(w))
+    # The same labels shifted into range: a finite loss, equal to optax's,
+    # and a step taken.
+    labels = jnp.arange(12) % 3
+    updates, state = update(tx.init(w), w, labels)
+    expected = optax.softmax_cross_entropy_with_integer_labels(apply_fn(w, x), labels).mean()
+    np.testing.assert_allclose(float(state.loss), float(
+        optax.softmax_cross_entropy_with_integer_labels(apply_fn(w + updates, x), labels).mean()),
+        rtol=1e-5)
+    assert bool(state.accepted) and float(state.loss) < float(expected)
+
+
 def test_targets_outside_the_losses_domain_and_bad_dtypes_are_named():
     """±1 labels for the sigmoid, negative softmax probabilities, complex
     targets or outputs and integer outputs: each a named error from update
