@@ -248,12 +248,20 @@ class Blocks:
         return ({n: b.inputs for n, b in self._blocks.items()},
                 {n: b.targets for n, b in self._blocks.items()})
 
-    def with_inputs(self, inputs: Mapping[str, Any],
-                    targets: Mapping[str, Any] | None = None) -> Blocks:
+    def with_inputs(self, inputs: Mapping[str, Any] | None = None,
+                    targets: Mapping[str, Any] | None = None, **by_name: Any) -> Blocks:
         """A copy with new samples for the blocks named in ``inputs``
         (resampled collocation points, new data), with the targets given
         for them in ``targets`` (zero where not given); the other blocks,
-        and every weight and residual, are kept."""
+        and every weight and residual, are kept. New inputs may also be
+        named by keyword, as `Blocks` takes its blocks:
+        ``blocks.with_inputs(interior=points)``."""
+        if by_name:
+            if inputs is not None and set(inputs) & set(by_name):
+                raise ValueError(f"inputs for {sorted(set(inputs) & set(by_name))} given twice")
+            inputs = {**(inputs or {}), **by_name}
+        if inputs is None:
+            raise TypeError("with_inputs needs new inputs: a dict by block name, or keywords")
         targets = {} if targets is None else dict(targets)
         unknown = (set(inputs) | set(targets)) - set(self._blocks)
         if unknown:

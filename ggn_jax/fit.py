@@ -512,6 +512,13 @@ def fit(
         every = int(progress)
     else:
         raise ValueError(f"progress must be True, False or a positive integer, got {progress!r}")
+    for name, value in (("batch", batch), ("loss", loss)):
+        # fit(apply_fn, params, 50): a count taken as the batch (or the loss).
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            raise TypeError(
+                f"fit's {'third' if name == 'batch' else 'fourth'} argument is the {name}, "
+                f"got the number {value!r}: pass max_steps (and tol) by keyword, e.g. "
+                f"fit(apply_fn, params, batch, max_steps={value!r})")
     if any(_is_traced(leaf) for leaf in jax.tree_util.tree_leaves((params, batch))):
         raise TypeError(
             "fit cannot run under jax.jit, jax.vmap or jax.grad: it compiles a loop of its "

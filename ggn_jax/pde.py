@@ -96,7 +96,12 @@ def laplacian(fn: Callable[[jax.Array], jax.Array], method: str = "auto"
     # A 0-d x (1-D samples of shape (N,)) is the point x[None] of fn(x[0]).
     on_line = _laplacian(lambda y: fn(y[0]), method, automatic)
 
-    def at(x):
+    def at(x, *more):
+        if more:  # laplacian(u)(params, x) for a network u(params, x)
+            raise TypeError(
+                f"laplacian(fn) is a function of one point x, got {1 + len(more)} arguments; "
+                "for a network u(params, x) close over the params: "
+                "laplacian(lambda x: u(params, x))(x)")
         # Only a point: the trace of the Hessian of an x of another shape
         # is no Laplacian of it.
         if jnp.ndim(x) == 0:

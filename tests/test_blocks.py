@@ -333,6 +333,19 @@ def test_bad_blocks_are_named():
         ggn_jax.Block(_bc, jnp.ones((3, 2)), weight=True)
     with pytest.raises(ValueError, match="unknown blocks"):
         blocks.with_inputs({"edge": jnp.ones((3, 2))})
+    # New inputs by keyword, as Blocks takes its blocks: the dict form's blocks.
+    points = jnp.linspace(0, 1, 10).reshape(5, 2)
+    by_keyword = blocks.with_inputs(boundary=points)
+    np.testing.assert_array_equal(by_keyword["boundary"].inputs, points)
+    assert by_keyword["interior"] is blocks["interior"]
+    assert float(by_keyword.loss(params)) == float(
+        blocks.with_inputs({"boundary": points}).loss(params))
+    with pytest.raises(ValueError, match="unknown blocks"):
+        blocks.with_inputs(edge=points)
+    with pytest.raises(ValueError, match=r"inputs for \['boundary'\] given twice"):
+        blocks.with_inputs({"boundary": points}, boundary=points)
+    with pytest.raises(TypeError, match="with_inputs needs new inputs"):
+        blocks.with_inputs()
     wrong = blocks.with_inputs({"boundary": jnp.ones((5, 2))}, {"boundary": jnp.ones(4)})
     with pytest.raises(ValueError, match=r"targets\['boundary'\] has shape \(4,\)"):
         ggn_jax.fit(wrong, params, max_steps=1)

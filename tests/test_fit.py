@@ -167,6 +167,16 @@ def test_fit_rejects_bad_arguments():
     for steps in (5.0, True):
         with pytest.raises(ValueError, match="max_steps must be a non-negative integer"):
             ggn_jax.fit(mlp_apply, params, batch, max_steps=steps)
+    # A step count given by position lands in the batch (or the loss): named.
+    with pytest.raises(TypeError, match=r"third argument is the batch, got the number 50: "
+                                        r"pass max_steps .* by keyword"):
+        ggn_jax.fit(mlp_apply, params, 50)
+    with pytest.raises(TypeError, match=r"fourth argument is the loss, got the number 50"):
+        ggn_jax.fit(mlp_apply, params, batch, 50)
+    blocks = ggn_jax.Blocks(fit=ggn_jax.Block(lambda p, x: mlp_apply(p, x[None])[0],
+                                              batch[0], batch[1]))
+    with pytest.raises(TypeError, match="third argument is the batch, got the number 50"):
+        ggn_jax.fit(blocks, params, 50)
 
 
 def test_numpy_and_jax_scalars_are_numbers_to_fit():

@@ -95,6 +95,10 @@ def test_a_point_that_is_not_a_vector_is_named_and_a_0d_point_is_one_on_a_line(m
     u = lambda x: jnp.sum(jnp.sin(x))
     with pytest.raises(ValueError, match=r"one point x of shape \(d,\)"):
         laplacian(u, method)(jnp.ones((2, 2)))
+    # laplacian(net)(params, x), for a network of (params, x): the closure named.
+    net = lambda params, x: jnp.sum(jnp.sin(params * x))
+    with pytest.raises(TypeError, match=r"got 2 arguments.*laplacian\(lambda x: u\(params, x\)\)"):
+        laplacian(net, method)(jnp.ones(2), jnp.ones(2))
     cubic = lambda x: 0.5 * x**3 + x  # u″ = 3x
     xs = jnp.linspace(0.1, 1.0, 4)
     values = jax.jit(jax.vmap(laplacian(cubic, method)))(xs)
