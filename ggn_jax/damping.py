@@ -97,10 +97,20 @@ was accepted, the step also measures that last step on the fresh samples,
 ρ̃ = (L_new(θ − δ_prev) − L_new(θ)) / (its predicted decrease), a paired
 difference on one batch. Where ρ̃ < 0 (the last step raised the loss of
 samples it did not see) μ is updated as for ρ = 0, i.e. doubled under
-Nielsen's rule; otherwise ρ rules as above. (Using ρ̃ in place of ρ
-throughout was measured and rejected: for a small step ρ̃ is about the
-minibatch gradient's signal-to-noise ratio, well below ½, so μ grew without
-bound.)
+Nielsen's rule (``cross_batch_damping=True``), or, ``"graded"`` (the
+default for classification), as for ρ = max(ρ̃, −½): Nielsen's factor
+1 − (2ρ − 1)³ read for a failure, 2 for a rise near 0 and up to 9
+(``CROSS_BATCH_RHO_FLOOR``), so that steps which keep undoing on fresh
+samples much of what they gain on their own batch (a small minibatch that
+each step can fit, noisy labels) drive λ up faster than one doubling a
+batch; a rise within the loss's round-off, or a ρ̃ that is not defined,
+counts as ρ = 0 there too. Otherwise ρ rules as above. (Using ρ̃ in place
+of ρ throughout, or min(ρ, ρ̃) also where ρ̃ > 0, was measured and
+rejected: for a small step ρ̃ is about the minibatch gradient's
+signal-to-noise ratio, well below ½, so μ grew without bound and the
+digits CNN stalled below 96%. Graded is not the default for other
+losses: on noise-free minibatch regression and resampled PINN points it
+ended 6× and 30× less accurate.)
 
 **A rejected step, shortened** (``shorten_rejected_steps``). A rejected
 trial still measured the loss along its direction: with L(θ), the slope
@@ -144,6 +154,11 @@ _MAX_NU = 2.0**30
 # μ's factor after a step accepted by the non-monotone window alone
 # (measured: 1.5 breaks cycles and costs exact learning the fewest steps).
 WINDOW_GROWTH = 1.5
+# The lowest gain ratio on fresh samples that ``cross_batch_damping="graded"``
+# grades by: Nielsen's factor 1 − (2ρ − 1)³ is 9 there (−1.5, a factor of
+# 65, left worse worst cases on small noisy sets and on two digits
+# configs; BENCHMARKS.md, "A step that hurt fresh samples, graded").
+CROSS_BATCH_RHO_FLOOR = -0.5
 
 
 def gain_ratio(actual: jax.Array, predicted: jax.Array) -> jax.Array:

@@ -35,6 +35,12 @@ MATMUL_PRECISIONS = ("highest", "default")
 PRIMAL_FACTORIZATIONS = ("auto", "cholesky", "qr")
 
 
+# ``cross_batch_damping``'s one value beside True and False: μ grows by
+# Nielsen's factor at the last step's gain ratio on the fresh samples
+# (`ggn_jax.damping`), where True doubles it.
+CROSS_BATCH_MODES = ("graded",)
+
+
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
@@ -93,9 +99,10 @@ DEFAULT_ACCELERATION_RATIO = 0.75
 OVERDETERMINED_ACCELERATION_RATIO = 0.25
 # `ggn`'s defaults for a classification loss, where each update sees a new
 # minibatch and a step is worth a few GGN products, not an exact solve:
-# measured in BENCHMARKS.md, "Minibatch classification (issue 15)".
+# measured in BENCHMARKS.md, "Minibatch classification (issue 15)"; the
+# graded cross-batch rule in "A step that hurt fresh samples, graded".
 CLASSIFICATION_DEFAULTS = {"cg_max_iters": 5, "cg_preconditioner": "none", "momentum": 0.0,
-                           "cross_batch_damping": True, "curvature_samples": 32,
+                           "cross_batch_damping": "graded", "curvature_samples": 32,
                            "residual_exponent": 1.0, "geodesic_acceleration": False,
                            "shorten_rejected_steps": True}
 # ... and for every other loss. Cross-batch damping acts only on a new
@@ -271,7 +278,7 @@ class GGNConfig:
     acceleration_ratio: float | None = None
     weight_decay: float = 0.0
     momentum: float = 0.0
-    cross_batch_damping: bool = False
+    cross_batch_damping: bool | str = False
     step_growth: float | None = None
     shorten_rejected_steps: bool = False
 
@@ -285,6 +292,9 @@ class GGNConfig:
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         for name in ("cross_batch_damping", "shorten_rejected_steps"):
             switch = getattr(self, name)
+            if name == "cross_batch_damping" and isinstance(switch, str):
+                _choice(name, switch, CROSS_BATCH_MODES)
+                continue
             if switch is None:  # None: the default
                 object.__setattr__(self, name, False)
             elif isinstance(switch, (np.ndarray, np.generic, jax.Array)) and np.ndim(switch) == 0:
@@ -292,7 +302,9 @@ class GGNConfig:
                     raise TypeError(f"{name} picks a code path and cannot be traced")
                 object.__setattr__(self, name, bool(switch))
             if getattr(self, name) not in (True, False):
-                raise TypeError(f"{name} must be None (the default), True or False, got "
+                allowed = ('True, False or "graded"' if name == "cross_batch_damping"
+                           else "True or False")
+                raise TypeError(f"{name} must be None (the default), {allowed}, got "
                                 f"{getattr(self, name)!r}")
         acceleration = self.geodesic_acceleration
         if _is_traced(acceleration):

@@ -41,6 +41,7 @@ from ggn_jax.acceleration import geodesic_acceleration
 from ggn_jax.blocks import Blocks, check_least_squares
 from ggn_jax.curvature import hessian_product, linearize
 from ggn_jax.damping import (
+    CROSS_BATCH_RHO_FLOOR,
     accept_step,
     batch_fingerprint,
     gain_ratio,
@@ -560,11 +561,19 @@ def ggn_step(
         # One forward pass, only where the batch is new (never in `fit`).
         before = jax.lax.cond((~same_batch) & state.accepted, loss_before,
                               lambda: loss0.astype(dtype))
-        cross_rho = gain_ratio(before - loss0, state.last_predicted)
+        cross_gain = before - loss0
+        cross_rho = gain_ratio(cross_gain, state.last_predicted)
         usable = (~same_batch) & state.accepted & accepted & ~in_roundoff
-        # A step that raised the loss on fresh samples counts as a failure
-        # of the model (ρ = 0: μ doubles); the rest go by this batch's ρ.
-        rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, 0), rho)
+        # A step that raised the loss on fresh samples is a failure of the
+        # model: μ goes as for ρ = 0 (doubled), or under "graded" as for
+        # ρ = max(ρ̃, floor), by how far it rose (ρ = 0 still where the rise
+        # is within round-off or ρ̃ undefined); the rest go by this batch's
+        # ρ (`ggn_jax.damping`).
+        failure = jnp.zeros((), dtype)
+        if config.cross_batch_damping == "graded":
+            failure = jnp.where(-cross_gain > noise,
+                                jnp.maximum(cross_rho, CROSS_BATCH_RHO_FLOOR), failure)
+        rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, failure), rho)
     min_damping, _ = config.damping_bounds(dtype, fine)
     scale_min, scale_max = scale_bounds(
         config.damping_rule, residual, config.residual_exponent, min_damping, ceiling,
@@ -752,7 +761,7 @@ def ggn(
     acceleration_ratio: float | None = None,
     weight_decay: float = 0.0,
     momentum: float | None = None,
-    cross_batch_damping: bool | None = None,
+    cross_batch_damping: bool | str | None = None,
     step_growth: float | None = None,
     shorten_rejected_steps: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -915,12 +924,16 @@ def ggn(
         see, the step carries on as before. None (default): 0, off.
       cross_batch_damping: on a new batch, also judge the last step by its
         gain on these fresh samples (one forward pass at θ − δ_prev): if it
-        raised their loss, μ grows as after a failed step (ρ = 0). A step
-        that fits its own minibatch too well then gets a larger λ. It acts
+        raised their loss, μ grows as after a failed step. True: μ
+        doubles; ``"graded"``: by Nielsen's factor at that gain ratio ρ̃,
+        the more the further the loss rose (2 for a rise near 0, 9 from
+        ρ̃ = −½ on; `ggn_jax.damping`). A step that fits its own minibatch
+        too well then gets a larger λ. It acts
         only where the batch changes between updates, so never in `fit`
-        or on a fixed batch. None (default): on, for every loss
-        (BENCHMARKS.md, "Minibatch classification" and "Cross-batch
-        damping for every loss").
+        or on a fixed batch. None (default): ``"graded"`` for the
+        classification losses, True for the others (BENCHMARKS.md,
+        "Minibatch classification", "Cross-batch damping for every loss"
+        and "A step that hurt fresh samples, graded").
       step_growth: c ≥ 1; on the same batch a step longer than c times the
         last accepted step is shortened along its direction to that length
         (`ggn_jax.damping`, "A bound on the step's growth"); inf: no bound.

@@ -155,6 +155,8 @@ def _with(section, **fields):
         (_with("optimizers", kind="ggn_fit", damping=-1.0),
          r"optimizers\[0\] \(kind 'ggn_fit'\): damping must be finite and > 0"),
         (_with("optimizers", kind="ggn", cg_max_iters=0), r"cg_max_iters must be a positive integer"),
+        (_with("optimizers", kind="ggn", cross_batch_damping="gradual"),
+         r"optimizers\[0\].cross_batch_damping = 'gradual'; allowed: True, False, 'graded'"),
     ],
 )
 def test_bad_configs_name_the_file_field_and_allowed_values(raw, message):

@@ -652,7 +652,8 @@ def test_batch_fingerprint_tells_a_leaf_from_its_rescaled_copy_in_float32():
     assert f((huge, points[:100])) != f((jnp.zeros_like(huge), points[:100]))
 
 
-def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_batch=False):
+def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_batch=False,
+                      last_predicted=1e-3, length=0.05):
     """One step on a fresh batch (with ``same_batch``, on the batch the last
     update saw) after a stored accepted step δ_prev whose gain on this
     batch is known: last_step_sign = +1 makes θ − δ_prev worse than θ on it
@@ -667,7 +668,7 @@ def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_
     else:  # squared error, written out
         mean = lambda th: 0.5 * jnp.mean(jnp.sum((mlp_apply(unravel(th), x) - y) ** 2, -1))
     g = jax.grad(mean)(theta)
-    previous = last_step_sign * -0.05 * g / jnp.linalg.norm(g)
+    previous = last_step_sign * -length * g / jnp.linalg.norm(g)
     options = {} if cross is None else {"cross_batch_damping": cross}
     tx = ggn_jax.ggn(mlp_apply, loss, damping_rule="nielsen", damping=1.0, **options)
     state = tx.init(params)
@@ -678,7 +679,7 @@ def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_
     seen = (update(unravel(g), state, params, batch=batch)[1].batch_fingerprint
             if same_batch else jnp.asarray(1.0))
     state = state._replace(last_step=previous, accepted=jnp.array(True),
-                           last_predicted=jnp.asarray(1e-3), batch_fingerprint=seen)
+                           last_predicted=jnp.asarray(last_predicted), batch_fingerprint=seen)
     _, after = update(unravel(g), state, params, batch=batch)
     cross_gain = mean(theta - previous) - mean(theta)
     return state, after, float(cross_gain)
@@ -686,11 +687,14 @@ def _fresh_batch_step(cross, last_step_sign, loss="softmax_cross_entropy", same_
 
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "squared_error"])
 def test_cross_batch_damping_doubles_mu_after_a_step_that_hurt_fresh_samples(loss):
-    """On by default for every loss: μ doubles (Nielsen) where the last
-    step raised the loss of this batch's fresh samples."""
-    state, after, gain = _fresh_batch_step(None, -1.0, loss)
-    assert gain < 0 and bool(after.accepted)
-    assert float(after.damping_scale) == pytest.approx(2 * float(state.damping_scale), rel=1e-12)
+    """``cross_batch_damping=True`` (the default but for classification): μ
+    doubles (Nielsen) where the last step raised the loss of this batch's
+    fresh samples, however far."""
+    for length in (0.05, 0.5):
+        state, after, gain = _fresh_batch_step(True, -1.0, loss, length=length)
+        assert gain < 0 and bool(after.accepted)
+        assert float(after.damping_scale) == pytest.approx(2 * float(state.damping_scale),
+                                                           rel=1e-12)
     # The same step without the rule: μ goes by this batch's own ρ.
     state, plain, _ = _fresh_batch_step(False, -1.0, loss)
     rho = float(plain.rho)
@@ -700,21 +704,57 @@ def test_cross_batch_damping_doubles_mu_after_a_step_that_hurt_fresh_samples(los
     assert factor < 2
 
 
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "squared_error"])
+def test_graded_cross_batch_damping_grows_mu_by_how_far_fresh_samples_rose(loss):
+    """``cross_batch_damping="graded"`` (the classification default): μ
+    grows by Nielsen's factor 1 − (2ρ − 1)³ at the last step's gain ratio
+    on the fresh samples, ρ̃ = gain / its predicted decrease, floored at −½
+    (a factor of 9): a rise of a quarter of the promised decrease grows μ
+    4.375×, a rise of ten times it 9×."""
+    cross = None if loss == "softmax_cross_entropy" else "graded"  # the default there
+    for wanted, factor in ((-0.25, 4.375), (-10.0, 9.0)):
+        # The predicted decrease that makes ρ̃ the wanted one, from the
+        # loss itself (computed apart from the step).
+        _, _, gain = _fresh_batch_step(cross, -1.0, loss)
+        state, after, again = _fresh_batch_step(cross, -1.0, loss, last_predicted=gain / wanted)
+        assert again == gain < 0 and bool(after.accepted)
+        assert float(after.rho) > 0.5  # this batch's own ρ would shrink μ
+        assert float(after.damping_scale) == pytest.approx(factor * float(state.damping_scale),
+                                                           rel=1e-6)
+    with pytest.raises(ValueError, match="unknown cross_batch_damping 'gradual'; allowed: graded"):
+        ggn_jax.ggn(mlp_apply, loss, cross_batch_damping="gradual")
+
+
+def test_graded_cross_batch_damping_doubles_mu_where_the_rise_is_round_off():
+    """A last step so short that the fresh samples' loss rises only by
+    round-off (a few ulps) grades nothing: ρ̃, of size 10¹⁶ against a
+    predicted decrease of 1e-30, counts as 0, and μ doubles. A rise 30×
+    larger, beyond the round-off, is graded (9×)."""
+    for length, factor in ((3e-15, 2.0), (1e-13, 9.0)):
+        state, after, gain = _fresh_batch_step("graded", -1.0, "squared_error", length=length,
+                                               last_predicted=1e-30)
+        assert -1e-12 < gain < 0 and bool(after.accepted) and float(after.rho) > 0.5
+        assert float(after.damping_scale) == pytest.approx(factor * float(state.damping_scale),
+                                                           rel=1e-10)
+
+
 def test_cross_batch_damping_never_acts_on_the_same_batch():
     """On by default, but a step that "hurt" counts only on a new batch: on
     the batch the last update saw, μ goes by this batch's ρ (the rule's
     factor), as with the rule off."""
-    state, after, gain = _fresh_batch_step(None, -1.0, "squared_error", same_batch=True)
-    assert gain < 0 and bool(after.accepted)
-    factor = max(1 / 3, 1 - (2 * float(after.rho) - 1) ** 3)
-    assert factor < 2
-    assert float(after.damping_scale) == pytest.approx(factor * float(state.damping_scale),
-                                                       rel=1e-10)
+    for loss in ("squared_error", "softmax_cross_entropy"):  # True / "graded" by default
+        state, after, gain = _fresh_batch_step(None, -1.0, loss, same_batch=True)
+        assert gain < 0 and bool(after.accepted)
+        factor = max(1 / 3, 1 - (2 * float(after.rho) - 1) ** 3)
+        assert factor < 2
+        assert float(after.damping_scale) == pytest.approx(factor * float(state.damping_scale),
+                                                           rel=1e-10)
 
 
+@pytest.mark.parametrize("cross", [True, "graded"])
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "squared_error"])
-def test_cross_batch_damping_leaves_a_step_that_helped_to_the_batch_rule(loss):
-    state, after, gain = _fresh_batch_step(True, 1.0, loss)
+def test_cross_batch_damping_leaves_a_step_that_helped_to_the_batch_rule(loss, cross):
+    state, after, gain = _fresh_batch_step(cross, 1.0, loss)
     assert gain > 0 and bool(after.accepted)
     rho = float(after.rho)
     factor = max(1 / 3, 1 - (2 * rho - 1) ** 3)

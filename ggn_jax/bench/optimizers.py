@@ -87,7 +87,7 @@ GGN_OPTIONS = {
     "primal_factorization": (("auto", "cholesky", "qr"), None),
     "curvature_samples": (int, None),
     "momentum": (float, None),
-    "cross_batch_damping": (bool, None),
+    "cross_batch_damping": ((True, False, "graded"), None),
     "geodesic_acceleration": (bool, None),
     "shorten_rejected_steps": (bool, None),
     "weight_decay": (float, None),
