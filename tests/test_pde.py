@@ -96,7 +96,8 @@ def test_a_point_that_is_not_a_vector_is_named_and_a_0d_point_is_one_on_a_line(m
     with pytest.raises(ValueError, match=r"one point x of shape \(d,\)"):
         laplacian(u, method)(jnp.ones((2, 2)))
     # laplacian(net)(params, x), for a network of (params, x): the closure named.
-    net = lambda params, x: jnp.sum(jnp.sin(params * x))
+    def net(params, x):
+        return jnp.sum(jnp.sin(params * x))
     with pytest.raises(TypeError, match=r"got 2 arguments.*laplacian\(lambda x: u\(params, x\)\)"):
         laplacian(net, method)(jnp.ones(2), jnp.ones(2))
     cubic = lambda x: 0.5 * x**3 + x  # u″ = 3x
