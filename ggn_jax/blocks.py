@@ -125,6 +125,7 @@ class Block:
         object.__setattr__(self, "weight", weight)
         refuse_number_list(self.inputs, "Block.inputs", "inputs")
         _refuse_list_targets(self.targets, "Block.targets", "targets")
+        _num_samples(self.inputs, "Block.inputs")  # a sample axis, named now, not at first use
 
 
 def _refuse_list_targets(targets: Any, what: str, expression: str) -> None:

@@ -225,6 +225,10 @@ def _check_target_shape(name, sample_shape, target_sample_shape, integer_targets
         if name == "softmax_cross_entropy" and target_sample_shape == ():
             hint = ("; class labels must be integers (targets.astype(jnp.int32)), or "
                     "give one-hot or probability targets of the outputs' shape")
+        elif {sample_shape, target_sample_shape} == {(), (1,)}:
+            # One value a sample on both sides, with and without its axis.
+            hint = ("; add the axis (targets[:, None])" if sample_shape == (1,)
+                    else "; drop the axis (targets[:, 0])")
         raise ValueError(
             f"{name}: targets must have the per-sample shape of the outputs "
             f"{sample_shape}, got per-sample target shape {target_sample_shape}{hint}"

@@ -325,6 +325,13 @@ def test_bad_blocks_are_named():
         ggn_jax.Block(_bc, jnp.ones((3, 2)), weight=-1.0)
     with pytest.raises(TypeError, match="not a ggn_jax.Block"):
         ggn_jax.Blocks(a=(_bc, jnp.ones((3, 2))))
+    # Inputs without a sample axis, or with none, named when the Block is built.
+    with pytest.raises(ValueError, match="Block.inputs is a scalar; block inputs need a leading"):
+        ggn_jax.Block(_bc, jnp.asarray(0.5))
+    with pytest.raises(ValueError, match=r"Block.inputs\['t'\] is a scalar"):
+        ggn_jax.Block(_bc, {"x": jnp.ones(3), "t": jnp.asarray(0.0)})
+    with pytest.raises(ValueError, match="Block.inputs has no samples"):
+        ggn_jax.Block(_bc, jnp.ones((0, 2)))
     with pytest.raises(ValueError, match="must be 'squared_error'"):
         ggn_jax.fit(blocks, params, loss="softmax_cross_entropy", max_steps=1)
     with pytest.raises(ValueError, match="must be 'squared_error'"):  # at ggn(), not update

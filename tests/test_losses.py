@@ -105,6 +105,10 @@ def test_unknown_loss_name_lists_the_allowed_names():
         ("softmax_cross_entropy", (3,), (3,), True,
          r"one label per sample.*\(3,\); for one-hot rows.*astype\(jnp.float32\).*argmax"),
         ("softmax_cross_entropy", (4,), (3,), False, "per-sample shape"),
+        # One value a sample, with and without its axis: the fix named.
+        ("sigmoid_binary_cross_entropy", (1,), (), False, r"got per-sample target shape \(\); "
+         r"add the axis \(targets\[:, None\]\)"),
+        ("squared_error", (), (1,), False, r"drop the axis \(targets\[:, 0\]\)"),
     ],
 )
 def test_target_shape_mismatch_is_named(loss, sample, target, integer, message):
