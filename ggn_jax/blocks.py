@@ -123,9 +123,9 @@ class Block:
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"Block.weight must be positive and finite, got {self.weight}")
         object.__setattr__(self, "weight", weight)
-        refuse_number_list(self.inputs, "Block.inputs", "inputs")
+        # A list of numbers, or no sample axis: named now, not at first use.
+        _num_samples(self.inputs, "Block.inputs", "inputs")
         _refuse_list_targets(self.targets, "Block.targets", "targets")
-        _num_samples(self.inputs, "Block.inputs")  # a sample axis, named now, not at first use
 
 
 def _refuse_list_targets(targets: Any, what: str, expression: str) -> None:
@@ -136,8 +136,8 @@ def _refuse_list_targets(targets: Any, what: str, expression: str) -> None:
                         f"with the samples on the first axis, e.g. jnp.asarray({expression})")
 
 
-def _num_samples(tree: Any, what: str) -> int:
-    refuse_number_list(tree, what, what)
+def _num_samples(tree: Any, what: str, expression: str | None = None) -> int:
+    refuse_number_list(tree, what, what if expression is None else expression)
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
         raise ValueError(f"{what} holds no arrays")

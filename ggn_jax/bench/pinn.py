@@ -81,11 +81,11 @@ ENGD_SOLVES = ("lstsq", "cholesky")
 CHOLESKY_FLOOR = 10.0
 # How it evaluates the losses of its grid of step lengths: "vmap", all at
 # once over a batch of parameter vectors, as published; or "map", one step
-# length after another (`jax.lax.map`). The same losses up to round-off; on XLA's CPU
-# backend the batch of parameter vectors makes the PDE residuals about 8×
-# dearer on heat and Poisson 5-D (BENCHMARKS.md, "ENGD's line search one
-# step length at a time"), so the configs run both and the faster is the
-# peer to beat.
+# length after another (`jax.lax.map`). The same losses up to round-off; on
+# XLA's CPU backend the batch of parameter vectors makes the PDE residuals
+# about 8× dearer on heat and Poisson 5-D (BENCHMARKS.md, "ENGD's line
+# search one step length at a time"), so the configs run both and the
+# faster is the peer to beat.
 ENGD_LINE_SEARCHES = ("vmap", "map")
 
 THRESHOLDS = (1e-4, 1e-5, 1e-6)
