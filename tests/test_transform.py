@@ -1001,9 +1001,12 @@ def test_a_qr_primal_step_takes_float64s_lambda_floor_and_no_relative_floor():
     assert float(state.damping) == pytest.approx(1e-12)
     step = np.asarray(ravel_pytree(update)[0], np.float64)
     error = lambda lam: np.linalg.norm(step - dense(lam)) / np.linalg.norm(dense(lam))
-    # κ(J̄) ≈ 4e4: float32 allows a few per cent (measured 3%); the floored
-    # solve (λ = 1e-12 + 0.1·eps·P) is 89% away from the unfloored one.
-    assert error(1e-12) < 0.1
+    # κ(J̄) ≈ 4e4, so float32 round-off moves the step by several per cent,
+    # and by how much depends on the machine's kernels: 3.3% with AVX-512,
+    # 10.5% where XLA may use only SSE4.2 (XLA_FLAGS=--xla_cpu_max_isa=SSE4_2).
+    # The floored solve (λ = 1e-12 + 0.1·eps·P) is 300% away on both, so the
+    # bound of 30% tells the two apart with room for other machines.
+    assert error(1e-12) < 0.3
     assert error(1e-12 + 0.1 * eps32 * 17) > 1.0
 
 
