@@ -19,9 +19,23 @@ class ConfigError(ValueError):
     """A config file that does not match its schema."""
 
 
+def _toml(value: Any) -> str:
+    """A value as a config file writes it: TOML's true and false, not
+    Python's True and False (strings as repr gives them, 'x', which TOML
+    reads as a literal string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _is_allowed(value: Any, allowed: tuple) -> bool:
+    """``value in allowed``, but a boolean only as a boolean: 1 is not true."""
+    return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in allowed)
+
+
 def _type_name(kind: Any) -> str:
     if isinstance(kind, tuple):
-        return "one of " + ", ".join(repr(v) for v in kind)
+        return "one of " + ", ".join(_toml(v) for v in kind)
     if isinstance(kind, list):
         return f"a list of {kind[0].__name__}"
     return kind.__name__
@@ -29,8 +43,8 @@ def _type_name(kind: Any) -> str:
 
 def _check_value(where: str, value: Any, kind: Any) -> Any:
     if isinstance(kind, tuple):  # allowed values
-        if value not in kind:
-            raise ConfigError(f"{where} = {value!r}; allowed: {', '.join(map(repr, kind))}")
+        if not _is_allowed(value, kind):
+            raise ConfigError(f"{where} = {_toml(value)}; allowed: {', '.join(map(_toml, kind))}")
         return value
     if isinstance(kind, list):  # a list of one type
         if not isinstance(value, list):
@@ -39,7 +53,7 @@ def _check_value(where: str, value: Any, kind: Any) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{where} must be {_type_name(kind)}, got {value!r}")
+        raise ConfigError(f"{where} must be {_type_name(kind)}, got {_toml(value)}")
     return value
 
 

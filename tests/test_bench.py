@@ -156,7 +156,12 @@ def _with(section, **fields):
          r"optimizers\[0\] \(kind 'ggn_fit'\): damping must be finite and > 0"),
         (_with("optimizers", kind="ggn", cg_max_iters=0), r"cg_max_iters must be a positive integer"),
         (_with("optimizers", kind="ggn", cross_batch_damping="gradual"),
-         r"optimizers\[0\].cross_batch_damping = 'gradual'; allowed: True, False, 'graded'"),
+         r"optimizers\[0\].cross_batch_damping = 'gradual'; allowed: true, false, 'graded'"),
+        # 1 == True in Python, but a config that writes 1 for true is refused
+        (_with("optimizers", kind="ggn", cross_batch_damping=1),
+         r"optimizers\[0\].cross_batch_damping = 1; allowed: true, false, 'graded'"),
+        (_with("optimizers", kind="ggn", geodesic_acceleration=1),
+         r"optimizers\[0\].geodesic_acceleration must be bool, got 1"),
     ],
 )
 def test_bad_configs_name_the_file_field_and_allowed_values(raw, message):

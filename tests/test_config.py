@@ -25,7 +25,7 @@ def test_defaults_are_filled_in_and_ints_widen_to_floats():
         ({"network": {"sizes": [2, "3"]}}, r"network.sizes\[1\] must be int, got '3'"),
         ({"network": {"sizes": [2, 1], "activation": "relu"}}, "network.activation = 'relu'; allowed: 'bent_identity'"),
         ({"network": {"sizes": [2, 1]}, "analysis": {"fit_first": 1}}, "analysis.fit_first must be bool, got 1"),
-        ({"network": {"sizes": [2, 1]}, "data": {"num_samples": True}}, "data.num_samples must be int, got True"),
+        ({"network": {"sizes": [2, 1]}, "data": {"num_samples": True}}, "data.num_samples must be int, got true"),
         ({"network": {"sizes": [2, 1]}, "data": 3}, r"\[data\] must be a table"),
     ],
 )
