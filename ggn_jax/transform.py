@@ -884,8 +884,9 @@ def ggn(
         only (None: 32 for a classification loss with ``solver`` left at
         ``"auto"`` or set to ``"cg"``, all of the batch otherwise: a
         ``"primal"`` or ``"dual"`` named by hand gives the exact damped
-        step on the whole batch, as `fit` does; a batch of M or fewer is
-        used whole); the loss, the gradient and the gain ratio
+        step on the whole batch, as `fit` does, and so does a ``"cg"``
+        named by hand with ``cg_max_iters`` above 8, a CG meant to solve;
+        a batch of M or fewer is used whole); the loss, the gradient and the gain ratio
         still use the whole batch. Cuts the cost of the curvature by N/M.
         Meant for minibatches, whose first M samples change every step: on
         a fixed batch the other samples only get gradient-like steps and
@@ -1004,7 +1005,7 @@ def ggn(
                "geodesic_acceleration": geodesic_acceleration,
                "shorten_rejected_steps": shorten_rejected_steps}
     by_loss = {name: default if by_loss[name] is None else by_loss[name]
-               for name, default in loss_defaults(loss, solver).items()}
+               for name, default in loss_defaults(loss, solver, cg_max_iters).items()}
     if shorten_rejected_steps is None and geodesic_acceleration is True:
         # Shortening needs the plain step: the acceleration asked for wins
         # over the loss's default.

@@ -400,24 +400,33 @@ def test_curvature_from_a_subsample_with_the_full_gradient(solver):
     assert float(state.loss) == pytest.approx(float(_mean_loss(new_params, batch)), rel=1e-12)
 
 
-def test_a_dense_solver_named_for_classification_solves_on_the_whole_batch():
+def test_a_solver_named_for_classification_solves_on_the_whole_batch():
     """A classification loss subsamples G to 32 samples by default, for the
     short CG solve; ``solver="primal"`` or ``"dual"`` named by hand gives the
-    exact damped step on all 40 samples (as `fit` does), and CG keeps the
-    32. Against −(G + λI)⁻¹b with G from jacfwd and diag(p) − ppᵀ
-    (`softmax_dense_step`)."""
+    exact damped step on all 40 samples (as `fit` does), and so does a
+    ``"cg"`` named with ``cg_max_iters`` above 8, a CG meant to solve (it
+    kept the 32 before, and its step was 20% from the exact one here); set
+    ``curvature_samples=32`` it solves on those. Against −(G + λI)⁻¹b with G
+    from jacfwd and diag(p) − ppᵀ (`softmax_dense_step`). The short CG step
+    (5 iterations, the default) keeps the 32, and ``auto`` keeps them
+    whatever its CG's length."""
     params, (x, labels) = small_problem("softmax_cross_entropy", 5, n=40, sizes=(3, 6, 4))
     assert 40 * 4 > _flat(params).size  # N·K > P: the subsample changes G
     damping = 0.03
     whole = softmax_dense_step(mlp_apply, params, x, labels, damping)
     first_32 = softmax_dense_step(mlp_apply, params, x, labels, damping, curvature_samples=32)
     assert rel_err(whole, first_32) > 0.05  # the two readings are far apart
-    for solver, expected in (("primal", whole), ("dual", whole), ("cg", first_32)):
+    for solver, more, expected in (("primal", {}, whole), ("dual", {}, whole), ("cg", {}, whole),
+                                   ("cg", {"curvature_samples": 32}, first_32),
+                                   ("auto", {}, first_32)):
         tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver=solver, damping=damping,
                          damping_rule="fixed", relative_damping_floor=0.0,
-                         cg_max_iters=500, cg_tol=1e-14)
+                         cg_max_iters=500, cg_tol=1e-14, **more)
         updates, _ = jit_update(tx)(None, tx.init(params), params, batch=(x, labels))
-        assert rel_err(_flat(updates), expected) < 1e-9, solver
+        assert rel_err(_flat(updates), expected) < 1e-9, (solver, more)
+    for solver, iterations in (("cg", None), ("cg", 5), ("cg", 8)):
+        resolved = ggn_jax.options.loss_defaults("softmax_cross_entropy", solver, iterations)
+        assert resolved["curvature_samples"] == 32, (solver, iterations)
 
 
 @pytest.mark.parametrize("solver", ["primal", "dual", "cg"])
