@@ -174,11 +174,15 @@ def classic(variants=("defaults", "δ = 1 (residual_exponent=1, the default befo
                                          reference["nfev"] if good else None))
                 m = problem.residual(jnp.asarray(x0)).shape[0]
                 for variant in variants:
-                    result = ggn_jax.fit(
-                        lambda theta, inputs, p=problem: p.residual(theta)[None],
-                        jnp.asarray(x0), (jnp.zeros((1, 1)), jnp.zeros((1, m))),
-                        max_steps=1000, tol=0.0, **VARIANTS[variant],
-                    )
+                    try:
+                        result = ggn_jax.fit(
+                            lambda theta, inputs, p=problem: p.residual(theta)[None],
+                            jnp.asarray(x0), (jnp.zeros((1, 1)), jnp.zeros((1, m))),
+                            max_steps=1000, tol=0.0, **VARIANTS[variant],
+                        )
+                    except ValueError:  # fit refuses a start whose loss overflows
+                        rows[variant].append((name, factor, copy, False, float("inf"), None))
+                        continue
                     # The lowest loss reached (fit returns its parameters).
                     lowest = np.minimum.accumulate(np.asarray(result.loss_history))
                     hits = np.flatnonzero(solved(lowest))
