@@ -854,8 +854,8 @@ def ggn(
         which also stops once the quadratic model stops improving.
       relative_damping_floor: c ≥ 0, the floor that keeps the system
         factorable in the dtype (float32 above all); 0 turns it off.
-        ``primal`` adds c·eps·P·diag(G) to the diagonal: relative to each
-        parameter's own curvature, so invariant under rescaling the
+        ``primal`` raises each entry of λD to at least c·eps·P·diag(G):
+        relative to each parameter's own curvature, so invariant under rescaling the
         parameters (a QR ``primal``, see ``primal_factorization``, takes no
         floor). ``dual`` and ``cg`` keep λ ≥ c·eps·tr(G) (``cg`` where
         it has diag(G): the diagonal preconditioner or Marquardt). None

@@ -616,6 +616,28 @@ def test_minibatch_dual_step_equals_primal_and_cg_on_the_same_minibatch():
     assert rel_err(steps["dual"], steps["cg"]) < 1e-8
 
 
+def test_primals_floor_leaves_a_damping_above_it_alone():
+    """The floor c·eps·P·diag(G) of a Cholesky ``primal`` is a floor under
+    λ, not an addition to it: at a fixed λ = 1e-6, far above it, the
+    minibatch primal step with the default floor (c = 10 in float64) is
+    the dual step and −(G + λI)⁻¹g from jacfwd and the written-out softmax
+    Hessian, to 1e-8 (added, the floor put it 3e-8 away: 32 samples, 10
+    classes, P = 1098)."""
+    params, _ = small_problem("softmax_cross_entropy", 8, sizes=(6, 64, 10))
+    x = jax.random.normal(jax.random.PRNGKey(11), (32, 6))
+    labels = jax.random.randint(jax.random.PRNGKey(12), (32,), 0, 10)
+    steps = {}
+    for solver in ("dual", "primal"):
+        tx = ggn_jax.ggn(mlp_apply, "softmax_cross_entropy", solver=solver, damping=1e-6,
+                         damping_rule="fixed")
+        update, state = jit_update(tx)(None, tx.init(params), params, batch=(x, labels))
+        assert bool(state.accepted)
+        steps[solver] = ravel_pytree(update)[0]
+    assert rel_err(steps["primal"], steps["dual"]) < 1e-8
+    expected = softmax_dense_step(mlp_apply, params, x, labels, 1e-6)
+    assert rel_err(steps["primal"], expected) < 1e-8
+
+
 def test_minibatch_steps_on_a_flax_model_equal_a_dense_solve():
     """The same through a Flax linen model whose layers the structured Gram
     reads in other ways: a convolution, pooling, a LayerNorm (its scale is

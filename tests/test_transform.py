@@ -324,7 +324,7 @@ def test_float32_takes_a_lower_relative_floor_than_float64():
     """The default c of the floor c·eps·P·diag(G) is 10 in float64 and 0.1
     in float32 (with 10 as the fallback of a failed factorisation). On a
     float32 G whose smallest curvature is 4e-6 of the largest, the Cholesky
-    solve at float32's default floors equals −(G + λI + c·eps·P·diag(G))⁻¹g
+    solve at float32's default floors equals −(G + max(λ, c·eps·P·diag(G)))⁻¹g
     from numpy in float64 for c = 0.1 (to 3%; float32 round-off of G) and
     not for c = 10 (29% off)."""
     make_config = ggn_jax.options.make_config
@@ -342,7 +342,7 @@ def test_float32_takes_a_lower_relative_floor_than_float64():
     eps = np.finfo(np.float32).eps
 
     def dense(c):
-        return -np.linalg.solve(g_matrix + np.diag(1e-12 + c * eps * p * np.diag(g_matrix)), grad)
+        return -np.linalg.solve(g_matrix + np.diag(np.maximum(1e-12, c * eps * p * np.diag(g_matrix))), grad)
 
     x32 = jnp.asarray(x, jnp.float32)
     step = ggn_jax.solvers.solve_primal(
@@ -1013,7 +1013,7 @@ def test_a_qr_primal_step_takes_float64s_lambda_floor_and_no_relative_floor():
     # κ(J̄) ≈ 4e4, so float32 round-off moves the step by several per cent,
     # and by how much depends on the machine's kernels: 3.3% with AVX-512,
     # 10.5% where XLA may use only SSE4.2 (XLA_FLAGS=--xla_cpu_max_isa=SSE4_2).
-    # The floored solve (λ = 1e-12 + 0.1·eps·P) is 300% away on both, so the
+    # The floored solve (λ = 0.1·eps·P, the floor's) is 300% away on both, so the
     # bound of 30% tells the two apart with room for other machines.
     assert error(1e-12) < 0.3
     assert error(1e-12 + 0.1 * eps32 * 17) > 1.0

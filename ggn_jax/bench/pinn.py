@@ -190,8 +190,12 @@ def engd_parts(problem: PDEProblem, unravel: Callable, grid: int = 31,
             # λ = eps·tr(G) with the relative floor; lstsq where the
             # factorisation still fails. (With the floor alone it failed on
             # 74–99% of iterations: J̃ᵀJ̃ is indefinite in round-off.)
-            damping = jnp.finfo(gram_matrix.dtype).eps * jnp.trace(gram_matrix)
-            move = -solve_primal(gram_matrix, grad, damping, None, CHOLESKY_FLOOR)
+            # Both added to the diagonal, as measured (`solve_primal` alone
+            # takes the larger of its λD and its floor).
+            eps = jnp.finfo(gram_matrix.dtype).eps
+            added = eps * (jnp.trace(gram_matrix)
+                           + CHOLESKY_FLOOR * grad.shape[0] * jnp.diag(gram_matrix))
+            move = -solve_primal(gram_matrix, grad, jnp.ones((), gram_matrix.dtype), added)
             return jax.lax.cond(jnp.all(jnp.isfinite(move)), lambda: move, lstsq)
         return lstsq()
 
