@@ -855,8 +855,8 @@ def ggn(
       relative_damping_floor: c ≥ 0, the floor that keeps the system
         factorable in the dtype (float32 above all); 0 turns it off.
         ``primal`` raises each entry of λD to at least c·eps·P·diag(G):
-        relative to each parameter's own curvature, so invariant under rescaling the
-        parameters (a QR ``primal``, see ``primal_factorization``, takes no
+        relative to each parameter's own curvature, so invariant under
+        rescaling the parameters (a QR ``primal``, see ``primal_factorization``, takes no
         floor). ``dual`` and ``cg`` keep λ ≥ c·eps·tr(G) (``cg`` where
         it has diag(G): the diagonal preconditioner or Marquardt). None
         (default): 10 in float64, 0.1 in float32, where a G formed in
@@ -886,8 +886,8 @@ def ggn(
         ``"primal"`` or ``"dual"`` named by hand gives the exact damped
         step on the whole batch, as `fit` does, and so does a ``"cg"``
         named by hand with ``cg_max_iters`` above 8, a CG meant to solve;
-        a batch of M or fewer is used whole); the loss, the gradient and the gain ratio
-        still use the whole batch. Cuts the cost of the curvature by N/M.
+        a batch of M or fewer is used whole); the loss, the gradient and
+        the gain ratio still use the whole batch. Cuts the cost of the curvature by N/M.
         Meant for minibatches, whose first M samples change every step: on
         a fixed batch the other samples only get gradient-like steps and
         convergence is linear.

@@ -342,7 +342,8 @@ def test_float32_takes_a_lower_relative_floor_than_float64():
     eps = np.finfo(np.float32).eps
 
     def dense(c):
-        return -np.linalg.solve(g_matrix + np.diag(np.maximum(1e-12, c * eps * p * np.diag(g_matrix))), grad)
+        floored = np.maximum(1e-12, c * eps * p * np.diag(g_matrix))
+        return -np.linalg.solve(g_matrix + np.diag(floored), grad)
 
     x32 = jnp.asarray(x, jnp.float32)
     step = ggn_jax.solvers.solve_primal(

@@ -59,10 +59,11 @@ def solve_primal(
     matrix factorable in floating point, a floor under each diagonal entry
     of λD, not an addition to it: where λD is above it the matrix is
     G + λD itself, so the step is the damped system's own (added, it put a
-    minibatch primal step 3e-8 from the dual one at λ = 1e-6 in float64). In the Jacobi-scaled matrix
-    S G S (S = diag(G)^{-1/2}, unit diagonal, trace P) it adds c·eps·P to
-    every eigenvalue: above the round-off of a Cholesky of that matrix,
-    whose backward error is relative to its diagonal. Being relative to each
+    minibatch primal step 3e-8 from the dual one at λ = 1e-6 in float64).
+    In the Jacobi-scaled matrix S G S (S = diag(G)^{-1/2}, unit diagonal,
+    trace P) it adds at least c·eps·P to every eigenvalue: above the
+    round-off of a Cholesky of that matrix, whose backward error is
+    relative to its diagonal. Being relative to each
     parameter's own curvature, F is invariant under a rescaling of the
     parameters, unlike a floor on λ tied to tr(G), which the largest-scale
     parameter dominates and which swamps the curvature of the small-scale
