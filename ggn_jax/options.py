@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import warnings
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from ggn_jax.damping import DAMPING_RULES
 from ggn_jax.losses import CLASSIFICATION_LOSSES
-from ggn_jax.solvers import CG_STOPS, SOLVERS, UNROLLED_ITERATIONS
+from ggn_jax.solvers import CG_STOPS, SOLVER_CODES, SOLVERS, solver_for
 
 DAMPING_TYPES = ("levenberg", "marquardt")
 CG_PRECONDITIONERS = ("diagonal", "kfac", "none")
@@ -135,9 +134,7 @@ def loss_defaults(loss: Any, solver: str = "auto", cg_max_iters: Any = None) -> 
     step was 79% from the dual one)."""
     defaults = dict(CLASSIFICATION_DEFAULTS if isinstance(loss, str)
                     and loss in CLASSIFICATION_LOSSES else OTHER_DEFAULTS)
-    solving_cg = (solver == "cg" and isinstance(cg_max_iters, numbers.Integral)
-                  and not isinstance(cg_max_iters, bool) and cg_max_iters > UNROLLED_ITERATIONS)
-    if solver in ("primal", "dual") or solving_cg:
+    if solver in SOLVER_CODES and solver_for(solver, None).solves_on_whole_batch(cg_max_iters):
         defaults["curvature_samples"] = None
     return defaults
 

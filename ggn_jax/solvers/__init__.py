@@ -94,11 +94,13 @@ SOLVING_CG_MARGIN = 0.5
 
 def solver_for(name: str, config: Any) -> Solver:
     """The solver object behind a name (not ``auto``) for these options:
-    ``dual`` is `Dual`, or `DualJacobian` under Marquardt scaling."""
+    ``dual`` is `Dual`, or `DualJacobian` under Marquardt scaling (`Dual`
+    where ``config`` is None)."""
     if name == "primal":
         return Primal()
     if name == "dual":
-        return DualJacobian() if config.damping_type == "marquardt" else Dual()
+        marquardt = config is not None and config.damping_type == "marquardt"
+        return DualJacobian() if marquardt else Dual()
     if name == "cg":
         return CG()
     raise ValueError(f"unknown solver {name!r}; allowed: {', '.join(SOLVERS)}")

@@ -237,6 +237,13 @@ class Solver:
         has no diagonal."""
         return None if local.diagonal is None else jnp.sum(local.diagonal)
 
+    def solves_on_whole_batch(self, cg_max_iters: Any) -> bool:
+        """Whether, named by hand, it is asked for the exact damped step on
+        the batch, so its G comes from all of it and not from a
+        classification loss's curvature subsample (`loss_defaults`): a
+        dense solve always."""
+        return True
+
     def takes_relative_floor(self, local: LocalModel) -> bool:
         """Whether λ keeps the relative floor λ ≥ c·eps·tr(G) (where a trace
         is at hand): not where the solve is exact without it."""

@@ -18,6 +18,7 @@ Marquardt's D uses the same diag(G).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -216,6 +217,12 @@ class CG(Solver):
     reusable = False  # its products need the linearisation, which is not carried
     linearizes = True
     matrix_free = True
+
+    def solves_on_whole_batch(self, cg_max_iters: Any) -> bool:
+        # A CG of more than UNROLLED_ITERATIONS is meant to solve; the short
+        # one takes classification's cheap step on the subsample.
+        return (isinstance(cg_max_iters, numbers.Integral) and not isinstance(cg_max_iters, bool)
+                and cg_max_iters > UNROLLED_ITERATIONS)
 
     @staticmethod
     def _needs_diagonal(config: Any) -> bool:
