@@ -50,9 +50,13 @@ Rules (μ is the state's ``damping_scale``):
   at fault (the data were finite), λ then grows as under Nielsen's rule
   until a step is taken, and returns to μ after it.
 
-λ is clipped to [``min_damping``, λ_max]; by default `ggn` passes λ_max =
+λ is clipped to [λ_min, λ_max]; by default `ggn` passes λ_max =
 10¹²·max(1, tr(G)), since λ is measured in the units of G and an absolute
-cap can sit below G's largest eigenvalue. μ is kept between the values
+cap can sit below G's largest eigenvalue, and for the same reason λ_min =
+100·eps·min(1, tr(G)) (`lowest_damping` in `ggn_jax.transform`: a
+fixed floor slowed or stalled exact learning with outputs and targets
+scaled by 10⁻⁴, where the unscaled fits converged; the ``min_damping`` a
+user sets is absolute). μ is kept between the values
 whose λ are those bounds (`scale_bounds`): for the
 residual rule, min_damping/‖r‖^δ and λ_max/‖r‖^δ. A floor of μ at
 min_damping itself would hold λ at 10⁻¹⁴·2L on a loss that starts huge

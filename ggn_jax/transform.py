@@ -305,15 +305,45 @@ def damping_ceiling(config: GGNConfig, size: jax.Array | None, dtype) -> jax.Arr
     return jnp.minimum(relative, jnp.sqrt(jnp.finfo(dtype).max)).astype(dtype)
 
 
+def lowest_damping(config: GGNConfig, size: jax.Array | None, dtype,
+                   fine: bool = False) -> jax.Array:
+    """The smallest λ: ``min_damping`` where it is set; by default 100·eps
+    (of float64 where the solve holds up at a tiny λ, ``fine``; else of the
+    dtype, `GGNConfig.damping_bounds`) times min(1, tr(G)).
+
+    Like the ceiling (`damping_ceiling`), the floor is in the units of G.
+    A fixed 100·eps does not scale with the problem: the Poisson PINN of
+    the README with its solution and the network's output both scaled by
+    10⁻³ (G by 10⁻⁶, the residual rule's λ with it) sat at λ = 2.2e-14, a
+    million times higher relative to G, and reached relative L2
+    2.5e-7–6.3e-7 in 150 steps where the unscaled one reaches 2e-9–4e-9
+    (now 6e-9–6e-8); exact learning with outputs and targets scaled by
+    10⁻⁴ took up to 10× the steps, or never converged (BENCHMARKS.md, "A
+    solution of another scale"). Below tr(G) = 1 the floor shrinks with
+    G; it never rises above 100·eps, the floor measured on problems of
+    order one. Where tr(G) is not known (``cg`` without a diagonal), or
+    not a positive finite number, it is 100·eps.
+    """
+    low, _ = config.damping_bounds(dtype, fine)
+    low = jnp.asarray(low, dtype)
+    if size is None or config.min_damping is not None:
+        return low
+    size = jnp.asarray(size, dtype)
+    usable = jnp.isfinite(size) & (size > 0)
+    factor = jnp.where(usable, jnp.minimum(size, 1), 1)
+    # Never 0: a λ of 0 would leave a singular system undamped.
+    return jnp.maximum(low * factor, jnp.finfo(dtype).tiny).astype(dtype)
+
+
 def _damping_for_step(
     config: GGNConfig, state: GGNState, residual: jax.Array, size: jax.Array | None,
-    max_damping: jax.Array, dtype, fine: bool = False,
+    min_damping: jax.Array, max_damping: jax.Array, dtype,
 ) -> tuple[jax.Array, GGNState]:
-    """λ for this step by the damping rule, floored (``size``: tr(G) for the
-    floor) and capped at ``max_damping`` (`damping_ceiling`); and the state
-    with μ restarted where the ``damping`` option changed. ``residual`` is
-    ‖r‖ (`residual_norm`)."""
-    min_damping, _ = config.damping_bounds(dtype, fine)
+    """λ for this step by the damping rule, floored at ``min_damping``
+    (`lowest_damping`) and, where ``size`` (tr(G)) is given, at the
+    relative floor, and capped at ``max_damping`` (`damping_ceiling`); and
+    the state with μ restarted where the ``damping`` option changed.
+    ``residual`` is ‖r‖ (`residual_norm`)."""
     # A changed ``damping`` option (optax.inject_hyperparams) restarts μ.
     option = jnp.asarray(config.damping, dtype)
     restart = option != state.last_damping_option
@@ -430,16 +460,17 @@ def ggn_step(
     if decayed:
         grad, batch_grad = grad + decay * theta, batch_grad + decay * theta
     # The ceiling of λ in the units of the system's curvature.
-    ceiling = damping_ceiling(
-        config, size if scale is not None else solver.curvature_trace(local), dtype
-    )
-    # λ's absolute floor is 100·eps of float64 where the solve holds up at a
-    # tiny λ (primal by QR, dual), else 100·eps of the dtype.
+    curvature_size = size if scale is not None else solver.curvature_trace(local)
+    ceiling = damping_ceiling(config, curvature_size, dtype)
+    # λ's floor is 100·eps of float64 where the solve holds up at a tiny λ
+    # (primal by QR, dual), else 100·eps of the dtype; times min(1, tr(G)).
     fine = solver.holds_at_tiny_damping(local)
+    min_damping = lowest_damping(config, curvature_size, dtype, fine)
     # ``size`` sets the ceiling whether or not the solver takes the floor.
     floor_size = size if solver.takes_relative_floor(local) else None
     residual = residual_norm(problem, loss0, local.output_grads)
-    damping, state = _damping_for_step(config, state, residual, floor_size, ceiling, dtype, fine)
+    damping, state = _damping_for_step(config, state, residual, floor_size, min_damping,
+                                       ceiling, dtype)
     system_damping, system_scale = damping, scale
     if decayed:
         system_damping = damping + decay
@@ -574,7 +605,6 @@ def ggn_step(
             failure = jnp.where(-cross_gain > noise,
                                 jnp.maximum(cross_rho, CROSS_BATCH_RHO_FLOOR), failure)
         rule_rho = jnp.where(usable & (cross_rho < 0), jnp.minimum(rho, failure), rho)
-    min_damping, _ = config.damping_bounds(dtype, fine)
     scale_min, scale_max = scale_bounds(
         config.damping_rule, residual, config.residual_exponent, min_damping, ceiling,
     )
@@ -820,10 +850,13 @@ def ggn(
         (matrix side) or ``max_jacobian`` (entries of the per-sample
         Jacobians they form, and of the largest array of the structured
         Gram).
-      min_damping, max_damping: bounds on λ; the default floor is 100·eps of
-        the parameters' dtype, and 2.2e-14 (100·eps of float64) for
-        ``dual`` and where ``primal`` factors the Jacobian by QR (the same
-        in float64). The default ceiling (None) is relative to
+      min_damping, max_damping: bounds on λ; the default floor (None) is
+        100·eps of the parameters' dtype, and 2.2e-14 (100·eps of
+        float64) for ``dual`` and where ``primal`` factors the Jacobian by
+        QR (the same in float64), times min(1, tr(G)) where the solver has
+        tr(G), so that a problem whose G is small in its units (outputs
+        and targets scaled down) is damped as the same problem at scale
+        one (`lowest_damping`). The default ceiling (None) is relative to
         the curvature, λ ≤ 10¹²·max(1, tr(G)) where the solver has tr(G)
         (all but ``cg`` without a diagonal), so that it stays above G's
         eigenvalues on any scale (`damping_ceiling`); a number is an

@@ -1,5 +1,6 @@
 """The optax transformation: the step, chains, jit, dtypes, faults and bad input."""
 
+import functools
 import warnings
 
 import chex
@@ -936,6 +937,63 @@ def test_default_damping_ceiling_is_1e12_times_the_trace_where_it_exceeds_one():
     top = float(np.sqrt(np.finfo(np.float32).max))
     ceiling = float(damping_ceiling(config, jnp.asarray(1e20, jnp.float32), jnp.float32))
     assert ceiling == pytest.approx(top, rel=1e-6)
+
+
+def test_default_damping_floor_is_100_eps_times_the_trace_where_it_is_below_one():
+    from ggn_jax.transform import lowest_damping
+
+    config = ggn_jax.GGNConfig()  # min_damping None: relative to tr(G) below 1
+    eps64, eps32 = float(np.finfo(np.float64).eps), float(np.finfo(np.float32).eps)
+    with enable_x64(True):
+        f64 = jnp.float64
+        assert float(lowest_damping(config, jnp.asarray(1e-6, f64), f64)) == pytest.approx(
+            100 * eps64 * 1e-6, rel=1e-12)
+        for size in (5.0, 1.0, np.inf, np.nan, 0.0, -2.0):  # at most 100·eps; unknown: 100·eps
+            assert float(lowest_damping(config, jnp.asarray(size, f64), f64)) == 100 * eps64
+        assert float(lowest_damping(config, None, f64)) == 100 * eps64
+        # A min_damping the user sets is an absolute bound.
+        fixed = ggn_jax.GGNConfig(min_damping=1e-10)
+        assert float(lowest_damping(fixed, jnp.asarray(1e-6, f64), f64)) == 1e-10
+    f32 = jnp.float32
+    assert float(lowest_damping(config, jnp.asarray(1e-3, f32), f32)) == pytest.approx(
+        100 * eps32 * 1e-3, rel=1e-6)
+    assert float(lowest_damping(config, jnp.asarray(1e-3, f32), f32, fine=True)) == pytest.approx(
+        100 * eps64 * 1e-3, rel=1e-6)
+    # Never 0, however small the trace.
+    assert float(lowest_damping(config, jnp.asarray(1e-37, f32), f32)) == float(
+        np.finfo(np.float32).tiny)
+
+
+def test_exact_learning_takes_the_same_steps_with_outputs_and_targets_scaled_down():
+    """A fit of s·f(θ, x) to s·y is the fit of f to y with every residual,
+    so J, G and the residual rule's λ = μ·‖r‖², scaled by s and s²: the
+    damped GGN iteration is the same (by hand), and so are the steps to a
+    loss of 1e-20·s². A floor of λ fixed at 100·eps broke that at
+    s = 1e-4, where G is 1e-8 of the unscaled one (12–19 steps where the
+    unscaled fit takes 5–9)."""
+    teacher = mlp_init(jax.random.PRNGKey(11), [3, 4, 1])
+    x = jax.random.normal(jax.random.PRNGKey(12), (24, 3))
+    y = mlp_apply(teacher, x)
+    with enable_x64(True):
+        for seed in (13, 14):
+            params = mlp_init(jax.random.PRNGKey(seed), [3, 10, 1])
+            runs = {}
+            for s in (1.0, 1e-4):
+                apply_fn = functools.partial(_scaled_apply, s)
+                runs[s] = ggn_jax.fit(apply_fn, params, (x, s * y), max_steps=40, tol=1e-20 * s**2)
+            assert runs[1.0].converged and runs[1e-4].converged
+            assert runs[1e-4].steps == runs[1.0].steps
+            # λ scaled by s² along the way (where the loss is still far
+            # above its round-off, which sets the last step's λ).
+            unscaled = np.asarray(runs[1.0].log.damping)
+            far = unscaled > 1e-11
+            assert far.sum() >= 4
+            np.testing.assert_allclose(np.asarray(runs[1e-4].log.damping)[far] / 1e-8,
+                                       unscaled[far], rtol=1e-6)
+
+
+def _scaled_apply(s, params, x):
+    return s * mlp_apply(params, x)
 
 
 def test_lambda_rises_past_max_damping_where_the_curvature_is_larger():
