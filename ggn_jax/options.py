@@ -140,14 +140,15 @@ def loss_defaults(loss: Any, solver: str = "auto", cg_max_iters: Any = None) -> 
 
 # The default ceiling of λ, relative to max(1, tr(G)) (`damping_ceiling`).
 DEFAULT_MAX_DAMPING = 1e12
-# The default absolute floor of λ where ``primal`` factors the Jacobian by
-# QR, and for ``dual``: 100 float64 epsilons in every dtype, a λ > 0 that
-# stands for "no damping left". Elsewhere it is 100 epsilons of the dtype,
-# 1.2e-5 in float32, which is not small on every scale (float32 PINNs sat
-# at it for hundreds of steps) but which a Cholesky of a float32 G needs:
-# at 2.2e-14 float32 Poisson 2-D stalled at relative L2 1.2e-4–1.3e-4
-# (BENCHMARKS.md, "The damping floor in float32"). CG keeps it too (not
-# measured lower).
+# The default floor of λ where ``primal`` factors the Jacobian by QR, and
+# for ``dual``: 100 float64 epsilons in every dtype, a λ > 0 that stands
+# for "no damping left" (times min(1, tr(G)) in a step, so that it scales
+# with G: `ggn_jax.transform.lowest_damping`). Elsewhere it is 100
+# epsilons of the dtype, 1.2e-5 in float32, which is not small on every
+# scale (float32 PINNs sat at it for hundreds of steps) but which a
+# Cholesky of a float32 G needs: at 2.2e-14 float32 Poisson 2-D stalled at
+# relative L2 1.2e-4–1.3e-4 (BENCHMARKS.md, "The damping floor in
+# float32"). CG keeps it too (not measured lower).
 FINE_MIN_DAMPING = 100 * 2.0**-52
 
 # The default c of the relative damping floor (``relative_damping_floor``),
@@ -422,9 +423,10 @@ class GGNConfig:
         """[min, max] for λ before the curvature is known: the default floor
         is 100 machine epsilons of dtype, or ``FINE_MIN_DAMPING`` (100
         float64 epsilons) where the solve holds up at a tiny λ (``fine``:
-        ``primal`` by QR, ``dual``); the default ceiling (None) is
-        ``DEFAULT_MAX_DAMPING`` here and relative to tr(G) in a step
-        (`damping_ceiling`)."""
+        ``primal`` by QR, ``dual``); both defaults (None) are absolute
+        here and relative to tr(G) in a step: the floor times min(1,
+        tr(G)) (`lowest_damping`), the ceiling ``DEFAULT_MAX_DAMPING``
+        times max(1, tr(G)) (`damping_ceiling`)."""
         info = jnp.finfo(dtype)
         low = (FINE_MIN_DAMPING if fine else 100 * float(info.eps)) \
             if self.min_damping is None else self.min_damping
