@@ -524,7 +524,7 @@ def ggn_step(
         curvature = curvature * alpha**2
         step_length = step_length * alpha
     window, accelerate, ratio, growth = config.resolved_options(
-        local.outputs, theta.size, loss.identity_hessian, problem.segments is not None
+        local.outputs, theta.size, loss.quadratic, problem.segments is not None
     )
     if config.shorten_rejected_steps and accelerate:
         raise ValueError(
@@ -822,8 +822,11 @@ def ggn(
         outputs (else G need not be positive semi-definite). The options
         left at None resolve by the loss's name: a callable gets the
         defaults of every loss but the named classification ones
-        (``ggn_jax.options.OTHER_DEFAULTS``) and not those of
-        ``"squared_error"`` (write ½‖o − y‖² by its name); for a classification loss of
+        (``ggn_jax.options.OTHER_DEFAULTS``), and those of
+        ``"squared_error"`` (the non-monotone window, the bound on the
+        step's growth) only where it is found quadratic in the outputs
+        (`ggn_jax.losses.quadratic_in_outputs`: ½‖o − y‖² by hand, a
+        scaled or weighted squared error); for a classification loss of
         your own on minibatches, pass
         ``**ggn_jax.options.CLASSIFICATION_DEFAULTS`` (a short CG solve on
         32 samples: about 0.35 ms a step against 12 ms on digits'

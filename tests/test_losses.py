@@ -242,3 +242,24 @@ def test_a_custom_vjp_loss_is_named_and_a_custom_jvp_one_takes_the_step():
     xn, yn = np.asarray(x), np.asarray(y)
     expected = np.linalg.solve(xn.T @ xn / 6 + lam * np.eye(3), xn.T @ yn / 6)
     np.testing.assert_allclose(updates, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "name, loss, quadratic",
+    [
+        ("½‖o − y‖² by hand", lambda o, y: 0.5 * jnp.sum((o - y) ** 2), True),
+        ("scaled", lambda o, y: 1e4 * 0.5 * jnp.sum((o - y) ** 2), True),
+        ("weighted", lambda o, y: 0.5 * (o - y) @ jnp.array([[2.0, 0.5], [0.5, 1.0]]) @ (o - y),
+         True),
+        ("log-cosh", log_cosh, False),
+        ("Huber, δ = 1", lambda o, y: jnp.sum(optax.huber_loss(o, y, 1.0)), False),
+        ("Poisson, log link", lambda o, y: jnp.sum(jnp.exp(o) - y * o), False),
+        ("linear: no curvature", lambda o, y: jnp.sum(o - y), False),
+    ],
+)
+def test_a_callable_quadratic_in_the_outputs_is_found_so(name, loss, quadratic):
+    # By hand: the first three have the constant Hessians I, 1e4·I and W;
+    # the others' Hessians change with o (or are 0).
+    assert bind_loss(loss, (2,), (2,)).quadratic is quadratic
+    assert bind_loss("squared_error", (2,), (2,)).quadratic
+    assert not bind_loss("softmax_cross_entropy", (2,), (), integer_targets=True).quadratic
