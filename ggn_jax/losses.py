@@ -336,7 +336,7 @@ def quadratic_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
     its Hessian in o, at one random y, the same at three random o of
     scales 1, 10³ and 10⁻³ (to 10⁻⁶ of its size in float64, 10⁻³ in
     float32). ½‖o − y‖² written by hand, c·½‖o − y‖² or ½(o − y)ᵀW(o − y)
-    are; log-cosh, Huber (beyond its δ ≤ 10³), a Poisson or Gaussian
+    are; log-cosh, Huber (with δ up to about 10³), a Poisson or Gaussian
     likelihood are not. Evaluated once per loss and shapes, outside any
     trace; a loss that fails there (a domain the random points leave, a
     ``jax.custom_vjp``) counts as not quadratic.
@@ -346,7 +346,7 @@ def quadratic_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
     try:
         if key in _QUADRATIC:
             return _QUADRATIC[key]
-    except TypeError:  # an unhashable callable: not cached
+    except (TypeError, ValueError):  # unhashable, or compared as arrays: not cached
         key = None
     rng = np.random.default_rng(0)
     size = int(np.prod(sample_shape, dtype=int))
