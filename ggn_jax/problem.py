@@ -180,7 +180,8 @@ def mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
     return jnp.mean(jax.vmap(problem.loss.value)(outputs, problem.targets))
 
 
-def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array) -> jax.Array:
+def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array,
+                  outputs: jax.Array | None = None) -> jax.Array:
     """‖r‖ of the residual rule λ = μ‖r‖^δ (`ggn_jax.damping`); ½‖r‖² is
     the exact-fit measure of `ggn_jax.paper.critical_point`.
 
@@ -191,11 +192,21 @@ def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array) ->
     nothing fits, and held at the floor whatever μ (every step rejected).
     There ‖r‖ is the RMS of the output gradients, √(mean_i ‖∇_o l_i‖²),
     which is 0 exactly where each sample's loss is at its minimum and is
-    √(2L) for l = ½‖o − y‖².
+    √(2L) for l = ½‖o − y‖². For a callable quadratic in the outputs
+    (`BoundLoss.quadratic`), given the outputs, it is √(mean_i
+    ∇l_iᵀH_i⁺∇l_i), twice the loss above each sample's minimum: √(2L)
+    for ½‖o − y‖² again, and for c·½‖o − y‖² √c times that, so that λ =
+    μ‖r‖² scales with G (c·JᵀJ) as for squared error, where the RMS
+    gradient would give c·√(2L).
     """
     if problem.loss.name != "callable":
         return jnp.sqrt(2 * jnp.abs(loss))
     grads = output_grads.astype(loss.dtype)
+    if problem.loss.quadratic and outputs is not None:
+        hessians = jax.vmap(problem.loss.hessian)(outputs, problem.targets).astype(loss.dtype)
+        newton = jax.vmap(lambda h, g: g @ jnp.linalg.pinv(h, hermitian=True) @ g)(
+            hessians, grads.reshape(grads.shape[0], -1))
+        return jnp.sqrt(jnp.abs(jnp.sum(newton)) / grads.shape[0])
     return jnp.sqrt(jnp.sum(grads * grads) / grads.shape[0])
 
 

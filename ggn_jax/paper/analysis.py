@@ -349,9 +349,11 @@ def _point_curvature(apply_fn: Callable, loss: LossSpec, params: Any, batch: tup
     hessian = jax.hessian(loss_at)(problem.theta)
     local = local_from_jacobians(problem)
     # ½‖r‖² of the residual rule: L for a named loss, and for a callable
-    # one ½·mean_i‖∇_o l_i‖², every sample at its own loss's minimum
-    # whatever that minimum's value.
-    fit_measure = 0.5 * residual_norm(problem, local.loss, local.output_grads) ** 2
+    # one ½·mean_i‖∇_o l_i‖² (½·mean_i ∇lᵀH⁺∇l, the loss above each
+    # sample's minimum, for one quadratic in the outputs), every sample at
+    # its own loss's minimum whatever that minimum's value.
+    fit_measure = 0.5 * residual_norm(problem, local.loss, local.output_grads,
+                                      local.outputs) ** 2
     return (local.loss, local.batch_grad, hessian, dense_ggn(local.jacobians, local.hessians),
             fit_measure)
 
@@ -373,9 +375,11 @@ def critical_point(
     *global (exact learning)* when the fit is exact to ``loss_tol``: for a
     named loss L ≤ ``loss_tol`` (for squared error, L ≥ 0, the global
     minimum value); for a callable loss, whose minimum need not be 0,
-    ½·mean_i‖∇_o l_i‖² ≤ ``loss_tol``, every sample at its own loss's
-    minimum in the outputs (L itself for ½‖o − y‖²; a convex loss's
-    mean is then at its lower bound, mean_i min_o l_i). Zero eigenvalues (the solution
+    ½·mean_i‖∇_o l_i‖² ≤ ``loss_tol`` (½·mean_i ∇l_iᵀH_i⁺∇l_i, the loss
+    above each sample's minimum, for one quadratic in the outputs), every
+    sample at its own loss's minimum in the outputs (L itself for
+    ½‖o − y‖²; a convex loss's mean is then at its lower bound, mean_i
+    min_o l_i). Zero eigenvalues (the solution
     manifold's tangent directions) are expected at exact learning and are
     counted apart. Tolerances default to the dtype: √eps for the gradient,
     P·eps for the relative eigenvalue threshold, eps for the loss. The
@@ -409,7 +413,8 @@ def critical_point(
       zero_tol: eigenvalues with |λ| ≤ ``zero_tol``·max|λ| count as zero;
         default P·eps.
       loss_tol: the largest L of an exact fit (a global minimum), or of
-        ½·mean_i‖∇_o l_i‖² for a callable loss; default eps.
+        ½·mean_i‖∇_o l_i‖² for a callable loss (½·mean_i ∇l_iᵀH_i⁺∇l_i
+        for one quadratic in the outputs); default eps.
 
     Returns:
       A `CriticalPointReport`.
