@@ -468,7 +468,9 @@ def ggn_step(
     min_damping = lowest_damping(config, curvature_size, dtype, fine)
     # ``size`` sets the ceiling whether or not the solver takes the floor.
     floor_size = size if solver.takes_relative_floor(local) else None
-    residual = residual_norm(problem, loss0, local.output_grads, local.outputs)
+    # (``local`` is of the curvature's samples, ``curved``: a callable's
+    # ‖r‖ comes from them, a named loss's from the batch's loss.)
+    residual = residual_norm(curved, loss0, local.output_grads, local.outputs)
     damping, state = _damping_for_step(config, state, residual, floor_size, min_damping,
                                        ceiling, dtype)
     system_damping, system_scale = damping, scale

@@ -1116,3 +1116,19 @@ def test_a_custom_vjp_model_is_told_the_settings_that_work():
     np.testing.assert_allclose(_flat(steps[0]), _flat(steps[1]), rtol=1e-12, atol=1e-14)
     result = ggn_jax.fit(hand, params, (x, y), max_steps=3, **options)
     assert np.isfinite(float(result.loss)) and float(result.loss) < float(result.initial_loss)
+
+
+def test_a_quadratic_callable_on_a_curvature_subsample_takes_its_norm_from_those_samples():
+    """With ``curvature_samples=M`` the per-sample quantities are the first
+    M samples'; for 3·½‖o − y‖² (quadratic: ‖r‖² = mean ∇lᵀH⁻¹∇l) the
+    first λ is μ·3·mean_{i<M} r_i² (by hand), and the step runs where
+    the decrement once mixed M outputs with N targets."""
+    with enable_x64(True):
+        params = mlp_init(jax.random.PRNGKey(31), [1, 8, 1])
+        x = jnp.linspace(-1.0, 1.0, 64)[:, None]
+        y = jnp.sin(2 * x)
+        tx = ggn_jax.ggn(mlp_apply, lambda o, y: 3.0 * 0.5 * jnp.sum((o - y) ** 2),
+                         curvature_samples=16, damping=0.5)
+        _, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
+        r = np.asarray(mlp_apply(params, x) - y)[:16]
+        assert float(state.damping) == pytest.approx(0.5 * 3.0 * np.mean(r**2), rel=1e-10)
