@@ -181,7 +181,7 @@ def mean_loss(problem: Problem, outputs: jax.Array) -> jax.Array:
 
 
 def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array,
-                  outputs: jax.Array | None = None) -> jax.Array:
+                  hessians: jax.Array | None = None) -> jax.Array:
     """‖r‖ of the residual rule λ = μ‖r‖^δ (`ggn_jax.damping`); ½‖r‖² is
     the exact-fit measure of `ggn_jax.paper.critical_point`.
 
@@ -193,7 +193,8 @@ def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array,
     There ‖r‖ is the RMS of the output gradients, √(mean_i ‖∇_o l_i‖²),
     which is 0 exactly where each sample's loss is at its minimum and is
     √(2L) for l = ½‖o − y‖². For a callable quadratic in the outputs
-    (`BoundLoss.quadratic`), given the outputs, it is √(mean_i
+    (`BoundLoss.quadratic`), given its Hessians H_i (N, K, K; the step's
+    `LocalModel` has them), it is √(mean_i
     ∇l_iᵀH_i⁺∇l_i), twice the loss above each sample's minimum: √(2L)
     for ½‖o − y‖² again, and for c·½‖o − y‖² √c times that, so that λ =
     μ‖r‖² scales with G (c·JᵀJ) as for squared error, where the RMS
@@ -202,10 +203,9 @@ def residual_norm(problem: Problem, loss: jax.Array, output_grads: jax.Array,
     if problem.loss.name != "callable":
         return jnp.sqrt(2 * jnp.abs(loss))
     grads = output_grads.astype(loss.dtype)
-    if problem.loss.quadratic and outputs is not None:
-        hessians = jax.vmap(problem.loss.hessian)(outputs, problem.targets).astype(loss.dtype)
+    if problem.loss.quadratic and hessians is not None:
         newton = jax.vmap(lambda h, g: g @ jnp.linalg.pinv(h, hermitian=True) @ g)(
-            hessians, grads.reshape(grads.shape[0], -1))
+            hessians.astype(loss.dtype), grads.reshape(grads.shape[0], -1))
         return jnp.sqrt(jnp.abs(jnp.sum(newton)) / grads.shape[0])
     return jnp.sqrt(jnp.sum(grads * grads) / grads.shape[0])
 

@@ -470,7 +470,7 @@ def ggn_step(
     floor_size = size if solver.takes_relative_floor(local) else None
     # (``local`` is of the curvature's samples, ``curved``: a callable's
     # ‖r‖ comes from them, a named loss's from the batch's loss.)
-    residual = residual_norm(curved, loss0, local.output_grads, local.outputs)
+    residual = residual_norm(curved, loss0, local.output_grads, local.hessians)
     damping, state = _damping_for_step(config, state, residual, floor_size, min_damping,
                                        ceiling, dtype)
     system_damping, system_scale = damping, scale

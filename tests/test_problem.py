@@ -83,7 +83,7 @@ def test_a_callable_losss_residual_norm_is_the_rms_of_its_output_gradients():
 def test_a_quadratic_callables_residual_norm_is_its_newton_decrement():
     # l = 3·½(o − y)ᵀW(o − y): ∇l = 3W(o − y), H = 3W, so ∇lᵀH⁻¹∇l =
     # 3(o − y)ᵀW(o − y) = 2l (by hand), where the RMS gradient would give
-    # 9·(o − y)ᵀW²(o − y). Without the outputs, the RMS gradient.
+    # 9·(o − y)ᵀW²(o − y). Without the Hessians, the RMS gradient.
     weights = np.array([[2.0, 0.5], [0.5, 1.0]])
 
     def weighted(o, y):
@@ -98,7 +98,8 @@ def test_a_quadratic_callables_residual_norm_is_its_newton_decrement():
     grads = jax.vmap(problem.loss.grad)(jnp.asarray(outputs), jnp.asarray(y))
     loss = pr.mean_loss(problem, jnp.asarray(outputs))
     expected = np.sqrt(np.mean(3.0 * np.einsum("ni,ij,nj->n", r, weights, r)))
-    assert float(pr.residual_norm(problem, loss, grads, jnp.asarray(outputs))) == pytest.approx(
+    hessians = jax.vmap(problem.loss.hessian)(jnp.asarray(outputs), jnp.asarray(y))
+    assert float(pr.residual_norm(problem, loss, grads, hessians)) == pytest.approx(
         expected, rel=1e-12)
     rms = np.sqrt(np.mean(np.sum((3.0 * r @ weights) ** 2, axis=1)))
     assert float(pr.residual_norm(problem, loss, grads)) == pytest.approx(rms, rel=1e-12)

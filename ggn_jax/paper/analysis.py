@@ -353,7 +353,7 @@ def _point_curvature(apply_fn: Callable, loss: LossSpec, params: Any, batch: tup
     # sample's minimum, for one quadratic in the outputs), every sample at
     # its own loss's minimum whatever that minimum's value.
     fit_measure = 0.5 * residual_norm(problem, local.loss, local.output_grads,
-                                      local.outputs) ** 2
+                                      local.hessians) ** 2
     return (local.loss, local.batch_grad, hessian, dense_ggn(local.jacobians, local.hessians),
             fit_measure)
 
