@@ -308,6 +308,9 @@ def bind_loss(
                          quadratic=loss == "squared_error")
 
     user_loss = loss
+    if target_sample_shape is not None:
+        _check_callable_on_one_sample(user_loss, sample_shape, target_sample_shape,
+                                      integer_targets)
 
     def value(o, y):
         out = user_loss(o.reshape(sample_shape), y)
@@ -328,6 +331,35 @@ def bind_loss(
                  and quadratic_in_outputs(user_loss, sample_shape, target_sample_shape))
     return BoundLoss("callable", value, grad, _names_the_loss(jax.hessian(value)), hvp, False,
                      quadratic=quadratic)
+
+
+def _check_callable_on_one_sample(loss: Callable, sample_shape: tuple[int, ...],
+                                  target_sample_shape: tuple[int, ...],
+                                  integer_targets: bool) -> None:
+    """Traces ``loss`` on one sample's output and target shapes (nothing is
+    computed) and turns a failure there, most often outputs and targets that
+    do not broadcast, into an error that names both shapes; the loss must
+    also return a scalar."""
+    floating = jax.dtypes.canonicalize_dtype(jnp.float64)
+    outputs = jax.ShapeDtypeStruct(tuple(sample_shape), floating)
+    targets = jax.ShapeDtypeStruct(tuple(target_sample_shape),
+                                   jnp.int32 if integer_targets else floating)
+    try:
+        out = jax.eval_shape(loss, outputs, targets)
+    except Exception as error:  # the user's code: any failure is theirs to read
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"the callable loss failed on one sample, outputs of shape {tuple(sample_shape)} "
+            f"and targets of shape {tuple(target_sample_shape)} (the batch's shapes without "
+            f"their leading sample axis): {type(error).__name__}: {first}"
+        ) from error
+    if jax.tree_util.tree_structure(out).num_leaves != 1 or jnp.shape(
+            jax.tree_util.tree_leaves(out)[0]) != ():
+        raise ValueError(
+            "a callable loss must return a scalar per sample; got "
+            f"{jax.tree_util.tree_map(jnp.shape, out)} for one sample's outputs of shape "
+            f"{tuple(sample_shape)} and targets of shape {tuple(target_sample_shape)}"
+        )
 
 
 def quadratic_in_outputs(loss: Callable, sample_shape: tuple[int, ...],

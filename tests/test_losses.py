@@ -7,6 +7,7 @@ import optax
 import pytest
 from helpers import log_cosh
 
+import ggn_jax
 from ggn_jax.losses import bind_loss, check_loss
 
 K = 5
@@ -86,6 +87,33 @@ def test_callable_loss_must_return_a_scalar():
     bound = bind_loss(lambda o, y: o - y, (2,))
     with pytest.raises(ValueError, match="scalar per sample"):
         bound.value(jnp.zeros(2), jnp.zeros(2))
+
+
+def test_callable_loss_is_checked_on_one_samples_shapes_when_bound():
+    # Outputs (2,) against targets (3,) do not broadcast: the error names both
+    # shapes at bind time instead of JAX's message from inside the step.
+    def loss(o, y):
+        return 0.5 * jnp.sum((o - y) ** 2)
+
+    with pytest.raises(ValueError, match=r"outputs of shape \(2,\) and targets of shape \(3,\)"):
+        bind_loss(loss, (2,), target_sample_shape=(3,))
+    with pytest.raises(ValueError, match="scalar per sample"):
+        bind_loss(lambda o, y: o - y, (2,), target_sample_shape=(2,))
+    # Integer labels for a callable cross-entropy are fine, and so is a
+    # target shape that broadcasts.
+    bind_loss(lambda o, y: -jax.nn.log_softmax(o)[y], (4,), target_sample_shape=(),
+              integer_targets=True)
+    bind_loss(loss, (2,), target_sample_shape=())
+
+
+def test_a_fit_with_mismatched_callable_targets_names_the_shapes():
+    def apply_fn(p, x):
+        return jnp.tanh(x @ p)
+
+    params = jnp.full((3, 2), 0.1)
+    batch = (jnp.ones((8, 3)), jnp.ones((8, 3)))
+    with pytest.raises(ValueError, match=r"outputs of shape \(2,\) and targets of shape \(3,\)"):
+        ggn_jax.fit(apply_fn, params, batch, loss=lambda o, y: jnp.sum((o - y) ** 2), max_steps=1)
 
 
 def test_unknown_loss_name_lists_the_allowed_names():
@@ -252,7 +280,7 @@ def test_a_custom_vjp_loss_is_named_and_a_custom_jvp_one_takes_the_step():
         ("weighted", lambda o, y: 0.5 * (o - y) @ jnp.array([[2.0, 0.5], [0.5, 1.0]]) @ (o - y),
          True),
         ("log-cosh", log_cosh, False),
-        ("Huber, δ = 1", lambda o, y: jnp.sum(optax.huber_loss(o, y, 1.0)), False),
+        ("Huber, δ = 1", lambda o, y: jnp.sum(optax.huber_loss(o, y, delta=1.0)), False),
         ("Poisson, log link", lambda o, y: jnp.sum(jnp.exp(o) - y * o), False),
         ("linear: no curvature", lambda o, y: jnp.sum(o - y), False),
     ],
