@@ -19,7 +19,10 @@ differentiated with ``jax.grad`` and ``jax.hessian``.
 Internally every per-sample output is a flat vector of length K; `bind_loss`
 adapts a loss to the model's per-sample output shape, so a user's callable
 sees outputs in the shape the model produced them (a scalar for outputs of
-shape (N,)).
+shape (N,)) and targets in theirs (a label of shape () may meet outputs of
+(K,)); it is traced once on those shapes when bound, so that outputs and
+targets that do not combine, or a result that is not a scalar, get an error
+naming both shapes before any step.
 """
 
 from __future__ import annotations
@@ -61,8 +64,11 @@ class BoundLoss(NamedTuple):
         sample's targets, a Hessian that does not depend on o): squared
         error, and a callable found so (`quadratic_in_outputs`), such as
         a scaled or weighted squared error. The fit is then a least-squares
-        problem in the metric H, and `ggn` gives it squared error's
-        defaults (`ggn_jax.options.GGNConfig.resolved_options`).
+        problem in the metric H.
+      convex: True when the loss is convex in the outputs (H_i positive
+        semi-definite): every named loss, and a callable found so at
+        sampled outputs (`convex_in_outputs`), such as log-cosh, Huber or
+        a Poisson likelihood; not the Welsch or Cauchy losses.
     """
 
     name: str
@@ -73,6 +79,20 @@ class BoundLoss(NamedTuple):
     identity_hessian: bool
     factor: Callable | None = None
     quadratic: bool = False
+    convex: bool = False
+
+    @property
+    def regression_defaults(self) -> bool:
+        """Whether `ggn` gives this loss squared error's defaults (the
+        non-monotone window, the bound on the step's growth, geodesic
+        acceleration; `ggn_jax.options.GGNConfig.resolved_options`):
+        squared error and any callable quadratic or convex in the outputs.
+        The named classification losses keep theirs, measured on
+        minibatches (issue 15); a loss that is not convex, whose steps can
+        climb out of a basin that a non-monotone test lets them leave,
+        keeps the monotone test (BENCHMARKS.md, "Convex callable losses
+        get squared error's defaults")."""
+        return self.quadratic or (self.name == "callable" and self.convex)
 
 
 def check_loss(loss: LossSpec) -> LossSpec:
@@ -305,7 +325,7 @@ def bind_loss(
         value, grad, hessian, hvp = (with_flat_targets(fn) for fn in fns[:4])
         factor = None if fns[4] is None else with_flat_targets(fns[4])
         return BoundLoss(loss, value, grad, hessian, hvp, loss == "squared_error", factor,
-                         quadratic=loss == "squared_error")
+                         quadratic=loss == "squared_error", convex=True)
 
     user_loss = loss
     if target_sample_shape is not None:
@@ -327,10 +347,11 @@ def bind_loss(
     def hvp(o, y, v):
         return jax.jvp(lambda o_: grad(o_, y), (o,), (v,))[1]
 
-    quadratic = (target_sample_shape is not None and not integer_targets
-                 and quadratic_in_outputs(user_loss, sample_shape, target_sample_shape))
+    survey = (CurvatureSurvey(False, False) if target_sample_shape is None
+              else survey_curvature(user_loss, sample_shape, target_sample_shape,
+                                    integer_targets))
     return BoundLoss("callable", value, grad, _names_the_loss(jax.hessian(value)), hvp, False,
-                     quadratic=quadratic)
+                     quadratic=survey.quadratic, convex=survey.convex)
 
 
 def _check_callable_on_one_sample(loss: Callable, sample_shape: tuple[int, ...],
@@ -362,6 +383,14 @@ def _check_callable_on_one_sample(loss: Callable, sample_shape: tuple[int, ...],
         )
 
 
+class CurvatureSurvey(NamedTuple):
+    """What sampled Hessians of a callable loss in its outputs show
+    (`survey_curvature`)."""
+
+    quadratic: bool
+    convex: bool
+
+
 def quadratic_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
                          target_sample_shape: tuple[int, ...]) -> bool:
     """Whether a callable ``loss(o, y)`` is quadratic in the outputs o:
@@ -370,48 +399,97 @@ def quadratic_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
     float32). ½‖o − y‖² written by hand, c·½‖o − y‖² or ½(o − y)ᵀW(o − y)
     are; log-cosh, Huber (with δ up to about 10³), a Poisson or Gaussian
     likelihood are not. Evaluated once per loss and shapes, outside any
-    trace; a loss that fails there (a domain the random points leave, a
-    ``jax.custom_vjp``) counts as not quadratic.
+    trace (`survey_curvature`); a loss that fails there (a domain the
+    random points leave, a ``jax.custom_vjp``) counts as not quadratic.
     """
+    return survey_curvature(loss, sample_shape, target_sample_shape).quadratic
+
+
+def convex_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
+                      target_sample_shape: tuple[int, ...],
+                      integer_targets: bool = False) -> bool:
+    """Whether a callable ``loss(o, y)`` looks convex in the outputs o: its
+    Hessian in o, at one random y (class 0 for integer labels), finite and
+    positive semi-definite (its least eigenvalue ≥ −10⁻⁶ of its largest
+    entry in float64, −10⁻³ in float32) at 20 random o, four of each scale
+    0.1, 0.3, 1, 3 and 10. Log-cosh, Huber, a Poisson likelihood in the
+    log-rate, a cross-entropy written by hand and every quadratic loss
+    pass; the Welsch loss 1 − exp(−r²) and the Cauchy loss log(1 + r²),
+    concave beyond |r| = 1/√2 and 1, do not. A sample, not a proof: a
+    loss concave only far from these points passes. Evaluated once per
+    loss and shapes, outside any trace (`survey_curvature`).
+    """
+    return survey_curvature(loss, sample_shape, target_sample_shape, integer_targets).convex
+
+
+def survey_curvature(loss: Callable, sample_shape: tuple[int, ...],
+                     target_sample_shape: tuple[int, ...],
+                     integer_targets: bool = False) -> CurvatureSurvey:
+    """`quadratic_in_outputs` and `convex_in_outputs` from one compiled
+    program (the Hessians at all 23 points; about 50 ms where op-by-op
+    evaluation took about 0.8 s for three), cached by loss, shapes and
+    dtype (the last 32). With integer targets the loss is not taken for
+    quadratic. Any failure (a domain the points leave, a
+    ``jax.custom_vjp``) answers neither."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
-    key = (loss, tuple(sample_shape), tuple(target_sample_shape), str(dtype))
+    key = (loss, tuple(sample_shape), tuple(target_sample_shape), bool(integer_targets),
+           str(dtype))
     try:
-        if key in _QUADRATIC:
-            return _QUADRATIC[key]
+        if key in _SURVEYS:
+            return _SURVEYS[key]
     except (TypeError, ValueError):  # unhashable, or compared as arrays: not cached
         key = None
     rng = np.random.default_rng(0)
     size = int(np.prod(sample_shape, dtype=int))
     tolerance = 1e-6 if dtype == jnp.float64 else 1e-3
+    quadratic_scales = np.array([1.0, 1e3, 1e-3])
+    convex_scales = np.repeat(np.array([0.1, 0.3, 1.0, 3.0, 10.0]), 4)
+    scales = np.concatenate([quadratic_scales, convex_scales])
     try:
         with jax.ensure_compile_time_eval(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            y = jnp.asarray(rng.normal(size=target_sample_shape), dtype)
+            y = (jnp.zeros(target_sample_shape, jnp.int32) if integer_targets
+                 else jnp.asarray(rng.normal(size=target_sample_shape), dtype))
 
             def value(o):
                 return loss(o.reshape(sample_shape), y)
 
-            points = jnp.asarray(np.array([1.0, 1e3, 1e-3])[:, None]
-                                 * rng.normal(size=(3, size)), dtype)
-            # One compiled program (about 50 ms) where op-by-op evaluation
-            # of the three Hessians took about 0.8 s.
+            points = jnp.asarray(scales[:, None] * rng.normal(size=(len(scales), size)), dtype)
             hessians = np.asarray(jax.jit(jax.vmap(jax.hessian(value)))(points))
-        first = hessians[0]
-        bound = tolerance * max(float(np.max(np.abs(first))), float(np.finfo(dtype).tiny))
-        found = bool(np.all(np.isfinite(first)) and np.any(first != 0) and all(
-            np.max(np.abs(h - first)) <= bound for h in hessians[1:]))
-    except Exception:  # noqa: BLE001 - any failure: not shown to be quadratic
-        found = False
+        hessians = hessians.reshape(len(scales), size, size).astype(np.float64)
+        quadratic = not integer_targets and _constant(hessians[:3], tolerance, dtype)
+        convex = all(_semi_definite(h, tolerance) for h in hessians[3:])
+        survey = CurvatureSurvey(bool(quadratic), bool(convex))
+    except Exception:  # noqa: BLE001 - any failure: neither shown
+        survey = CurvatureSurvey(False, False)
     if key is not None:
-        _QUADRATIC[key] = found
-        while len(_QUADRATIC) > _MAX_QUADRATIC:  # the oldest go, with what they hold
-            _QUADRATIC.popitem(last=False)
-    return found
+        _SURVEYS[key] = survey
+        while len(_SURVEYS) > _MAX_SURVEYS:  # the oldest go, with what they hold
+            _SURVEYS.popitem(last=False)
+    return survey
 
 
-# The last callable losses found quadratic or not, by (loss, shapes, dtype).
-_QUADRATIC: collections.OrderedDict[tuple, bool] = collections.OrderedDict()
-_MAX_QUADRATIC = 32
+def _constant(hessians: np.ndarray, tolerance: float, dtype) -> bool:
+    """Whether the Hessians are finite, not all 0 and equal to the first's
+    scale times ``tolerance``."""
+    first = hessians[0]
+    bound = tolerance * max(float(np.max(np.abs(first))), float(np.finfo(dtype).tiny))
+    return bool(np.all(np.isfinite(first)) and np.any(first != 0) and all(
+        np.max(np.abs(h - first)) <= bound for h in hessians[1:]))
+
+
+def _semi_definite(hessian: np.ndarray, tolerance: float) -> bool:
+    """Whether a Hessian is finite with its least eigenvalue ≥ −tolerance
+    times its largest entry."""
+    if not np.all(np.isfinite(hessian)):
+        return False
+    symmetric = 0.5 * (hessian + hessian.T)
+    return bool(np.linalg.eigvalsh(symmetric)[0] >= -tolerance * np.max(np.abs(symmetric)))
+
+
+# The last callable losses surveyed, by (loss, shapes, label targets, dtype).
+_SURVEYS: collections.OrderedDict[tuple, CurvatureSurvey] = collections.OrderedDict()
+_MAX_SURVEYS = 32
 
 
 class LossNotForwardDifferentiable(TypeError):

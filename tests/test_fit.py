@@ -553,6 +553,41 @@ def test_fit_keeps_the_plain_defaults_for_a_classification_loss():
     assert not np.array_equal(plain, run(geodesic_acceleration=False))
 
 
+def _log_cosh(o, y):
+    return jnp.sum(jnp.logaddexp(o - y, y - o) - jnp.log(2.0))
+
+
+def _welsch(o, y):
+    return jnp.sum(1 - jnp.exp(-((o - y) ** 2)))
+
+
+@pytest.mark.parametrize("n", [24, 48])
+@pytest.mark.parametrize("loss, regression", [(_log_cosh, True), (_welsch, False)])
+def test_a_convex_callable_gets_squared_errors_defaults_and_a_concave_one_does_not(
+        loss, regression, n):
+    """Log-cosh is convex in the outputs (H = sech²(o − y) > 0), so `ggn`
+    gives it squared error's defaults: the window of 8, geodesic
+    acceleration, and where N·K < P the bound of 2 on the step's growth;
+    set by hand they take the same steps. The Welsch loss 1 − exp(−r²),
+    concave beyond |r| = 1/√2, keeps the monotone test, acceleration only
+    where N·K < P and no bound. P = 41 here, N·K = 24 or 48."""
+    teacher = mlp_init(jax.random.PRNGKey(31), [3, 4, 1])
+    x = jax.random.normal(jax.random.PRNGKey(32), (n, 3))
+    y = mlp_apply(teacher, x) + 0.5
+    params = mlp_init(jax.random.PRNGKey(34), [3, 8, 1])
+
+    def run(**options):
+        return ggn_jax.fit(mlp_apply, params, (x, y), loss, max_steps=25, tol=0.0, **options)
+
+    over = n < 41
+    least_squares = dict(nonmonotone_window=8, geodesic_acceleration=True,
+                         step_growth=2.0 if over else float("inf"))
+    other = dict(nonmonotone_window=0, geodesic_acceleration=over, step_growth=float("inf"))
+    defaults = run().log.loss
+    np.testing.assert_array_equal(defaults, run(**(least_squares if regression else other)).log.loss)
+    assert not np.array_equal(defaults, run(**(other if regression else least_squares)).log.loss)
+
+
 @pytest.mark.parametrize("c", [1.0, 1e-4, 1e4])
 def test_squared_error_written_by_hand_takes_the_named_losss_steps(c):
     """c·½‖o − y‖² as a callable is quadratic in the outputs, so `ggn`

@@ -116,6 +116,41 @@ def test_a_fit_with_mismatched_callable_targets_names_the_shapes():
         ggn_jax.fit(apply_fn, params, batch, loss=lambda o, y: jnp.sum((o - y) ** 2), max_steps=1)
 
 
+@pytest.mark.parametrize(
+    "name, loss, shapes, convex",
+    [
+        # By hand: H = I, sech²(r), 1{|r| < 1}, exp(o), diag(p) − ppᵀ, 0: all ⪰ 0.
+        ("squared error", lambda o, y: 0.5 * jnp.sum((o - y) ** 2), ((2,), (2,), False), True),
+        ("log-cosh", log_cosh, ((2,), (2,), False), True),
+        ("Huber, δ = 1", lambda o, y: jnp.sum(optax.huber_loss(o, y, delta=1.0)),
+         ((2,), (2,), False), True),
+        ("Poisson, log link", lambda o, y: jnp.sum(jnp.exp(o) - y * o), ((2,), (2,), False),
+         True),
+        ("cross-entropy by hand", lambda o, y: -jax.nn.log_softmax(o)[y], ((4,), (), True),
+         True),
+        ("linear", lambda o, y: jnp.sum(o - y), ((2,), (2,), False), True),
+        # H = 2(1 − 2r²)e^{−r²} < 0 beyond |r| = 1/√2; 2(1 − r²)/(1 + r²)² < 0 beyond 1.
+        ("Welsch", lambda o, y: jnp.sum(1 - jnp.exp(-((o - y) ** 2))), ((2,), (2,), False),
+         False),
+        ("Cauchy", lambda o, y: jnp.sum(jnp.log1p((o - y) ** 2)), ((2,), (2,), False), False),
+        # A Gaussian likelihood in (m, s) = (mean, log-variance), r = y − m: H =
+        # e^{−s}[[1, r], [r, r²/2]], det H = −r²e^{−2s}/2 < 0 wherever r ≠ 0.
+        ("Gaussian, learnt variance",
+         lambda o, y: 0.5 * o[1] + 0.5 * (y[0] - o[0]) ** 2 * jnp.exp(-o[1]),
+         ((2,), (2,), False), False),
+    ],
+)
+def test_a_callable_convex_in_the_outputs_is_found_so(name, loss, shapes, convex):
+    sample, target, integer = shapes
+    bound = bind_loss(loss, sample, target, integer_targets=integer)
+    assert bound.convex is convex
+    assert bound.regression_defaults is convex
+    # The named losses are all convex; only squared error has its defaults.
+    assert bind_loss("squared_error", (2,), (2,)).regression_defaults
+    named = bind_loss("softmax_cross_entropy", (2,), (), integer_targets=True)
+    assert named.convex and not named.regression_defaults
+
+
 def test_unknown_loss_name_lists_the_allowed_names():
     with pytest.raises(ValueError, match="unknown loss 'mse'.*squared_error"):
         check_loss("mse")
