@@ -86,13 +86,14 @@ class BoundLoss(NamedTuple):
         """Whether `ggn` gives this loss squared error's defaults (the
         non-monotone window, the bound on the step's growth, geodesic
         acceleration; `ggn_jax.options.GGNConfig.resolved_options`):
-        squared error and any callable quadratic or convex in the outputs.
-        The named classification losses keep theirs, measured on
-        minibatches (issue 15); a loss that is not convex, whose steps can
+        squared error and any callable convex in the outputs (a squared
+        error by hand among them). The named classification losses keep
+        theirs, measured on minibatches (issue 15); a loss that is not
+        convex (even a quadratic one with an indefinite H), whose steps can
         climb out of a basin that a non-monotone test lets them leave,
         keeps the monotone test (BENCHMARKS.md, "Convex callable losses
         get squared error's defaults")."""
-        return self.quadratic or (self.name == "callable" and self.convex)
+        return self.name == "squared_error" or (self.name == "callable" and self.convex)
 
 
 def check_loss(loss: LossSpec) -> LossSpec:

@@ -375,7 +375,7 @@ class GGNConfig:
         fits", "A bound on the step's growth", "Geodesic acceleration where
         N·K ≥ P", "Convex callable losses get squared error's defaults").
         ``regression`` is `ggn_jax.losses.BoundLoss.regression_defaults`:
-        squared error, or a callable quadratic or convex in the outputs.
+        squared error, or a callable convex in the outputs.
         The window for those (exact learning, classic least squares, PINN
         residuals, robust and count regression), monotone for the others
         (the named classification losses, a loss not convex in the

@@ -146,6 +146,9 @@ def test_a_callable_convex_in_the_outputs_is_found_so(name, loss, shapes, convex
     assert bound.convex is convex
     assert bound.regression_defaults is convex
     # The named losses are all convex; only squared error has its defaults.
+    # A quadratic loss with an indefinite H is quadratic but not convex.
+    saddle = bind_loss(lambda o, y: 0.5 * ((o[0] - y[0]) ** 2 - (o[1] - y[1]) ** 2), (2,), (2,))
+    assert saddle.quadratic and not saddle.convex and not saddle.regression_defaults
     assert bind_loss("squared_error", (2,), (2,)).regression_defaults
     named = bind_loss("softmax_cross_entropy", (2,), (), integer_targets=True)
     assert named.convex and not named.regression_defaults
