@@ -414,8 +414,8 @@ def convex_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
     positive semi-definite (its least eigenvalue ≥ −10⁻⁶ of its largest
     entry in float64, −10⁻³ in float32) at 20 random o, four of each scale
     0.1, 0.3, 1, 3 and 10. Log-cosh, Huber, a Poisson likelihood in the
-    log-rate, a cross-entropy written by hand and every quadratic loss
-    pass; the Welsch loss 1 − exp(−r²) and the Cauchy loss log(1 + r²),
+    log-rate, a cross-entropy written by hand and every squared error
+    (scaled or weighted) pass; the Welsch loss 1 − exp(−r²) and the Cauchy loss log(1 + r²),
     concave beyond |r| = 1/√2 and 1, do not. A sample, not a proof: a
     loss concave only far from these points passes. Evaluated once per
     loss and shapes, outside any trace (`survey_curvature`).
