@@ -429,7 +429,11 @@ def survey_curvature(loss: Callable, sample_shape: tuple[int, ...],
     """`quadratic_in_outputs` and `convex_in_outputs` from one compiled
     program (the Hessians at all 23 points; about 50 ms where op-by-op
     evaluation took about 0.8 s for three), cached by loss, shapes and
-    dtype (the last 32). With integer targets the loss is not taken for
+    dtype (the last 32). Beyond 64 outputs per sample it looks at the
+    Hessians' principal 64×64 block on 64 outputs drawn at random (every
+    principal block of a positive semi-definite H is so, and of a constant
+    H constant; a loss whose other outputs differ can pass where the full
+    H would not). With integer targets the loss is not taken for
     quadratic. Any failure (a domain the points leave, a
     ``jax.custom_vjp``) answers neither."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
@@ -452,12 +456,28 @@ def survey_curvature(loss: Callable, sample_shape: tuple[int, ...],
             y = (jnp.zeros(target_sample_shape, jnp.int32) if integer_targets
                  else jnp.asarray(rng.normal(size=target_sample_shape), dtype))
 
-            def value(o):
-                return loss(o.reshape(sample_shape), y)
-
             points = jnp.asarray(scales[:, None] * rng.normal(size=(len(scales), size)), dtype)
-            hessians = np.asarray(jax.jit(jax.vmap(jax.hessian(value)))(points))
-        hessians = hessians.reshape(len(scales), size, size).astype(np.float64)
+            if size <= _SURVEYED_OUTPUTS:
+                def value(o):
+                    return loss(o.reshape(sample_shape), y)
+
+                hessians = jax.jit(jax.vmap(jax.hessian(value)))(points)
+            else:
+                # The principal block on a random subset of the outputs: K²
+                # entries at 23 points would take gigabytes and seconds
+                # where K is in the thousands (12.9 s at K = 2000).
+                chosen = jnp.asarray(np.sort(rng.choice(size, _SURVEYED_OUTPUTS,
+                                                        replace=False)))
+
+                def block(o):
+                    def value(part):
+                        return loss(o.at[chosen].set(part).reshape(sample_shape), y)
+
+                    return jax.hessian(value)(o[chosen])
+
+                hessians = jax.jit(jax.vmap(block))(points)
+            width = min(size, _SURVEYED_OUTPUTS)
+        hessians = np.asarray(hessians).reshape(len(scales), width, width).astype(np.float64)
         quadratic = not integer_targets and _constant(hessians[:3], tolerance, dtype)
         convex = all(_semi_definite(h, tolerance) for h in hessians[3:])
         survey = CurvatureSurvey(bool(quadratic), bool(convex))
@@ -487,6 +507,11 @@ def _semi_definite(hessian: np.ndarray, tolerance: float) -> bool:
     symmetric = 0.5 * (hessian + hessian.T)
     return bool(np.linalg.eigvalsh(symmetric)[0] >= -tolerance * np.max(np.abs(symmetric)))
 
+
+# Outputs per sample beyond which the survey takes the Hessian's principal
+# block on this many of them, chosen at random: a positive semi-definite H
+# has every such block so, a constant H has them constant.
+_SURVEYED_OUTPUTS = 64
 
 # The last callable losses surveyed, by (loss, shapes, label targets, dtype).
 _SURVEYS: collections.OrderedDict[tuple, CurvatureSurvey] = collections.OrderedDict()

@@ -154,6 +154,24 @@ def test_a_callable_convex_in_the_outputs_is_found_so(name, loss, shapes, convex
     assert named.convex and not named.regression_defaults
 
 
+def test_many_outputs_are_surveyed_on_a_principal_block():
+    # K = 300 > 64: the survey takes a 64×64 principal block of each Hessian.
+    # By hand: H = I and AᵀA (constant, PSD); sech²(r) > 0 (convex, not
+    # constant); the Welsch loss's diagonal 2(1 − 2r²)e^{−r²} is negative on
+    # about half of any 64 coordinates at these points.
+    k = 300
+    a = jax.random.normal(jax.random.PRNGKey(0), (k, k)) / k
+    cases = [
+        (lambda o, y: 0.5 * jnp.sum((o - y) ** 2), True, True),
+        (lambda o, y: 0.5 * (o - y) @ (a.T @ a) @ (o - y), True, True),
+        (log_cosh, False, True),
+        (lambda o, y: jnp.sum(1 - jnp.exp(-((o - y) ** 2))), False, False),
+    ]
+    for loss, quadratic, convex in cases:
+        bound = bind_loss(loss, (k,), (k,))
+        assert (bound.quadratic, bound.convex) == (quadratic, convex)
+
+
 def test_unknown_loss_name_lists_the_allowed_names():
     with pytest.raises(ValueError, match="unknown loss 'mse'.*squared_error"):
         check_loss("mse")
