@@ -317,10 +317,25 @@ class Blocks:
         return r
 
     def _widths(self, params: Any, inputs: Mapping[str, Any]) -> dict[str, int]:
-        """K_b of every block, from shapes alone."""
-        return {n: jax.eval_shape(lambda p, x, n=n: self._block_outputs(n, p, x),
-                                  params, inputs[n]).shape[1]
-                for n in self.names}
+        """K_b of every block, from shapes alone. A residual that fails
+        there (most often shapes that do not combine) gets an error naming
+        its block and one sample's input shape."""
+        widths = {}
+        for n in self.names:
+            try:
+                widths[n] = jax.eval_shape(lambda p, x, n=n: self._block_outputs(n, p, x),
+                                           params, inputs[n]).shape[1]
+            except Exception as error:  # the user's residual: any failure is theirs
+                text = str(error)
+                if text.startswith(f"block {n!r}"):
+                    raise
+                sample = jax.tree_util.tree_map(lambda a: tuple(jnp.shape(a)[1:]), inputs[n])
+                first = (text.splitlines() or [type(error).__name__])[0]
+                raise ValueError(
+                    f"block {n!r}: its residual failed on one sample (inputs of shape "
+                    f"{sample}): {type(error).__name__}: {first}"
+                ) from error
+        return widths
 
     def __call__(self, params: Any, inputs: Mapping[str, Any]) -> jax.Array:
         """The scaled outputs s_b·r_b(θ, x_i), (N, K), block after block;

@@ -364,6 +364,13 @@ def test_bad_blocks_are_named():
         ggn_jax.fit(pair, params, max_steps=1)
     with pytest.raises(ValueError, match="no single order"):
         ggn_jax.fit(blocks, params, max_steps=1, curvature_samples=3)
+    # A residual whose own code fails (here a (5,) vector against a sample's
+    # (2,) inputs): its block and the sample's input shape are named.
+    broken = ggn_jax.Blocks(a=ggn_jax.Block(lambda p, x: _u(p, x) + jnp.ones(5) @ x,
+                                            jnp.ones((3, 2))))
+    with pytest.raises(ValueError, match=r"block 'a': its residual failed on one sample "
+                                         r"\(inputs of shape \(2,\)\): TypeError"):
+        ggn_jax.fit(broken, params, max_steps=1)
 
 
 def test_residuals_of_the_wrong_kind_and_bad_names_are_named():
