@@ -4,11 +4,11 @@ Run: ``python -m benchmarks.callable_losses [--seeds 16] [--max-steps 150]
 [--families "all"|"NAME;NAME"]``.
 
 `ggn` gives a callable loss found convex in the outputs
-(`ggn_jax.losses.convex_in_outputs`) squared error's defaults: the
-non-monotone window of 8, geodesic acceleration, and the bound of 2 on the
-step's growth where N·K < P. A loss not convex in the outputs keeps the
-monotone defaults of other losses: window 0, no bound, acceleration only
-where N·K < P. This runs both, side by side, on the exact-learning families
+(`ggn_jax.losses.convex_in_outputs`) squared error's non-monotone window of
+8 and its bound of 2 on the step's growth where N·K < P. A loss not convex
+in the outputs keeps the monotone defaults of other losses: window 0, no
+bound. Both have geodesic acceleration where N·K < P, as every family here
+has. This runs both, side by side, on the exact-learning families
 of `benchmarks.damping` (float64, `ggn_jax.fit`, init seeds 100, 101, …,
 steps accepted or rejected to a mean loss ≤ 1e-20; 999: not there):
 

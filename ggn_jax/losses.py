@@ -82,17 +82,27 @@ class BoundLoss(NamedTuple):
     convex: bool = False
 
     @property
+    def least_squares(self) -> bool:
+        """Squared error, or a callable quadratic and convex in the outputs
+        (½‖o − y‖² by hand, scaled or weighted): `ggn` gives it all of
+        squared error's defaults (`ggn_jax.options.GGNConfig.resolved_options`),
+        geodesic acceleration where N·K ≥ P among them."""
+        return self.name == "squared_error" or (self.name == "callable" and self.quadratic
+                                                and self.convex)
+
+    @property
     def regression_defaults(self) -> bool:
-        """Whether `ggn` gives this loss squared error's defaults (the
-        non-monotone window, the bound on the step's growth, geodesic
-        acceleration; `ggn_jax.options.GGNConfig.resolved_options`):
-        squared error and any callable convex in the outputs (a squared
-        error by hand among them). The named classification losses keep
-        theirs, measured on minibatches (issue 15); a loss that is not
-        convex (even a quadratic one with an indefinite H), whose steps can
-        climb out of a basin that a non-monotone test lets them leave,
-        keeps the monotone test (BENCHMARKS.md, "Convex callable losses
-        get squared error's defaults")."""
+        """Whether `ggn` gives this loss squared error's non-monotone window
+        and bound on the step's growth: squared error and any callable
+        convex in the outputs (log-cosh, Huber, a Poisson likelihood, a
+        cross-entropy by hand). The acceleration where N·K ≥ P, which costs
+        a second solve a step, stays with `least_squares`. The named
+        classification losses keep their defaults, measured on minibatches
+        (issue 15); a loss not convex (even a quadratic one with an
+        indefinite H), whose steps can climb out of a basin that a
+        non-monotone test lets them leave, keeps the monotone test
+        (BENCHMARKS.md, "Convex callable losses get squared error's
+        defaults")."""
         return self.name == "squared_error" or (self.name == "callable" and self.convex)
 
 

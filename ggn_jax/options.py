@@ -367,33 +367,38 @@ class GGNConfig:
         return self.nonmonotone_window
 
     def resolved_options(
-        self, outputs: jax.Array, num_params: int, regression: bool, blocks: bool = False
+        self, outputs: jax.Array, num_params: int, regression: bool, blocks: bool = False,
+        least_squares: bool | None = None,
     ) -> tuple[int, bool, Any, Any]:
         """(window, acceleration, its ratio α, step growth c) for outputs
         (N, K) of a model with P parameters, None (auto) resolved as
         measured in BENCHMARKS.md ("Damping defaults", "Physics-informed
         fits", "A bound on the step's growth", "Geodesic acceleration where
         N·K ≥ P", "Convex callable losses get squared error's defaults").
-        ``regression`` is `ggn_jax.losses.BoundLoss.regression_defaults`:
-        squared error, or a callable convex in the outputs.
-        The window for those (exact learning, classic least squares, PINN
-        residuals, robust and count regression), monotone for the others
-        (the named classification losses, a loss not convex in the
-        outputs); the acceleration for those, for any loss where N·K < P
-        (the regime of exact learning) and for a problem in residual
-        blocks (``blocks``: PDE residuals, whose strong nonlinearity in θ
-        it corrects), with α = ``DEFAULT_ACCELERATION_RATIO`` there and
-        the stricter ``OVERDETERMINED_ACCELERATION_RATIO`` where N·K ≥ P;
-        the bound ‖δ_k‖ ≤ c·‖δ_prev‖ (`ggn_jax.damping.step_growth_factor`)
-        with ``DEFAULT_STEP_GROWTH`` for those where N·K < P, none (inf)
-        elsewhere."""
+        ``regression`` is `ggn_jax.losses.BoundLoss.regression_defaults`
+        (squared error, or a callable convex in the outputs) and
+        ``least_squares`` `ggn_jax.losses.BoundLoss.least_squares` (squared
+        error, or a callable quadratic and convex; ``regression`` where
+        None). The window for ``regression`` (exact learning, classic least
+        squares, PINN residuals, robust and count regression), monotone
+        for the others (the named classification losses, a loss not convex
+        in the outputs); the acceleration for ``least_squares``, for any
+        loss where N·K < P (the regime of exact learning) and for a problem
+        in residual blocks (``blocks``: PDE residuals, whose strong
+        nonlinearity in θ it corrects), with α = ``DEFAULT_ACCELERATION_RATIO``
+        there and the stricter ``OVERDETERMINED_ACCELERATION_RATIO`` where
+        N·K ≥ P; the bound ‖δ_k‖ ≤ c·‖δ_prev‖
+        (`ggn_jax.damping.step_growth_factor`) with ``DEFAULT_STEP_GROWTH``
+        for ``regression`` where N·K < P, none (inf) elsewhere."""
+        if least_squares is None:
+            least_squares = regression
         over = outputs.size < num_params
         window = self.nonmonotone_window
         if window is None:
             window = DEFAULT_NONMONOTONE_WINDOW if regression else 0
         acceleration = self.geodesic_acceleration
         if acceleration is None:
-            acceleration = over or blocks or regression
+            acceleration = over or blocks or least_squares
         ratio = self.acceleration_ratio
         if ratio is None:
             ratio = (DEFAULT_ACCELERATION_RATIO if (over or blocks)

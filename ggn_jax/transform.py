@@ -526,7 +526,8 @@ def ggn_step(
         curvature = curvature * alpha**2
         step_length = step_length * alpha
     window, accelerate, ratio, growth = config.resolved_options(
-        local.outputs, theta.size, loss.regression_defaults, problem.segments is not None
+        local.outputs, theta.size, loss.regression_defaults, problem.segments is not None,
+        loss.least_squares,
     )
     if config.shorten_rejected_steps and accelerate:
         raise ValueError(
@@ -825,13 +826,13 @@ def ggn(
         left at None resolve by the loss's name: a callable gets the
         defaults of every loss but the named classification ones
         (``ggn_jax.options.OTHER_DEFAULTS``), and those of
-        ``"squared_error"`` (the non-monotone window, the bound on the
-        step's growth, geodesic acceleration) where it is found convex in
-        the outputs at sampled points (`ggn_jax.losses.convex_in_outputs`:
-        log-cosh, Huber, a Poisson likelihood, a squared error of any
-        scale; not Welsch or Cauchy), and its ‖r‖ from the Newton
-        decrement where it is found quadratic
-        (`ggn_jax.losses.quadratic_in_outputs`); for a classification loss of
+        ``"squared_error"`` where it is found convex in the outputs at
+        sampled points (`ggn_jax.losses.convex_in_outputs`: log-cosh,
+        Huber, a Poisson likelihood, a squared error of any scale; not
+        Welsch or Cauchy): the non-monotone window and the bound on the
+        step's growth, and, where it is also found quadratic
+        (`ggn_jax.losses.quadratic_in_outputs`), geodesic acceleration
+        where N·K ≥ P and its ‖r‖ from the Newton decrement; for a classification loss of
         your own on minibatches, pass
         ``**ggn_jax.options.CLASSIFICATION_DEFAULTS`` (a short CG solve on
         32 samples: about 0.35 ms a step against 12 ms on digits'

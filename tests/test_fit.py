@@ -566,11 +566,12 @@ def _welsch(o, y):
 def test_a_convex_callable_gets_squared_errors_defaults_and_a_concave_one_does_not(
         loss, regression, n):
     """Log-cosh is convex in the outputs (H = sech²(o − y) > 0), so `ggn`
-    gives it squared error's defaults: the window of 8, geodesic
-    acceleration, and where N·K < P the bound of 2 on the step's growth;
-    set by hand they take the same steps. The Welsch loss 1 − exp(−r²),
-    concave beyond |r| = 1/√2, keeps the monotone test, acceleration only
-    where N·K < P and no bound. P = 41 here, N·K = 24 or 48."""
+    gives it squared error's window of 8 and, where N·K < P, its bound of 2
+    on the step's growth; set by hand they take the same steps. Geodesic
+    acceleration stays where it is for any loss, on where N·K < P (only
+    a quadratic loss has it where N·K ≥ P). The Welsch loss 1 − exp(−r²),
+    concave beyond |r| = 1/√2, keeps the monotone test and no bound.
+    P = 41 here, N·K = 24 or 48."""
     teacher = mlp_init(jax.random.PRNGKey(31), [3, 4, 1])
     x = jax.random.normal(jax.random.PRNGKey(32), (n, 3))
     y = mlp_apply(teacher, x) + 0.5
@@ -580,12 +581,12 @@ def test_a_convex_callable_gets_squared_errors_defaults_and_a_concave_one_does_n
         return ggn_jax.fit(mlp_apply, params, (x, y), loss, max_steps=25, tol=0.0, **options)
 
     over = n < 41
-    least_squares = dict(nonmonotone_window=8, geodesic_acceleration=True,
-                         step_growth=2.0 if over else float("inf"))
+    convex = dict(nonmonotone_window=8, geodesic_acceleration=over,
+                  step_growth=2.0 if over else float("inf"))
     other = dict(nonmonotone_window=0, geodesic_acceleration=over, step_growth=float("inf"))
     defaults = run().log.loss
-    np.testing.assert_array_equal(defaults, run(**(least_squares if regression else other)).log.loss)
-    assert not np.array_equal(defaults, run(**(other if regression else least_squares)).log.loss)
+    np.testing.assert_array_equal(defaults, run(**(convex if regression else other)).log.loss)
+    assert not np.array_equal(defaults, run(**(other if regression else convex)).log.loss)
 
 
 @pytest.mark.parametrize("c", [1.0, 1e-4, 1e4])

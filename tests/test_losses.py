@@ -152,6 +152,11 @@ def test_a_callable_convex_in_the_outputs_is_found_so(name, loss, shapes, convex
     assert bind_loss("squared_error", (2,), (2,)).regression_defaults
     named = bind_loss("softmax_cross_entropy", (2,), (), integer_targets=True)
     assert named.convex and not named.regression_defaults
+    # All of squared error's defaults (acceleration where N·K ≥ P too) only
+    # for a loss both quadratic and convex.
+    assert bound.least_squares is (convex and bound.quadratic)
+    assert bind_loss("squared_error", (2,), (2,)).least_squares
+    assert not saddle.least_squares and not named.least_squares
 
 
 def test_many_outputs_are_surveyed_on_a_principal_block():
