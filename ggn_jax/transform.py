@@ -832,8 +832,8 @@ def ggn(
         Welsch or Cauchy): the non-monotone window and the bound on the
         step's growth, and, where it is also found quadratic
         (`ggn_jax.losses.quadratic_in_outputs`), geodesic acceleration
-        where N·K ≥ P and its ‖r‖ from the Newton decrement; for a classification loss of
-        your own on minibatches, pass
+        where N·K ≥ P and its ‖r‖ from the Newton decrement; for a
+        classification loss of your own on minibatches, pass
         ``**ggn_jax.options.CLASSIFICATION_DEFAULTS`` (a short CG solve on
         32 samples: about 0.35 ms a step against 12 ms on digits'
         64-[64]-10 MLP in batches of 128, BENCHMARKS.md, "A held-out review
