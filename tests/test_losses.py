@@ -145,17 +145,20 @@ def test_a_callable_convex_in_the_outputs_is_found_so(name, loss, shapes, convex
     bound = bind_loss(loss, sample, target, integer_targets=integer)
     assert bound.convex is convex
     assert bound.regression_defaults is convex
+    # All of squared error's defaults (acceleration where N·K ≥ P too) only
+    # for a loss both quadratic and convex.
+    assert bound.least_squares is (convex and bound.quadratic)
+
+
+def test_which_losses_get_squared_errors_defaults():
     # The named losses are all convex; only squared error has its defaults.
     # A quadratic loss with an indefinite H is quadratic but not convex.
     saddle = bind_loss(lambda o, y: 0.5 * ((o[0] - y[0]) ** 2 - (o[1] - y[1]) ** 2), (2,), (2,))
     assert saddle.quadratic and not saddle.convex and not saddle.regression_defaults
-    assert bind_loss("squared_error", (2,), (2,)).regression_defaults
+    squared = bind_loss("squared_error", (2,), (2,))
+    assert squared.regression_defaults and squared.least_squares
     named = bind_loss("softmax_cross_entropy", (2,), (), integer_targets=True)
     assert named.convex and not named.regression_defaults
-    # All of squared error's defaults (acceleration where N·K ≥ P too) only
-    # for a loss both quadratic and convex.
-    assert bound.least_squares is (convex and bound.quadratic)
-    assert bind_loss("squared_error", (2,), (2,)).least_squares
     assert not saddle.least_squares and not named.least_squares
 
 
