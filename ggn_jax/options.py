@@ -367,8 +367,9 @@ class GGNConfig:
         return self.nonmonotone_window
 
     def resolved_options(
-        self, outputs: jax.Array, num_params: int, regression: bool, blocks: bool = False,
-        least_squares: bool | None = None,
+        self, outputs: jax.Array, num_params: int, regression: bool | None = None,
+        blocks: bool = False, least_squares: bool | None = None, *,
+        squared_error: bool | None = None,
     ) -> tuple[int, bool, Any, Any]:
         """(window, acceleration, its ratio α, step growth c) for outputs
         (N, K) of a model with P parameters, None (auto) resolved as
@@ -389,7 +390,19 @@ class GGNConfig:
         there and the stricter ``OVERDETERMINED_ACCELERATION_RATIO`` where
         N·K ≥ P; the bound ‖δ_k‖ ≤ c·‖δ_prev‖
         (`ggn_jax.damping.step_growth_factor`) with ``DEFAULT_STEP_GROWTH``
-        for ``regression`` where N·K < P, none (inf) elsewhere."""
+        for ``regression`` where N·K < P, none (inf) elsewhere.
+        ``squared_error``, this argument's earlier name, sets both
+        ``regression`` and ``least_squares`` (with a DeprecationWarning)."""
+        if squared_error is not None:
+            warnings.warn(
+                "resolved_options(squared_error=...) is now regression=... (squared error, "
+                "or a callable convex in the outputs) with least_squares=... (squared error, "
+                "or a callable quadratic and convex)", DeprecationWarning, stacklevel=2)
+            regression = squared_error if regression is None else regression
+            least_squares = squared_error if least_squares is None else least_squares
+        if regression is None:
+            raise TypeError("resolved_options() needs regression (True for squared error, or "
+                            "a callable convex in the outputs)")
         if least_squares is None:
             least_squares = regression
         over = outputs.size < num_params

@@ -72,6 +72,10 @@ def test_auto_options_resolve_by_the_problems_shape(n_outputs, squared_error, bl
     config = GGNConfig(nonmonotone_window=3, geodesic_acceleration=False,
                        acceleration_ratio=0.5, step_growth=4.0)
     assert config.resolved_options(outputs, 20, squared_error, blocks) == (3, False, 0.5, 4.0)
+    # The argument's earlier keyword still works, with a warning.
+    with pytest.warns(DeprecationWarning, match="now regression"):
+        old = GGNConfig().resolved_options(outputs, 20, squared_error=squared_error, blocks=blocks)
+    assert old == expected
 
 
 def test_loss_defaults_and_the_relative_floor_by_dtype():
