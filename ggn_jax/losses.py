@@ -27,10 +27,10 @@ naming both shapes before any step.
 
 from __future__ import annotations
 
-import collections
 import warnings
+import weakref
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -280,6 +280,9 @@ def bind_loss(
     sample_shape: tuple[int, ...],
     target_sample_shape: tuple[int, ...] | None = None,
     integer_targets: bool = False,
+    *,
+    output_dtype: Any = None,
+    sample_targets: Any = None,
 ) -> BoundLoss:
     """Adapts a loss to flat per-sample outputs of the given per-sample shape.
 
@@ -291,6 +294,12 @@ def bind_loss(
       target_sample_shape: the shape of one sample's targets; when given, it
         is checked against ``sample_shape`` for the named losses.
       integer_targets: whether targets are integer class labels.
+      output_dtype: the dtype of the model's outputs; None for the default
+        floating dtype (float64 under ``jax_enable_x64``, else float32).
+      sample_targets: one sample's targets as the batch holds them, a
+        pytree of ``jax.ShapeDtypeStruct`` (its tree and dtypes); None for
+        an array of ``target_sample_shape``, int32 labels or floats. A
+        callable loss is checked and surveyed on these (`survey_curvature`).
 
     Returns:
       A `BoundLoss` acting on flat outputs of length K = prod(sample_shape).
@@ -340,8 +349,9 @@ def bind_loss(
 
     user_loss = loss
     if target_sample_shape is not None:
-        _check_callable_on_one_sample(user_loss, sample_shape, target_sample_shape,
-                                      integer_targets)
+        one_sample = _one_sample(sample_shape, target_sample_shape, integer_targets,
+                                 output_dtype, sample_targets)
+        _check_callable_on_one_sample(user_loss, *one_sample)
 
     def value(o, y):
         out = user_loss(o.reshape(sample_shape), y)
@@ -359,30 +369,47 @@ def bind_loss(
         return jax.jvp(lambda o_: grad(o_, y), (o,), (v,))[1]
 
     survey = (CurvatureSurvey(False, False) if target_sample_shape is None
-              else survey_curvature(user_loss, sample_shape, target_sample_shape,
-                                    integer_targets))
+              else _survey(user_loss, *one_sample))
     return BoundLoss("callable", value, grad, _names_the_loss(jax.hessian(value)), hvp, False,
                      quadratic=survey.quadratic, convex=survey.convex)
 
 
-def _check_callable_on_one_sample(loss: Callable, sample_shape: tuple[int, ...],
-                                  target_sample_shape: tuple[int, ...],
-                                  integer_targets: bool) -> None:
-    """Traces ``loss`` on one sample's output and target shapes (nothing is
-    computed) and turns a failure there, most often outputs and targets that
-    do not broadcast, into an error that names both shapes; the loss must
-    also return a scalar."""
+def _one_sample(sample_shape: tuple[int, ...], target_sample_shape: tuple[int, ...],
+                integer_targets: bool, output_dtype: Any, sample_targets: Any
+                ) -> tuple[jax.ShapeDtypeStruct, Any]:
+    """One sample's outputs and targets as ``jax.ShapeDtypeStruct``s (the
+    targets a pytree of them): the batch's own where given, else the
+    default floating dtype and int32 labels."""
     floating = jax.dtypes.canonicalize_dtype(jnp.float64)
-    outputs = jax.ShapeDtypeStruct(tuple(sample_shape), floating)
-    targets = jax.ShapeDtypeStruct(tuple(target_sample_shape),
-                                   jnp.int32 if integer_targets else floating)
+    outputs = jax.ShapeDtypeStruct(
+        tuple(sample_shape),
+        floating if output_dtype is None else jax.dtypes.canonicalize_dtype(output_dtype))
+    if sample_targets is None:
+        sample_targets = jax.ShapeDtypeStruct(tuple(target_sample_shape),
+                                              jnp.int32 if integer_targets else floating)
+    return outputs, sample_targets
+
+
+def _shapes(targets: Any) -> Any:
+    """The shape of one sample's targets, or the pytree of their shapes."""
+    if isinstance(targets, jax.ShapeDtypeStruct):
+        return tuple(targets.shape)
+    return jax.tree_util.tree_map(lambda t: tuple(t.shape), targets)
+
+
+def _check_callable_on_one_sample(loss: Callable, outputs: jax.ShapeDtypeStruct,
+                                  targets: Any) -> None:
+    """Traces ``loss`` on one sample's outputs and targets (shapes and
+    dtypes; nothing is computed) and turns a failure there, most often
+    outputs and targets that do not broadcast, into an error that names
+    both shapes; the loss must also return a scalar."""
     try:
         out = jax.eval_shape(loss, outputs, targets)
     except Exception as error:  # the user's code: any failure is theirs to read
         first = (str(error).splitlines() or [type(error).__name__])[0]
         raise ValueError(
-            f"the callable loss failed on one sample, outputs of shape {tuple(sample_shape)} "
-            f"and targets of shape {tuple(target_sample_shape)} (the batch's shapes without "
+            f"the callable loss failed on one sample, outputs of shape {tuple(outputs.shape)} "
+            f"and targets of shape {_shapes(targets)} (the batch's shapes without "
             f"their leading sample axis): {type(error).__name__}: {first}"
         ) from error
     if jax.tree_util.tree_structure(out).num_leaves != 1 or jnp.shape(
@@ -390,7 +417,7 @@ def _check_callable_on_one_sample(loss: Callable, sample_shape: tuple[int, ...],
         raise ValueError(
             "a callable loss must return a scalar per sample; got "
             f"{jax.tree_util.tree_map(jnp.shape, out)} for one sample's outputs of shape "
-            f"{tuple(sample_shape)} and targets of shape {tuple(target_sample_shape)}"
+            f"{tuple(outputs.shape)} and targets of shape {_shapes(targets)}"
         )
 
 
@@ -403,69 +430,100 @@ class CurvatureSurvey(NamedTuple):
 
 
 def quadratic_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
-                         target_sample_shape: tuple[int, ...]) -> bool:
+                         target_sample_shape: tuple[int, ...], *, output_dtype: Any = None,
+                         sample_targets: Any = None) -> bool:
     """Whether a callable ``loss(o, y)`` is quadratic in the outputs o:
     its Hessian in o, at one random y, the same at three random o of
     scales 1, 10³ and 10⁻³ (to 10⁻⁶ of its size in float64, 10⁻³ in
     float32). ½‖o − y‖² written by hand, c·½‖o − y‖² or ½(o − y)ᵀW(o − y)
     are; log-cosh, Huber (with δ up to about 10³), a Poisson or Gaussian
     likelihood are not. Evaluated once per loss and shapes, outside any
-    trace (`survey_curvature`); a loss that fails there (a domain the
-    random points leave, a ``jax.custom_vjp``) counts as not quadratic.
+    trace (`survey_curvature`, which also takes ``output_dtype`` and
+    ``sample_targets``); a loss that fails there (a domain the random
+    points leave, a ``jax.custom_vjp``) counts as not quadratic.
     """
-    return survey_curvature(loss, sample_shape, target_sample_shape).quadratic
+    return survey_curvature(loss, sample_shape, target_sample_shape, output_dtype=output_dtype,
+                            sample_targets=sample_targets).quadratic
 
 
 def convex_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
                       target_sample_shape: tuple[int, ...],
-                      integer_targets: bool = False) -> bool:
+                      integer_targets: bool = False, *, output_dtype: Any = None,
+                      sample_targets: Any = None) -> bool:
     """Whether a callable ``loss(o, y)`` looks convex in the outputs o: its
-    Hessian in o, at one random y (class 0 for integer labels), finite and
-    positive semi-definite (its least eigenvalue ≥ −10⁻⁶ of its largest
-    entry in float64, −10⁻³ in float32) at 20 random o, four of each scale
-    0.1, 0.3, 1, 3 and 10. Log-cosh, Huber, a Poisson likelihood in the
-    log-rate, a cross-entropy written by hand and every squared error
-    (scaled or weighted) pass; the Welsch loss 1 − exp(−r²) and the Cauchy loss log(1 + r²),
-    concave beyond |r| = 1/√2 and 1, do not. A sample, not a proof: a
-    loss concave only far from these points passes. Evaluated once per
-    loss and shapes, outside any trace (`survey_curvature`).
+    Hessian in o, at one random y ≥ 0 (class 0 for integer labels),
+    positive semi-definite at 36 random o: finite at the twenty of scales
+    0.1, 0.3, 1, 3 and 10 (four of each), and wherever finite at the
+    sixteen of scales 30, 60, 100, 200, 300, 600, 1000 and 2000 (two of
+    each; a loss may overflow there). Its least eigenvalue must be
+    ≥ −10⁻⁶ (float64; 10⁻³ in float32) of the larger of its own largest
+    entry and the largest entry at the twenty near points, so that
+    round-off where the curvature vanishes (a saturated softmax or tanh)
+    does not count. Log-cosh, Huber, a Poisson likelihood in the log-rate,
+    a cross-entropy written by hand and every squared error (scaled or
+    weighted) pass; the Welsch loss 1 − exp(−(r/c)²) and the Cauchy loss
+    log(1 + (r/c)²), concave beyond |r| = c/√2 and c, do not (checked for
+    scales c from 1 to 2000). A sample, not a proof: a loss concave only
+    far from these points passes. Evaluated once per loss and shapes,
+    outside any trace (`survey_curvature`, which also takes
+    ``output_dtype`` and ``sample_targets``).
     """
-    return survey_curvature(loss, sample_shape, target_sample_shape, integer_targets).convex
+    return survey_curvature(loss, sample_shape, target_sample_shape, integer_targets,
+                            output_dtype=output_dtype, sample_targets=sample_targets).convex
 
 
 def survey_curvature(loss: Callable, sample_shape: tuple[int, ...],
                      target_sample_shape: tuple[int, ...],
-                     integer_targets: bool = False) -> CurvatureSurvey:
+                     integer_targets: bool = False, *, output_dtype: Any = None,
+                     sample_targets: Any = None) -> CurvatureSurvey:
     """`quadratic_in_outputs` and `convex_in_outputs` from one compiled
-    program (the Hessians at all 23 points; about 50 ms where op-by-op
-    evaluation took about 0.8 s for three), cached by loss, shapes and
-    dtype (the last 32). Beyond 64 outputs per sample it looks at the
-    Hessians' principal 64×64 block on 64 outputs drawn at random (every
-    principal block of a positive semi-definite H is so, and of a constant
-    H constant; a loss whose other outputs differ can pass where the full
-    H would not). With integer targets the loss is not taken for
-    quadratic. Any failure (a domain the points leave, a
-    ``jax.custom_vjp``) answers neither."""
-    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
-    key = (loss, tuple(sample_shape), tuple(target_sample_shape), bool(integer_targets),
-           str(dtype))
-    try:
-        if key in _SURVEYS:
-            return _SURVEYS[key]
-    except (TypeError, ValueError):  # unhashable, or compared as arrays: not cached
-        key = None
+    program (the Hessians at all 39 points; about 0.2 s for a new loss on
+    this project's 2-core CPU, 1 s for the first in a process),
+    in the outputs' dtype (``output_dtype``, else the default floating
+    one) and at targets of the batch's tree and dtypes (``sample_targets``,
+    a pytree of ``jax.ShapeDtypeStruct`` of one sample, as `bind_loss`
+    takes it; else an array of ``target_sample_shape``); floating targets
+    are drawn ≥ 0, integer and boolean ones 0.
+
+    Surveyed once per loss object, as ``jax.jit`` traces a function once:
+    the answers are kept while the loss lives (a weak reference) for each
+    shape and dtype, so a loss whose behaviour changes afterwards (an
+    attribute set, a closed-over array changed in place) keeps its first
+    answers; a new function is surveyed anew. Beyond 64 outputs per sample
+    it looks at the Hessians' principal 64×64 block on 64 outputs drawn
+    at random, one point at a time (every principal block of a positive
+    semi-definite H is so, and of a constant H constant; a loss whose other
+    outputs differ can pass where the full H would not). With label
+    targets (integer or boolean) the loss is not taken for quadratic. Any
+    failure (a domain the points leave, a ``jax.custom_vjp``) answers
+    neither; so does a loss that closes over traced values (an argument of
+    an enclosing ``jax.jit`` or ``jax.vmap``), whose values the survey
+    cannot see, with a warning."""
+    return _survey(loss, *_one_sample(sample_shape, target_sample_shape, integer_targets,
+                                      output_dtype, sample_targets))
+
+
+def _survey(loss: Callable, outputs: jax.ShapeDtypeStruct, targets: Any) -> CurvatureSurvey:
+    leaves, tree = jax.tree_util.tree_flatten(targets)
+    key = (tuple(outputs.shape), str(outputs.dtype), tree,
+           tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves))
+    surveyed = _surveys_of(loss)
+    if surveyed is not None and key in surveyed:
+        return surveyed[key]
+    dtype = outputs.dtype
+    sample_shape = tuple(outputs.shape)
+    labels = any(not jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves)
     rng = np.random.default_rng(0)
     size = int(np.prod(sample_shape, dtype=int))
-    tolerance = 1e-6 if dtype == jnp.float64 else 1e-3
-    quadratic_scales = np.array([1.0, 1e3, 1e-3])
-    convex_scales = np.repeat(np.array([0.1, 0.3, 1.0, 3.0, 10.0]), 4)
-    scales = np.concatenate([quadratic_scales, convex_scales])
+    tolerance = 1e-6 if jnp.finfo(dtype).bits >= 64 else 1e-3
+    scales = np.concatenate([_QUADRATIC_SCALES, _NEAR_SCALES, _FAR_SCALES])
     try:
         with jax.ensure_compile_time_eval(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            y = (jnp.zeros(target_sample_shape, jnp.int32) if integer_targets
-                 else jnp.asarray(rng.normal(size=target_sample_shape), dtype))
-
+            y = jax.tree_util.tree_unflatten(tree, [
+                jnp.asarray(np.abs(rng.normal(size=leaf.shape)), leaf.dtype)
+                if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.zeros(leaf.shape, leaf.dtype)
+                for leaf in leaves])
             points = jnp.asarray(scales[:, None] * rng.normal(size=(len(scales), size)), dtype)
             if size <= _SURVEYED_OUTPUTS:
                 def value(o):
@@ -473,9 +531,9 @@ def survey_curvature(loss: Callable, sample_shape: tuple[int, ...],
 
                 hessians = jax.jit(jax.vmap(jax.hessian(value)))(points)
             else:
-                # The principal block on a random subset of the outputs: K²
-                # entries at 23 points would take gigabytes and seconds
-                # where K is in the thousands (12.9 s at K = 2000).
+                # The principal block on a random subset of the outputs, one
+                # point at a time: K² entries at every point would take
+                # gigabytes and seconds where K is in the thousands.
                 chosen = jnp.asarray(np.sort(rng.choice(size, _SURVEYED_OUTPUTS,
                                                         replace=False)))
 
@@ -485,19 +543,40 @@ def survey_curvature(loss: Callable, sample_shape: tuple[int, ...],
 
                     return jax.hessian(value)(o[chosen])
 
-                hessians = jax.jit(jax.vmap(block))(points)
+                hessians = jax.jit(lambda p: jax.lax.map(block, p))(points)
             width = min(size, _SURVEYED_OUTPUTS)
-        hessians = np.asarray(hessians).reshape(len(scales), width, width).astype(np.float64)
-        quadratic = not integer_targets and _constant(hessians[:3], tolerance, dtype)
-        convex = all(_semi_definite(h, tolerance) for h in hessians[3:])
+            hessians = np.asarray(hessians)
+        hessians = hessians.reshape(len(scales), width, width).astype(np.float64)
+        quadratic_points, near, far = np.split(
+            hessians, np.cumsum([len(_QUADRATIC_SCALES), len(_NEAR_SCALES)]))
+        quadratic = not labels and _constant(quadratic_points, tolerance, dtype)
+        convex = _convex(near, far, tolerance)
         survey = CurvatureSurvey(bool(quadratic), bool(convex))
+    except _TRACER_ERRORS:
+        warnings.warn(
+            "the callable loss depends on traced values (it closes over an argument of an "
+            "enclosing jax.jit, vmap or grad), so its curvature in the outputs cannot be "
+            "sampled when the step is built: it gets the options of a loss not known to be "
+            "convex (a monotone gain test, no bound on the step's growth). Close over "
+            "concrete values, or set nonmonotone_window and step_growth yourself "
+            "(8 and 2.0 are squared error's where N·K < P)",
+            stacklevel=2,
+        )
+        return CurvatureSurvey(False, False)  # not kept: another trace may see values
     except Exception:  # noqa: BLE001 - any failure: neither shown
         survey = CurvatureSurvey(False, False)
-    if key is not None:
-        _SURVEYS[key] = survey
-        while len(_SURVEYS) > _MAX_SURVEYS:  # the oldest go, with what they hold
-            _SURVEYS.popitem(last=False)
+    if surveyed is not None:
+        surveyed[key] = survey
     return survey
+
+
+def _surveys_of(loss: Callable) -> dict | None:
+    """The answers kept for ``loss`` (by shapes and dtypes), or None for a
+    loss that cannot be weakly referenced or hashed (surveyed each time)."""
+    try:
+        return _SURVEYS.setdefault(loss, {})
+    except (TypeError, ValueError):
+        return None
 
 
 def _constant(hessians: np.ndarray, tolerance: float, dtype) -> bool:
@@ -509,23 +588,44 @@ def _constant(hessians: np.ndarray, tolerance: float, dtype) -> bool:
         np.max(np.abs(h - first)) <= bound for h in hessians[1:]))
 
 
-def _semi_definite(hessian: np.ndarray, tolerance: float) -> bool:
-    """Whether a Hessian is finite with its least eigenvalue ≥ −tolerance
-    times its largest entry."""
-    if not np.all(np.isfinite(hessian)):
+def _convex(near: np.ndarray, far: np.ndarray, tolerance: float) -> bool:
+    """Whether the Hessians at the near points are finite and those and the
+    finite ones at the far points positive semi-definite: least eigenvalue
+    ≥ −``tolerance`` times the larger of the point's largest entry and the
+    largest entry at the near points."""
+    if not np.all(np.isfinite(near)):
         return False
-    symmetric = 0.5 * (hessian + hessian.T)
-    return bool(np.linalg.eigvalsh(symmetric)[0] >= -tolerance * np.max(np.abs(symmetric)))
+    reference = float(np.max(np.abs(near)))
+    finite_far = [h for h in far if np.all(np.isfinite(h))]
+    for hessian in [*near, *finite_far]:
+        symmetric = 0.5 * (hessian + hessian.T)
+        scale = max(reference, float(np.max(np.abs(symmetric))))
+        if np.linalg.eigvalsh(symmetric)[0] < -tolerance * scale:
+            return False
+    return True
 
+
+# The outputs' scales of the survey's points: three for the quadratic test,
+# twenty near ones that must have a finite Hessian, sixteen far ones where
+# a loss may overflow (a Poisson rate e^o) and a robust loss whose scale c
+# is in the hundreds or thousands (data in other units) shows its concave
+# tails.
+_QUADRATIC_SCALES = np.array([1.0, 1e3, 1e-3])
+_NEAR_SCALES = np.repeat(np.array([0.1, 0.3, 1.0, 3.0, 10.0]), 4)
+_FAR_SCALES = np.repeat(np.array([30.0, 60.0, 100.0, 200.0, 300.0, 600.0, 1000.0, 2000.0]), 2)
+
+# What JAX raises where a traced value meets a concrete computation.
+_TRACER_ERRORS = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
+                  jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError,
+                  jax.errors.UnexpectedTracerError)
 
 # Outputs per sample beyond which the survey takes the Hessian's principal
 # block on this many of them, chosen at random: a positive semi-definite H
 # has every such block so, a constant H has them constant.
 _SURVEYED_OUTPUTS = 64
 
-# The last callable losses surveyed, by (loss, shapes, label targets, dtype).
-_SURVEYS: collections.OrderedDict[tuple, CurvatureSurvey] = collections.OrderedDict()
-_MAX_SURVEYS = 32
+# The answers of the survey, per live loss object, by shapes and dtypes.
+_SURVEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class LossNotForwardDifferentiable(TypeError):

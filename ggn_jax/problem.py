@@ -443,6 +443,9 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
         sample_shape,
         target_sample_shape=tuple(jnp.shape(target)[1:]),
         integer_targets=integer_targets,
+        output_dtype=out.dtype,
+        sample_targets=jax.tree_util.tree_map(
+            lambda t: jax.ShapeDtypeStruct(jnp.shape(t)[1:], jnp.result_type(t)), targets),
     )
     k = int(np.prod(sample_shape, dtype=int))
     check_labels(loss, target, k)

@@ -9,6 +9,7 @@ from helpers import log_cosh
 
 import ggn_jax
 from ggn_jax.losses import bind_loss, check_loss
+from ggn_jax.problem import bind_problem
 
 K = 5
 
@@ -178,6 +179,107 @@ def test_many_outputs_are_surveyed_on_a_principal_block():
     for loss, quadratic, convex in cases:
         bound = bind_loss(loss, (k,), (k,))
         assert (bound.quadratic, bound.convex) == (quadratic, convex)
+
+
+def test_a_callable_is_checked_with_the_batchs_own_dtypes_and_target_tree():
+    # Each of these trains; the bind-time check and survey once traced them
+    # with a float64 array in place of the batch's targets and failed.
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+    y = jnp.sin(x[:, :2])
+
+    def apply_fn(p, x):
+        return jnp.tanh(x @ p)
+
+    params = jnp.full((3, 2), 0.1)
+    scale = jnp.array([1.0, 2.0], jnp.float32)
+    cases = [
+        # A dict of targets; H = I: squared error's defaults.
+        (lambda o, t: 0.5 * jnp.sum((o - t["y"]) ** 2), params, x, {"y": y}, True),
+        # A boolean mask; softplus is convex.
+        (lambda o, t: jnp.sum(jnp.where(t, jax.nn.softplus(-o), jax.nn.softplus(o))), params,
+         x, y > 0, True),
+        # int64 labels against int64 classes (lax.eq takes one dtype); −log softmax is convex.
+        (lambda o, t: -jnp.sum(jnp.where(jax.lax.eq(jnp.arange(2), t), jax.nn.log_softmax(o), 0)),
+         params, x, (y[:, 0] > 0).astype(jnp.int64), True),
+        # A float32 model whose loss multiplies float32 by lax.mul; H = diag(1, 2).
+        (lambda o, t: 0.5 * jnp.sum(jax.lax.mul(scale, (o - t) ** 2)), params.astype(jnp.float32),
+         x.astype(jnp.float32), y.astype(jnp.float32), True),
+    ]
+    for loss, p, inputs, targets, convex in cases:
+        problem = bind_problem(apply_fn, loss, p, (inputs, targets))
+        assert problem.loss.convex is convex
+        result = ggn_jax.fit(apply_fn, p, (inputs, targets), loss=loss, max_steps=3)
+        assert np.isfinite(result.loss_history[-1])
+        assert result.loss_history[-1] < result.initial_loss
+    dict_loss = cases[0][0]
+    assert bind_problem(apply_fn, dict_loss, params, (x, {"y": y})).loss.least_squares
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_convex_losses_whose_curvature_saturates_are_found_convex(dtype):
+    # By hand: diag(p) − ppᵀ ⪰ 0 and sech² ≥ 0, though both vanish to
+    # round-off at the survey's larger outputs (a saturated softmax or tanh).
+    def naive_log_cosh(o, y):
+        return jnp.sum(jnp.log(jnp.cosh(o - y)))
+
+    def cross_entropy(o, y):
+        return optax.softmax_cross_entropy_with_integer_labels(o, y)
+
+    def soft_cross_entropy(o, y):  # probability targets (y ≥ 0)
+        return -jnp.sum(y * jax.nn.log_softmax(o))
+
+    for k in (2, 3, 10):
+        assert bind_loss(cross_entropy, (k,), (), integer_targets=True,
+                         output_dtype=dtype).convex, k
+        assert bind_loss(naive_log_cosh, (k,), (k,), output_dtype=dtype).convex, k
+        assert bind_loss(soft_cross_entropy, (k,), (k,), output_dtype=dtype).convex, k
+
+
+@pytest.mark.parametrize("c", [1.0, 20.0, 100.0, 400.0])
+def test_robust_losses_of_any_scale_are_found_not_convex(c):
+    # By hand: the Welsch loss 1 − exp(−(r/c)²) has l″ < 0 beyond |r| = c/√2,
+    # the Cauchy loss log(1 + (r/c)²) beyond |r| = c; data in other units
+    # make c large, and the loss must still keep the monotone defaults.
+    welsch = lambda o, y: jnp.sum(1 - jnp.exp(-(((o - y) / c) ** 2)))  # noqa: E731
+    cauchy = lambda o, y: jnp.sum(jnp.log1p(((o - y) / c) ** 2))  # noqa: E731
+    for loss in (welsch, cauchy):
+        for shape in ((), (1,), (4,)):
+            assert not bind_loss(loss, shape, shape).convex, (c, shape)
+    # o⁴ − o²: l″ = 12o² − 2 < 0 for |o| < 0.41 though it is huge farther out.
+    assert not bind_loss(lambda o, y: jnp.sum(o**4 - o**2), (2,), (2,)).convex
+    assert bind_loss(lambda o, y: jnp.sum(o**4 + o**2), (2,), (2,)).convex
+
+
+def test_a_loss_closing_over_traced_values_warns_and_keeps_the_monotone_defaults():
+    def make(w):
+        return lambda o, y: 0.5 * jnp.sum(w * (o - y) ** 2)
+
+    assert bind_loss(make(jnp.ones(2)), (2,), (2,)).regression_defaults  # concrete: surveyed
+
+    @jax.jit
+    def inside(w):
+        bound = bind_loss(make(w), (2,), (2,))
+        assert not bound.convex and not bound.regression_defaults
+        return w
+
+    with pytest.warns(UserWarning, match="depends on traced values.*nonmonotone_window"):
+        inside(jnp.ones(2))
+
+
+def test_the_survey_keeps_no_loss_alive():
+    import gc
+    import weakref
+
+    big = np.ones(1000)
+
+    def loss(o, y):
+        return 0.5 * jnp.sum((o - y) ** 2) * big[0]
+
+    assert bind_loss(loss, (2,), (2,)).quadratic
+    alive = weakref.ref(loss)
+    del loss
+    gc.collect()
+    assert alive() is None
 
 
 def test_unknown_loss_name_lists_the_allowed_names():
