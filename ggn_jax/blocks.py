@@ -113,7 +113,7 @@ class Block:
         if not callable(self.residual):
             raise TypeError(f"Block.residual must be callable, got {type(self.residual).__name__}")
         try:
-            if isinstance(self.weight, (bool, np.bool_)):
+            if isinstance(self.weight, (bool, np.bool_, str, bytes)):
                 raise TypeError
             weight = float(self.weight)
         except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
@@ -134,6 +134,10 @@ def _refuse_list_targets(targets: Any, what: str, expression: str) -> None:
     if isinstance(targets, (list, tuple)):
         raise TypeError(f"{what} is a Python {type(targets).__name__}; pass one array "
                         f"with the samples on the first axis, e.g. jnp.asarray({expression})")
+    if isinstance(targets, Mapping):
+        raise TypeError(f"{what} is a {type(targets).__name__}; a block's targets are one "
+                        "array with the samples on the first axis (observations of several "
+                        "kinds are several blocks)")
 
 
 def _num_samples(tree: Any, what: str, expression: str | None = None) -> int:
@@ -253,7 +257,8 @@ class Blocks:
                     targets: Mapping[str, Any] | None = None, **by_name: Any) -> Blocks:
         """A copy with new samples for the blocks named in ``inputs``
         (resampled collocation points, new data), with the targets given
-        for them in ``targets`` (zero where not given); the other blocks,
+        for them in ``targets`` (zero where not given, but a block that
+        has targets must be given new ones, or None); the other blocks,
         and every weight and residual, are kept. New inputs may also be
         named by keyword, as `Blocks` takes its blocks:
         ``blocks.with_inputs(interior=points)``."""
@@ -269,6 +274,14 @@ class Blocks:
             raise ValueError(f"unknown blocks {sorted(unknown)}; the blocks are {list(self.names)}")
         if set(targets) - set(inputs):
             raise ValueError("new targets need new inputs for the same blocks")
+        forgotten = [name for name in inputs
+                     if self._blocks[name].targets is not None and name not in targets]
+        if forgotten:
+            # Zero targets for a data block's new samples would fit zeros.
+            raise ValueError(
+                f"blocks {forgotten} have targets: give the new samples' targets with "
+                f"their inputs (targets={{{forgotten[0]!r}: ...}}), or None there for zero "
+                "targets")
         new = {}
         for name, block in self._blocks.items():
             if name in inputs:

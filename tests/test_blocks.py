@@ -338,15 +338,30 @@ def test_bad_blocks_are_named():
         ggn_jax.ggn(blocks, "softmax_cross_entropy")
     with pytest.raises(TypeError, match="Block.weight must be a number"):
         ggn_jax.Block(_bc, jnp.ones((3, 2)), weight=True)
+    with pytest.raises(TypeError, match="Block.weight must be a number"):
+        ggn_jax.Block(_bc, jnp.ones((3, 2)), weight="2")
+    # Targets are one array, named when the Block is built (a dict failed in numpy).
+    with pytest.raises(TypeError, match="Block.targets is a dict; a block's targets are one"):
+        ggn_jax.Block(_bc, jnp.ones((3, 2)), targets={"y": jnp.ones(3)})
+    # New samples of a block with targets need new targets: zeros would fit zeros.
+    data = ggn_jax.Blocks(data=ggn_jax.Block(lambda p, x: p * x, jnp.array([1.0, 2.0]),
+                                             targets=jnp.array([2.0, 4.0])))
+    with pytest.raises(ValueError, match=r"blocks \['data'\] have targets: give the new"):
+        data.with_inputs(data=jnp.array([3.0, 4.0]))
+    given = data.with_inputs({"data": jnp.array([3.0, 4.0])}, {"data": jnp.array([6.0, 8.0])})
+    assert float(ggn_jax.fit(given, jnp.asarray(1.0), max_steps=10).params) == pytest.approx(2.0)
+    zeros = data.with_inputs({"data": jnp.array([3.0, 4.0])}, {"data": None})
+    assert zeros["data"].targets is None
     with pytest.raises(ValueError, match="unknown blocks"):
         blocks.with_inputs({"edge": jnp.ones((3, 2))})
     # New inputs by keyword, as Blocks takes its blocks: the dict form's blocks.
     points = jnp.linspace(0, 1, 10).reshape(5, 2)
-    by_keyword = blocks.with_inputs(boundary=points)
+    new_targets = {"boundary": jnp.linspace(0, 1, 5)}
+    by_keyword = blocks.with_inputs(targets=new_targets, boundary=points)
     np.testing.assert_array_equal(by_keyword["boundary"].inputs, points)
     assert by_keyword["interior"] is blocks["interior"]
     assert float(by_keyword.loss(params)) == float(
-        blocks.with_inputs({"boundary": points}).loss(params))
+        blocks.with_inputs({"boundary": points}, new_targets).loss(params))
     with pytest.raises(ValueError, match="unknown blocks"):
         blocks.with_inputs(edge=points)
     with pytest.raises(ValueError, match=r"inputs for \['boundary'\] given twice"):
