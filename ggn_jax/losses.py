@@ -348,6 +348,17 @@ def bind_loss(
                          quadratic=loss == "squared_error", convex=True)
 
     user_loss = loss
+    try:
+        weakref.ref(user_loss)
+    except TypeError:
+        # JAX's tracing keeps functions by weak reference; without this
+        # check its eval_shape fails, and on a second call has crashed
+        # the process (jax 0.10.2).
+        raise TypeError(
+            f"the callable loss, a {type(user_loss).__name__}, cannot be weakly referenced, "
+            "which JAX's tracing needs: give its class a '__weakref__' slot (it has "
+            "__slots__), or pass a function that calls it (lambda o, y: loss(o, y))"
+        ) from None
     if target_sample_shape is not None:
         one_sample = _one_sample(sample_shape, target_sample_shape, integer_targets,
                                  output_dtype, sample_targets)
@@ -433,7 +444,7 @@ def quadratic_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
                          target_sample_shape: tuple[int, ...], *, output_dtype: Any = None,
                          sample_targets: Any = None) -> bool:
     """Whether a callable ``loss(o, y)`` is quadratic in the outputs o:
-    its Hessian in o, at one random y, the same at three random o of
+    its Hessian in o, at each of two draws of y, the same at three random o of
     scales 1, 10³ and 10⁻³ (to 10⁻⁶ of its size in float64, 10⁻³ in
     float32). ½‖o − y‖² written by hand, c·½‖o − y‖² or ½(o − y)ᵀW(o − y)
     are; log-cosh, Huber (with δ up to about 10³), a Poisson or Gaussian
@@ -451,15 +462,16 @@ def convex_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
                       integer_targets: bool = False, *, output_dtype: Any = None,
                       sample_targets: Any = None) -> bool:
     """Whether a callable ``loss(o, y)`` looks convex in the outputs o: its
-    Hessian in o, at one random y ≥ 0 (class 0 for integer labels),
-    positive semi-definite at 36 random o: finite at the twenty of scales
+    Hessian in o, at two draws of y (floats ≥ 0; booleans all True, then
+    all False; integer labels 0, then 1), positive semi-definite at 36
+    random o: finite at the twenty of scales
     0.1, 0.3, 1, 3 and 10 (four of each), and wherever finite at the
     sixteen of scales 30, 60, 100, 200, 300, 600, 1000 and 2000 (two of
     each; a loss may overflow there). Its least eigenvalue must be
     ≥ −10⁻⁶ (float64; 10⁻³ in float32) of the larger of its own largest
-    entry and the largest entry at the twenty near points, so that
-    round-off where the curvature vanishes (a saturated softmax or tanh)
-    does not count. Log-cosh, Huber, a Poisson likelihood in the log-rate,
+    entry and the largest entry at the twelve points of scales up to 1, so
+    that round-off where the curvature vanishes (a saturated softmax or
+    tanh) does not count. Log-cosh, Huber, a Poisson likelihood in the log-rate,
     a cross-entropy written by hand and every squared error (scaled or
     weighted) pass; the Welsch loss 1 − exp(−(r/c)²) and the Cauchy loss
     log(1 + (r/c)²), concave beyond |r| = c/√2 and c, do not (checked for
@@ -477,13 +489,15 @@ def survey_curvature(loss: Callable, sample_shape: tuple[int, ...],
                      integer_targets: bool = False, *, output_dtype: Any = None,
                      sample_targets: Any = None) -> CurvatureSurvey:
     """`quadratic_in_outputs` and `convex_in_outputs` from one compiled
-    program (the Hessians at all 39 points; about 0.2 s for a new loss on
-    this project's 2-core CPU, 1 s for the first in a process),
+    program (the Hessians at all 39 points for each of two draws of the
+    targets; about 0.2 s for a new loss on this project's 2-core CPU, 1 s
+    for the first in a process),
     in the outputs' dtype (``output_dtype``, else the default floating
     one) and at targets of the batch's tree and dtypes (``sample_targets``,
     a pytree of ``jax.ShapeDtypeStruct`` of one sample, as `bind_loss`
-    takes it; else an array of ``target_sample_shape``); floating targets
-    are drawn ≥ 0, integer and boolean ones 0.
+    takes it; else an array of ``target_sample_shape``), twice: floating
+    targets drawn ≥ 0, boolean ones all True then all False, integer ones
+    0 then 1 (a label or mask that picks a branch of the loss shows both).
 
     Surveyed once per loss object, as ``jax.jit`` traces a function once:
     the answers are kept while the loss lives (a weak reference) for each
@@ -520,46 +534,34 @@ def _survey(loss: Callable, outputs: jax.ShapeDtypeStruct, targets: Any) -> Curv
     try:
         with jax.ensure_compile_time_eval(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            y = jax.tree_util.tree_unflatten(tree, [
-                jnp.asarray(np.abs(rng.normal(size=leaf.shape)), leaf.dtype)
-                if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.zeros(leaf.shape, leaf.dtype)
-                for leaf in leaves])
             points = jnp.asarray(scales[:, None] * rng.normal(size=(len(scales), size)), dtype)
-            if size <= _SURVEYED_OUTPUTS:
-                def value(o):
-                    return loss(o.reshape(sample_shape), y)
-
-                hessians = jax.jit(jax.vmap(jax.hessian(value)))(points)
-            else:
-                # The principal block on a random subset of the outputs, one
-                # point at a time: K² entries at every point would take
-                # gigabytes and seconds where K is in the thousands.
-                chosen = jnp.asarray(np.sort(rng.choice(size, _SURVEYED_OUTPUTS,
-                                                        replace=False)))
-
-                def block(o):
-                    def value(part):
-                        return loss(o.at[chosen].set(part).reshape(sample_shape), y)
-
-                    return jax.hessian(value)(o[chosen])
-
-                hessians = jax.jit(lambda p: jax.lax.map(block, p))(points)
+            chosen = (None if size <= _SURVEYED_OUTPUTS else jnp.asarray(
+                np.sort(rng.choice(size, _SURVEYED_OUTPUTS, replace=False))))
             width = min(size, _SURVEYED_OUTPUTS)
-            hessians = np.asarray(hessians)
-        hessians = hessians.reshape(len(scales), width, width).astype(np.float64)
-        quadratic_points, near, far = np.split(
-            hessians, np.cumsum([len(_QUADRATIC_SCALES), len(_NEAR_SCALES)]))
-        quadratic = not labels and _constant(quadratic_points, tolerance, dtype)
-        convex = _convex(near, far, tolerance)
+            quadratic, convex = not labels, True
+            # Two draws of the targets: boolean leaves all True, then all
+            # False, integer ones 0, then 1, so that a mask or a label that
+            # picks a branch of the loss cannot hide the other one.
+            hessians_at = _hessians(loss, sample_shape, chosen)  # compiled once, for both
+            for draw in (0, 1):
+                y = jax.tree_util.tree_unflatten(tree, [
+                    _target_values(leaf, draw, rng) for leaf in leaves])
+                hessians = np.asarray(hessians_at(points, y))
+                hessians = hessians.reshape(len(scales), width, width).astype(np.float64)
+                quadratic_points, near, far = np.split(
+                    hessians, np.cumsum([len(_QUADRATIC_SCALES), len(_NEAR_SCALES)]))
+                quadratic = quadratic and _constant(quadratic_points, tolerance, dtype)
+                convex = convex and _convex(near, far, tolerance)
         survey = CurvatureSurvey(bool(quadratic), bool(convex))
     except _TRACER_ERRORS:
         warnings.warn(
             "the callable loss depends on traced values (it closes over an argument of an "
-            "enclosing jax.jit, vmap or grad), so its curvature in the outputs cannot be "
-            "sampled when the step is built: it gets the options of a loss not known to be "
-            "convex (a monotone gain test, no bound on the step's growth). Close over "
-            "concrete values, or set nonmonotone_window and step_growth yourself "
-            "(8 and 2.0 are squared error's where N·K < P)",
+            "enclosing jax.jit, vmap or grad, or over an array made with jax.numpy inside "
+            "one), so its curvature in the outputs cannot be sampled when the step is built: "
+            "it gets the options of a loss not known to be convex (a monotone gain test, no "
+            "bound on the step's growth). Close over concrete values (NumPy arrays, or "
+            "arrays made outside the traced function), or set nonmonotone_window and "
+            "step_growth yourself (8 and 2.0 are squared error's where N·K < P)",
             stacklevel=2,
         )
         return CurvatureSurvey(False, False)  # not kept: another trace may see values
@@ -568,6 +570,47 @@ def _survey(loss: Callable, outputs: jax.ShapeDtypeStruct, targets: Any) -> Curv
     if surveyed is not None:
         surveyed[key] = survey
     return survey
+
+
+def _target_values(leaf: jax.ShapeDtypeStruct, draw: int, rng: np.random.Generator
+                   ) -> jax.Array:
+    """One sample's target leaf for the survey's ``draw`` (0 or 1): floats
+    |N(0, 1)| (counts, probabilities and values alike are ≥ 0), booleans
+    all True then all False, integers 0 then 1."""
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+        return jnp.asarray(np.abs(rng.normal(size=leaf.shape)), leaf.dtype)
+    if jnp.issubdtype(leaf.dtype, jnp.bool_):
+        return jnp.full(leaf.shape, draw == 0, leaf.dtype)
+    return jnp.full(leaf.shape, draw, leaf.dtype)
+
+
+def _hessians(loss: Callable, sample_shape: tuple[int, ...], chosen: jax.Array | None
+              ) -> Callable:
+    """A compiled ``(points (M, K), y) -> (M, K, K)``: the loss's Hessians in
+    the outputs at each point for targets ``y``, or their principal blocks
+    on the outputs ``chosen``."""
+    if chosen is None:
+        def at(points, y):
+            def value(o):
+                return loss(o.reshape(sample_shape), y)
+
+            return jax.vmap(jax.hessian(value))(points)
+
+        return jax.jit(at)
+
+    # The principal block on a random subset of the outputs, one point at a
+    # time: K² entries at every point would take gigabytes and seconds
+    # where K is in the thousands.
+    def blocks(points, y):
+        def block(o):
+            def value(part):
+                return loss(o.at[chosen].set(part).reshape(sample_shape), y)
+
+            return jax.hessian(value)(o[chosen])
+
+        return jax.lax.map(block, points)
+
+    return jax.jit(blocks)
 
 
 def _surveys_of(loss: Callable) -> dict | None:
@@ -592,10 +635,12 @@ def _convex(near: np.ndarray, far: np.ndarray, tolerance: float) -> bool:
     """Whether the Hessians at the near points are finite and those and the
     finite ones at the far points positive semi-definite: least eigenvalue
     ≥ −``tolerance`` times the larger of the point's largest entry and the
-    largest entry at the near points."""
+    largest entry at the points of scales up to 1 (where nothing
+    saturates, and a curvature that grows with the outputs, such as e^o or
+    o⁴, is still small enough not to hide a negative one)."""
     if not np.all(np.isfinite(near)):
         return False
-    reference = float(np.max(np.abs(near)))
+    reference = float(np.max(np.abs(near[:_SMALL_NEAR_POINTS])))
     finite_far = [h for h in far if np.all(np.isfinite(h))]
     for hessian in [*near, *finite_far]:
         symmetric = 0.5 * (hessian + hessian.T)
@@ -612,6 +657,7 @@ def _convex(near: np.ndarray, far: np.ndarray, tolerance: float) -> bool:
 # tails.
 _QUADRATIC_SCALES = np.array([1.0, 1e3, 1e-3])
 _NEAR_SCALES = np.repeat(np.array([0.1, 0.3, 1.0, 3.0, 10.0]), 4)
+_SMALL_NEAR_POINTS = int(np.sum(_NEAR_SCALES <= 1.0))
 _FAR_SCALES = np.repeat(np.array([30.0, 60.0, 100.0, 200.0, 300.0, 600.0, 1000.0, 2000.0]), 2)
 
 # What JAX raises where a traced value meets a concrete computation.

@@ -443,7 +443,7 @@ def bind_problem(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) ->
         sample_shape,
         target_sample_shape=tuple(jnp.shape(target)[1:]),
         integer_targets=integer_targets,
-        output_dtype=out.dtype,
+        output_dtype=theta.dtype,  # what the loss sees: flat_model casts to it
         sample_targets=jax.tree_util.tree_map(
             lambda t: jax.ShapeDtypeStruct(jnp.shape(t)[1:], jnp.result_type(t)), targets),
     )

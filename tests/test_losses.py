@@ -211,6 +211,13 @@ def test_a_callable_is_checked_with_the_batchs_own_dtypes_and_target_tree():
         result = ggn_jax.fit(apply_fn, p, (inputs, targets), loss=loss, max_steps=3)
         assert np.isfinite(result.loss_history[-1])
         assert result.loss_history[-1] < result.initial_loss
+    # Float64 inputs and float32 params: the loss sees the params' dtype
+    # (the model's outputs are cast to it), and is checked in it.
+    lax_loss = cases[3][0]
+    with pytest.warns(UserWarning, match="params are float32 but the batch holds float64"):
+        problem = bind_problem(apply_fn, lax_loss, params.astype(jnp.float32),
+                               (x, y.astype(jnp.float32)))
+    assert problem.loss.quadratic
     dict_loss = cases[0][0]
     assert bind_problem(apply_fn, dict_loss, params, (x, {"y": y})).loss.least_squares
 
@@ -245,9 +252,55 @@ def test_robust_losses_of_any_scale_are_found_not_convex(c):
     for loss in (welsch, cauchy):
         for shape in ((), (1,), (4,)):
             assert not bind_loss(loss, shape, shape).convex, (c, shape)
-    # o⁴ − o²: l″ = 12o² − 2 < 0 for |o| < 0.41 though it is huge farther out.
-    assert not bind_loss(lambda o, y: jnp.sum(o**4 - o**2), (2,), (2,)).convex
-    assert bind_loss(lambda o, y: jnp.sum(o**4 + o**2), (2,), (2,)).convex
+    for dtype in (jnp.float32, jnp.float64):
+        # o⁴ − o²: l″ = 12o² − 2 < 0 for |o| < 0.41 though it is huge farther
+        # out; cosh(r) + 3(1 − e^{−r²}): l″ = −0.86 at |r| = 1.2, though cosh
+        # grows to 10¹³ at the survey's outer points.
+        assert not bind_loss(lambda o, y: jnp.sum(o**4 - o**2), (2,), (2,),
+                             output_dtype=dtype).convex
+        assert not bind_loss(lambda o, y: jnp.sum(jnp.cosh(o - y) + 3 * welsch_unit(o - y)),
+                             (2,), (2,), output_dtype=dtype).convex
+        assert bind_loss(lambda o, y: jnp.sum(o**4 + o**2), (2,), (2,), output_dtype=dtype).convex
+
+
+def welsch_unit(r):
+    return 1 - jnp.exp(-(r**2))
+
+
+def test_a_mask_or_label_that_picks_a_branch_of_the_loss_is_surveyed_both_ways():
+    # The Welsch loss where a mask is True (or where the label is not 0),
+    # and nothing (or a squared error) elsewhere: not convex either way
+    # round, though a survey at one value of the mask sees only one branch.
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 2))
+    params = jnp.eye(2)
+
+    def apply_fn(p, x):
+        return x @ p
+
+    where_true = lambda o, m: jnp.sum(jnp.where(m, welsch_unit(o), 0.0))  # noqa: E731
+    where_false = lambda o, m: jnp.sum(jnp.where(m, 0.0, welsch_unit(o)))  # noqa: E731
+    for loss in (where_true, where_false):
+        assert not bind_problem(apply_fn, loss, params, (x, x > 0)).loss.convex
+    by_label = lambda o, y: jnp.where(y == 0, 0.5 * jnp.sum(o**2), jnp.sum(welsch_unit(o)))  # noqa: E731
+    assert not bind_loss(by_label, (2,), (), integer_targets=True).convex
+    # A mask that only drops samples keeps a convex loss convex.
+    masked_square = lambda o, m: 0.5 * jnp.sum(jnp.where(m, o**2, 0.0))  # noqa: E731
+    assert bind_problem(apply_fn, masked_square, params, (x, x > 0)).loss.convex
+
+
+def test_a_callable_that_cannot_be_weakly_referenced_is_named():
+    class Slotted:
+        __slots__ = ("c",)
+
+        def __init__(self):
+            self.c = 0.5
+
+        def __call__(self, o, y):
+            return self.c * jnp.sum((o - y) ** 2)
+
+    for _ in range(2):  # JAX's own error, the second time, crashed the process
+        with pytest.raises(TypeError, match="a Slotted, cannot be weakly referenced.*__weakref__"):
+            bind_loss(Slotted(), (2,), (2,))
 
 
 def test_a_loss_closing_over_traced_values_warns_and_keeps_the_monotone_defaults():
