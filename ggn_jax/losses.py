@@ -444,8 +444,8 @@ def quadratic_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
                          target_sample_shape: tuple[int, ...], *, output_dtype: Any = None,
                          sample_targets: Any = None) -> bool:
     """Whether a callable ``loss(o, y)`` is quadratic in the outputs o:
-    its Hessian in o, at each of two draws of y, the same at three random o of
-    scales 1, 10³ and 10⁻³ (to 10⁻⁶ of its size in float64, 10⁻³ in
+    its Hessian in o, at each of two draws of y, the same at three random
+    o of scales 1, 10³ and 10⁻³ (to 10⁻⁶ of its size in float64, 10⁻³ in
     float32). ½‖o − y‖² written by hand, c·½‖o − y‖² or ½(o − y)ᵀW(o − y)
     are; log-cosh, Huber (with δ up to about 10³), a Poisson or Gaussian
     likelihood are not. Evaluated once per loss and shapes, outside any
@@ -464,21 +464,21 @@ def convex_in_outputs(loss: Callable, sample_shape: tuple[int, ...],
     """Whether a callable ``loss(o, y)`` looks convex in the outputs o: its
     Hessian in o, at two draws of y (floats ≥ 0; booleans all True, then
     all False; integer labels 0, then 1), positive semi-definite at 36
-    random o: finite at the twenty of scales
-    0.1, 0.3, 1, 3 and 10 (four of each), and wherever finite at the
-    sixteen of scales 30, 60, 100, 200, 300, 600, 1000 and 2000 (two of
-    each; a loss may overflow there). Its least eigenvalue must be
-    ≥ −10⁻⁶ (float64; 10⁻³ in float32) of the larger of its own largest
-    entry and the largest entry at the twelve points of scales up to 1, so
-    that round-off where the curvature vanishes (a saturated softmax or
-    tanh) does not count. Log-cosh, Huber, a Poisson likelihood in the log-rate,
-    a cross-entropy written by hand and every squared error (scaled or
-    weighted) pass; the Welsch loss 1 − exp(−(r/c)²) and the Cauchy loss
-    log(1 + (r/c)²), concave beyond |r| = c/√2 and c, do not (checked for
-    scales c from 1 to 2000). A sample, not a proof: a loss concave only
-    far from these points passes. Evaluated once per loss and shapes,
-    outside any trace (`survey_curvature`, which also takes
-    ``output_dtype`` and ``sample_targets``).
+    random o: finite at the twenty of scales 0.1, 0.3, 1, 3 and 10 (four
+    of each), and wherever finite at the sixteen of scales 30, 60, 100,
+    200, 300, 600, 1000 and 2000 (two of each; a loss may overflow there).
+    Its least eigenvalue must be ≥ −10⁻⁶ (float64; 10⁻³ in float32) of the
+    larger of its own largest entry and the largest entry at the twelve
+    points of scales up to 1, so that round-off where the curvature
+    vanishes (a saturated softmax or tanh) does not count. Log-cosh, Huber,
+    a Poisson likelihood in the log-rate, a cross-entropy written by hand
+    and every squared error (scaled or weighted) pass; the Welsch loss
+    1 − exp(−(r/c)²) and the Cauchy loss log(1 + (r/c)²), concave beyond
+    |r| = c/√2 and c, do not (checked for scales c from 1 to 2000). A
+    sample, not a proof: a loss concave only far from these points passes.
+    Evaluated once per loss and shapes, outside any trace
+    (`survey_curvature`, which also takes ``output_dtype`` and
+    ``sample_targets``).
     """
     return survey_curvature(loss, sample_shape, target_sample_shape, integer_targets,
                             output_dtype=output_dtype, sample_targets=sample_targets).convex
@@ -491,9 +491,8 @@ def survey_curvature(loss: Callable, sample_shape: tuple[int, ...],
     """`quadratic_in_outputs` and `convex_in_outputs` from one compiled
     program (the Hessians at all 39 points for each of two draws of the
     targets; about 0.2 s for a new loss on this project's 2-core CPU, 1 s
-    for the first in a process),
-    in the outputs' dtype (``output_dtype``, else the default floating
-    one) and at targets of the batch's tree and dtypes (``sample_targets``,
+    for the first in a process), in the outputs' dtype (``output_dtype``,
+    else the default floating one) and at targets of the batch's tree and dtypes (``sample_targets``,
     a pytree of ``jax.ShapeDtypeStruct`` of one sample, as `bind_loss`
     takes it; else an array of ``target_sample_shape``), twice: floating
     targets drawn ≥ 0, boolean ones all True then all False, integer ones
