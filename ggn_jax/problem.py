@@ -281,6 +281,20 @@ def _leading_dims(tree: Any, what: str) -> set[int]:
     return dims
 
 
+def _stack_hint(tree: Any, what: str) -> str:
+    """A hint where ``tree`` is a Python list or tuple of same-shaped arrays,
+    most likely one per sample, which the batch reads as a pytree."""
+    if (not isinstance(tree, (list, tuple)) or len(tree) < 2
+            or any(isinstance(item, (list, tuple, dict)) for item in tree)):
+        return ""
+    shapes = {jnp.shape(item) for item in tree}
+    if len(shapes) != 1:
+        return ""
+    return (f"; {what} is a Python {type(tree).__name__} of {len(tree)} arrays of shape "
+            f"{shapes.pop()}, read as a pytree: if they are one per sample, stack them "
+            f"(jnp.stack({what})) so that the samples are on the first axis")
+
+
 def check_batch(batch: Any) -> tuple[Any, Any, int]:
     """Checks ``batch = (inputs, targets)``; returns them and N."""
     if batch is None:
@@ -299,6 +313,7 @@ def check_batch(batch: Any) -> tuple[Any, Any, int]:
         raise ValueError(
             "inputs and targets must share one leading sample dimension; got "
             f"inputs {sorted(in_dims)} and targets {sorted(out_dims)}"
+            + _stack_hint(inputs, "inputs") + _stack_hint(targets, "targets")
         )
     (n,) = in_dims
     if n == 0:

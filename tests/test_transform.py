@@ -172,8 +172,14 @@ def test_bad_input_at_update_names_the_problem():
         ggn_jax.ggn(mlp_apply).update(params, ggn_jax.ggn(mlp_apply).init(params), params)
     with pytest.raises(TypeError, match=r"batch must be a pair \(inputs, targets\)"):
         _update(batch=(x, y, y))
-    with pytest.raises(ValueError, match="share one leading sample dimension"):
+    with pytest.raises(ValueError, match="share one leading sample dimension") as error:
         _update(batch=(x, y[:3]))
+    assert "stack" not in str(error.value)  # arrays, not lists: no hint
+    # One array per sample in a Python list (x has 4 samples of 3 inputs, y
+    # of 4 targets): read as a pytree, so the hint says to stack them.
+    with pytest.raises(ValueError, match=r"got inputs \[3\] and targets \[4\]; inputs is a "
+                                         r"Python list of 4 arrays of shape \(3,\).*jnp.stack"):
+        _update(batch=([*x], y))
     with pytest.raises(ValueError, match="per-sample shape of the outputs"):
         _update(batch=(x, y[:, :2]))
     with pytest.raises(ValueError, match="different pytree structures"):
