@@ -125,12 +125,12 @@ class Block:
         object.__setattr__(self, "weight", weight)
         # A list of numbers, or no sample axis: named now, not at first use.
         _num_samples(self.inputs, "Block.inputs", "inputs")
-        _refuse_list_targets(self.targets, "Block.targets", "targets")
+        _refuse_non_array_targets(self.targets, "Block.targets", "targets")
 
 
-def _refuse_list_targets(targets: Any, what: str, expression: str) -> None:
+def _refuse_non_array_targets(targets: Any, what: str, expression: str) -> None:
     """A block's targets are one array; a Python list would reach ``jit``
-    as a pytree of scalars."""
+    as a pytree of scalars, and a dict is not one array either."""
     if isinstance(targets, (list, tuple)):
         raise TypeError(f"{what} is a Python {type(targets).__name__}; pass one array "
                         f"with the samples on the first axis, e.g. jnp.asarray({expression})")
@@ -177,7 +177,7 @@ def _pair(batch: Any) -> tuple[Any, Any]:
 def _check_targets(name: str, targets: Any, samples: int, width: int) -> None:
     """Raises ValueError, naming the block, unless ``targets`` holds ``samples``
     rows of ``width`` values (any shape with that leading axis and size)."""
-    _refuse_list_targets(targets, f"targets[{name!r}]", f"targets[{name!r}]")
+    _refuse_non_array_targets(targets, f"targets[{name!r}]", f"targets[{name!r}]")
     if jnp.issubdtype(jnp.result_type(targets), jnp.complexfloating):
         raise TypeError(f"targets[{name!r}] have dtype {jnp.result_type(targets)}; blocks take "
                         "real targets (a complex residual is two real ones: stack them)")

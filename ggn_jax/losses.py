@@ -87,8 +87,7 @@ class BoundLoss(NamedTuple):
         (½‖o − y‖² by hand, scaled or weighted): `ggn` gives it all of
         squared error's defaults (`ggn_jax.options.GGNConfig.resolved_options`),
         geodesic acceleration where N·K ≥ P among them."""
-        return self.name == "squared_error" or (self.name == "callable" and self.quadratic
-                                                and self.convex)
+        return self.quadratic and self.convex  # of the named losses, squared error alone
 
     @property
     def regression_defaults(self) -> bool:
@@ -359,10 +358,12 @@ def bind_loss(
             "which JAX's tracing needs: give its class a '__weakref__' slot (it has "
             "__slots__), or pass a function that calls it (lambda o, y: loss(o, y))"
         ) from None
+    survey = CurvatureSurvey(False, False)
     if target_sample_shape is not None:
         one_sample = _one_sample(sample_shape, target_sample_shape, integer_targets,
                                  output_dtype, sample_targets)
         _check_callable_on_one_sample(user_loss, *one_sample)
+        survey = _survey(user_loss, *one_sample)
 
     def value(o, y):
         out = user_loss(o.reshape(sample_shape), y)
@@ -379,8 +380,6 @@ def bind_loss(
     def hvp(o, y, v):
         return jax.jvp(lambda o_: grad(o_, y), (o,), (v,))[1]
 
-    survey = (CurvatureSurvey(False, False) if target_sample_shape is None
-              else _survey(user_loss, *one_sample))
     return BoundLoss("callable", value, grad, _names_the_loss(jax.hessian(value)), hvp, False,
                      quadratic=survey.quadratic, convex=survey.convex)
 
