@@ -43,6 +43,33 @@ def test_classic_least_squares_reach_the_known_minimum_and_match_scipy(name):
         assert np.max(np.abs(x - minimiser) / np.maximum(1.0, np.abs(minimiser))) < 1e-8
 
 
+@pytest.mark.parametrize("name", ["MGH09", "BoxBOD", "Rat42", "Rat43", "Eckerle4", "Bennett5"])
+def test_nist_problems_reach_the_certified_values_from_both_starts(name):
+    """Six of the eight higher-difficulty problems of NIST's reference
+    data sets for nonlinear regression (StRD), written as a user would: the
+    model f(b, x) as apply_fn over the N data points. From both of NIST's
+    starts `fit` with the defaults reaches NIST's certified parameters (11
+    digits; Eckerle4's up to the sign of (b1, b2), which its model does not
+    see) and residual sum of squares. scipy's MINPACK, from BoxBOD's first
+    start, stops at a residual sum 8.4× the certified one. Of the other two,
+    MGH10 takes 870–1000 steps from its first start, a count that moves
+    with the round-off of the compiled program, and Thurber is missed from
+    its second, where the non-monotone window carries the run to another
+    minimum (BENCHMARKS.md, "NIST's nonlinear regression problems")."""
+    from benchmarks.nist import MODELS, load
+
+    problem = load(name)
+    x, y = jnp.asarray(problem["x"]), jnp.asarray(problem["y"])
+    certified = np.abs(problem["certified"]) if name == "Eckerle4" else problem["certified"]
+    for start in problem["starts"]:
+        result = ggn_jax.fit(MODELS[name], jnp.asarray(start), (x, y), max_steps=1000, tol=0.0)
+        b = np.asarray(result.params)
+        b = np.abs(b) if name == "Eckerle4" else b
+        assert np.max(np.abs(b - certified) / np.abs(certified)) < 1e-8
+        rss = float(np.sum((np.asarray(MODELS[name](result.params, x)) - problem["y"]) ** 2))
+        assert rss == pytest.approx(problem["rss"], rel=1e-9)
+
+
 def _over_parameterised(seed):
     key = jax.random.PRNGKey(1234)
     x = jax.random.normal(key, (128, 4))
