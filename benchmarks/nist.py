@@ -1,6 +1,7 @@
 """NIST's nonlinear regression problems: `fit` against scipy's MINPACK.
 
-Run: ``python -m benchmarks.nist [--variant NAME ...] [--problems A,B]``.
+Run: ``python -m benchmarks.nist [--variant NAME ...] [--problems A,B]``
+(BENCHMARKS.md's table: ``--variant defaults --variant monotone``).
 
 The 27 problems of the NIST Statistical Reference Datasets (StRD) for
 nonlinear least squares (``benchmarks/data/nist``), each from its two
@@ -100,6 +101,14 @@ MODELS = {
 }
 
 
+# The number of parameters of each model (b1 … bP).
+PARAMETERS = {"Misra1a": 2, "Chwirut2": 3, "Chwirut1": 3, "Lanczos3": 6, "Gauss1": 8, "Gauss2": 8,
+              "DanWood": 2, "Misra1b": 2, "Kirby2": 5, "Hahn1": 7, "Nelson": 3, "MGH17": 5,
+              "Lanczos1": 6, "Lanczos2": 6, "Gauss3": 8, "Misra1c": 2, "Misra1d": 2,
+              "Roszman1": 4, "ENSO": 9, "MGH09": 4, "Thurber": 7, "BoxBOD": 2, "Rat42": 3,
+              "MGH10": 3, "Eckerle4": 3, "Rat43": 4, "Bennett5": 3}
+
+
 def load(name: str) -> dict:
     """One problem: its two starts, the certified parameters and residual sum
     of squares, and the data (x of shape (N,), Nelson's (N, 2); Nelson's y
@@ -116,6 +125,11 @@ def load(name: str) -> dict:
                if line.strip().startswith("Residual Sum of Squares"))
     first = max(k for k, line in enumerate(lines) if line.strip().startswith("Data:")) + 1
     data = np.array([[float(v) for v in line.split()] for line in lines[first:] if line.strip()])
+    count = next(int(line.split()[-1]) for line in lines
+                 if line.strip().startswith("Number of Observations"))
+    if data.shape[0] != count or len(certified) != PARAMETERS[name]:
+        raise ValueError(f"{name}.dat: {data.shape[0]} rows for {count} observations, "
+                         f"{len(certified)} parameters for {PARAMETERS[name]}")
     y, x = data[:, 0], (data[:, 1:3] if name == "Nelson" else data[:, 1])
     if name == "Nelson":
         y = np.log(y)
