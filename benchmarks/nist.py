@@ -149,10 +149,11 @@ def log_relative_error(b: np.ndarray, certified: np.ndarray, name: str = "") -> 
     return float(np.min(-np.log10(np.maximum(relative, 1e-16))))
 
 
-def solve_with_fit(name: str, start: np.ndarray, max_steps: int = 1000, **options) -> dict:
-    """`fit` with ``options`` from ``start``: the parameters, the residual
-    sum of squares, and the first step whose loss is the certified one."""
-    problem = load(name)
+def solve_with_fit(name: str, problem: dict, start: np.ndarray, max_steps: int = 1000,
+                   **options) -> dict:
+    """`fit` with ``options`` from ``start`` on ``problem`` (`load`'s): the
+    parameters, the residual sum of squares, and the first step whose loss
+    is the certified one."""
     x, y = jnp.asarray(problem["x"]), jnp.asarray(problem["y"])
     result = ggn_jax.fit(MODELS[name], jnp.asarray(start), (x, y), max_steps=max_steps, tol=0.0,
                          **options)
@@ -163,11 +164,11 @@ def solve_with_fit(name: str, start: np.ndarray, max_steps: int = 1000, **option
     return {"b": b, "rss": rss, "step": int(at[0]) + 1 if at.size else None}
 
 
-def solve_with_scipy(name: str, start: np.ndarray) -> dict:
-    """scipy's MINPACK Levenberg-Marquardt with the exact Jacobian."""
+def solve_with_scipy(name: str, problem: dict, start: np.ndarray) -> dict:
+    """scipy's MINPACK Levenberg-Marquardt with the exact Jacobian, on
+    ``problem`` (`load`'s) from ``start``."""
     from scipy.optimize import least_squares
 
-    problem = load(name)
     x, y = jnp.asarray(problem["x"]), jnp.asarray(problem["y"])
     residual = jax.jit(lambda b: MODELS[name](b, x) - y)
     jacobian = jax.jit(jax.jacfwd(lambda b: MODELS[name](b, x) - y))
@@ -194,12 +195,12 @@ def main(argv=None):
     for name in args.problems.split(","):
         problem = load(name)
         for which, start in enumerate(problem["starts"], 1):
-            reference = solve_with_scipy(name, start)
+            reference = solve_with_scipy(name, problem, start)
             row = {"problem": name, "start": which, "certified_rss": problem["rss"],
                    "scipy": {**reference, "b": reference["b"].tolist()}}
             line = [name, str(which)]
             for variant in variants:
-                run = solve_with_fit(name, start, **VARIANTS[variant])
+                run = solve_with_fit(name, problem, start, **VARIANTS[variant])
                 row[variant] = {**run, "b": run["b"].tolist()}
                 solved = run["rss"] <= problem["rss"] * (1 + 1e-8)
                 line.append(f"{'solved' if solved else 'missed'}, "

@@ -138,10 +138,9 @@ def _laplacian(fn: Callable, method: str, automatic: bool) -> Callable:
             # depend on x. That fails at trace time, so "auto" can still
             # take the trace of the Hessian instead; "folx" names it.
             try:
-                if automatic:  # a failure is expected and handled: folx's log of it is noise
-                    with _folx_log_muted():
-                        return forward(x).laplacian
-                return forward(x).laplacian
+                # Under "auto" a failure is expected and handled: folx's log of it is noise.
+                with _folx_log_muted() if automatic else contextlib.nullcontext():
+                    return forward(x).laplacian
             except Exception as error:  # folx raises many kinds
                 if automatic:
                     return by_hessian(x)
