@@ -1138,3 +1138,40 @@ def test_a_quadratic_callable_on_a_curvature_subsample_takes_its_norm_from_those
         _, state = jax.jit(lambda p: tx.update(None, tx.init(p), p, batch=(x, y)))(params)
         r = np.asarray(mlp_apply(params, x) - y)[:16]
         assert float(state.damping) == pytest.approx(0.5 * 3.0 * np.mean(r**2), rel=1e-10)
+
+
+@pytest.mark.parametrize("loss, options", [
+    ("squared_error", {"solver": "dual"}),
+    ("squared_error", {"solver": "primal"}),
+    ("softmax_cross_entropy", {}),  # CG on a subsample of 32, its defaults
+])
+def test_an_ensemble_is_the_update_mapped_over_its_members(loss, options):
+    """fit's error under vmap points to `jax.vmap` of the update for an
+    ensemble: each member's steps are its own run's, the batch shared."""
+    with enable_x64(True):
+        x = jax.random.normal(jax.random.PRNGKey(5), (40, 3))
+        if loss == "squared_error":
+            y = jnp.sin(x[:, :2])
+        else:
+            y = jnp.argmax(x @ jax.random.normal(jax.random.PRNGKey(6), (3, 4)), axis=1)
+        members = [mlp_init(jax.random.PRNGKey(m), [3, 16, y.shape[-1] if y.ndim == 2 else 4])
+                   for m in range(4)]
+        tx = ggn_jax.ggn(mlp_apply, loss, **options)
+
+        def step(params, state):
+            updates, state = tx.update(None, state, params, batch=(x, y))
+            return optax.apply_updates(params, updates), state
+
+        stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *members)
+        many = (stacked, jax.vmap(tx.init)(stacked))
+        ones = [(params, tx.init(params)) for params in members]
+        mapped, single = jax.jit(jax.vmap(step)), jax.jit(step)
+        for _ in range(3):
+            many = mapped(*many)
+            ones = [single(*one) for one in ones]
+            for m, (params, state) in enumerate(ones):
+                assert float(many[1].loss[m]) == pytest.approx(float(state.loss), rel=1e-9)
+                assert bool(many[1].accepted[m]) == bool(state.accepted)
+                for a, b in zip(jax.tree_util.tree_leaves(params),
+                                jax.tree_util.tree_leaves(many[0])):
+                    np.testing.assert_allclose(b[m], a, rtol=1e-8, atol=1e-10)
