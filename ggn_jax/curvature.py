@@ -17,7 +17,12 @@ Two representations, one per solver family:
 * `per_sample_jacobians`: dense J_i, one per sample, by ``vmap`` over samples
   of ``jacrev`` (K reverse passes per sample). ``jacrev`` of the whole batch
   output would cost N times more, since it differentiates every output with
-  respect to every sample's contribution.
+  respect to every sample's contribution. Where the samples share the
+  model's work (parameters of an ODE integrated once for all observation
+  times, the outputs indexed from the trajectory), one sample costs as
+  much as the batch and the N·K reverse passes cost N times too much: the
+  Jacobian of the whole batch in forward mode, P tangents, is then cheaper
+  (`jacobian_mode`, by XLA's flop counts).
 
 * `problem_structure` and `structured_factors`: the per-layer factors of
   J_i read from the model's jaxpr (`ggn_jax.structure`), from which the
@@ -34,6 +39,7 @@ References:
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -58,14 +64,114 @@ def _one_sample(x):
     return jax.tree_util.tree_map(lambda a: a[None], x)
 
 
+def program_flops(fn: Callable, *args: Any) -> float | None:
+    """XLA's flop count of ``fn(*args)``, lowered for the CPU on the
+    arguments' shapes alone (never run; the GPU and TPU plugins give no
+    cost analysis of a lowered program, jax-ml/jax issue 22713), then for
+    the default backend; None where neither gives a positive count. XLA
+    counts a loop's body once, whatever its trip count."""
+    def as_shape(a):
+        return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+
+    try:
+        traced = jax.jit(fn).trace(*jax.tree_util.tree_map(as_shape, args))
+    except Exception:  # noqa: BLE001 - no count: the caller's fallback
+        return None
+    for platforms in (("cpu",), None):
+        try:
+            analysis = traced.lower(lowering_platforms=platforms).cost_analysis()
+        except Exception:  # noqa: BLE001, S112 - try the next backend
+            continue
+        if isinstance(analysis, (list, tuple)):
+            analysis = analysis[0] if analysis else None
+        flops = analysis.get("flops") if analysis else None
+        if flops is not None and math.isfinite(flops) and flops > 0:
+            return float(flops)
+    return None
+
+
+# A jvp's tangent costs about 1.5 forward passes beside the one primal
+# pass a forward-mode Jacobian shares across its P tangents; a reverse
+# pass about 3 (the forward and the backward).
+FORWARD_TANGENT_COST = 1.5
+REVERSE_PASS_COST = 3.0
+# Forward mode only where the estimate says it is this much cheaper.
+FORWARD_MODE_MARGIN = 2.0
+
+
+# jacobian_mode's answers per live model, by the shapes it was asked for:
+# a step's trace asks for the same model more than once.
+_MODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def jacobian_mode(model: FlatModel, theta: jax.Array, inputs: Any) -> str:
+    """``"forward"`` where the Jacobian of the whole batch in forward mode,
+    (1 + 1.5P)·F flops for a forward pass of F over the batch, is estimated
+    at least `FORWARD_MODE_MARGIN` times cheaper than N·K reverse passes of
+    one sample each, 3K·N·F₁; else ``"reverse"``.
+
+    For a model whose samples are independent F = N·F₁, so forward mode
+    wins only where P < 2K (a network's P never is). It wins where the
+    samples share the work, F ≈ F₁: an ODE integrated once, the outputs
+    read at the samples' times (SIR, Lotka–Volterra, FitzHugh–Nagumo,
+    Lorenz fits of 3–6 parameters on 41–101 observation times: 12–153×
+    faster; BENCHMARKS.md, "ODE parameter estimation"). F and F₁ are
+    XLA's counts (`program_flops`), which count a loop's body once for the
+    batch and for one sample alike; without them, or where P ≥ 2NK (F ≥
+    F₁, so forward mode cannot win), reverse mode. A model JAX cannot take
+    forward (a ``jax.custom_vjp`` inside) stays in reverse mode."""
+    key = tuple((jnp.shape(a), str(jnp.result_type(a)))
+                for a in jax.tree_util.tree_leaves((theta, inputs)))
+    try:
+        known = _MODES.setdefault(model, {})
+    except TypeError:  # not weakly referable or hashable: ask again each time
+        known = {}
+    if key not in known:
+        known[key] = _jacobian_mode(model, theta, inputs)
+    return known[key]
+
+
+def _jacobian_mode(model: FlatModel, theta: jax.Array, inputs: Any) -> str:
+    outputs = jax.eval_shape(model, theta, inputs)
+    n = outputs.shape[0]
+    k = math.prod(outputs.shape[1:])
+    p = theta.shape[0]
+    if n < 2 or p >= 2 * n * k:
+        return "reverse"
+    batch = program_flops(model, theta, inputs)
+    one = program_flops(model, theta, jax.tree_util.tree_map(lambda a: a[:1], inputs))
+    if batch is None or one is None:
+        return "reverse"
+    forward = (1.0 + FORWARD_TANGENT_COST * p) * batch
+    reverse = REVERSE_PASS_COST * k * n * one
+    if FORWARD_MODE_MARGIN * forward > reverse:
+        return "reverse"
+    try:
+        jax.eval_shape(jax.jacfwd(model), theta, inputs)
+    except Exception:  # noqa: BLE001 - no jvp (a custom_vjp): reverse mode
+        return "reverse"
+    return "forward"
+
+
 def per_sample_jacobians(
     model: FlatModel, theta: jax.Array, inputs: Any
 ) -> tuple[jax.Array, jax.Array]:
     """Outputs (N, K) and per-sample Jacobians (N, K, P) at ``theta``.
 
     One ``jacrev`` per sample, vectorised with ``vmap``; the outputs come out of
-    the same forward pass as an auxiliary value.
+    the same forward pass as an auxiliary value. Where `jacobian_mode`
+    finds the batch's forward-mode Jacobian cheaper (samples that share
+    the model's work), that instead: ``jacfwd`` of the whole batch, one
+    primal pass and P tangents.
     """
+    if jacobian_mode(model, theta, inputs) == "forward":
+
+        def whole(th):
+            out = model(th, inputs)
+            return out, out
+
+        jac, outputs = jax.jacfwd(whole, has_aux=True)(theta)
+        return outputs, jac.reshape(*outputs.shape, theta.shape[0])
 
     def single(th, x):
         out = model(th, _one_sample(x))[0]

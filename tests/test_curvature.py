@@ -290,3 +290,66 @@ def test_ggn_matrix_keeps_a_dropped_model_only_until_eight_others_ran():
                                    expected, rtol=1e-6)
     gc.collect()
     assert dropped() is None
+
+
+def _oscillator(theta, steps):
+    """A model whose samples share its work: x″ = −k·x − c·x′ from x(0) =
+    x0, x′(0) = 0, integrated once by 80 RK4 steps of 0.05 in a lax.scan;
+    a sample is a step index, its outputs (x, x′) there."""
+    k, c, x0 = theta[0], theta[1], theta[2]
+
+    def rhs(y):
+        return jnp.stack([y[1], -k * y[0] - c * y[1]])
+
+    def rk4(y, _):
+        h = 0.05
+        k1 = rhs(y)
+        k2 = rhs(y + 0.5 * h * k1)
+        k3 = rhs(y + 0.5 * h * k2)
+        k4 = rhs(y + h * k3)
+        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return y, y
+
+    start = jnp.stack([x0, jnp.zeros_like(x0)])
+    _, path = jax.lax.scan(rk4, start, None, length=80)
+    return jnp.concatenate([start[None], path])[steps]
+
+
+def test_a_model_whose_samples_share_work_takes_the_batch_jacobian_forward():
+    """One sample of the ODE costs as much as the batch: the Jacobian is
+    then the batch's in forward mode (3 tangents, not 2·40 reverse passes
+    through the integration), and equals jacrev of the whole batch. An
+    MLP's samples are independent: reverse mode, one sample at a time."""
+    from ggn_jax.curvature import jacobian_mode
+
+    theta = jnp.array([4.0, 0.3, 1.2])
+    steps = jnp.arange(0, 80, 2)
+    problem = bind_problem(_oscillator, "squared_error", theta,
+                           (steps, jnp.zeros((40, 2))))
+    assert jacobian_mode(problem.model, problem.theta, problem.inputs) == "forward"
+    outputs, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+    reference = jax.jacrev(lambda th: _oscillator(th, steps))(theta)
+    assert jac.shape == (40, 2, 3)
+    np.testing.assert_allclose(jac, reference, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(outputs, _oscillator(theta, steps), rtol=1e-14)
+
+    params, batch = small_problem("squared_error", 4, n=40)
+    mlp = bind_problem(mlp_apply, "squared_error", params, batch)
+    assert jacobian_mode(mlp.model, mlp.theta, mlp.inputs) == "reverse"
+
+
+def test_a_shared_model_jax_cannot_take_forward_stays_in_reverse_mode():
+    from ggn_jax.curvature import jacobian_mode
+
+    @jax.custom_vjp
+    def clipped(x):  # the identity, with a custom reverse rule only
+        return x
+
+    clipped.defvjp(lambda x: (x, None), lambda _, g: (g,))
+    model = lambda th, steps: _oscillator(clipped(th), steps)
+    theta, steps = jnp.array([4.0, 0.3, 1.2]), jnp.arange(0, 80, 2)
+    problem = bind_problem(model, "squared_error", theta, (steps, jnp.zeros((40, 2))))
+    assert jacobian_mode(problem.model, problem.theta, problem.inputs) == "reverse"
+    _, jac = per_sample_jacobians(problem.model, problem.theta, problem.inputs)
+    reference = jax.jacrev(lambda th: _oscillator(th, steps))(theta)
+    np.testing.assert_allclose(jac, reference, rtol=1e-12, atol=1e-14)

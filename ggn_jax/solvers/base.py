@@ -20,7 +20,6 @@ step is rejected and never reaches the parameters.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -33,6 +32,7 @@ from ggn_jax.curvature import (
     linearize,
     loss_hessians,
     problem_jacobian_runs,
+    program_flops,
     split_runs,
 )
 from ggn_jax.problem import Problem, mean_loss
@@ -165,30 +165,11 @@ class ProblemShape(NamedTuple):
 
 def model_flops(problem: Any) -> float | None:
     """Flops of one forward pass of ``problem.model`` over its batch, from
-    XLA's cost analysis of the model lowered for the CPU (traced on shapes
-    alone, never run; closed-over traced values become arguments of the
-    lowered model). The CPU lowering is asked first because the GPU and
-    TPU plugins give no cost analysis of a lowered program (jax-ml/jax
-    issue 22713); then the default backend's. None where neither gives a
-    count (a model XLA cannot lower on its own)."""
-    as_shape = lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
-    try:
-        traced = jax.jit(problem.model).trace(
-            as_shape(problem.theta), jax.tree_util.tree_map(as_shape, problem.inputs))
-    except Exception:  # noqa: BLE001 - the estimate falls back to 2·N·P
-        return None
-    for platforms in (("cpu",), None):
-        try:
-            lowered = traced.lower(lowering_platforms=platforms)
-            analysis = lowered.cost_analysis()
-        except Exception:  # noqa: BLE001, S112 - try the next, else 2·N·P
-            continue
-        if isinstance(analysis, (list, tuple)):
-            analysis = analysis[0] if analysis else None
-        flops = analysis.get("flops") if analysis else None
-        if flops is not None and math.isfinite(flops) and flops > 0:
-            return float(flops)
-    return None
+    XLA's cost analysis of the model lowered on shapes alone
+    (`ggn_jax.curvature.program_flops`; closed-over traced values become
+    arguments of the lowered model). None where XLA gives no count (a
+    model it cannot lower on its own)."""
+    return program_flops(problem.model, problem.theta, problem.inputs)
 
 
 class Solver:
