@@ -392,12 +392,30 @@ def _check_labels(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -
 
 
 # fit's compiled loops, one table per model: an entry lives as long as the
-# user's apply_fn (a bound method's object), as jax.jit's own caches do.
-# A loop holds about 19 MiB on the CPU (a 2-[32]-1 PINN); in a cache that
-# held apply_fn, the 64 most recent problems stayed alive, with their
-# Blocks' samples, after their owner had dropped them (1.2 GB for a fit
-# per resampled `Blocks`).
-_LOOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# user's apply_fn (a bound method's object), as jax.jit's own caches do,
+# found by identity, so that an unhashable model (a method of a dataclass)
+# is cached too. A loop holds about 19 MiB on the CPU (a 2-[32]-1 PINN); in
+# a cache that held apply_fn, the 64 most recent problems stayed alive,
+# with their Blocks' samples, after their owner had dropped them (1.2 GB
+# for a fit per resampled `Blocks`).
+_LOOPS: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _loops_of(owner) -> dict:
+    """``owner``'s table of loops, dropped when ``owner`` is freed; raises
+    TypeError where it cannot be weakly referenced."""
+    key = id(owner)
+    entry = _LOOPS.get(key)
+    if entry is not None and entry[0]() is owner:
+        return entry[1]
+
+    def forget(dead, key=key):
+        if _LOOPS.get(key, (None,))[0] is dead:
+            del _LOOPS[key]
+
+    table: dict = {}
+    _LOOPS[key] = (weakref.ref(owner, forget), table)
+    return table
 
 
 def _owner_and_ref(apply_fn):
@@ -414,10 +432,11 @@ def _cached_build(apply_fn, loss, config, max_steps, every):
     every) while apply_fn lives. The loop reaches apply_fn through a weak
     reference: it runs only when called with it, so apply_fn is alive then,
     and a loop that held it would keep its own cache entry alive for good.
-    Raises TypeError where apply_fn or its object is unhashable or cannot
-    be weakly referenced (the caller then compiles without the cache)."""
+    Raises TypeError where apply_fn or its object cannot be weakly
+    referenced, or the loss is unhashable (the caller then compiles
+    without the cache)."""
     owner, ref, method = _owner_and_ref(apply_fn)
-    table = _LOOPS.setdefault(owner, {})
+    table = _loops_of(owner)
     key = (method, loss, config, max_steps, every)
     run = table.get(key)
     if run is None:

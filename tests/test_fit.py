@@ -215,18 +215,30 @@ def test_a_method_as_the_model_compiles_once_and_is_let_go():
     assert alive() is None
 
 
-def test_an_unhashable_model_fits_without_the_cache():
-    class Unhashable:  # __eq__ without __hash__: compiled anew at every fit
-        def __eq__(self, other):
-            return self is other
+def test_a_method_of_an_unhashable_object_compiles_once():
+    """A dataclass (eq=True, so unhashable) whose method is the model: the
+    loop is found by the object's identity, not its hash."""
+    import dataclasses
 
-        def __call__(self, params, x):
+    traces = []
+
+    @dataclasses.dataclass
+    class Model:
+        width: int
+
+        def apply(self, params, x):
+            traces.append(1)
             return mlp_apply(params, x)
 
     params, batch = _over_parameterised(0)
-    result = ggn_jax.fit(Unhashable(), params, batch, max_steps=3)
+    model = Model(16)
+    first = ggn_jax.fit(model.apply, params, batch, max_steps=3)
+    count = len(traces)
+    again = ggn_jax.fit(model.apply, params, batch, max_steps=3)
+    assert len(traces) == count
     reference = ggn_jax.fit(mlp_apply, params, batch, max_steps=3)
-    np.testing.assert_allclose(result.loss_history, reference.loss_history, rtol=1e-12)
+    np.testing.assert_allclose(first.loss_history, reference.loss_history, rtol=1e-12)
+    np.testing.assert_allclose(again.loss_history, reference.loss_history, rtol=1e-12)
 
 
 def _fitzhugh_nagumo(theta, steps):
