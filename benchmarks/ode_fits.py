@@ -1,8 +1,9 @@
 """Parameters of ODEs from noisy observations: `fit` against scipy's MINPACK.
 
 Run: ``python -m benchmarks.ode_fits [--variant NAME ...] [--problems A,B]
-[--seeds 5]`` (BENCHMARKS.md's table: ``--variant defaults --variant
-marquardt --variant damping_1 --variant monotone``).
+[--seeds 5]`` (BENCHMARKS.md's tables: ``--variant defaults --variant
+marquardt --variant damping_1 --variant monotone``, then ``--variant
+defaults --variant ftol``).
 
 Seven problems as a scientific user writes them: the ODE integrated by
 fixed-step RK4 in a ``lax.scan`` (sub-steps between observations), the
@@ -20,7 +21,8 @@ true parameters ×0.5, ×2, and three log-uniform draws in ×[1/3, 3]) and
 * ``MM-raw`` / ``MM-log``: Michaelis–Menten uptake and a decay (V_max 10³,
   K_m 10⁻², k_d 5·10⁴), as raw parameters and as their logarithms.
 
-`fit` runs 200 steps with ``tol=0`` (the noisy minimum is unknown);
+`fit` runs 200 steps with ``tol=0`` (the noisy minimum is unknown), or
+stops earlier by MINPACK's relative-reduction test with ``ftol``;
 scipy's ``least_squares(method="lm")`` its own stopping test with the
 Jacobian from ``jax.jacfwd``. A run is solved by a method when its cost is
 within 1e-8 (relative) of the lowest any method reached on it. Times are
@@ -46,6 +48,7 @@ VARIANTS = {
     "monotone": {"nonmonotone_window": 0},
     "marquardt": {"damping_type": "marquardt"},
     "damping_1": {"damping": 1.0},
+    "ftol": {"ftol": 1e-15},  # MINPACK's stop, near round-off
 }
 STEPS = 200
 

@@ -101,8 +101,6 @@ def fit_defaults(steps=6) -> dict:
     import jax.numpy as jnp
 
     import ggn_jax
-    from ggn_jax.fit import _build
-    from ggn_jax.options import make_config
 
     sizes, n = [10, 512, 512, 3], 200
     net, params = _mlp(sizes, jnp.float64)
@@ -117,8 +115,8 @@ def fit_defaults(steps=6) -> dict:
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    compiled = _build(net.apply, "squared_error", make_config(), steps, 0).lower(
-        params, (x, y), 0.0).compile()
+    compiled = ggn_jax.lower_fit(net.apply, params, (x, y), max_steps=steps,
+                                 tol=0.0).compile()
     return {
         "P": net.num_params, "N": n, "steps": result.steps,
         "solver": ggn_jax.SOLVER_NAMES[int(result.log.solver[0])],

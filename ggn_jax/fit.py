@@ -2,7 +2,10 @@
 
 The whole loop is a ``lax.while_loop`` on the device: no host round trip per
 step. It stops at loss ≤ ``tol`` or after ``max_steps`` steps (rejected steps
-count). The gradient comes from the same pass the solver makes at θ, so a
+count), or, where ``ftol`` > 0 is given, after an accepted step that changed
+the loss L by at most ftol·|L| while the model predicted a decrease of at
+most that, with a gain ratio ≤ 2 (MINPACK's relative-reduction test, Moré
+1978): for a fit whose minimum loss is unknown, such as noisy data. The gradient comes from the same pass the solver makes at θ, so a
 step costs no separate ``jax.grad``; with a dense solver, a rejected step
 re-solves with the Jacobians, G or Gram matrix it has instead of recomputing
 them.
@@ -136,7 +139,8 @@ class FitResult(NamedTuple):
         (unchanged by a rejected step); the same as ``log.loss``.
       initial_loss: the loss at the initial parameters.
       steps: the number of steps taken (accepted or rejected).
-      converged: whether the loss reached ``tol``.
+      converged: whether the loss reached ``tol``, or the ``ftol`` test
+        stopped the run.
       state: the final `GGNState` (damping, rejected-step count, …).
       log: the `StepLog` of every step.
       loss: (a property) the lowest loss reached, the least of
@@ -212,7 +216,7 @@ def _build(
     """The jitted loop; ``model()`` gives the apply_fn (or `Blocks`) when it
     is traced; ``every`` > 0 reports progress every that many steps."""
 
-    def run(params, batch, tol):
+    def run(params, batch, tol, ftol):
         problem = bind_problem(model(), loss, params, batch)
         dtype = problem.theta.dtype
         # Every step on non-finite data would be rejected: stop before the
@@ -246,11 +250,12 @@ def _build(
             return jnp.linalg.norm(value).astype(dtype)
 
         def cond(carry):
-            _, _, state, _, step, _, _ = carry
-            return clean & (step < max_steps) & ~(state.loss <= tol)
+            _, _, state, _, step, _, _, stalled = carry
+            return clean & (step < max_steps) & ~(state.loss <= tol) & ~stalled
 
         def body(carry):
-            theta, local, state, log, step, best, (since, monotone) = carry
+            theta, local, state, log, step, best, (since, monotone), _ = carry
+            before = state.loss
             # After the watchdog has fired, the window holds no loss: the
             # acceptance test is the monotone one.
             state = state._replace(
@@ -306,19 +311,27 @@ def _build(
                     lambda: solver.prepare(problem._replace(theta=theta), config)[0],
                     lambda: local,
                 )
+            # MINPACK's test on relative reductions (Moré 1978, lmder's
+            # ftol), on the step just taken: its actual and predicted
+            # decrease each at most ftol·|L|, its gain ratio at most 2.
+            scale = ftol * jnp.abs(before)
+            stalled = ((ftol > 0) & state.accepted & ~revert
+                       & (state.last_predicted <= scale)
+                       & (jnp.abs(before - state.loss) <= scale) & (state.rho <= 2))
             if every:
                 report_from_device(step, every, state.loss, state.damping, state.rho)
             return (theta, local, state, _record(log, step, state), step + 1, best,
-                    (since, monotone))
+                    (since, monotone), stalled)
 
         best = (problem.theta, state.loss, state.loss, jnp.asarray(jnp.nan, dtype))
         watchdog = (jnp.zeros((), jnp.int32), jnp.array(False))
-        theta, _, state, log, steps, best, _ = jax.lax.while_loop(
+        theta, _, state, log, steps, best, _, stalled = jax.lax.while_loop(
             cond, body,
-            (problem.theta, local, state, log, jnp.zeros((), jnp.int32), best, watchdog),
+            (problem.theta, local, state, log, jnp.zeros((), jnp.int32), best, watchdog,
+             jnp.array(False)),
         )
         return (problem.unravel(best[0]), problem.unravel(theta), state, initial_loss, log,
-                steps, non_finite)
+                steps, non_finite, stalled)
 
     return jax.jit(run)
 
@@ -458,7 +471,7 @@ def _real_number(value: Any) -> float | None:
         return None
 
 
-def _checked_inputs(apply_fn, params, batch, loss, max_steps, tol, options):
+def _checked_inputs(apply_fn, params, batch, loss, max_steps, tol, options, ftol=0.0):
     """`fit`'s and `lower_fit`'s argument checks: the bound loss name, the
     config, and the batch (a `Blocks` problem's own where none is given)."""
     loss = check_loss(loss)
@@ -469,11 +482,14 @@ def _checked_inputs(apply_fn, params, batch, loss, max_steps, tol, options):
     value = _real_number(tol)
     if value is None or math.isnan(value):
         raise ValueError(f"tol must be a real number, got {tol!r}")
+    relative = _real_number(ftol)
+    if relative is None or not 0 <= relative < math.inf:
+        raise ValueError(f"ftol must be a finite number ≥ 0 (0: off), got {ftol!r}")
     config = make_config(**options)
     if batch is None and isinstance(getattr(apply_fn, "batch", None), tuple):
         batch = apply_fn.batch  # ggn_jax.Blocks carries its own samples
     _check_labels(apply_fn, loss, params, batch)
-    return loss, config, batch, steps, value
+    return loss, config, batch, steps, value, relative
 
 
 def lower_fit(
@@ -484,6 +500,7 @@ def lower_fit(
     *,
     max_steps: int = 100,
     tol: float = 1e-20,
+    ftol: float = 0.0,
     **options: Any,
 ) -> jax.stages.Lowered:
     """`fit`'s whole loop for these arguments, lowered but neither compiled
@@ -492,7 +509,8 @@ def lower_fit(
     estimates of the program `fit` runs.
 
     Args:
-      apply_fn, params, batch, loss, max_steps, tol, **options: as for `fit`.
+      apply_fn, params, batch, loss, max_steps, tol, ftol, **options: as
+        for `fit`.
 
     Returns:
       A ``jax.stages.Lowered``; ``.compile()`` gives the program that `fit`
@@ -507,10 +525,11 @@ def lower_fit(
       >>> compiled.memory_analysis() is None or compiled.memory_analysis().temp_size_in_bytes >= 0
       True
     """
-    loss, config, batch, max_steps, tol = _checked_inputs(apply_fn, params, batch, loss,
-                                                          max_steps, tol, options)
+    loss, config, batch, max_steps, tol, ftol = _checked_inputs(
+        apply_fn, params, batch, loss, max_steps, tol, options, ftol)
     with forward_mode_hint():
-        return _build(lambda: apply_fn, loss, config, max_steps, 0).lower(params, batch, tol)
+        return _build(lambda: apply_fn, loss, config, max_steps, 0).lower(
+            params, batch, tol, ftol)
 
 
 def fit(
@@ -521,6 +540,7 @@ def fit(
     *,
     max_steps: int = 100,
     tol: float = 1e-20,
+    ftol: float = 0.0,
     progress: bool | int = False,
     **options: Any,
 ) -> FitResult:
@@ -537,6 +557,12 @@ def fit(
       tol: stop once the mean loss is ≤ tol (for a callable loss whose
         minimum is not 0, a value of its own, or ``-jnp.inf`` to run
         ``max_steps``).
+      ftol: 0 (default) for no other stop; > 0 stops after an accepted
+        step whose actual and predicted decreases of the loss L are both
+        at most ftol·|L| (gain ratio ≤ 2; MINPACK's ftol): the minimum
+        reached to about that relative precision in L, where it is not
+        known beforehand (noisy data). 1e-15 in float64 stops near
+        round-off; scipy's default is 1e-8.
       progress: False (default) for silence; True for a progress bar with
         the loss, λ and ρ (tqdm if installed, else lines on stderr),
         updated every step; an integer n > 0 updates it every n steps (each
@@ -577,8 +603,8 @@ def fit(
             "fit cannot run under jax.jit, jax.vmap or jax.grad: it compiles a loop of its "
             "own and returns host values (the step count, the log). Call it outside them; "
             "for an ensemble, jax.vmap the update of ggn(...) in an optax loop")
-    loss, config, batch, max_steps, tol = _checked_inputs(apply_fn, params, batch, loss,
-                                                          max_steps, tol, options)
+    loss, config, batch, max_steps, tol, ftol = _checked_inputs(
+        apply_fn, params, batch, loss, max_steps, tol, options, ftol)
     try:
         run = _cached_build(apply_fn, loss, config, max_steps, every)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache
@@ -586,12 +612,12 @@ def fit(
     bar = ProgressBar(max_steps, "ggn fit", enabled=every > 0)
     # Only a run that reports needs its callbacks routed (and waited for).
     with bar, active(bar) if every else contextlib.nullcontext(), forward_mode_hint():
-        best_params, last_params, state, initial_loss, log, steps, non_finite = run(
-            params, batch, tol)
+        best_params, last_params, state, initial_loss, log, steps, non_finite, stalled = run(
+            params, batch, tol, ftol)
         # One transfer for everything the host needs (each sync costs tens of µs).
-        steps, non_finite, log, initial_loss, final_loss, damping, rho = jax.device_get(
-            (steps, non_finite, log, initial_loss, state.loss, state.damping, state.rho)
-        )
+        steps, non_finite, log, initial_loss, final_loss, damping, rho, stalled = (
+            jax.device_get((steps, non_finite, log, initial_loss, state.loss, state.damping,
+                            state.rho, stalled)))
         steps = int(steps)
         bar.update(steps, loss=final_loss, damping=damping, rho=rho)
     _raise_non_finite(non_finite, params, batch)
@@ -603,7 +629,7 @@ def fit(
         log.loss,
         float(initial_loss),
         steps,
-        bool(final_loss <= tol),
+        bool(final_loss <= tol or stalled),
         state,
         log,
         last_params,

@@ -285,6 +285,25 @@ def test_an_ode_parameter_fit_reaches_scipys_least_squares_minimum():
     np.testing.assert_allclose(result.params, reference.x, rtol=1e-8)
     # fit's loss is ½·mean over samples of ‖r_i‖², scipy's cost ½·Σ r².
     assert result.loss == pytest.approx(reference.cost / steps.shape[0], rel=1e-12)
+    assert result.steps == 60 and not result.converged  # tol = 0: only max_steps stops it
+
+    # With ftol, MINPACK's test stops it once a step changes L by ≤ ftol·L.
+    early = ggn_jax.fit(_fitzhugh_nagumo, start, (steps, observed), max_steps=60, tol=0.0,
+                        ftol=1e-15)
+    assert early.converged and early.steps < 30
+    np.testing.assert_allclose(early.params, reference.x, rtol=1e-7)
+    losses = np.concatenate([[early.initial_loss], early.log.loss])
+    assert early.log.accepted[-1]
+    assert abs(losses[-1] - losses[-2]) <= 1e-15 * losses[-2]
+    change = np.abs(np.diff(losses))[:-1][early.log.accepted[:-1]]
+    assert np.all(change > 1e-15 * losses[:-2][early.log.accepted[:-1]])  # no earlier stop
+
+
+@pytest.mark.parametrize("ftol", [-1e-8, float("nan"), float("inf"), "1e-8"])
+def test_a_bad_ftol_is_named(ftol):
+    params, batch = _over_parameterised(0)
+    with pytest.raises(ValueError, match="ftol must be a finite number"):
+        ggn_jax.fit(mlp_apply, params, batch, max_steps=2, ftol=ftol)
 
 
 def test_float32_fit_makes_progress_without_nan():
