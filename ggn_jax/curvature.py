@@ -118,8 +118,11 @@ def jacobian_mode(model: FlatModel, theta: jax.Array, inputs: Any) -> str:
     faster; BENCHMARKS.md, "ODE parameter estimation"). F and F₁ are
     XLA's counts (`program_flops`), which count a loop's body once for the
     batch and for one sample alike; without them, or where P ≥ 2NK (F ≥
-    F₁, so forward mode cannot win), reverse mode. A model JAX cannot take
-    forward (a ``jax.custom_vjp`` inside) stays in reverse mode."""
+    F₁, so forward mode cannot win), reverse mode; so too where a loop's
+    trip count differs between the batch and one sample (a loop over the
+    samples, ``lax.map``, whose body XLA counts once but which runs N
+    times). A model JAX cannot take forward (a ``jax.custom_vjp`` inside)
+    stays in reverse mode."""
     key = tuple((jnp.shape(a), str(jnp.result_type(a)))
                 for a in jax.tree_util.tree_leaves((theta, inputs)))
     try:
@@ -138,8 +141,13 @@ def _jacobian_mode(model: FlatModel, theta: jax.Array, inputs: Any) -> str:
     p = theta.shape[0]
     if n < 2 or p >= 2 * n * k:
         return "reverse"
+    one_sample = jax.tree_util.tree_map(lambda a: a[:1], inputs)
+    if _loop_lengths(model, theta, inputs) != _loop_lengths(model, theta, one_sample):
+        # A loop over the samples (lax.map): XLA counts its body once for
+        # the batch and for one sample alike, but it runs N times.
+        return "reverse"
     batch = program_flops(model, theta, inputs)
-    one = program_flops(model, theta, jax.tree_util.tree_map(lambda a: a[:1], inputs))
+    one = program_flops(model, theta, one_sample)
     if batch is None or one is None:
         return "reverse"
     forward = (1.0 + FORWARD_TANGENT_COST * p) * batch
@@ -151,6 +159,33 @@ def _jacobian_mode(model: FlatModel, theta: jax.Array, inputs: Any) -> str:
     except Exception:  # noqa: BLE001 - no jvp (a custom_vjp): reverse mode
         return "reverse"
     return "forward"
+
+
+def _loop_lengths(fn: Callable, *args: Any) -> list | None:
+    """The trip counts of the scans in ``fn``'s jaxpr (nested ones too),
+    sorted, and None for a while loop's unknown count; None where it
+    cannot be traced."""
+    try:
+        closed = jax.make_jaxpr(fn)(*args)
+    except Exception:  # noqa: BLE001 - no jaxpr: the caller's fallback
+        return None
+    lengths: list = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                lengths.append(int(eqn.params["length"]))
+            elif eqn.primitive.name == "while":
+                lengths.append(-1)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                        walk(sub.jaxpr)
+                    elif hasattr(sub, "eqns"):
+                        walk(sub)
+
+    walk(closed.jaxpr)
+    return sorted(lengths)
 
 
 def per_sample_jacobians(

@@ -48,12 +48,14 @@ the returned parameters is within one band of the lowest.
 
 The compiled loop is cached per (apply_fn, loss, options, max_steps); a second
 call with arrays of the same shapes and dtypes reuses the compiled program.
-The cache holds apply_fn (for ``model.apply``, the model) weakly: a loop is
-freed with the problem it was compiled for, as jax.jit's are.
+The cache holds apply_fn (for ``model.apply``, the model) weakly beyond the
+last 8 models fitted: a loop is freed with the problem it was compiled for
+once 8 others ran.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import math
@@ -405,30 +407,69 @@ def _check_labels(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -
 
 
 # fit's compiled loops, one table per model: an entry lives as long as the
-# user's apply_fn (a bound method's object), as jax.jit's own caches do,
-# found by identity, so that an unhashable model (a method of a dataclass)
-# is cached too. A loop holds about 19 MiB on the CPU (a 2-[32]-1 PINN); in
+# user's apply_fn (a bound method's object), as jax.jit's own caches do. A
+# hashable model is found by equality (a value-equal model made anew for
+# each fit reuses the loop), an unhashable one (a method of a dataclass)
+# by identity. A loop holds about 19 MiB on the CPU (a 2-[32]-1 PINN); in
 # a cache that held apply_fn, the 64 most recent problems stayed alive,
 # with their Blocks' samples, after their owner had dropped them (1.2 GB
-# for a fit per resampled `Blocks`).
-_LOOPS: dict[int, tuple[weakref.ref, dict]] = {}
+# for a fit per resampled `Blocks`). A callable loss that refers to its
+# model (``loss=model.loss``) keeps the entry alive; the tables are bounded
+# by `MAX_CACHED_MODELS`, the oldest dropped first, as a backstop. The
+# last `KEPT_MODELS` models are held, as `ggn_matrix` holds its last 8
+# programs: a model made anew for each fit (``fit(Model(), ...)`` in a loop
+# over starts) finds its loop again, and a dropped one is freed once 8
+# others ran.
+MAX_CACHED_MODELS = 64
+KEPT_MODELS = 8
+_KEPT: collections.deque = collections.deque(maxlen=KEPT_MODELS)
+_EQUAL_LOOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SAME_LOOPS: dict[int, tuple[weakref.ref, dict]] = {}
+_ORDER: list = []  # (kind, key) of each table, oldest first
 
 
 def _loops_of(owner) -> dict:
     """``owner``'s table of loops, dropped when ``owner`` is freed; raises
     TypeError where it cannot be weakly referenced."""
+    try:
+        table = _EQUAL_LOOPS.get(owner)
+        hashable = True
+    except TypeError:  # unhashable: by identity
+        hashable = False
+    if hashable:
+        if table is None:
+            table = _EQUAL_LOOPS[owner] = {}
+            _remember(("equal", weakref.ref(owner)))
+        return table
     key = id(owner)
-    entry = _LOOPS.get(key)
+    entry = _SAME_LOOPS.get(key)
     if entry is not None and entry[0]() is owner:
         return entry[1]
 
-    def forget(dead, key=key):
-        if _LOOPS.get(key, (None,))[0] is dead:
-            del _LOOPS[key]
+    def forget(dead, key=key, tables=_SAME_LOOPS):  # bound now: at exit the
+        if tables.get(key, (None,))[0] is dead:     # module's names are gone
+            del tables[key]
 
-    table: dict = {}
-    _LOOPS[key] = (weakref.ref(owner, forget), table)
+    table = {}
+    _SAME_LOOPS[key] = (weakref.ref(owner, forget), table)
+    _remember(("same", key))
     return table
+
+
+def _remember(name) -> None:
+    """Notes a new table; past `MAX_CACHED_MODELS` live ones, drops the
+    oldest."""
+    _ORDER.append(name)
+    _ORDER[:] = [(kind, key) for kind, key in _ORDER
+                 if (key() is not None if kind == "equal" else key in _SAME_LOOPS)]
+    while len(_ORDER) > MAX_CACHED_MODELS:
+        kind, key = _ORDER.pop(0)
+        if kind == "equal":
+            owner = key()
+            if owner is not None:
+                _EQUAL_LOOPS.pop(owner, None)
+        else:
+            _SAME_LOOPS.pop(key, None)
 
 
 def _owner_and_ref(apply_fn):
@@ -450,6 +491,8 @@ def _cached_build(apply_fn, loss, config, max_steps, every):
     without the cache)."""
     owner, ref, method = _owner_and_ref(apply_fn)
     table = _loops_of(owner)
+    if not any(kept is owner for kept in _KEPT):
+        _KEPT.append(owner)
     key = (method, loss, config, max_steps, every)
     run = table.get(key)
     if run is None:

@@ -336,6 +336,11 @@ def test_a_model_whose_samples_share_work_takes_the_batch_jacobian_forward():
     params, batch = small_problem("squared_error", 4, n=40)
     mlp = bind_problem(mlp_apply, "squared_error", params, batch)
     assert jacobian_mode(mlp.model, mlp.theta, mlp.inputs) == "reverse"
+    # The same MLP mapped over its samples by lax.map: XLA counts the loop's
+    # body once for 40 samples and for 1, but the samples share nothing.
+    mapped = bind_problem(lambda p, x: jax.lax.map(lambda xi: mlp_apply(p, xi[None])[0], x),
+                          "squared_error", params, batch)
+    assert jacobian_mode(mapped.model, mapped.theta, mapped.inputs) == "reverse"
 
 
 def test_a_shared_model_jax_cannot_take_forward_stays_in_reverse_mode():
@@ -346,7 +351,9 @@ def test_a_shared_model_jax_cannot_take_forward_stays_in_reverse_mode():
         return x
 
     clipped.defvjp(lambda x: (x, None), lambda _, g: (g,))
-    model = lambda th, steps: _oscillator(clipped(th), steps)
+    def model(th, steps):
+        return _oscillator(clipped(th), steps)
+
     theta, steps = jnp.array([4.0, 0.3, 1.2]), jnp.arange(0, 80, 2)
     problem = bind_problem(model, "squared_error", theta, (steps, jnp.zeros((40, 2))))
     assert jacobian_mode(problem.model, problem.theta, problem.inputs) == "reverse"

@@ -186,7 +186,43 @@ def test_fit_lets_go_of_a_model_its_caller_dropped():
     ggn_jax.fit(apply_fn, params, (x, y), max_steps=2)
     del blocks, apply_fn
     gc.collect()
+    assert [ref() for ref in alive] != [None, None]  # the last 8 models are kept
+    for _ in range(8):
+        ggn_jax.fit(lambda p, x: mlp_apply(p, x), params, (x, y), max_steps=0)
+    gc.collect()
     assert [ref() for ref in alive] == [None, None]
+
+
+def test_a_loss_that_refers_to_its_model_is_let_go_past_the_bound(monkeypatch):
+    """loss=model.loss keeps its model's cache entry alive; the tables of
+    live models are bounded (`MAX_CACHED_MODELS`, the oldest dropped), so
+    such a model is freed once that many others are cached."""
+    import gc
+    import sys
+    import weakref
+
+    monkeypatch.setattr(sys.modules["ggn_jax.fit"], "MAX_CACHED_MODELS", 3)
+
+    class Model:
+        def apply(self, params, x):
+            return mlp_apply(params, x)
+
+        def loss(self, outputs, targets):
+            return 0.5 * jnp.sum((outputs - targets) ** 2)
+
+    params, batch = _over_parameterised(0)
+    first = Model()
+    alive = weakref.ref(first)
+    ggn_jax.fit(first.apply, params, batch, loss=first.loss, max_steps=1)
+    del first
+    gc.collect()
+    assert alive() is not None
+    # Live models, each a table: past the bound of 3, and past the 8 kept.
+    others = [Model() for _ in range(8)]
+    for other in others:
+        ggn_jax.fit(other.apply, params, batch, max_steps=1)
+    gc.collect()
+    assert alive() is None
 
 
 def test_a_method_as_the_model_compiles_once_and_is_let_go():
@@ -211,8 +247,30 @@ def test_a_method_as_the_model_compiles_once_and_is_let_go():
     assert again.loss == first.loss
     alive = weakref.ref(model)
     del model
+    for _ in range(8):
+        ggn_jax.fit(lambda p, x: mlp_apply(p, x), params, batch, max_steps=0)
     gc.collect()
     assert alive() is None
+
+
+def test_a_value_equal_model_made_anew_reuses_the_loop():
+    import dataclasses
+
+    traces = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Model:
+        width: int = 16
+
+        def __call__(self, params, x):
+            traces.append(1)
+            return mlp_apply(params, x)
+
+    params, batch = _over_parameterised(0)
+    ggn_jax.fit(Model(), params, batch, max_steps=3)
+    count = len(traces)
+    ggn_jax.fit(Model(), params, batch, max_steps=3)
+    assert len(traces) == count
 
 
 def test_a_method_of_an_unhashable_object_compiles_once():
