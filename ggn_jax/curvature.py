@@ -206,7 +206,7 @@ def per_sample_jacobians(
             return out, out
 
         jac, outputs = jax.jacfwd(whole, has_aux=True)(theta)
-        return outputs, jac.reshape(*outputs.shape, theta.shape[0])
+        return outputs, jac
 
     def single(th, x):
         out = model(th, _one_sample(x))[0]

@@ -5,10 +5,10 @@ step. It stops at loss ≤ ``tol`` or after ``max_steps`` steps (rejected steps
 count), or, where ``ftol`` > 0 is given, after an accepted step that changed
 the loss L by at most ftol·|L| while the model predicted a decrease of at
 most that, with a gain ratio ≤ 2 (MINPACK's relative-reduction test, Moré
-1978): for a fit whose minimum loss is unknown, such as noisy data. The gradient comes from the same pass the solver makes at θ, so a
-step costs no separate ``jax.grad``; with a dense solver, a rejected step
-re-solves with the Jacobians, G or Gram matrix it has instead of recomputing
-them.
+1978): for a fit whose minimum loss is unknown, such as noisy data. The
+gradient comes from the same pass the solver makes at θ, so a step costs
+no separate ``jax.grad``; with a dense solver, a rejected step re-solves
+with the Jacobians, G or Gram matrix it has instead of recomputing them.
 
 With the non-monotone acceptance of squared error (`ggn`'s
 ``nonmonotone_window``), ``fit`` keeps a watchdog (Chamberlain, Powell,
@@ -48,18 +48,15 @@ the returned parameters is within one band of the lowest.
 
 The compiled loop is cached per (apply_fn, loss, options, max_steps); a second
 call with arrays of the same shapes and dtypes reuses the compiled program.
-The cache holds apply_fn (for ``model.apply``, the model) weakly beyond the
-last 8 models fitted: a loop is freed with the problem it was compiled for
-once 8 others ran.
+The last 8 loops are kept: a model the caller dropped is freed once 8
+others were built.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import inspect
 import math
-import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -212,14 +209,12 @@ def _record(log: StepLog, step: jax.Array, state: GGNState) -> StepLog:
 
 
 def _build(
-    model: Callable[[], Callable], loss: LossSpec, config: GGNConfig, max_steps: int,
-    every: int,
+    apply_fn: Callable, loss: LossSpec, config: GGNConfig, max_steps: int, every: int
 ):
-    """The jitted loop; ``model()`` gives the apply_fn (or `Blocks`) when it
-    is traced; ``every`` > 0 reports progress every that many steps."""
+    """The jitted loop; ``every`` > 0 reports progress every that many steps."""
 
     def run(params, batch, tol, ftol):
-        problem = bind_problem(model(), loss, params, batch)
+        problem = bind_problem(apply_fn, loss, params, batch)
         dtype = problem.theta.dtype
         # Every step on non-finite data would be rejected: stop before the
         # first and let the host name the leaf.
@@ -406,97 +401,29 @@ def _check_labels(apply_fn: Callable, loss: LossSpec, params: Any, batch: Any) -
         check_labels(loss, batch[1], int(np.prod(outputs.shape[1:], dtype=int)))
 
 
-# fit's compiled loops, one table per model: an entry lives as long as the
-# user's apply_fn (a bound method's object), as jax.jit's own caches do. A
-# hashable model is found by equality (a value-equal model made anew for
-# each fit reuses the loop), an unhashable one (a method of a dataclass)
-# by identity. A loop holds about 19 MiB on the CPU (a 2-[32]-1 PINN); in
-# a cache that held apply_fn, the 64 most recent problems stayed alive,
-# with their Blocks' samples, after their owner had dropped them (1.2 GB
-# for a fit per resampled `Blocks`). A callable loss that refers to its
-# model (``loss=model.loss``) keeps the entry alive; the tables are bounded
-# by `MAX_CACHED_MODELS`, the oldest dropped first, as a backstop. The
-# last `KEPT_MODELS` models are held, as `ggn_matrix` holds its last 8
-# programs: a model made anew for each fit (``fit(Model(), ...)`` in a loop
-# over starts) finds its loop again, and a dropped one is freed once 8
-# others ran.
-MAX_CACHED_MODELS = 64
-KEPT_MODELS = 8
-_KEPT: collections.deque = collections.deque(maxlen=KEPT_MODELS)
-_EQUAL_LOOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_SAME_LOOPS: dict[int, tuple[weakref.ref, dict]] = {}
-_ORDER: list = []  # (kind, key) of each table, oldest first
-
-
-def _loops_of(owner) -> dict:
-    """``owner``'s table of loops, dropped when ``owner`` is freed; raises
-    TypeError where it cannot be weakly referenced."""
-    try:
-        table = _EQUAL_LOOPS.get(owner)
-        hashable = True
-    except TypeError:  # unhashable: by identity
-        hashable = False
-    if hashable:
-        if table is None:
-            table = _EQUAL_LOOPS[owner] = {}
-            _remember(("equal", weakref.ref(owner)))
-        return table
-    key = id(owner)
-    entry = _SAME_LOOPS.get(key)
-    if entry is not None and entry[0]() is owner:
-        return entry[1]
-
-    def forget(dead, key=key, tables=_SAME_LOOPS):  # bound now: at exit the
-        if tables.get(key, (None,))[0] is dead:     # module's names are gone
-            del tables[key]
-
-    table = {}
-    _SAME_LOOPS[key] = (weakref.ref(owner, forget), table)
-    _remember(("same", key))
-    return table
-
-
-def _remember(name) -> None:
-    """Notes a new table; past `MAX_CACHED_MODELS` live ones, drops the
-    oldest."""
-    _ORDER.append(name)
-    _ORDER[:] = [(kind, key) for kind, key in _ORDER
-                 if (key() is not None if kind == "equal" else key in _SAME_LOOPS)]
-    while len(_ORDER) > MAX_CACHED_MODELS:
-        kind, key = _ORDER.pop(0)
-        if kind == "equal":
-            owner = key()
-            if owner is not None:
-                _EQUAL_LOOPS.pop(owner, None)
-        else:
-            _SAME_LOOPS.pop(key, None)
-
-
-def _owner_and_ref(apply_fn):
-    """The object whose life bounds the cache entry and a weak way back to
-    ``apply_fn``; a bound method is rebuilt from its (weakly held) object,
-    since ``model.apply`` makes a new method object at every access."""
-    if inspect.ismethod(apply_fn):
-        return apply_fn.__self__, weakref.WeakMethod(apply_fn), apply_fn.__func__
-    return apply_fn, weakref.ref(apply_fn), None
+# fit's compiled loops, the last `MAX_CACHED_MODELS`, by (apply_fn, loss,
+# config, max_steps, every) compared by ==, as `ggn_jax.problem.one_program`
+# keeps its programs: a value-equal model made anew for each fit, or
+# ``model.apply`` (a new method object at every access, equal to the last),
+# finds its loop again, and a model the caller dropped, with what it holds
+# (a `Blocks`' samples, a loss that refers to it), is freed once 8 other
+# loops were built. A loop holds about 19 MiB on the CPU (a 2-[32]-1 PINN):
+# an lru_cache of 64 kept 1.2 GB alive for a fit per resampled `Blocks`.
+MAX_CACHED_MODELS = 8
+_LOOPS: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
 
 
 def _cached_build(apply_fn, loss, config, max_steps, every):
-    """`_build`'s loop, built once per (apply_fn, loss, config, max_steps,
-    every) while apply_fn lives. The loop reaches apply_fn through a weak
-    reference: it runs only when called with it, so apply_fn is alive then,
-    and a loop that held it would keep its own cache entry alive for good.
-    Raises TypeError where apply_fn or its object cannot be weakly
-    referenced, or the loss is unhashable (the caller then compiles
-    without the cache)."""
-    owner, ref, method = _owner_and_ref(apply_fn)
-    table = _loops_of(owner)
-    if not any(kept is owner for kept in _KEPT):
-        _KEPT.append(owner)
-    key = (method, loss, config, max_steps, every)
-    run = table.get(key)
+    """`_build`'s loop for these arguments, from the cache where it is
+    there. Raises TypeError where they cannot key it (an unhashable
+    apply_fn or loss: the caller then compiles without the cache)."""
+    key = (apply_fn, loss, config, max_steps, every)
+    run = _LOOPS.pop(key, None)
     if run is None:
-        run = table[key] = _build(ref, loss, config, max_steps, every)
+        run = _build(apply_fn, loss, config, max_steps, every)
+    _LOOPS[key] = run
+    while len(_LOOPS) > MAX_CACHED_MODELS:
+        _LOOPS.popitem(last=False)
     return run
 
 
@@ -571,7 +498,7 @@ def lower_fit(
     loss, config, batch, max_steps, tol, ftol = _checked_inputs(
         apply_fn, params, batch, loss, max_steps, tol, options, ftol)
     with forward_mode_hint():
-        return _build(lambda: apply_fn, loss, config, max_steps, 0).lower(
+        return _build(apply_fn, loss, config, max_steps, 0).lower(
             params, batch, tol, ftol)
 
 
@@ -651,7 +578,7 @@ def fit(
     try:
         run = _cached_build(apply_fn, loss, config, max_steps, every)
     except TypeError:  # an unhashable apply_fn or loss: compile without the cache
-        run = _build(lambda: apply_fn, loss, config, max_steps, every)
+        run = _build(apply_fn, loss, config, max_steps, every)
     bar = ProgressBar(max_steps, "ggn fit", enabled=every > 0)
     # Only a run that reports needs its callbacks routed (and waited for).
     with bar, active(bar) if every else contextlib.nullcontext(), forward_mode_hint():

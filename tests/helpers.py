@@ -306,3 +306,19 @@ def qr_operand_shapes(jaxpr) -> list[tuple[int, ...]]:
         for inner in nested_jaxprs(eqn.params):
             shapes.extend(qr_operand_shapes(inner))
     return shapes
+
+
+def rk4_path(rhs, start, h, length):
+    """y(0), y(h), …, y(length·h) of y′ = rhs(y) by classical RK4 steps in
+    one lax.scan: a model whose samples (step indices) share the work."""
+
+    def step(y, _):
+        k1 = rhs(y)
+        k2 = rhs(y + 0.5 * h * k1)
+        k3 = rhs(y + 0.5 * h * k2)
+        k4 = rhs(y + h * k3)
+        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return y, y
+
+    _, path = jax.lax.scan(step, start, None, length=length)
+    return jnp.concatenate([start[None], path])

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import log_cosh, mlp_apply, reference_ggn, rel_err, small_problem
+from helpers import log_cosh, mlp_apply, reference_ggn, rel_err, rk4_path, small_problem
 from jax.flatten_util import ravel_pytree
 
 from ggn_jax import ggn_matrix, gram_matrix
@@ -301,18 +301,7 @@ def _oscillator(theta, steps):
     def rhs(y):
         return jnp.stack([y[1], -k * y[0] - c * y[1]])
 
-    def rk4(y, _):
-        h = 0.05
-        k1 = rhs(y)
-        k2 = rhs(y + 0.5 * h * k1)
-        k3 = rhs(y + 0.5 * h * k2)
-        k4 = rhs(y + h * k3)
-        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-        return y, y
-
-    start = jnp.stack([x0, jnp.zeros_like(x0)])
-    _, path = jax.lax.scan(rk4, start, None, length=80)
-    return jnp.concatenate([start[None], path])[steps]
+    return rk4_path(rhs, jnp.stack([x0, jnp.zeros_like(x0)]), 0.05, 80)[steps]
 
 
 def test_a_model_whose_samples_share_work_takes_the_batch_jacobian_forward():

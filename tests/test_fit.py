@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
-from helpers import enable_x64, mlp_apply, mlp_init
+from helpers import enable_x64, mlp_apply, mlp_init, rk4_path
 
 import ggn_jax
 import ggn_jax.progress
@@ -164,9 +164,9 @@ def test_a_second_fit_reuses_the_compiled_program():
 
 
 def test_fit_lets_go_of_a_model_its_caller_dropped():
-    """The compiled loop lives as long as the caller's apply_fn: a problem
-    (here blocks holding their samples) is freed once dropped, as with
-    jax.jit; the loops of 64 problems stayed alive before."""
+    """A problem the caller dropped (here blocks holding their samples) is
+    freed once 8 other loops were built; the loops of 64 problems stayed
+    alive before."""
     import gc
     import weakref
 
@@ -194,9 +194,9 @@ def test_fit_lets_go_of_a_model_its_caller_dropped():
 
 
 def test_a_loss_that_refers_to_its_model_is_let_go_past_the_bound(monkeypatch):
-    """loss=model.loss keeps its model's cache entry alive; the tables of
-    live models are bounded (`MAX_CACHED_MODELS`, the oldest dropped), so
-    such a model is freed once that many others are cached."""
+    """loss=model.loss keeps its model's cache entry alive; the cache is
+    bounded (`MAX_CACHED_MODELS`, the oldest dropped), so such a model is
+    freed once that many other loops are cached."""
     import gc
     import sys
     import weakref
@@ -226,8 +226,9 @@ def test_a_loss_that_refers_to_its_model_is_let_go_past_the_bound(monkeypatch):
 
 
 def test_a_method_as_the_model_compiles_once_and_is_let_go():
-    """``model.apply`` is a new method object at every access: the loop is
-    found again through the object, and freed with it."""
+    """``model.apply`` is a new method object at every access, equal to
+    the last: the loop is found again, and the model freed once 8 other
+    loops were built."""
     import gc
     import weakref
 
@@ -274,8 +275,8 @@ def test_a_value_equal_model_made_anew_reuses_the_loop():
 
 
 def test_a_method_of_an_unhashable_object_compiles_once():
-    """A dataclass (eq=True, so unhashable) whose method is the model: the
-    loop is found by the object's identity, not its hash."""
+    """A dataclass (eq=True, so unhashable) whose method is the model: a
+    method hashes by its object's identity, so the loop is found again."""
     import dataclasses
 
     traces = []
@@ -309,18 +310,7 @@ def _fitzhugh_nagumo(theta, steps):
         v, r = y[0], y[1]
         return jnp.stack([c * (v - v**3 / 3 + r), -(v - a + b * r) / c])
 
-    def rk4(y, _):
-        h = 0.1
-        k1 = rhs(y)
-        k2 = rhs(y + 0.5 * h * k1)
-        k3 = rhs(y + 0.5 * h * k2)
-        k4 = rhs(y + h * k3)
-        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-        return y, y
-
-    start = jnp.array([-1.0, 1.0])
-    _, path = jax.lax.scan(rk4, start, None, length=200)
-    return jnp.concatenate([start[None], path])[steps]
+    return rk4_path(rhs, jnp.array([-1.0, 1.0]), 0.1, 200)[steps]
 
 
 def test_an_ode_parameter_fit_reaches_scipys_least_squares_minimum():
